@@ -1,0 +1,382 @@
+//! Backends and their shared, lock-free state.
+//!
+//! [`BackendState`] holds independent facts that different crates write: the
+//! active health check, outlier ejection, draining, the breaker's gate, in-flight
+//! requests and a latency EWMA. Selection asks one question —
+//! [`Backend::try_admit`] — and a yes is a [`Permit`] held for the attempt and
+//! released on drop, so a cancelled request leaks nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The process-wide base that atomics store instants against (nanoseconds since).
+fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// `at` as nanoseconds since the clock base, never 0 (0 means "unset").
+fn to_nanos(at: Instant) -> u64 {
+    (at.saturating_duration_since(clock_base()).as_nanos() as u64).max(1)
+}
+
+fn from_nanos(n: u64) -> Instant {
+    clock_base() + Duration::from_nanos(n)
+}
+
+/// A gate that may refuse or admit attempts to one backend (a circuit breaker
+/// implements it). Admission and release must be cheap and lock-free.
+pub trait AdmissionGate: Send + Sync + 'static {
+    /// Try to admit one attempt. `true` means admitted: [`release`](Self::release)
+    /// will be called exactly once when the attempt's permit is dropped.
+    fn try_admit(&self) -> bool;
+    /// The admitted attempt ended (completed or cancelled).
+    fn release(&self);
+    /// The gate's state for reports, as a [`GateState`].
+    fn state(&self) -> GateState;
+    /// When the gate will next admit, if it is refusing now.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A gate's state, for status pages and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateState {
+    /// Admitting normally.
+    Closed,
+    /// Refusing.
+    Open,
+    /// Admitting a bounded number of probes.
+    HalfOpen,
+}
+
+/// The shared state of one backend. Every field is an atomic: readers on the
+/// request path never take a lock.
+#[derive(Default)]
+pub struct BackendState {
+    check_failed: AtomicBool,
+    ejected_until: AtomicU64,
+    draining: AtomicBool,
+    in_flight: AtomicU32,
+    /// f64 bits of the latency EWMA in microseconds.
+    latency_ewma_us: AtomicU64,
+    /// Whether the latency EWMA has a first sample.
+    latency_seeded: AtomicU8,
+    gate: OnceLock<Arc<dyn AdmissionGate>>,
+}
+
+impl fmt::Debug for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendState")
+            .field("check_failed", &self.check_failed())
+            .field("draining", &self.is_draining())
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackendState {
+    /// Whether the active health check currently says the backend is down.
+    pub fn check_failed(&self) -> bool {
+        self.check_failed.load(Ordering::Relaxed)
+    }
+
+    /// Record the active health check's verdict.
+    pub fn set_check_failed(&self, failed: bool) {
+        self.check_failed.store(failed, Ordering::Relaxed);
+    }
+
+    /// Eject the backend (passive outlier detection) until `until`.
+    pub fn eject_until(&self, until: Instant) {
+        self.ejected_until.store(to_nanos(until), Ordering::Relaxed);
+    }
+
+    /// End an ejection now.
+    pub fn clear_ejection(&self) {
+        self.ejected_until.store(0, Ordering::Relaxed);
+    }
+
+    /// The end of the current ejection, if one is in force at `now`.
+    pub fn ejected_until(&self, now: Instant) -> Option<Instant> {
+        match self.ejected_until.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(from_nanos(n)).filter(|&t| t > now),
+        }
+    }
+
+    /// Whether the backend is draining (takes no new requests).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Start or stop draining.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// Attempts in flight to this backend right now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Install the admission gate (a circuit breaker). Only the first call wins.
+    ///
+    /// # Errors
+    /// Returns the gate back if one was already installed.
+    pub fn set_gate(&self, gate: Arc<dyn AdmissionGate>) -> Result<(), Arc<dyn AdmissionGate>> {
+        self.gate.set(gate)
+    }
+
+    /// The installed admission gate, if any.
+    pub fn gate(&self) -> Option<&Arc<dyn AdmissionGate>> {
+        self.gate.get()
+    }
+
+    /// The latency EWMA, if any sample was recorded.
+    pub fn latency_ewma(&self) -> Option<Duration> {
+        (self.latency_seeded.load(Ordering::Relaxed) != 0).then(|| {
+            let us = f64::from_bits(self.latency_ewma_us.load(Ordering::Relaxed));
+            Duration::from_secs_f64(us / 1e6)
+        })
+    }
+
+    /// Fold one latency sample into the EWMA (weight 0.1 for the new sample).
+    /// Racing updates may lose a sample, which an average tolerates.
+    pub fn record_latency(&self, latency: Duration) {
+        let sample = latency.as_secs_f64() * 1e6;
+        let new = if self.latency_seeded.swap(1, Ordering::Relaxed) == 0 {
+            sample
+        } else {
+            let old = f64::from_bits(self.latency_ewma_us.load(Ordering::Relaxed));
+            old + 0.1 * (sample - old)
+        };
+        self.latency_ewma_us.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether health facts alone (check, ejection, draining) let the backend
+    /// take a request at `now`; the gate is not consulted.
+    pub fn is_available(&self, now: Instant) -> bool {
+        !self.check_failed() && !self.is_draining() && self.ejected_until(now).is_none()
+    }
+}
+
+/// One backend of an upstream.
+#[derive(Debug)]
+pub struct Backend {
+    addr: SocketAddr,
+    weight: u32,
+    priority: u32,
+    locality: Option<Arc<str>>,
+    metadata: BTreeMap<String, String>,
+    state: BackendState,
+}
+
+impl Backend {
+    /// A backend at `addr` with weight 1, priority 0 and no locality.
+    pub fn new(addr: SocketAddr) -> Self {
+        Backend {
+            addr,
+            weight: 1,
+            priority: 0,
+            locality: None,
+            metadata: BTreeMap::new(),
+            state: BackendState::default(),
+        }
+    }
+
+    /// Set the weight (0 means drained: never selected).
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Set the priority tier (0 is the highest).
+    pub fn with_priority(mut self, priority: u32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Set the locality (region or zone).
+    pub fn with_locality(mut self, locality: impl Into<Arc<str>>) -> Self {
+        self.locality = Some(locality.into());
+        self
+    }
+
+    /// Add a metadata entry.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The backend's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The backend's weight.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// The backend's priority tier.
+    pub fn priority(&self) -> u32 {
+        self.priority
+    }
+
+    /// The backend's locality.
+    pub fn locality(&self) -> Option<&str> {
+        self.locality.as_deref()
+    }
+
+    /// The backend's metadata.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The backend's shared state.
+    pub fn state(&self) -> &BackendState {
+        &self.state
+    }
+
+    /// May this backend take a request now? Health, ejection, draining and the
+    /// gate all must agree; a yes is a permit held for the attempt.
+    pub fn try_admit(self: &Arc<Self>, now: Instant) -> Option<Permit> {
+        if self.weight == 0 || !self.state.is_available(now) {
+            return None;
+        }
+        self.admit_gated()
+    }
+
+    /// Admission that ignores health and ejection (panic mode) but still
+    /// respects draining and the gate's probe bound.
+    pub fn try_admit_ignoring_health(self: &Arc<Self>) -> Option<Permit> {
+        if self.state.is_draining() {
+            return None;
+        }
+        self.admit_gated()
+    }
+
+    fn admit_gated(self: &Arc<Self>) -> Option<Permit> {
+        let gated = match self.state.gate.get() {
+            Some(g) if !g.try_admit() => return None,
+            Some(_) => true,
+            None => false,
+        };
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Permit {
+            backend: Arc::clone(self),
+            gated,
+        })
+    }
+}
+
+/// An admission held for one attempt. Dropping it releases the in-flight count
+/// and the gate's slot.
+#[derive(Debug)]
+pub struct Permit {
+    backend: Arc<Backend>,
+    gated: bool,
+}
+
+impl Permit {
+    /// The admitted backend.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.backend.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.gated {
+            if let Some(g) = self.backend.state.gate.get() {
+                g.release();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicI32;
+
+    struct TwoProbes(AtomicI32);
+    impl AdmissionGate for TwoProbes {
+        fn try_admit(&self) -> bool {
+            if self.0.fetch_add(1, Ordering::SeqCst) < 2 {
+                true
+            } else {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+                false
+            }
+        }
+        fn release(&self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+        fn state(&self) -> GateState {
+            GateState::HalfOpen
+        }
+    }
+
+    fn backend() -> Arc<Backend> {
+        Arc::new(Backend::new("127.0.0.1:1".parse().unwrap()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_expires_with_the_clock() {
+        let b = backend();
+        let now = Instant::now();
+        b.state().eject_until(now + Duration::from_secs(10));
+        assert!(b.try_admit(Instant::now()).is_none());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(b.try_admit(Instant::now()).is_some());
+    }
+
+    #[tokio::test]
+    async fn permits_count_in_flight_and_release_the_gate_on_drop() {
+        let b = backend();
+        b.state()
+            .set_gate(Arc::new(TwoProbes(AtomicI32::new(0))))
+            .ok()
+            .unwrap();
+        let now = Instant::now();
+        let p1 = b.try_admit(now).unwrap();
+        let p2 = b.try_admit(now).unwrap();
+        assert!(b.try_admit(now).is_none(), "the gate admits exactly two");
+        assert_eq!(b.state().in_flight(), 2);
+        drop(p1);
+        let p3 = b.try_admit(now).unwrap();
+        drop((p2, p3));
+        assert_eq!(b.state().in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn unhealthy_and_drained_backends_are_refused() {
+        let b = backend();
+        b.state().set_check_failed(true);
+        assert!(b.try_admit(Instant::now()).is_none());
+        assert!(b.try_admit_ignoring_health().is_some());
+        b.state().set_draining(true);
+        assert!(b.try_admit_ignoring_health().is_none());
+        let zero = Arc::new(Backend::new("127.0.0.1:2".parse().unwrap()).with_weight(0));
+        assert!(zero.try_admit(Instant::now()).is_none());
+    }
+
+    #[test]
+    fn latency_ewma_moves_toward_samples() {
+        let s = BackendState::default();
+        assert!(s.latency_ewma().is_none());
+        s.record_latency(Duration::from_millis(10));
+        s.record_latency(Duration::from_millis(20));
+        let v = s.latency_ewma().unwrap().as_secs_f64() * 1000.0;
+        assert!((v - 11.0).abs() < 0.01, "{v}");
+    }
+}

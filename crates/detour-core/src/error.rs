@@ -1,0 +1,363 @@
+//! One concrete error type for everything that can go wrong while proxying.
+//!
+//! Callers match on [`ErrorKind`] (and [`ErrorSide`]), never on message text. The
+//! cause chain is kept: [`std::error::Error::source`] returns the underlying error.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// A boxed error usable as a cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The result type used across Detour.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, as a value callers can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The upstream refused the TCP connection.
+    ConnectRefused,
+    /// The TCP connection to the upstream did not complete in time.
+    ConnectTimeout,
+    /// The TLS handshake with the upstream failed.
+    TlsHandshake,
+    /// The peer reset the connection (or the write side broke: `EPIPE`).
+    ConnectionReset,
+    /// The peer closed the connection before the exchange completed.
+    ConnectionClosed,
+    /// No byte arrived within the read timeout (or the per-try timeout ran out
+    /// while waiting for response headers).
+    ReadTimeout,
+    /// The peer did not accept bytes within the write timeout.
+    WriteTimeout,
+    /// The upstream's response could not be parsed.
+    InvalidResponse,
+    /// No backend could be chosen for the request.
+    NoPeer,
+    /// Every candidate backend's circuit breaker refused the request.
+    CircuitOpen,
+    /// The retry budget is spent: no further attempt is allowed.
+    BudgetExhausted,
+    /// A concurrency limit refused the request.
+    Overloaded,
+    /// The request's overall deadline passed.
+    DeadlineExceeded,
+    /// The downstream client went away or sent something unusable.
+    DownstreamClosed,
+    /// The downstream request was malformed (answered with a 4xx).
+    InvalidRequest,
+    /// The upstream answered with this status and a hook or policy treated it as
+    /// a failure (for example a retriable 503).
+    HttpStatus(u16),
+    /// Anything else: a hook's own failure, an internal error.
+    Custom,
+}
+
+impl ErrorKind {
+    /// The RFC 9209 `Proxy-Status` error type that names this kind.
+    pub fn proxy_status_type(self) -> &'static str {
+        match self {
+            ErrorKind::ConnectRefused => "connection_refused",
+            ErrorKind::ConnectTimeout => "connection_timeout",
+            ErrorKind::TlsHandshake => "tls_protocol_error",
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionClosed => "connection_terminated",
+            ErrorKind::ReadTimeout => "connection_read_timeout",
+            ErrorKind::WriteTimeout => "connection_write_timeout",
+            ErrorKind::InvalidResponse => "http_protocol_error",
+            ErrorKind::NoPeer | ErrorKind::CircuitOpen => "destination_unavailable",
+            ErrorKind::BudgetExhausted | ErrorKind::Overloaded => "proxy_internal_response",
+            ErrorKind::DeadlineExceeded => "connection_timeout",
+            ErrorKind::DownstreamClosed | ErrorKind::InvalidRequest => "proxy_internal_response",
+            ErrorKind::HttpStatus(_) => "http_response_status",
+            ErrorKind::Custom => "proxy_internal_error",
+        }
+    }
+
+    /// Whether the request provably never reached the upstream's application when
+    /// an attempt fails with this kind (so it may be retried whatever its method).
+    pub fn never_reached_upstream(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshake
+        )
+    }
+
+    /// Whether this kind is raised by Detour itself rather than caused by a
+    /// backend. Such errors never count against a backend's health.
+    pub fn is_local(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::NoPeer
+                | ErrorKind::CircuitOpen
+                | ErrorKind::BudgetExhausted
+                | ErrorKind::Overloaded
+                | ErrorKind::DeadlineExceeded
+                | ErrorKind::DownstreamClosed
+                | ErrorKind::InvalidRequest
+                | ErrorKind::Custom
+        )
+    }
+
+    /// Whether this kind is a timeout of any sort (mapped to 504).
+    pub fn is_timeout(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::ConnectTimeout
+                | ErrorKind::ReadTimeout
+                | ErrorKind::WriteTimeout
+                | ErrorKind::DeadlineExceeded
+        )
+    }
+
+    /// The status Detour answers with when this is the last attempt's error and
+    /// no upstream response can be passed on.
+    ///
+    /// refused / reset / invalid response → 502; any timeout → 504; no backend,
+    /// breaker open, budget spent, overload → 503; a bad request → 400.
+    pub fn default_status(self) -> u16 {
+        match self {
+            k if k.is_timeout() => 504,
+            ErrorKind::NoPeer
+            | ErrorKind::CircuitOpen
+            | ErrorKind::BudgetExhausted
+            | ErrorKind::Overloaded => 503,
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::HttpStatus(s) if (100..600).contains(&s) => s,
+            ErrorKind::Custom => 500,
+            _ => 502,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorKind::HttpStatus(s) => write!(f, "upstream status {s}"),
+            other => {
+                let s = match other {
+                    ErrorKind::ConnectRefused => "connection refused",
+                    ErrorKind::ConnectTimeout => "connect timeout",
+                    ErrorKind::TlsHandshake => "TLS handshake failed",
+                    ErrorKind::ConnectionReset => "connection reset",
+                    ErrorKind::ConnectionClosed => "connection closed",
+                    ErrorKind::ReadTimeout => "read timeout",
+                    ErrorKind::WriteTimeout => "write timeout",
+                    ErrorKind::InvalidResponse => "invalid response",
+                    ErrorKind::NoPeer => "no backend available",
+                    ErrorKind::CircuitOpen => "circuit open",
+                    ErrorKind::BudgetExhausted => "retry budget exhausted",
+                    ErrorKind::Overloaded => "overloaded",
+                    ErrorKind::DeadlineExceeded => "deadline exceeded",
+                    ErrorKind::DownstreamClosed => "downstream closed",
+                    ErrorKind::InvalidRequest => "invalid request",
+                    ErrorKind::Custom => "error",
+                    ErrorKind::HttpStatus(_) => unreachable!("handled above"),
+                };
+                f.write_str(s)
+            }
+        }
+    }
+}
+
+/// Which side of the proxy an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorSide {
+    /// The client (downstream) side.
+    Downstream,
+    /// The backend (upstream) side.
+    Upstream,
+    /// Detour itself (a policy, a hook, a limit).
+    Internal,
+}
+
+/// Whether the error, on its own, permits another attempt.
+///
+/// This is the error's *own* opinion; the engine combines it with the commit
+/// point, the method and the policy in [`crate::retry::decide`]. It is a
+/// value, never a panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryHint {
+    /// Decide from the kind and the policy (the default).
+    Default,
+    /// Never retry after this error, whatever the policy says.
+    Never,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    side: ErrorSide,
+    retry: RetryHint,
+    context: Option<Cow<'static, str>>,
+    cause: Option<BoxError>,
+}
+
+/// Detour's error: a [`kind`](Error::kind) to match on, the [`side`](Error::side)
+/// it came from, a retry hint, and an optional context and cause.
+///
+/// Boxed inside so `Result<T, Error>` stays one pointer wide.
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+impl Error {
+    /// A new error of `kind` from `side`.
+    pub fn new(kind: ErrorKind, side: ErrorSide) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                side,
+                retry: RetryHint::Default,
+                context: None,
+                cause: None,
+            }),
+        }
+    }
+
+    /// An upstream error of `kind`.
+    pub fn upstream(kind: ErrorKind) -> Self {
+        Self::new(kind, ErrorSide::Upstream)
+    }
+
+    /// An error Detour raises itself.
+    pub fn internal(kind: ErrorKind) -> Self {
+        Self::new(kind, ErrorSide::Internal)
+    }
+
+    /// A downstream error of `kind`.
+    pub fn downstream(kind: ErrorKind) -> Self {
+        Self::new(kind, ErrorSide::Downstream)
+    }
+
+    /// Attach a human-readable context (shown in logs, never matched on).
+    pub fn context(mut self, context: impl Into<Cow<'static, str>>) -> Self {
+        self.inner.context = Some(context.into());
+        self
+    }
+
+    /// Attach the underlying cause.
+    pub fn cause(mut self, cause: impl Into<BoxError>) -> Self {
+        self.inner.cause = Some(cause.into());
+        self
+    }
+
+    /// Forbid any retry after this error.
+    pub fn never_retry(mut self) -> Self {
+        self.inner.retry = RetryHint::Never;
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// Where the failure came from.
+    pub fn side(&self) -> ErrorSide {
+        self.inner.side
+    }
+
+    /// The error's own retry hint.
+    pub fn retry_hint(&self) -> RetryHint {
+        self.inner.retry
+    }
+
+    /// The context text, if any.
+    pub fn context_str(&self) -> Option<&str> {
+        self.inner.context.as_deref()
+    }
+
+    /// Whether this error was caused by the backend (and so may count against
+    /// its health), as opposed to raised by Detour or the client.
+    pub fn caused_by_backend(&self) -> bool {
+        self.inner.side == ErrorSide::Upstream && !self.inner.kind.is_local()
+    }
+
+    /// Classify an I/O error met while talking to an upstream.
+    pub fn from_upstream_io(err: std::io::Error) -> Self {
+        use std::io::ErrorKind as Io;
+        let kind = match err.kind() {
+            Io::ConnectionRefused => ErrorKind::ConnectRefused,
+            Io::ConnectionReset | Io::BrokenPipe | Io::ConnectionAborted => {
+                ErrorKind::ConnectionReset
+            }
+            Io::UnexpectedEof => ErrorKind::ConnectionClosed,
+            Io::TimedOut => ErrorKind::ReadTimeout,
+            Io::InvalidData => ErrorKind::InvalidResponse,
+            _ => ErrorKind::ConnectionClosed,
+        };
+        Self::upstream(kind).cause(err)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.inner.kind)
+            .field("side", &self.inner.side)
+            .field("retry", &self.inner.retry)
+            .field("context", &self.inner.context)
+            .field("cause", &self.inner.cause)
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = match self.inner.side {
+            ErrorSide::Downstream => "downstream",
+            ErrorSide::Upstream => "upstream",
+            ErrorSide::Internal => "internal",
+        };
+        write!(f, "{side} {}", self.inner.kind)?;
+        if let Some(ctx) = &self.inner.context {
+            write!(f, ": {ctx}")?;
+        }
+        if let Some(cause) = &self.inner.cause {
+            write!(f, " ({cause})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .cause
+            .as_ref()
+            .map(|c| &**c as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_mapping_follows_the_contract() {
+        assert_eq!(ErrorKind::ConnectRefused.default_status(), 502);
+        assert_eq!(ErrorKind::ConnectionReset.default_status(), 502);
+        assert_eq!(ErrorKind::InvalidResponse.default_status(), 502);
+        assert_eq!(ErrorKind::ConnectTimeout.default_status(), 504);
+        assert_eq!(ErrorKind::ReadTimeout.default_status(), 504);
+        assert_eq!(ErrorKind::DeadlineExceeded.default_status(), 504);
+        assert_eq!(ErrorKind::NoPeer.default_status(), 503);
+        assert_eq!(ErrorKind::CircuitOpen.default_status(), 503);
+        assert_eq!(ErrorKind::BudgetExhausted.default_status(), 503);
+        assert_eq!(ErrorKind::Overloaded.default_status(), 503);
+    }
+
+    #[test]
+    fn io_errors_are_classified_and_chained() {
+        let e =
+            Error::from_upstream_io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(e.kind(), ErrorKind::ConnectRefused);
+        assert!(std::error::Error::source(&e).is_some());
+        assert!(e.caused_by_backend());
+        assert!(!Error::internal(ErrorKind::CircuitOpen).caused_by_backend());
+        assert_eq!(
+            std::mem::size_of::<Result<()>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+}

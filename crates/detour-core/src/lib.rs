@@ -1,0 +1,49 @@
+//! The vocabulary every Detour crate speaks. No I/O of its own.
+//!
+//! A user implements [`ProxyHttp`] — only [`new_ctx`](ProxyHttp::new_ctx) and
+//! [`upstream_peer`](ProxyHttp::upstream_peer) are required — and hands it to
+//! `detour-server`, which runs connections, pooling and the retry loop.
+//!
+//! # Layout
+//! - [`proxy`]: the [`ProxyHttp`] hooks, in the order the engine calls them.
+//! - [`session`]: the downstream request as hooks see it ([`Session`]).
+//! - [`error`]: one [`Error`] type with an [`ErrorKind`] to match on.
+//! - [`commit`]: how far an attempt got ([`CommitPoint`]).
+//! - [`retry`]: [`RetryPolicy`] and the pure retry decision [`retry::decide`].
+//! - [`backend`]: [`Backend`] and its lock-free [`BackendState`], admission [`Permit`]s.
+//! - [`peer`]: [`HttpPeer`] and [`PeerOptions`], where one attempt goes.
+//! - [`observe`]: [`AttemptOutcome`] and the [`Observer`] trait.
+//!
+//! ```
+//! use detour_core::retry::{decide, AttemptFacts, RetryDecision};
+//! use detour_core::{CommitPoint, ErrorKind, RetryPolicy};
+//!
+//! // A POST whose bytes reached the upstream is never sent anywhere else.
+//! let facts = AttemptFacts {
+//!     kind: ErrorKind::ConnectionReset,
+//!     commit: CommitPoint::RequestSent,
+//!     safe: false,
+//!     replay_intact: true,
+//!     reused: false,
+//! };
+//! assert!(!decide(&RetryPolicy::default(), &facts).is_retry());
+//! ```
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod commit;
+pub mod error;
+pub mod observe;
+pub mod peer;
+pub mod proxy;
+pub mod retry;
+pub mod session;
+
+pub use backend::{AdmissionGate, Backend, BackendState, GateState, Permit};
+pub use commit::CommitPoint;
+pub use error::{BoxError, Error, ErrorKind, ErrorSide, Result, RetryHint};
+pub use observe::{AttemptOutcome, Observer, OutcomeClass};
+pub use peer::{HttpPeer, PeerOptions};
+pub use proxy::ProxyHttp;
+pub use retry::{RetryDecision, RetryPolicy};
+pub use session::Session;

@@ -1,0 +1,117 @@
+//! Where one attempt goes, and its timeouts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backend::{Backend, Permit};
+
+/// Timeouts and connection options for one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PeerOptions {
+    /// TCP connect timeout. Default 3 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// TLS handshake timeout. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub tls_timeout: Duration,
+    /// Longest wait for the response head after the request was sent, and
+    /// longest silence while reading the response body. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Longest time the upstream may take to accept the request body while
+    /// the client is still sending it (an idle gap of the upload). Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long an idle pooled connection is kept (capped further by the
+    /// upstream's `Keep-Alive: timeout=`). Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Time limit of one attempt until response headers; overrides the retry
+    /// policy's when set. Default none.
+    #[serde(with = "humantime_serde")]
+    pub per_try_timeout: Option<Duration>,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        PeerOptions {
+            connect_timeout: Duration::from_secs(3),
+            tls_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(30),
+            per_try_timeout: None,
+        }
+    }
+}
+
+/// The destination of one attempt.
+#[derive(Debug)]
+pub struct HttpPeer {
+    /// Address to connect to.
+    pub addr: SocketAddr,
+    /// The upstream's name, used in `Proxy-Status` (never the address).
+    pub upstream: Arc<str>,
+    /// Timeouts and options.
+    pub options: PeerOptions,
+    backend: Option<Arc<Backend>>,
+    permit: Option<Permit>,
+}
+
+impl HttpPeer {
+    /// A peer at `addr`, part of upstream `upstream`, with default options.
+    pub fn new(addr: SocketAddr, upstream: impl Into<Arc<str>>) -> Self {
+        HttpPeer {
+            addr,
+            upstream: upstream.into(),
+            options: PeerOptions::default(),
+            backend: None,
+            permit: None,
+        }
+    }
+
+    /// A peer for an admitted backend; the permit is held until the attempt
+    /// ends, and the attempt's outcome is reported against this backend.
+    pub fn admitted(permit: Permit, upstream: impl Into<Arc<str>>) -> Self {
+        let backend = Arc::clone(permit.backend());
+        HttpPeer {
+            addr: backend.addr(),
+            upstream: upstream.into(),
+            options: PeerOptions::default(),
+            backend: Some(backend),
+            permit: Some(permit),
+        }
+    }
+
+    /// A peer for `backend` without admission (the caller decided).
+    pub fn for_backend(backend: Arc<Backend>, upstream: impl Into<Arc<str>>) -> Self {
+        HttpPeer {
+            addr: backend.addr(),
+            upstream: upstream.into(),
+            options: PeerOptions::default(),
+            backend: Some(backend),
+            permit: None,
+        }
+    }
+
+    /// Replace the options.
+    pub fn with_options(mut self, options: PeerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The backend whose state this attempt's outcome updates, if any.
+    pub fn backend(&self) -> Option<&Arc<Backend>> {
+        self.backend.as_ref()
+    }
+
+    /// Give up the admission permit early (the attempt is over).
+    pub fn release(&mut self) {
+        self.permit = None;
+    }
+}

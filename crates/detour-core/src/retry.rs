@@ -1,0 +1,560 @@
+//! The retry policy and the one pure function that decides whether a failed
+//! attempt may be tried again.
+//!
+//! The decision is a *ceiling* (see the Failure semantics in the design): it says
+//! whether another attempt is allowed at all. Within it, the engine still checks the
+//! retry count, the deadline, the retry budget and the backends already tried.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+use serde::Deserialize;
+
+use crate::commit::CommitPoint;
+use crate::error::ErrorKind;
+
+/// An error kind a policy may list as retriable (the config names are snake_case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RetryOn {
+    /// [`ErrorKind::ConnectRefused`].
+    ConnectRefused,
+    /// [`ErrorKind::ConnectTimeout`].
+    ConnectTimeout,
+    /// [`ErrorKind::TlsHandshake`].
+    TlsHandshake,
+    /// [`ErrorKind::ConnectionReset`] (includes a broken pipe).
+    ConnectionReset,
+    /// [`ErrorKind::ConnectionClosed`].
+    ConnectionClosed,
+    /// [`ErrorKind::ReadTimeout`] (includes the per-try timeout).
+    ReadTimeout,
+    /// [`ErrorKind::WriteTimeout`].
+    WriteTimeout,
+    /// [`ErrorKind::InvalidResponse`].
+    InvalidResponse,
+}
+
+impl RetryOn {
+    fn of(kind: ErrorKind) -> Option<RetryOn> {
+        Some(match kind {
+            ErrorKind::ConnectRefused => RetryOn::ConnectRefused,
+            ErrorKind::ConnectTimeout => RetryOn::ConnectTimeout,
+            ErrorKind::TlsHandshake => RetryOn::TlsHandshake,
+            ErrorKind::ConnectionReset => RetryOn::ConnectionReset,
+            ErrorKind::ConnectionClosed => RetryOn::ConnectionClosed,
+            ErrorKind::ReadTimeout => RetryOn::ReadTimeout,
+            ErrorKind::WriteTimeout => RetryOn::WriteTimeout,
+            ErrorKind::InvalidResponse => RetryOn::InvalidResponse,
+            _ => return None,
+        })
+    }
+}
+
+/// The default retriable errors: refused, reset (and broken pipe), closed, and
+/// every timeout — the list users know from the failover seed.
+pub const DEFAULT_RETRY_ON: [RetryOn; 6] = [
+    RetryOn::ConnectRefused,
+    RetryOn::ConnectTimeout,
+    RetryOn::ConnectionReset,
+    RetryOn::ConnectionClosed,
+    RetryOn::ReadTimeout,
+    RetryOn::WriteTimeout,
+];
+
+/// How and when failed requests are retried.
+///
+/// Every field has a documented default; [`RetryPolicy::validate`] rejects
+/// nonsense with the field named.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Retries after the first attempt. Default 3.
+    pub max_retries: u32,
+    /// Backoff before the first retry to an already-tried backend. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub base_delay: Duration,
+    /// Growth of the backoff per retry. Default 2.0.
+    pub multiplier: f64,
+    /// Ceiling of one backoff. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Share of each backoff that is randomised, 0.0–1.0: the wait is
+    /// `delay × (1 − jitter × u)` for a uniform `u` in [0, 1). Default 0.5.
+    pub jitter: f64,
+    /// Error kinds that may be retried. Default: refused, connect timeout,
+    /// reset, closed, read timeout, write timeout.
+    pub retry_on: Vec<RetryOn>,
+    /// Upstream statuses that may be retried (safe requests only, before anything
+    /// went downstream). Default 502, 503, 504.
+    pub retry_on_status: Vec<u16>,
+    /// Time limit of one attempt, from its start until response headers.
+    /// Default none (the peer's timeouts apply).
+    #[serde(with = "humantime_serde")]
+    pub per_try_timeout: Option<Duration>,
+    /// Time limit of all attempts together, until response headers. Default none.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+    /// Largest request body kept for replay; a longer body can only be sent once.
+    /// Default 128 KiB.
+    pub replay_buffer_limit: usize,
+    /// Honour an upstream's `Retry-After` (capped by the time left). Default true.
+    pub honour_retry_after: bool,
+    /// Methods safe to retry once request bytes were written. Default: the
+    /// idempotent methods of RFC 9110 (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
+    pub safe_methods: Vec<String>,
+    /// Treat a request carrying `Idempotency-Key` as safe. Default false.
+    pub idempotency_key: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(5),
+            jitter: 0.5,
+            retry_on: DEFAULT_RETRY_ON.to_vec(),
+            retry_on_status: vec![502, 503, 504],
+            per_try_timeout: None,
+            deadline: None,
+            replay_buffer_limit: 128 * 1024,
+            honour_retry_after: true,
+            safe_methods: ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            idempotency_key: false,
+        }
+    }
+}
+
+/// A retry policy field holding a value that makes no sense.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidPolicy {
+    /// The field at fault, as named in config.
+    pub field: &'static str,
+    /// Why the value was refused.
+    pub reason: String,
+}
+
+impl fmt::Display for InvalidPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "retry.{}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidPolicy {}
+
+impl RetryPolicy {
+    /// A policy that never retries.
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_retries: 0,
+            ..Default::default()
+        }
+    }
+
+    /// Check every field.
+    ///
+    /// # Errors
+    /// [`InvalidPolicy`] naming the first field whose value makes no sense.
+    pub fn validate(self) -> Result<Self, InvalidPolicy> {
+        let bad = |field, reason: String| Err(InvalidPolicy { field, reason });
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+            return bad(
+                "multiplier",
+                format!("must be >= 1.0, got {}", self.multiplier),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return bad(
+                "jitter",
+                format!("must be within 0.0..=1.0, got {}", self.jitter),
+            );
+        }
+        if self.max_delay < self.base_delay {
+            return bad(
+                "max_delay",
+                format!(
+                    "{:?} is shorter than base_delay {:?}",
+                    self.max_delay, self.base_delay
+                ),
+            );
+        }
+        if let Some(s) = self
+            .retry_on_status
+            .iter()
+            .find(|s| !(100..600).contains(*s))
+        {
+            return bad("retry_on_status", format!("{s} is not an HTTP status"));
+        }
+        if self.per_try_timeout == Some(Duration::ZERO) {
+            return bad("per_try_timeout", "must be longer than zero".into());
+        }
+        if self.deadline == Some(Duration::ZERO) {
+            return bad("deadline", "must be longer than zero".into());
+        }
+        if let (Some(t), Some(d)) = (self.per_try_timeout, self.deadline) {
+            if t > d {
+                return bad(
+                    "per_try_timeout",
+                    format!("{t:?} is longer than the deadline {d:?}"),
+                );
+            }
+        }
+        for m in &self.safe_methods {
+            if Method::from_bytes(m.as_bytes()).is_err() {
+                return bad("safe_methods", format!("{m:?} is not an HTTP method"));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether `kind` is in the retriable list (statuses go through
+    /// [`retries_status`](Self::retries_status)).
+    pub fn retries_kind(&self, kind: ErrorKind) -> bool {
+        match kind {
+            ErrorKind::HttpStatus(s) => self.retries_status(s),
+            k => RetryOn::of(k).is_some_and(|r| self.retry_on.contains(&r)),
+        }
+    }
+
+    /// Whether an upstream answer with `status` may be retried.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.retry_on_status.contains(&status)
+    }
+
+    /// Whether a request is safe to send twice: its method is declared safe,
+    /// or the policy honours `Idempotency-Key` and the request carries one.
+    pub fn is_safe(&self, method: &Method, headers: &HeaderMap) -> bool {
+        let method_safe = self.safe_methods.iter().any(|m| m == method.as_str());
+        method_safe || (self.idempotency_key && headers.contains_key("idempotency-key"))
+    }
+
+    /// The backoff before retry number `retry` (1 for the first retry), with
+    /// jitter drawn from `rng`.
+    pub fn backoff(&self, retry: u32, rng: &mut fastrand::Rng) -> Duration {
+        let exp = retry.saturating_sub(1).min(64) as i32;
+        let raw = self.base_delay.as_secs_f64() * self.multiplier.powi(exp);
+        let capped = raw.min(self.max_delay.as_secs_f64());
+        let jittered = capped * (1.0 - self.jitter * rng.f64());
+        Duration::from_secs_f64(jittered.max(0.0))
+    }
+}
+
+/// The facts about one failed attempt that decide whether it may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptFacts {
+    /// What went wrong (an [`ErrorKind::HttpStatus`] for a retriable status).
+    pub kind: ErrorKind,
+    /// How far the attempt got.
+    pub commit: CommitPoint,
+    /// Whether the request is safe to deliver twice ([`RetryPolicy::is_safe`]).
+    pub safe: bool,
+    /// Whether the replay buffer still holds the whole request body.
+    pub replay_intact: bool,
+    /// Whether the attempt used a pooled (reused) connection.
+    pub reused: bool,
+}
+
+/// Why no retry is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRetry {
+    /// Response bytes already went downstream.
+    Committed,
+    /// Request bytes were written and the request is not safe to repeat.
+    NotSafe,
+    /// The request body was longer than the replay buffer, or already consumed.
+    BodyNotReplayable,
+    /// The policy does not list this error kind or status.
+    NotRetriable,
+}
+
+/// The retry decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Another attempt is allowed.
+    Retry {
+        /// The failure is a pooled connection the backend had already closed:
+        /// it says nothing about the backend, so it is not counted against it.
+        stale_connection: bool,
+    },
+    /// No other attempt, and why.
+    Stop(NoRetry),
+}
+
+impl RetryDecision {
+    /// Whether another attempt is allowed.
+    pub fn is_retry(self) -> bool {
+        matches!(self, RetryDecision::Retry { .. })
+    }
+}
+
+/// Decide whether a failed attempt may be tried again. Pure: the same facts and
+/// policy always give the same answer.
+///
+/// * response bytes went downstream → never;
+/// * the request provably did not reach the upstream (not connected, or
+///   connected with nothing written) → yes, any method, if the kind is retriable;
+/// * otherwise → only a safe request whose body is still replayable, and only
+///   for a retriable kind or status.
+///
+/// A pooled connection that turns out closed or reset before any response byte
+/// is a stale connection: for safe requests it is retried even if the policy
+/// does not list the kind, and it is not counted against the backend.
+pub fn decide(policy: &RetryPolicy, f: &AttemptFacts) -> RetryDecision {
+    if f.commit >= CommitPoint::ResponseForwarded {
+        return RetryDecision::Stop(NoRetry::Committed);
+    }
+    let stale = f.reused
+        && f.commit < CommitPoint::ResponseStarted
+        && matches!(
+            f.kind,
+            ErrorKind::ConnectionClosed | ErrorKind::ConnectionReset
+        );
+    if f.commit.request_unsent() {
+        // Nothing was written: the upstream cannot have acted on the request.
+        if stale || policy.retries_kind(f.kind) || f.kind.never_reached_upstream() {
+            return RetryDecision::Retry {
+                stale_connection: stale,
+            };
+        }
+        return RetryDecision::Stop(NoRetry::NotRetriable);
+    }
+    if !f.safe {
+        return RetryDecision::Stop(NoRetry::NotSafe);
+    }
+    if !f.replay_intact {
+        return RetryDecision::Stop(NoRetry::BodyNotReplayable);
+    }
+    if stale || policy.retries_kind(f.kind) {
+        RetryDecision::Retry {
+            stale_connection: stale,
+        }
+    } else {
+        RetryDecision::Stop(NoRetry::NotRetriable)
+    }
+}
+
+/// Parse a `Retry-After` value (delta-seconds or an HTTP date) into a wait
+/// from `now` (wall clock, used only for the date form).
+pub fn parse_retry_after(
+    value: &http::HeaderValue,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let s = value.to_str().ok()?.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(s).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CommitPoint::*;
+
+    /// The whole table: every commit point × safe × replay buffer × reused, for a
+    /// retriable error, a non-retriable one and a retriable status.
+    #[test]
+    fn decision_table() {
+        let p = RetryPolicy::default();
+        for commit in CommitPoint::ALL {
+            for safe in [false, true] {
+                for replay_intact in [false, true] {
+                    for reused in [false, true] {
+                        for kind in [
+                            ErrorKind::ConnectRefused,
+                            ErrorKind::ConnectionReset,
+                            ErrorKind::ReadTimeout,
+                            ErrorKind::InvalidResponse,
+                            ErrorKind::HttpStatus(503),
+                            ErrorKind::HttpStatus(500),
+                        ] {
+                            let f = AttemptFacts {
+                                kind,
+                                commit,
+                                safe,
+                                replay_intact,
+                                reused,
+                            };
+                            let got = decide(&p, &f);
+                            let stale = reused
+                                && commit < ResponseStarted
+                                && kind == ErrorKind::ConnectionReset;
+                            let kind_ok = stale || p.retries_kind(kind);
+                            let expected = if commit == ResponseForwarded {
+                                RetryDecision::Stop(NoRetry::Committed)
+                            } else if commit <= Connected {
+                                if kind_ok || kind == ErrorKind::ConnectRefused {
+                                    RetryDecision::Retry {
+                                        stale_connection: stale,
+                                    }
+                                } else {
+                                    RetryDecision::Stop(NoRetry::NotRetriable)
+                                }
+                            } else if !safe {
+                                RetryDecision::Stop(NoRetry::NotSafe)
+                            } else if !replay_intact {
+                                RetryDecision::Stop(NoRetry::BodyNotReplayable)
+                            } else if kind_ok {
+                                RetryDecision::Retry {
+                                    stale_connection: stale,
+                                }
+                            } else {
+                                RetryDecision::Stop(NoRetry::NotRetriable)
+                            };
+                            assert_eq!(got, expected, "{f:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn spot_checks_of_the_contract() {
+        let p = RetryPolicy::default();
+        let facts = |kind, commit, safe| AttemptFacts {
+            kind,
+            commit,
+            safe,
+            replay_intact: true,
+            reused: false,
+        };
+        // A POST that never reached the upstream is retried.
+        assert!(decide(&p, &facts(ErrorKind::ConnectRefused, NotConnected, false)).is_retry());
+        // A POST whose bytes were written is never retried.
+        assert_eq!(
+            decide(&p, &facts(ErrorKind::ConnectionReset, RequestSent, false)),
+            RetryDecision::Stop(NoRetry::NotSafe)
+        );
+        // A GET reset after sending is retried.
+        assert!(decide(&p, &facts(ErrorKind::ConnectionReset, RequestSent, true)).is_retry());
+        // A 503 for a GET is retried before anything went downstream…
+        assert!(decide(
+            &p,
+            &facts(ErrorKind::HttpStatus(503), ResponseStarted, true)
+        )
+        .is_retry());
+        // …but not a 500, and never after bytes went downstream.
+        assert!(!decide(
+            &p,
+            &facts(ErrorKind::HttpStatus(500), ResponseStarted, true)
+        )
+        .is_retry());
+        assert!(!decide(
+            &p,
+            &facts(ErrorKind::ConnectionReset, ResponseForwarded, true)
+        )
+        .is_retry());
+    }
+
+    #[test]
+    fn safety_of_methods_and_idempotency_key() {
+        let mut headers = HeaderMap::new();
+        let p = RetryPolicy::default();
+        assert!(p.is_safe(&Method::GET, &headers));
+        assert!(p.is_safe(&Method::PUT, &headers));
+        assert!(!p.is_safe(&Method::POST, &headers));
+        headers.insert("idempotency-key", "abc".parse().unwrap());
+        assert!(!p.is_safe(&Method::POST, &headers));
+        let p = RetryPolicy {
+            idempotency_key: true,
+            ..RetryPolicy::default()
+        }
+        .validate()
+        .unwrap();
+        assert!(p.is_safe(&Method::POST, &headers));
+        let p = RetryPolicy {
+            safe_methods: vec!["POST".into(), "PURGE".into()],
+            ..RetryPolicy::default()
+        }
+        .validate()
+        .unwrap();
+        assert!(p.is_safe(&Method::POST, &HeaderMap::new()));
+        assert!(!p.is_safe(&Method::GET, &HeaderMap::new()));
+        assert!(p.is_safe(&Method::from_bytes(b"PURGE").unwrap(), &HeaderMap::new()));
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters_within_bounds() {
+        let p = RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let d: Vec<_> = (1..=8)
+            .map(|r| p.backoff(r, &mut rng).as_millis())
+            .collect();
+        assert_eq!(d, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        let p = RetryPolicy::default();
+        for r in 1..10 {
+            let full = (100.0 * 2f64.powi(r as i32 - 1)).min(5000.0);
+            let got = p.backoff(r, &mut rng).as_secs_f64() * 1000.0;
+            assert!(got <= full + 1e-6 && got >= full * 0.5 - 1e-6, "{r}: {got}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let e = RetryPolicy {
+            per_try_timeout: Some(Duration::from_secs(5)),
+            deadline: Some(Duration::from_secs(1)),
+            ..RetryPolicy::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "per_try_timeout");
+        let e = RetryPolicy {
+            multiplier: 0.5,
+            ..RetryPolicy::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "multiplier");
+        let e = RetryPolicy {
+            retry_on_status: vec![999],
+            ..RetryPolicy::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "retry_on_status");
+    }
+
+    #[test]
+    fn deserializes_with_humantime_and_rejects_unknown_keys() {
+        let p: RetryPolicy = toml::from_str(
+            r#"max_retries = 2
+               base_delay = "50ms"
+               retry_on = ["connect_refused"]
+               deadline = "2s""#,
+        )
+        .unwrap();
+        let p = p.validate().unwrap();
+        assert_eq!(p.max_retries, 2);
+        assert_eq!(p.base_delay, Duration::from_millis(50));
+        assert_eq!(p.deadline, Some(Duration::from_secs(2)));
+        assert!(p.retries_kind(ErrorKind::ConnectRefused));
+        assert!(!p.retries_kind(ErrorKind::ConnectionReset));
+        assert!(toml::from_str::<RetryPolicy>("max_retrys = 2").is_err());
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let v = http::HeaderValue::from_static("7");
+        assert_eq!(parse_retry_after(&v, now), Some(Duration::from_secs(7)));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        let v = http::HeaderValue::from_str(&date).unwrap();
+        assert_eq!(parse_retry_after(&v, now), Some(Duration::from_secs(30)));
+        let v = http::HeaderValue::from_static("soon");
+        assert_eq!(parse_retry_after(&v, now), None);
+    }
+}

@@ -1,0 +1,175 @@
+//! The downstream request as the hooks see it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::request::Parts;
+use tokio::time::Instant;
+
+use crate::error::ErrorKind;
+
+/// The downstream request and the state of its attempts.
+///
+/// Hooks read and change the request head through [`req`](Session::req) and
+/// [`req_mut`](Session::req_mut); the engine keeps the attempt bookkeeping.
+#[derive(Debug)]
+pub struct Session {
+    req: Parts,
+    client_addr: Option<SocketAddr>,
+    started: Instant,
+    deadline: Option<Instant>,
+    attempt: u32,
+    tried: Vec<SocketAddr>,
+    body_replayable: bool,
+    last_error: Option<ErrorKind>,
+    safe: bool,
+}
+
+impl Session {
+    /// A session for a request head, received from `client_addr` at `started`.
+    pub fn new(req: Parts, client_addr: Option<SocketAddr>, started: Instant) -> Self {
+        Session {
+            req,
+            client_addr,
+            started,
+            deadline: None,
+            attempt: 0,
+            tried: Vec::new(),
+            body_replayable: true,
+            last_error: None,
+            safe: false,
+        }
+    }
+
+    /// The downstream request head.
+    pub fn req(&self) -> &Parts {
+        &self.req
+    }
+
+    /// The downstream request head, to change before it is forwarded.
+    pub fn req_mut(&mut self) -> &mut Parts {
+        &mut self.req
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &http::Method {
+        &self.req.method
+    }
+
+    /// The request URI.
+    pub fn uri(&self) -> &http::Uri {
+        &self.req.uri
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &http::HeaderMap {
+        &self.req.headers
+    }
+
+    /// The request's `Host` (the header, or the URI's authority).
+    pub fn host(&self) -> Option<&str> {
+        self.req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| self.req.uri.host())
+    }
+
+    /// The client's address.
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.client_addr
+    }
+
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Time since the request arrived.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The overall deadline of the attempts, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline (`None`: no deadline).
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Set (or shorten) the overall deadline. A later deadline than the current
+    /// one is ignored: hooks may narrow, never widen.
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(match self.deadline {
+            Some(d) => d.min(deadline),
+            None => deadline,
+        });
+    }
+
+    /// The number of the current attempt: 1 for the first, 2 for the first
+    /// retry… (0 before any attempt).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Retries made so far.
+    pub fn retries(&self) -> u32 {
+        self.attempt.saturating_sub(1)
+    }
+
+    /// The addresses already tried for this request, oldest first.
+    pub fn tried(&self) -> &[SocketAddr] {
+        &self.tried
+    }
+
+    /// Whether `addr` was already tried for this request.
+    pub fn was_tried(&self, addr: SocketAddr) -> bool {
+        self.tried.contains(&addr)
+    }
+
+    /// Whether the request body can still be sent again in full.
+    pub fn body_replayable(&self) -> bool {
+        self.body_replayable
+    }
+
+    /// The error of the previous attempt, if it failed.
+    pub fn last_error(&self) -> Option<ErrorKind> {
+        self.last_error
+    }
+
+    /// Whether the request is safe to deliver twice (idempotent, or opted in).
+    pub fn is_safe(&self) -> bool {
+        self.safe
+    }
+
+    /// Engine bookkeeping: an attempt to `addr` begins.
+    #[doc(hidden)]
+    pub fn begin_attempt(&mut self, addr: SocketAddr) {
+        self.attempt += 1;
+        if !self.tried.contains(&addr) {
+            self.tried.push(addr);
+        }
+    }
+
+    /// Engine bookkeeping: the previous attempt failed with `kind`.
+    #[doc(hidden)]
+    pub fn set_last_error(&mut self, kind: Option<ErrorKind>) {
+        self.last_error = kind;
+    }
+
+    /// Engine bookkeeping: whether the body is still replayable.
+    #[doc(hidden)]
+    pub fn set_body_replayable(&mut self, replayable: bool) {
+        self.body_replayable = replayable;
+    }
+
+    /// Engine bookkeeping: whether the request is safe to repeat.
+    #[doc(hidden)]
+    pub fn set_safe(&mut self, safe: bool) {
+        self.safe = safe;
+    }
+}

@@ -1,0 +1,1 @@
+//! Runnable Detour examples live in this package's `examples/` targets.
