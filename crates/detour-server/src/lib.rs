@@ -1,1 +1,37 @@
-//! placeholder
+//! Detour's server: listeners, the HTTP engine, the upstream pool, and the
+//! retry loop that drives a user's [`ProxyHttp`](detour_core::ProxyHttp) hooks.
+//!
+//! # Layout
+//! - [`server`]: [`Server`] — config file + command line, workers, signals.
+//! - [`proxy`]: [`HttpProxy`] — serves downstream HTTP/1.1 and runs the hooks.
+//! - [`upstream`]: the [`Connect`] trait and the per-worker connection pool.
+//! - [`config`]: [`ServerConfig`], validated at load with the field named.
+//!
+//! ```no_run
+//! use detour_core::{HttpPeer, ProxyHttp, Result, Session};
+//! use detour_server::{HttpProxy, Server};
+//!
+//! struct One;
+//! impl ProxyHttp for One {
+//!     type CTX = ();
+//!     fn new_ctx(&self) {}
+//!     async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<HttpPeer> {
+//!         Ok(HttpPeer::new("127.0.0.1:9001".parse().unwrap(), "app"))
+//!     }
+//! }
+//!
+//! let server = Server::from_args();
+//! server.run_forever(HttpProxy::builder(One).config(server.config().clone()).build()).unwrap();
+//! ```
+#![warn(missing_docs)]
+
+pub mod config;
+mod io;
+pub mod proxy;
+pub mod server;
+pub mod upstream;
+
+pub use config::{ConfigError, ServerConfig};
+pub use proxy::{HttpProxy, HttpProxyBuilder, ProxyBody};
+pub use server::{Opt, Server, ServerHandle, Stop};
+pub use upstream::{Connect, TcpConnector};

@@ -1,0 +1,429 @@
+//! Server configuration: the `[server]` table of a TOML file, plus the command line.
+//!
+//! Every field has a documented default; [`ServerConfig::validate`] rejects nonsense
+//! with the field named, at load time.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use detour_core::RetryPolicy;
+use serde::Deserialize;
+
+/// A configuration error: which file, which field, and why.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file at fault, when the config came from one.
+    pub file: Option<PathBuf>,
+    /// The field at fault (dotted path), when known.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `field`.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    /// Attach the file name.
+    pub fn in_file(mut self, file: &Path) -> Self {
+        self.file = Some(file.to_path_buf());
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How worker threads run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeModel {
+    /// One current-thread runtime per worker, each with its own `SO_REUSEPORT`
+    /// listener and upstream pool (the default: work stays on its core).
+    #[default]
+    PerWorker,
+    /// One work-stealing runtime with `threads` workers sharing one listener and
+    /// one pool: for hooks that do uneven work.
+    WorkStealing,
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Addresses to listen on. Default `["127.0.0.1:8080"]`.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads. Default 1.
+    pub threads: usize,
+    /// How workers run. Default `per_worker`.
+    pub runtime: RuntimeModel,
+    /// How long SIGTERM waits for in-flight requests. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// Name used in `Via` and `Proxy-Status`. Default `detour`.
+    pub proxy_name: String,
+    /// Downstream limits.
+    pub limits: LimitsConfig,
+    /// Upstream connection pool.
+    pub pool: PoolConfig,
+    /// Forwarding headers.
+    pub forwarding: ForwardingConfig,
+    /// The default retry policy (a hook may choose another per request).
+    pub retry: RetryPolicy,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            threads: 1,
+            runtime: RuntimeModel::PerWorker,
+            grace_period: Duration::from_secs(10),
+            proxy_name: "detour".into(),
+            limits: LimitsConfig::default(),
+            pool: PoolConfig::default(),
+            forwarding: ForwardingConfig::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Downstream limits (`[server.limits]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LimitsConfig {
+    /// Open downstream connections across all workers; further clients wait
+    /// in the accept queue. Default 10,000.
+    pub max_connections: usize,
+    /// Largest request head in bytes (request line + headers); larger → 431.
+    /// Default 64 KiB (at least 8 KiB).
+    pub max_header_size: usize,
+    /// Largest request body in bytes; larger → 413. 0 means unlimited (bodies
+    /// stream through in constant memory). Default 0.
+    pub max_body_size: u64,
+    /// Time a client has to send a complete request head, and the longest idle
+    /// time of a keep-alive connection between requests; → 408. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 10_000,
+            max_header_size: 64 * 1024,
+            max_body_size: 0,
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The upstream connection pool (`[server.pool]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Idle connections kept per backend, per worker. Default 128.
+    pub max_idle_per_peer: usize,
+    /// A request that is not safe to repeat only reuses a pooled connection
+    /// idle for less than this; otherwise it gets a fresh one, so a backend
+    /// closing an idle connection cannot turn it into a 502. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub unsafe_max_idle: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_idle_per_peer: 128,
+            unsafe_max_idle: Duration::from_secs(1),
+        }
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is inside this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
+            if prefix == 0 {
+                0
+            } else {
+                bits >> (width - prefix)
+            }
+        }
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                masked(u32::from(n).into(), self.prefix, 32)
+                    == masked(u32::from(a).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                masked(u128::from(n), self.prefix, 128) == masked(u128::from(a), self.prefix, 128)
+            }
+            (IpAddr::V6(_), IpAddr::V4(a)) => self.contains(IpAddr::V6(a.to_ipv6_mapped())),
+            (IpAddr::V4(_), IpAddr::V6(a)) => a
+                .to_ipv4_mapped()
+                .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
+        }
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP network"))?;
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= width)
+                .ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
+            None => width,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl<'de> Deserialize<'de> for IpNet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Forwarding headers (`[server.forwarding]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ForwardingConfig {
+    /// Peers whose `X-Forwarded-*` headers are trusted and extended; from
+    /// anyone else they are replaced. Default none.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Add `X-Forwarded-For`, `-Proto` and `-Host`. Default true.
+    pub x_forwarded: bool,
+    /// Add `Via`. Default true.
+    pub via: bool,
+    /// The request-id header, generated when absent. Default `x-request-id`.
+    pub request_id_header: String,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        ForwardingConfig {
+            trusted_proxies: Vec::new(),
+            x_forwarded: true,
+            via: true,
+            request_id_header: "x-request-id".into(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Check every field.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first field whose value makes no sense.
+    pub fn validate(mut self) -> Result<Self, ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::field(
+                "server.listen",
+                "at least one address is needed",
+            ));
+        }
+        if self.threads == 0 || self.threads > 1024 {
+            return Err(ConfigError::field(
+                "server.threads",
+                format!("must be between 1 and 1024, got {}", self.threads),
+            ));
+        }
+        if self.proxy_name.is_empty()
+            || !self
+                .proxy_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err(ConfigError::field(
+                "server.proxy_name",
+                "must be a non-empty token (letters, digits, - . _)",
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::field(
+                "server.limits.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_header_size < 8192 {
+            return Err(ConfigError::field(
+                "server.limits.max_header_size",
+                format!(
+                    "must be at least 8192 bytes, got {}",
+                    self.limits.max_header_size
+                ),
+            ));
+        }
+        if self.limits.header_read_timeout.is_zero() {
+            return Err(ConfigError::field(
+                "server.limits.header_read_timeout",
+                "must be longer than zero",
+            ));
+        }
+        if http::HeaderName::from_bytes(self.forwarding.request_id_header.as_bytes()).is_err() {
+            return Err(ConfigError::field(
+                "server.forwarding.request_id_header",
+                format!(
+                    "{:?} is not a header name",
+                    self.forwarding.request_id_header
+                ),
+            ));
+        }
+        self.retry = self
+            .retry
+            .validate()
+            .map_err(|e| ConfigError::field(format!("server.retry.{}", e.field), e.reason))?;
+        Ok(self)
+    }
+
+    /// Parse the `[server]` table of a TOML document (other tables belong to
+    /// the application and are left alone) and validate it.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field (and line, for syntax errors).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        #[derive(Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            server: Option<toml::Value>,
+        }
+        let doc: Doc = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let config: ServerConfig = match doc.server {
+            Some(v) => {
+                // Re-serialize the table so errors point at `server.<field>`.
+                let table = toml::to_string(&toml::Value::Table(
+                    [("server".to_string(), v)].into_iter().collect(),
+                ))
+                .map_err(|e| ConfigError::field("server", e.to_string()))?;
+                #[derive(Deserialize)]
+                struct Wrap {
+                    server: ServerConfig,
+                }
+                toml::from_str::<Wrap>(&table)
+                    .map_err(|e| toml_error(text, &e))?
+                    .server
+            }
+            None => ServerConfig::default(),
+        };
+        config.validate()
+    }
+
+    /// Read and validate the `[server]` table of a TOML file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and the field.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text).map_err(|e| e.in_file(path))
+    }
+}
+
+/// Turn a TOML error into a [`ConfigError`] with the line number and the field.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let message = e.message().to_string();
+    ConfigError {
+        file: None,
+        field: None,
+        message: match line {
+            Some(l) => format!("line {l}: {message}"),
+            None => message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = ServerConfig::from_toml("").unwrap();
+        assert_eq!(c.threads, 1);
+        assert_eq!(c.retry.max_retries, 3);
+    }
+
+    #[test]
+    fn fields_are_named_in_errors() {
+        let e = ServerConfig::from_toml("[server]\nthreads = 0\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("server.threads"));
+        let e = ServerConfig::from_toml("[server.retry]\nmultiplier = 0.1\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("server.retry.multiplier"));
+        let e = ServerConfig::from_toml("[server]\nthreds = 2\n").unwrap_err();
+        assert!(e.to_string().contains("threds"), "{e}");
+        let e = ServerConfig::from_toml("[server]\ngrace_period = \"soon\"\n").unwrap_err();
+        assert!(e.to_string().contains("grace_period"), "{e}");
+    }
+
+    #[test]
+    fn other_tables_are_the_application_s() {
+        let c = ServerConfig::from_toml(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstreams.app]\nanything = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen[0].port(), 0);
+    }
+
+    #[test]
+    fn ip_networks() {
+        let n: IpNet = "10.0.0.0/8".parse().unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.1.2.3".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.2.3".parse().unwrap()));
+        let one: IpNet = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+    }
+}

@@ -1,0 +1,400 @@
+//! Bodies on both sides of the proxy.
+//!
+//! * [`RequestBody`] reads the client's body as the upstream accepts it and keeps
+//!   a copy (cheap `Bytes` clones) up to the replay limit, so a retry can send it
+//!   again. A body longer than the limit streams through once, in constant memory.
+//! * [`UpstreamBody`] is what the upstream connection reads from: fed chunk by
+//!   chunk through a one-slot channel, which gives backpressure both ways.
+//! * [`ProxyBody`] is what the client reads: a local answer, or the upstream's
+//!   body with the read-idle timeout, the body filter, the return of the
+//!   connection to the pool and the `logging` hook at the end.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use detour_core::{Error, ErrorKind, HttpPeer, ProxyHttp, Session};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+
+use crate::upstream::pool::{Pool, Sender};
+
+/// A frame on its way upstream.
+pub(crate) type UpFrame = Frame<Bytes>;
+
+/// The request body as the upstream connection reads it.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    rx: Option<mpsc::Receiver<UpFrame>>,
+    len: Option<u64>,
+}
+
+impl UpstreamBody {
+    pub(crate) fn empty() -> Self {
+        UpstreamBody {
+            rx: None,
+            len: Some(0),
+        }
+    }
+
+    fn channel(rx: mpsc::Receiver<UpFrame>, len: Option<u64>) -> Self {
+        UpstreamBody { rx: Some(rx), len }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.rx.as_mut() {
+            None => Poll::Ready(None),
+            Some(rx) => rx.poll_recv(cx).map(|f| f.map(Ok)),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.len {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// Why pumping the request body stopped early.
+#[derive(Debug)]
+pub(crate) enum PumpError {
+    /// The client's body failed (the client went away or sent garbage).
+    Downstream(Error),
+    /// The body is longer than the configured maximum.
+    TooLarge,
+    /// The upstream stopped reading the body (its connection failed).
+    UpstreamGone,
+    /// The upstream did not take a chunk within the write timeout.
+    WriteTimeout,
+    /// The request body filter refused a chunk.
+    Filter(Error),
+}
+
+/// The client's request body with its replay buffer.
+pub(crate) struct RequestBody<B> {
+    downstream: Option<B>,
+    buffer: Vec<Bytes>,
+    buffered: usize,
+    limit: usize,
+    /// The buffer holds every byte read from the client so far.
+    intact: bool,
+    trailers: Option<HeaderMap>,
+    received: u64,
+    max: u64,
+    len: Option<u64>,
+}
+
+impl<B> RequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<detour_core::BoxError>,
+{
+    /// `limit`: replay buffer size; `max`: largest body (0 = unlimited);
+    /// `len`: the declared Content-Length, if any.
+    pub(crate) fn new(body: B, limit: usize, max: u64, len: Option<u64>) -> Self {
+        RequestBody {
+            downstream: Some(body),
+            buffer: Vec::new(),
+            buffered: 0,
+            limit,
+            intact: true,
+            trailers: None,
+            received: 0,
+            max,
+            len,
+        }
+    }
+
+    /// Whether the whole body can still be sent again.
+    pub(crate) fn replayable(&self) -> bool {
+        self.intact
+    }
+
+    /// A new upstream body for one attempt and the sender that feeds it.
+    pub(crate) fn open(&self) -> (mpsc::Sender<UpFrame>, UpstreamBody) {
+        let (tx, rx) = mpsc::channel(1);
+        (tx, UpstreamBody::channel(rx, self.len))
+    }
+
+    /// Feed one attempt's upstream body: first what was buffered (already
+    /// filtered), then the rest of the client's body, through `filter`.
+    ///
+    /// # Cancel safety
+    /// Dropping the future mid-way loses at most the chunk in hand, and that
+    /// chunk is in the replay buffer whenever the body is still replayable.
+    pub(crate) async fn pump(
+        &mut self,
+        tx: mpsc::Sender<UpFrame>,
+        write_timeout: Duration,
+        mut filter: impl FnMut(&mut Bytes, bool) -> Result<(), Error>,
+    ) -> Result<(), PumpError> {
+        let send = |tx: &mpsc::Sender<UpFrame>, frame: UpFrame| {
+            let tx = tx.clone();
+            async move {
+                match tokio::time::timeout(write_timeout, tx.send(frame)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(PumpError::UpstreamGone),
+                    Err(_) => Err(PumpError::WriteTimeout),
+                }
+            }
+        };
+        if self.intact {
+            for chunk in &self.buffer {
+                send(&tx, Frame::data(chunk.clone())).await?;
+            }
+        }
+        while let Some(down) = self.downstream.as_mut() {
+            let frame = match down.frame().await {
+                None => {
+                    self.downstream = None;
+                    break;
+                }
+                Some(Err(e)) => {
+                    self.downstream = None;
+                    self.intact = false;
+                    return Err(PumpError::Downstream(
+                        Error::downstream(ErrorKind::DownstreamClosed)
+                            .context("reading the request body")
+                            .cause(e.into()),
+                    ));
+                }
+                Some(Ok(f)) => f,
+            };
+            let end = down.is_end_stream();
+            match frame.into_data() {
+                Ok(mut data) => {
+                    self.received += data.len() as u64;
+                    if self.max != 0 && self.received > self.max {
+                        self.intact = false;
+                        return Err(PumpError::TooLarge);
+                    }
+                    if let Err(e) = filter(&mut data, end) {
+                        self.intact = false;
+                        return Err(PumpError::Filter(e));
+                    }
+                    if self.intact {
+                        if self.buffered + data.len() <= self.limit {
+                            self.buffered += data.len();
+                            self.buffer.push(data.clone());
+                        } else {
+                            // Too long to replay: free the copy, stream the rest once.
+                            self.intact = false;
+                            self.buffer = Vec::new();
+                        }
+                    }
+                    if end {
+                        self.downstream = None;
+                    }
+                    send(&tx, Frame::data(data)).await?;
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.trailers = Some(trailers);
+                    }
+                    if end {
+                        self.downstream = None;
+                    }
+                }
+            }
+        }
+        if let Some(trailers) = &self.trailers {
+            send(&tx, Frame::trailers(trailers.clone())).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What happens when a proxied response body ends.
+pub(crate) struct Finish<P: ProxyHttp> {
+    pub(crate) proxy: Arc<P>,
+    pub(crate) session: Session,
+    pub(crate) ctx: P::CTX,
+    /// The peer (and its admission permit) stays held while the body streams.
+    pub(crate) peer: HttpPeer,
+    pub(crate) pool: Option<(Arc<Pool>, Sender, Duration)>,
+}
+
+impl<P: ProxyHttp> Finish<P> {
+    fn complete(mut self, err: Option<&Error>) {
+        if err.is_none() {
+            if let Some((pool, sender, keep_for)) = self.pool.take() {
+                pool.checkin(self.peer.addr, sender, keep_for);
+            }
+        }
+        self.proxy.logging(&mut self.session, err, &mut self.ctx);
+    }
+}
+
+struct Streaming<P: ProxyHttp> {
+    upstream: Incoming,
+    idle: Pin<Box<Sleep>>,
+    read_timeout: Duration,
+    last_activity: Instant,
+    finish: Option<Finish<P>>,
+}
+
+impl<P: ProxyHttp> Drop for Streaming<P> {
+    fn drop(&mut self) {
+        if let Some(f) = self.finish.take() {
+            let err = Error::downstream(ErrorKind::DownstreamClosed)
+                .context("client went away before the response ended");
+            f.complete(Some(&err));
+        }
+    }
+}
+
+enum Kind<P: ProxyHttp> {
+    Full(Option<Bytes>),
+    Streaming(Box<Streaming<P>>),
+}
+
+/// The response body sent to the client.
+pub struct ProxyBody<P: ProxyHttp> {
+    kind: Kind<P>,
+}
+
+impl<P: ProxyHttp> std::fmt::Debug for ProxyBody<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.kind {
+            Kind::Full(_) => "ProxyBody::Full",
+            Kind::Streaming(_) => "ProxyBody::Streaming",
+        })
+    }
+}
+
+impl<P: ProxyHttp> ProxyBody<P> {
+    /// A complete body made by Detour or a hook.
+    pub(crate) fn full(bytes: Bytes) -> Self {
+        ProxyBody {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+
+    /// The upstream's body, streamed.
+    pub(crate) fn streaming(upstream: Incoming, read_timeout: Duration, finish: Finish<P>) -> Self {
+        let now = Instant::now();
+        ProxyBody {
+            kind: Kind::Streaming(Box::new(Streaming {
+                upstream,
+                idle: Box::pin(tokio::time::sleep_until(now + read_timeout)),
+                read_timeout,
+                last_activity: now,
+                finish: Some(finish),
+            })),
+        }
+    }
+}
+
+impl<P: ProxyHttp> Body for ProxyBody<P> {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let s = match &mut self.kind {
+            Kind::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Streaming(s) => s,
+        };
+        if s.finish.is_none() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut s.upstream).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                s.last_activity = Instant::now();
+                let end = s.upstream.is_end_stream();
+                let frame = match frame.into_data() {
+                    Ok(mut data) => {
+                        if let Some(f) = s.finish.as_mut() {
+                            if let Err(e) = f.proxy.response_body_filter(
+                                &mut f.session,
+                                &mut data,
+                                end,
+                                &mut f.ctx,
+                            ) {
+                                if let Some(f) = s.finish.take() {
+                                    f.complete(Some(&e));
+                                }
+                                return Poll::Ready(Some(Err(e)));
+                            }
+                        }
+                        Frame::data(data)
+                    }
+                    Err(frame) => frame,
+                };
+                if end {
+                    if let Some(f) = s.finish.take() {
+                        f.complete(None);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let err =
+                    crate::proxy::engine::classify_hyper(e).context("reading the response body");
+                if let Some(f) = s.finish.take() {
+                    f.complete(Some(&err));
+                }
+                Poll::Ready(Some(Err(err)))
+            }
+            Poll::Ready(None) => {
+                if let Some(f) = s.finish.take() {
+                    f.complete(None);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                // Re-arm the idle timer lazily: only when it would fire early.
+                let due = s.last_activity + s.read_timeout;
+                if s.idle.deadline() != due {
+                    s.idle.as_mut().reset(due);
+                }
+                if s.idle.as_mut().poll(cx).is_ready() {
+                    let err = Error::upstream(ErrorKind::ReadTimeout)
+                        .context("upstream body idle for longer than the read timeout");
+                    if let Some(f) = s.finish.take() {
+                        f.complete(Some(&err));
+                    }
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Streaming(s) => s.finish.is_none() || s.upstream.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Streaming(s) => s.upstream.size_hint(),
+        }
+    }
+}
+
+use std::future::Future as _;

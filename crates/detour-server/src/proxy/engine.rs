@@ -1,0 +1,786 @@
+//! The request path: hooks, attempts, the retry loop, and the response.
+//!
+//! The safety rule is a ceiling ([`detour_core::retry::decide`]); within it the
+//! retry count, the deadline and the set of backends already tried decide
+//! whether another attempt happens. Failing over to a *different* backend is
+//! immediate; backoff applies only when the next attempt goes back to a backend
+//! already tried, and no wait runs past the deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use detour_core::retry::{decide, parse_retry_after, AttemptFacts, RetryDecision};
+use detour_core::{
+    AttemptOutcome, BoxError, CommitPoint, Error, ErrorKind, HttpPeer, OutcomeClass, ProxyHttp,
+    RetryHint, RetryPolicy, Session,
+};
+use http::header::{self, HeaderValue};
+use http::{response, Request, Response, StatusCode};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use super::body::{Finish, ProxyBody, PumpError, RequestBody, UpstreamBody};
+use super::forward::{self, strip_hop_by_hop};
+use super::{tunnel, HttpProxy};
+use crate::upstream::pool::{keep_alive_limit, Sender};
+use crate::upstream::Connect;
+
+/// Classify an error from hyper's client side by what actually happened.
+pub(crate) fn classify_hyper(e: hyper::Error) -> Error {
+    let mut io_kind = None;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+            break;
+        }
+        src = s.source();
+    }
+    use std::io::ErrorKind as Io;
+    let kind = if e.is_parse() || e.is_parse_status() {
+        ErrorKind::InvalidResponse
+    } else if let Some(k) = io_kind {
+        match k {
+            Io::ConnectionReset | Io::BrokenPipe | Io::ConnectionAborted => {
+                ErrorKind::ConnectionReset
+            }
+            Io::TimedOut => ErrorKind::ReadTimeout,
+            _ => ErrorKind::ConnectionClosed,
+        }
+    } else if e.is_timeout() {
+        ErrorKind::ReadTimeout
+    } else {
+        ErrorKind::ConnectionClosed
+    };
+    Error::upstream(kind).cause(e)
+}
+
+/// A response head arrived.
+pub(crate) struct AttemptOk {
+    head: response::Parts,
+    body: Incoming,
+    sender: Sender,
+    reused: bool,
+}
+
+/// An attempt failed, having got as far as `commit`.
+pub(crate) struct AttemptErr {
+    err: Error,
+    commit: CommitPoint,
+    reused: bool,
+    /// The failure happened while connecting (so `fail_to_connect` is the hook).
+    connecting: bool,
+}
+
+impl AttemptErr {
+    fn new(err: Error, commit: CommitPoint, reused: bool) -> Self {
+        AttemptErr {
+            err,
+            commit,
+            reused,
+            connecting: false,
+        }
+    }
+}
+
+/// How far the attempt in progress got, readable after it was cut by a timeout.
+struct Progress {
+    commit: CommitPoint,
+    reused: bool,
+}
+
+/// An upstream response kept back while a retry is considered: if no retry
+/// happens, the client gets it as it is.
+struct Held {
+    ok: AttemptOk,
+    peer: HttpPeer,
+}
+
+impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
+    /// Proxy one request: run the hooks, try upstreams, and answer.
+    ///
+    /// Never fails: every error becomes a response (a 4xx for a bad request,
+    /// 502/503/504 with `Proxy-Status` when no upstream answered).
+    pub async fn handle<B>(
+        &self,
+        req: Request<B>,
+        client: Option<SocketAddr>,
+    ) -> Response<ProxyBody<P>>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let sh = &*self.shared;
+        let (mut parts, body) = req.into_parts();
+        let checked = forward::check_request(&parts, sh.limits.max_body_size);
+        let upgrade = forward::is_upgrade_request(&parts.headers);
+        let down_upgrade = parts.extensions.remove::<OnUpgrade>().filter(|_| upgrade);
+        if !parts.headers.contains_key(&sh.forwarding.request_id) {
+            parts
+                .headers
+                .insert(sh.forwarding.request_id.clone(), sh.ids.next());
+        }
+        let session = Session::new(parts, client, started);
+        let ctx = sh.proxy.new_ctx();
+        match checked {
+            Ok(len) => self.run(session, ctx, body, len, down_upgrade).await,
+            Err(bad) => {
+                let err = Error::downstream(ErrorKind::InvalidRequest)
+                    .context(bad.reason)
+                    .never_retry();
+                self.answer_error(session, ctx, err, None, Some(bad.status))
+                    .await
+            }
+        }
+    }
+
+    async fn run<B>(
+        &self,
+        mut session: Session,
+        mut ctx: P::CTX,
+        body: B,
+        content_length: Option<u64>,
+        down_upgrade: Option<OnUpgrade>,
+    ) -> Response<ProxyBody<P>>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let sh = &*self.shared;
+        let proxy = &*sh.proxy;
+        if let Err(e) = proxy.early_request_filter(&mut session, &mut ctx).await {
+            return self.answer_error(session, ctx, e, None, None).await;
+        }
+        match proxy.request_filter(&mut session, &mut ctx).await {
+            Ok(Some(resp)) => return self.answer_local(session, ctx, resp).await,
+            Ok(None) => {}
+            Err(e) => return self.answer_error(session, ctx, e, None, None).await,
+        }
+        let policy = proxy
+            .retry_policy(&session, &ctx)
+            .unwrap_or_else(|| Arc::clone(&sh.policy));
+        let safe = policy.is_safe(session.method(), session.headers());
+        session.set_safe(safe);
+        if let Some(d) = policy.deadline {
+            session.set_deadline(session.started() + d);
+        }
+        let mut body = (!body.is_end_stream()).then(|| {
+            RequestBody::new(
+                body,
+                policy.replay_buffer_limit,
+                sh.limits.max_body_size,
+                content_length,
+            )
+        });
+        let upgrade = down_upgrade.is_some();
+        let mut rng: Option<fastrand::Rng> = None;
+
+        let mut peer = match proxy.upstream_peer(&mut session, &mut ctx).await {
+            Ok(p) => p,
+            Err(e) => return self.answer_error(session, ctx, e, None, None).await,
+        };
+        loop {
+            session.begin_attempt(peer.addr);
+            let attempt_started = Instant::now();
+            let result = self
+                .attempt(
+                    &mut session,
+                    &mut ctx,
+                    &peer,
+                    body.as_mut(),
+                    &policy,
+                    upgrade,
+                )
+                .await;
+            let latency = attempt_started.elapsed();
+            let replay_intact = body.as_ref().is_none_or(|b| b.replayable());
+            session.set_body_replayable(replay_intact);
+
+            let mut retry_after = None;
+            let mut stale = false;
+            let mut held = None;
+            let mut last_err = None;
+            match result {
+                Ok(ok) => {
+                    let status = ok.head.status.as_u16();
+                    let policy_says = policy.retries_status(status);
+                    let class = if policy_says {
+                        OutcomeClass::BackendFailure(ErrorKind::HttpStatus(status))
+                    } else {
+                        OutcomeClass::Success
+                    };
+                    self.report(
+                        &peer,
+                        class,
+                        Some(status),
+                        latency,
+                        CommitPoint::ResponseStarted,
+                        &session,
+                    );
+                    let wants = status != 101
+                        && proxy.should_retry_response(&session, &ok.head, policy_says, &mut ctx);
+                    if !wants {
+                        return self
+                            .forward(session, ctx, peer, ok, false, down_upgrade)
+                            .await;
+                    }
+                    let facts = AttemptFacts {
+                        kind: ErrorKind::HttpStatus(status),
+                        commit: CommitPoint::ResponseStarted,
+                        safe,
+                        replay_intact,
+                        reused: ok.reused,
+                    };
+                    if !decide(&policy, &facts).is_retry() {
+                        return self
+                            .forward(session, ctx, peer, ok, true, down_upgrade)
+                            .await;
+                    }
+                    if policy.honour_retry_after {
+                        retry_after = ok
+                            .head
+                            .headers
+                            .get(header::RETRY_AFTER)
+                            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                    }
+                    session.set_last_error(Some(ErrorKind::HttpStatus(status)));
+                    held = Some(Held { ok, peer });
+                }
+                Err(fail) => {
+                    let AttemptErr {
+                        err,
+                        commit,
+                        reused,
+                        connecting,
+                    } = fail;
+                    let err = if connecting {
+                        proxy.fail_to_connect(&mut session, &peer, &mut ctx, err)
+                    } else {
+                        proxy.error_while_proxying(&mut session, &peer, &mut ctx, err)
+                    };
+                    let facts = AttemptFacts {
+                        kind: err.kind(),
+                        commit,
+                        safe,
+                        replay_intact,
+                        reused,
+                    };
+                    let decision = if err.retry_hint() == RetryHint::Never {
+                        RetryDecision::Stop(detour_core::retry::NoRetry::NotRetriable)
+                    } else {
+                        decide(&policy, &facts)
+                    };
+                    stale = matches!(
+                        decision,
+                        RetryDecision::Retry {
+                            stale_connection: true
+                        }
+                    );
+                    let class = if stale || !err.caused_by_backend() {
+                        OutcomeClass::Local(err.kind())
+                    } else {
+                        OutcomeClass::BackendFailure(err.kind())
+                    };
+                    self.report(&peer, class, None, latency, commit, &session);
+                    session.set_last_error(Some(err.kind()));
+                    if !decision.is_retry() {
+                        tracing::debug!(error = %err, commit = commit.as_str(), ?decision, "not retrying");
+                        let name = Arc::clone(&peer.upstream);
+                        drop(peer);
+                        return self
+                            .answer_error(session, ctx, err, Some(&name), None)
+                            .await;
+                    }
+                    last_err = Some((err, Arc::clone(&peer.upstream)));
+                    drop(peer);
+                }
+            }
+
+            // The ceiling allows another attempt; do the limits?
+            // A stale pooled connection says nothing about the backend and costs
+            // no retry: the next attempt gets a fresh connection.
+            let exhausted = !stale && session.retries() >= policy.max_retries;
+            let out_of_time = session.time_left().is_some_and(|t| t.is_zero());
+            if exhausted || out_of_time {
+                return self
+                    .give_up(session, ctx, held, last_err, down_upgrade)
+                    .await;
+            }
+            let next = match proxy.upstream_peer(&mut session, &mut ctx).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no peer for a retry");
+                    return self
+                        .give_up(session, ctx, held, last_err, down_upgrade)
+                        .await;
+                }
+            };
+            let again = session.was_tried(next.addr);
+            let mut wait = Duration::ZERO;
+            if again && !stale {
+                let rng = rng.get_or_insert_with(fastrand::Rng::new);
+                wait = policy.backoff(session.retries() + 1, rng);
+                if let Some(ra) = retry_after {
+                    wait = wait.max(ra);
+                }
+            }
+            if session.time_left().is_some_and(|left| wait >= left) {
+                return self
+                    .give_up(session, ctx, held, last_err, down_upgrade)
+                    .await;
+            }
+            drop(held);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            peer = next;
+        }
+    }
+
+    /// No further attempt: pass on the held upstream response, or answer the
+    /// last attempt's error.
+    async fn give_up(
+        &self,
+        session: Session,
+        ctx: P::CTX,
+        held: Option<Held>,
+        last_err: Option<(Error, Arc<str>)>,
+        down_upgrade: Option<OnUpgrade>,
+    ) -> Response<ProxyBody<P>> {
+        match (held, last_err) {
+            (Some(h), _) => {
+                self.forward(session, ctx, h.peer, h.ok, true, down_upgrade)
+                    .await
+            }
+            (None, Some((err, upstream))) => {
+                self.answer_error(session, ctx, err, Some(&upstream), None)
+                    .await
+            }
+            (None, None) => {
+                let err = Error::internal(ErrorKind::NoPeer);
+                self.answer_error(session, ctx, err, None, None).await
+            }
+        }
+    }
+
+    fn report(
+        &self,
+        peer: &HttpPeer,
+        class: OutcomeClass,
+        status: Option<u16>,
+        latency: Duration,
+        commit: CommitPoint,
+        session: &Session,
+    ) {
+        if let (Some(b), Some(_)) = (peer.backend(), status) {
+            b.state().record_latency(latency);
+        }
+        let observers = &self.shared.observers;
+        if observers.is_empty() {
+            return;
+        }
+        let outcome = AttemptOutcome {
+            backend: peer.backend(),
+            addr: peer.addr,
+            upstream: &peer.upstream,
+            class,
+            status,
+            latency,
+            commit,
+            attempt: session.attempt(),
+        };
+        for o in observers {
+            o.on_attempt(&outcome);
+        }
+    }
+
+    /// One attempt, bounded by the per-try timeout, the read timeout (until
+    /// response headers) and the overall deadline.
+    async fn attempt<B>(
+        &self,
+        session: &mut Session,
+        ctx: &mut P::CTX,
+        peer: &HttpPeer,
+        body: Option<&mut RequestBody<B>>,
+        policy: &RetryPolicy,
+        upgrade: bool,
+    ) -> Result<AttemptOk, AttemptErr>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let start = Instant::now();
+        let mut limit = start + peer.options.read_timeout;
+        if let Some(t) = peer.options.per_try_timeout.or(policy.per_try_timeout) {
+            limit = limit.min(start + t);
+        }
+        let deadline_binds = session.deadline().is_some_and(|d| d <= limit);
+        if let Some(d) = session.deadline() {
+            limit = limit.min(d);
+        }
+        let mut progress = Progress {
+            commit: CommitPoint::NotConnected,
+            reused: false,
+        };
+        let inner = self.attempt_inner(session, ctx, peer, body, upgrade, &mut progress);
+        match tokio::time::timeout_at(limit, inner).await {
+            Ok(r) => r,
+            Err(_) => {
+                let kind = if deadline_binds {
+                    ErrorKind::DeadlineExceeded
+                } else if progress.commit == CommitPoint::NotConnected {
+                    ErrorKind::ConnectTimeout
+                } else {
+                    ErrorKind::ReadTimeout
+                };
+                let err = Error::upstream(kind).context("no response head in time");
+                Err(AttemptErr {
+                    err,
+                    commit: progress.commit,
+                    reused: progress.reused,
+                    connecting: progress.commit == CommitPoint::NotConnected,
+                })
+            }
+        }
+    }
+
+    async fn connect(&self, peer: &HttpPeer) -> Result<Sender, AttemptErr> {
+        let failed = |err: Error| AttemptErr {
+            err,
+            commit: CommitPoint::NotConnected,
+            reused: false,
+            connecting: true,
+        };
+        let io = match tokio::time::timeout(
+            peer.options.connect_timeout,
+            self.shared.connector.connect(peer.addr),
+        )
+        .await
+        {
+            Err(_) => return Err(failed(Error::upstream(ErrorKind::ConnectTimeout))),
+            Ok(Err(e)) => {
+                let kind = match e.kind() {
+                    std::io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
+                    _ => ErrorKind::ConnectRefused,
+                };
+                return Err(failed(Error::upstream(kind).cause(e)));
+            }
+            Ok(Ok(io)) => io,
+        };
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| failed(classify_hyper(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::trace!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn attempt_inner<B>(
+        &self,
+        session: &mut Session,
+        ctx: &mut P::CTX,
+        peer: &HttpPeer,
+        body: Option<&mut RequestBody<B>>,
+        upgrade: bool,
+        progress: &mut Progress,
+    ) -> Result<AttemptOk, AttemptErr>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let sh = &*self.shared;
+        let proxy = &*sh.proxy;
+        // A request that is not safe to repeat only takes a connection that was
+        // used just now, so a backend's idle close cannot race it.
+        let window = (!session.is_safe()).then_some(sh.pool_config.unsafe_max_idle);
+        let mut pooled = None;
+        while let Some(mut s) = self.pool.checkout(peer.addr, window) {
+            if s.ready().await.is_ok() {
+                pooled = Some(s);
+                break;
+            }
+        }
+        let reused = pooled.is_some();
+        progress.reused = reused;
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => self.connect(peer).await?,
+        };
+        progress.commit = CommitPoint::Connected;
+        let at = |err, commit| AttemptErr::new(err, commit, reused);
+
+        proxy
+            .connected_to_upstream(session, peer, reused, ctx)
+            .await
+            .map_err(|e| at(e, CommitPoint::Connected))?;
+        let mut head = sh
+            .forwarding
+            .upstream_head(session.req(), session.client_addr(), upgrade);
+        proxy
+            .upstream_request_filter(session, &mut head, ctx)
+            .await
+            .map_err(|e| at(e, CommitPoint::Connected))?;
+
+        let (up_body, tx) = match body.as_ref() {
+            Some(b) => {
+                let (tx, ub) = b.open();
+                (ub, Some(tx))
+            }
+            None => (UpstreamBody::empty(), None),
+        };
+        let send = sender.try_send_request(Request::from_parts(head, up_body));
+        let mut pump_done = true;
+        let result = match (tx, body) {
+            (Some(tx), Some(b)) => {
+                pump_done = false;
+                let write_timeout = peer.options.write_timeout;
+                let pump = b.pump(tx, write_timeout, |chunk, end| {
+                    proxy.request_body_filter(session, chunk, end, ctx)
+                });
+                tokio::pin!(send);
+                tokio::pin!(pump);
+                progress.commit = CommitPoint::RequestPartiallySent;
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut send => break r,
+                        p = &mut pump, if !pump_done => {
+                            pump_done = true;
+                            let err = match p {
+                                Ok(()) | Err(PumpError::UpstreamGone) => continue,
+                                Err(PumpError::Downstream(e)) | Err(PumpError::Filter(e)) => e.never_retry(),
+                                Err(PumpError::TooLarge) => Error::downstream(ErrorKind::HttpStatus(413))
+                                    .context("request body over the limit")
+                                    .never_retry(),
+                                Err(PumpError::WriteTimeout) => Error::upstream(ErrorKind::WriteTimeout)
+                                    .context("upstream did not take the request body in time"),
+                            };
+                            return Err(at(err, CommitPoint::RequestPartiallySent));
+                        }
+                    }
+                }
+            }
+            _ => send.await,
+        };
+        let sent = if pump_done {
+            CommitPoint::RequestSent
+        } else {
+            CommitPoint::RequestPartiallySent
+        };
+        progress.commit = sent;
+        match result {
+            Ok(resp) => {
+                progress.commit = CommitPoint::ResponseStarted;
+                let (head, body) = resp.into_parts();
+                Ok(AttemptOk {
+                    head,
+                    body,
+                    sender,
+                    reused,
+                })
+            }
+            Err(mut e) => {
+                // hyper hands back a request it never wrote: provably unsent.
+                let commit = if e.take_message().is_some() {
+                    CommitPoint::Connected
+                } else {
+                    sent
+                };
+                Err(at(classify_hyper(e.into_error()), commit))
+            }
+        }
+    }
+
+    /// Pass an upstream response on to the client.
+    async fn forward(
+        &self,
+        mut session: Session,
+        mut ctx: P::CTX,
+        peer: HttpPeer,
+        ok: AttemptOk,
+        retriable_status: bool,
+        down_upgrade: Option<OnUpgrade>,
+    ) -> Response<ProxyBody<P>> {
+        let sh = &*self.shared;
+        let proxy = &*sh.proxy;
+        let AttemptOk {
+            mut head,
+            body,
+            sender,
+            ..
+        } = ok;
+        let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+        let keep_for = keep_alive_limit(peer.options.idle_timeout, &head.headers);
+        let upstream_closes = head.headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.to_ascii_lowercase().contains("close"))
+        });
+        strip_hop_by_hop(&mut head.headers, switching);
+        if sh.forwarding.config.via {
+            head.headers.append(header::VIA, sh.forwarding.via.clone());
+        }
+        if retriable_status {
+            let v = format!(
+                "{}; received-status={}; next-hop=\"{}\"",
+                sh.proxy_name,
+                head.status.as_u16(),
+                peer.upstream
+            );
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                head.headers.insert("proxy-status", v);
+            }
+        }
+        if let Err(e) = proxy
+            .upstream_response_filter(&mut session, &mut head, &mut ctx)
+            .await
+        {
+            return self
+                .answer_error(session, ctx, e, Some(&peer.upstream), None)
+                .await;
+        }
+        if let Err(e) = proxy
+            .response_filter(&mut session, &mut head, &mut ctx)
+            .await
+        {
+            return self
+                .answer_error(session, ctx, e, Some(&peer.upstream), None)
+                .await;
+        }
+        if self.is_draining() && !switching {
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+
+        if switching {
+            match (down_upgrade, head.extensions.remove::<OnUpgrade>()) {
+                (Some(down), Some(up)) => {
+                    let idle = peer.options.idle_timeout.max(peer.options.read_timeout);
+                    tokio::spawn(tunnel::run(down, up, idle, sh.hard_stop.subscribe()));
+                }
+                _ => {
+                    let err = Error::upstream(ErrorKind::InvalidResponse)
+                        .context("101 Switching Protocols to a request that asked for no upgrade");
+                    return self
+                        .answer_error(session, ctx, err, Some(&peer.upstream), None)
+                        .await;
+                }
+            }
+            proxy.logging(&mut session, None, &mut ctx);
+            return Response::from_parts(head, ProxyBody::full(Bytes::new()));
+        }
+
+        let pool = (!upstream_closes).then(|| (Arc::clone(&self.pool), sender, keep_for));
+        if body.is_end_stream() {
+            // Nothing to stream: the connection is free now.
+            if let Some((pool, sender, keep_for)) = pool {
+                pool.checkin(peer.addr, sender, keep_for);
+            }
+            drop(peer);
+            proxy.logging(&mut session, None, &mut ctx);
+            return Response::from_parts(head, ProxyBody::full(Bytes::new()));
+        }
+        let read_timeout = peer.options.read_timeout;
+        let finish = Finish {
+            proxy: Arc::clone(&sh.proxy),
+            session,
+            ctx,
+            peer,
+            pool,
+        };
+        Response::from_parts(head, ProxyBody::streaming(body, read_timeout, finish))
+    }
+
+    /// Answer with a response a hook made.
+    async fn answer_local(
+        &self,
+        mut session: Session,
+        mut ctx: P::CTX,
+        resp: Response<Bytes>,
+    ) -> Response<ProxyBody<P>> {
+        let proxy = &*self.shared.proxy;
+        let (mut head, body) = resp.into_parts();
+        if let Err(e) = proxy
+            .response_filter(&mut session, &mut head, &mut ctx)
+            .await
+        {
+            return self.answer_error(session, ctx, e, None, None).await;
+        }
+        if self.is_draining() {
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        proxy.logging(&mut session, None, &mut ctx);
+        Response::from_parts(head, ProxyBody::full(body))
+    }
+
+    /// Answer with an error response: `fail_to_proxy` chooses the status (or
+    /// `status` when the request itself was refused) and `Proxy-Status` names the
+    /// error and the upstream.
+    async fn answer_error(
+        &self,
+        mut session: Session,
+        mut ctx: P::CTX,
+        err: Error,
+        upstream: Option<&str>,
+        status: Option<StatusCode>,
+    ) -> Response<ProxyBody<P>> {
+        let sh = &*self.shared;
+        let proxy = &*sh.proxy;
+        let status = status.unwrap_or_else(|| {
+            let code = proxy.fail_to_proxy(&mut session, &err, &mut ctx);
+            StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY)
+        });
+        if !proxy.suppress_error_log(&session, &ctx, &err) {
+            if err.kind() == ErrorKind::InvalidRequest || err.kind() == ErrorKind::DownstreamClosed
+            {
+                tracing::debug!(error = %err, status = status.as_u16(), "request refused");
+            } else {
+                tracing::warn!(error = %err, status = status.as_u16(), attempts = session.attempt(), "proxy error");
+            }
+        }
+        let mut head = Response::new(()).into_parts().0;
+        head.status = status;
+        let reason = status.canonical_reason().unwrap_or("");
+        let text = Bytes::from(format!("{} {}\n", status.as_u16(), reason));
+        head.headers
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let mut ps = format!(
+            "{}; error={}",
+            sh.proxy_name,
+            err.kind().proxy_status_type()
+        );
+        if let Some(u) = upstream {
+            ps.push_str(&format!("; next-hop=\"{u}\""));
+        }
+        if let Ok(v) = HeaderValue::from_str(&ps) {
+            head.headers.insert("proxy-status", v);
+        }
+        if let Some(id) = session.headers().get(&sh.forwarding.request_id) {
+            head.headers
+                .insert(sh.forwarding.request_id.clone(), id.clone());
+        }
+        let close = err.side() == detour_core::ErrorSide::Downstream || self.is_draining();
+        if let Err(e) = proxy
+            .response_filter(&mut session, &mut head, &mut ctx)
+            .await
+        {
+            tracing::debug!(error = %e, "response_filter failed on an error response");
+        }
+        if close {
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        proxy.logging(&mut session, Some(&err), &mut ctx);
+        Response::from_parts(head, ProxyBody::full(text))
+    }
+}

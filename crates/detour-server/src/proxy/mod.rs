@@ -1,0 +1,262 @@
+//! [`HttpProxy`]: serves downstream HTTP/1.1 with hyper and drives the user's
+//! [`ProxyHttp`] hooks, the upstream pool and the retry loop.
+
+pub(crate) mod body;
+pub(crate) mod engine;
+pub(crate) mod forward;
+mod tunnel;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use detour_core::{Observer, ProxyHttp, RetryPolicy};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+pub use body::{ProxyBody, UpstreamBody};
+
+use crate::config::{LimitsConfig, PoolConfig, ServerConfig};
+use crate::upstream::pool::Pool;
+use crate::upstream::{Connect, TcpConnector};
+use forward::{Forwarding, RequestIds};
+
+/// What every worker's copy of a proxy shares.
+pub(crate) struct Shared<P, C> {
+    pub(crate) proxy: Arc<P>,
+    pub(crate) connector: C,
+    pub(crate) policy: Arc<RetryPolicy>,
+    pub(crate) observers: Vec<Arc<dyn Observer>>,
+    pub(crate) forwarding: Forwarding,
+    pub(crate) proxy_name: Arc<str>,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) pool_config: PoolConfig,
+    pub(crate) ids: RequestIds,
+    pub(crate) draining: AtomicBool,
+    /// Set at the end of the shutdown grace period: upgraded tunnels close.
+    pub(crate) hard_stop: watch::Sender<bool>,
+}
+
+/// An HTTP reverse proxy driving the hooks of `P`, connecting upstream with `C`.
+///
+/// Cloning is cheap and shares the upstream pool; [`fork`](HttpProxy::fork)
+/// shares everything but the pool (one pool per worker).
+pub struct HttpProxy<P, C = TcpConnector> {
+    pub(crate) shared: Arc<Shared<P, C>>,
+    pub(crate) pool: Arc<Pool>,
+}
+
+impl<P, C> Clone for HttpProxy<P, C> {
+    fn clone(&self) -> Self {
+        HttpProxy {
+            shared: Arc::clone(&self.shared),
+            pool: Arc::clone(&self.pool),
+        }
+    }
+}
+
+/// Builds an [`HttpProxy`].
+pub struct HttpProxyBuilder<P, C = TcpConnector> {
+    proxy: P,
+    connector: C,
+    config: ServerConfig,
+    observers: Vec<Arc<dyn Observer>>,
+}
+
+impl<P: ProxyHttp> HttpProxy<P, TcpConnector> {
+    /// A proxy over TCP with the default server configuration.
+    pub fn new(proxy: P) -> Self {
+        Self::builder(proxy).build()
+    }
+
+    /// Start building a proxy.
+    pub fn builder(proxy: P) -> HttpProxyBuilder<P, TcpConnector> {
+        HttpProxyBuilder {
+            proxy,
+            connector: TcpConnector,
+            config: ServerConfig::default(),
+            observers: Vec::new(),
+        }
+    }
+}
+
+impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
+    /// Use this server configuration (limits, pool, forwarding, retry policy).
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Use this default retry policy (a hook may still choose another).
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// Report every attempt's outcome to `observer`.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    /// Connect upstream with `connector` instead of plain TCP.
+    pub fn connector<C2: Connect>(self, connector: C2) -> HttpProxyBuilder<P, C2> {
+        HttpProxyBuilder {
+            proxy: self.proxy,
+            connector,
+            config: self.config,
+            observers: self.observers,
+        }
+    }
+
+    /// Build the proxy.
+    pub fn build(self) -> HttpProxy<P, C> {
+        let c = self.config;
+        let (hard_stop, _) = watch::channel(false);
+        HttpProxy {
+            pool: Arc::new(Pool::new(c.pool.max_idle_per_peer)),
+            shared: Arc::new(Shared {
+                proxy: Arc::new(self.proxy),
+                connector: self.connector,
+                policy: Arc::new(c.retry),
+                observers: self.observers,
+                forwarding: Forwarding::new(c.forwarding, &c.proxy_name),
+                proxy_name: c.proxy_name.into(),
+                limits: c.limits,
+                pool_config: c.pool,
+                ids: RequestIds::new(),
+                draining: AtomicBool::new(false),
+                hard_stop,
+            }),
+        }
+    }
+}
+
+impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
+    /// The user's hooks.
+    pub fn hooks(&self) -> &P {
+        &self.shared.proxy
+    }
+
+    /// A copy sharing everything but the upstream pool (one per worker, so a
+    /// worker's connections stay on its own runtime).
+    pub fn fork(&self) -> Self {
+        HttpProxy {
+            shared: Arc::clone(&self.shared),
+            pool: Arc::new(Pool::new(self.shared.pool_config.max_idle_per_peer)),
+        }
+    }
+
+    /// Start draining: responses carry `Connection: close` from now on.
+    pub fn begin_drain(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the proxy is draining.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// End every upgraded tunnel (the grace period is over).
+    pub fn stop_tunnels(&self) {
+        self.shared.hard_stop.send_replace(true);
+    }
+
+    /// The downstream HTTP/1.1 connection settings for this proxy.
+    pub(crate) fn http1_builder(&self) -> http1::Builder {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(self.shared.limits.header_read_timeout)
+            .max_header_size(self.shared.limits.max_header_size)
+            .max_buf_size(self.shared.limits.max_header_size.max(400 * 1024))
+            .keep_alive(true);
+        b
+    }
+
+    /// Serve one downstream connection until it closes. When `drain` turns
+    /// true the connection finishes the request in flight, answers it with
+    /// `Connection: close`, and closes.
+    pub async fn serve_connection<I>(
+        &self,
+        io: I,
+        client: Option<SocketAddr>,
+        drain: watch::Receiver<bool>,
+    ) where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        self.serve(io, client, drain).await;
+    }
+
+    /// Serve a TCP connection; a client too slow to send a request head gets
+    /// `408 Request Timeout` before the connection closes.
+    pub(crate) async fn serve_tcp(
+        &self,
+        stream: tokio::net::TcpStream,
+        client: Option<SocketAddr>,
+        drain: watch::Receiver<bool>,
+    ) {
+        let stream = Arc::new(stream);
+        let timed_out = self
+            .serve(crate::io::SharedTcp(Arc::clone(&stream)), client, drain)
+            .await;
+        if timed_out {
+            // Best effort: the send buffer of an idle connection has room.
+            let _ = stream.try_write(crate::io::REQUEST_TIMEOUT);
+        }
+    }
+
+    /// Serve until the connection closes; `true` when it ended because the
+    /// client was too slow to send a request head.
+    async fn serve<I>(
+        &self,
+        io: I,
+        client: Option<SocketAddr>,
+        mut drain: watch::Receiver<bool>,
+    ) -> bool
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let proxy = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+        });
+        let conn = self
+            .http1_builder()
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let mut draining = false;
+        loop {
+            if !draining && *drain.borrow_and_update() {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            tokio::select! {
+                r = conn.as_mut() => {
+                    return match r {
+                        Ok(()) => false,
+                        Err(e) if e.is_timeout() => {
+                            tracing::debug!(?client, "request head too slow");
+                            true
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, ?client, "downstream connection ended with an error");
+                            false
+                        }
+                    };
+                }
+                changed = drain.changed(), if !draining => {
+                    if changed.is_err() {
+                        // The server is gone: treat it as a drain.
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}

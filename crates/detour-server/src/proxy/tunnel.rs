@@ -1,0 +1,74 @@
+//! Byte tunnels for upgraded connections (WebSocket and friends).
+//!
+//! After a `101 Switching Protocols` the connection is no longer HTTP: bytes are
+//! copied both ways until either side closes, the tunnel is idle for longer than
+//! its idle timeout, or the server's shutdown grace period ends. Never pooled.
+
+use std::time::Duration;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Wait for both sides to finish upgrading, then copy bytes until done.
+pub(crate) async fn run(
+    down: OnUpgrade,
+    up: OnUpgrade,
+    idle: Duration,
+    mut hard_stop: watch::Receiver<bool>,
+) {
+    let (down, up) = match tokio::join!(down, up) {
+        (Ok(d), Ok(u)) => (d, u),
+        (d, u) => {
+            tracing::debug!(
+                down_ok = d.is_ok(),
+                up_ok = u.is_ok(),
+                "upgrade did not complete"
+            );
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    let (mut dbuf, mut ubuf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut down_open, mut up_open) = (true, true);
+    let mut last = Instant::now();
+    while down_open || up_open {
+        if *hard_stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            r = down.read(&mut dbuf), if down_open => match r {
+                Ok(0) | Err(_) => {
+                    down_open = false;
+                    let _ = up.shutdown().await;
+                }
+                Ok(n) => {
+                    last = Instant::now();
+                    if up.write_all(&dbuf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            r = up.read(&mut ubuf), if up_open => match r {
+                Ok(0) | Err(_) => {
+                    up_open = false;
+                    let _ = down.shutdown().await;
+                }
+                Ok(n) => {
+                    last = Instant::now();
+                    if down.write_all(&ubuf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(last + idle) => {
+                tracing::debug!("upgraded tunnel idle, closing");
+                break;
+            }
+            _ = hard_stop.changed() => break,
+        }
+    }
+}

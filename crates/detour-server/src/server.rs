@@ -1,0 +1,351 @@
+//! [`Server`]: configuration and command line, workers, listeners, signals.
+//!
+//! The default runtime model keeps each worker's work local: `threads = N` starts
+//! N OS threads, each running a current-thread tokio runtime with its own
+//! `SO_REUSEPORT` listener and its own upstream pool. What workers share (the
+//! hooks, backend state) lives behind `Arc`s and atomics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use detour_core::ProxyHttp;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::{ConfigError, RuntimeModel, ServerConfig};
+use crate::proxy::HttpProxy;
+use crate::upstream::Connect;
+
+/// The command line every Detour server understands.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(about = "A Detour reverse proxy", long_about = None)]
+pub struct Opt {
+    /// The TOML configuration file.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration and exit (0: valid).
+    #[arg(short = 't', long = "test")]
+    pub test: bool,
+}
+
+impl Opt {
+    /// Load the configuration the options name (defaults when none).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and field at fault.
+    pub fn load(&self) -> Result<ServerConfig, ConfigError> {
+        match &self.config {
+            Some(path) => ServerConfig::from_file(path),
+            None => ServerConfig::default().validate(),
+        }
+    }
+}
+
+/// How a server stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep running.
+    Run,
+    /// Stop accepting, let in-flight requests finish within the grace period.
+    Graceful,
+    /// Stop at once.
+    Immediate,
+}
+
+/// A configured server, ready to run a proxy.
+#[derive(Debug, Clone)]
+pub struct Server {
+    config: ServerConfig,
+}
+
+/// A running server: its bound addresses and the way to stop it.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addrs: Vec<SocketAddr>,
+    stop: watch::Sender<Stop>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The addresses the server listens on (ports resolved when 0 was asked).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The first listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Ask the server to stop (see [`Stop`]).
+    pub fn stop(&self, how: Stop) {
+        self.stop.send_replace(how);
+    }
+
+    /// Wait until every worker has ended.
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop.send_replace(Stop::Immediate);
+        }
+    }
+}
+
+impl Server {
+    /// A server with this configuration.
+    pub fn new(config: ServerConfig) -> Self {
+        Server { config }
+    }
+
+    /// Parse the command line, load and validate the configuration. With
+    /// `-t/--test`, print the verdict and exit (0 when valid, 1 when not);
+    /// a bad configuration also exits 1 with the file and field named.
+    pub fn from_args() -> Self {
+        let opt = Opt::parse();
+        match opt.load() {
+            Ok(config) => {
+                if opt.test {
+                    println!("configuration ok");
+                    std::process::exit(0);
+                }
+                Server::new(config)
+            }
+            Err(e) => {
+                eprintln!("invalid configuration: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Start serving `proxy` on the configured listeners, in background threads.
+    ///
+    /// # Errors
+    /// Binding a listener or starting a runtime failed.
+    pub fn start<P: ProxyHttp, C: Connect>(
+        &self,
+        proxy: HttpProxy<P, C>,
+    ) -> std::io::Result<ServerHandle> {
+        let (stop, stop_rx) = watch::channel(Stop::Run);
+        let limit = Arc::new(Semaphore::new(self.config.limits.max_connections));
+        let mut threads = Vec::new();
+        let grace = self.config.grace_period;
+        let (workers, per_worker) = match self.config.runtime {
+            RuntimeModel::PerWorker => (self.config.threads, true),
+            RuntimeModel::WorkStealing => (1, false),
+        };
+        let mut addrs = self.config.listen.clone();
+        for w in 0..workers {
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let worker_proxy = if per_worker {
+                proxy.fork()
+            } else {
+                proxy.clone()
+            };
+            let bind = addrs.clone();
+            let stop_rx = stop_rx.clone();
+            let limit = Arc::clone(&limit);
+            let threads_n = self.config.threads;
+            let t = std::thread::Builder::new()
+                .name(format!("detour-worker-{w}"))
+                .spawn(move || {
+                    let rt = if per_worker {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                    } else {
+                        tokio::runtime::Builder::new_multi_thread()
+                            .worker_threads(threads_n)
+                            .enable_all()
+                            .build()
+                    };
+                    let rt = match rt {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let listeners = match bind_all(&bind) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        let bound = listeners
+                            .iter()
+                            .filter_map(|l| l.local_addr().ok())
+                            .collect();
+                        let _ = ready_tx.send(Ok(bound));
+                        worker(listeners, worker_proxy, stop_rx, limit, grace).await;
+                    });
+                })?;
+            threads.push(t);
+            match ready_rx.recv() {
+                Ok(Ok(bound)) => addrs = bound,
+                Ok(Err(e)) => {
+                    stop.send_replace(Stop::Immediate);
+                    return Err(e);
+                }
+                Err(_) => {
+                    stop.send_replace(Stop::Immediate);
+                    return Err(std::io::Error::other("worker failed to start"));
+                }
+            }
+        }
+        tracing::info!(?addrs, workers, "listening");
+        Ok(ServerHandle {
+            addrs,
+            stop,
+            threads,
+        })
+    }
+
+    /// Serve `proxy` until a signal: SIGTERM drains in-flight requests within
+    /// the grace period, SIGINT stops at once.
+    ///
+    /// # Errors
+    /// Starting failed (a listener could not be bound).
+    pub fn run_forever<P: ProxyHttp, C: Connect>(
+        &self,
+        proxy: HttpProxy<P, C>,
+    ) -> std::io::Result<()> {
+        let handle = self.start(proxy)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let how = rt.block_on(wait_for_signal())?;
+        tracing::info!(?how, "stopping");
+        handle.stop(how);
+        handle.join();
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() -> std::io::Result<Stop> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => Stop::Graceful,
+        _ = int.recv() => Stop::Immediate,
+    })
+}
+
+/// Bind every address with `SO_REUSEPORT`, so each worker has its own listener
+/// and the kernel spreads connections between them.
+fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.set_nodelay(true)?;
+            socket.bind(*addr)?;
+            socket.listen(4096)
+        })
+        .collect()
+}
+
+async fn worker<P: ProxyHttp, C: Connect>(
+    listeners: Vec<TcpListener>,
+    proxy: HttpProxy<P, C>,
+    mut stop: watch::Receiver<Stop>,
+    limit: Arc<Semaphore>,
+    grace: Duration,
+) {
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
+    let mut accept_tasks = Vec::new();
+    for listener in listeners {
+        let conn_tx = conn_tx.clone();
+        let limit = Arc::clone(&limit);
+        accept_tasks.push(tokio::spawn(async move {
+            loop {
+                // Wait for room first: excess clients queue in the kernel backlog.
+                let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                    return;
+                };
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        if conn_tx.send((stream, peer, permit)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }));
+    }
+    drop(conn_tx);
+    loop {
+        tokio::select! {
+            c = conn_rx.recv() => {
+                let Some((stream, peer, permit)) = c else { break };
+                let proxy = proxy.clone();
+                let drain = drain_rx.clone();
+                conns.spawn(async move {
+                    proxy.serve_tcp(stream, Some(peer), drain).await;
+                    drop(permit);
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = stop.changed() => {
+                if *stop.borrow() != Stop::Run {
+                    break;
+                }
+            }
+        }
+    }
+    for t in &accept_tasks {
+        t.abort();
+    }
+    drop(conn_rx);
+    if *stop.borrow() == Stop::Graceful {
+        proxy.begin_drain();
+        drain_tx.send_replace(true);
+        let all_done = async { while conns.join_next().await.is_some() {} };
+        let immediate = async {
+            while stop.changed().await.is_ok() {
+                if *stop.borrow() == Stop::Immediate {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            _ = all_done => {}
+            _ = tokio::time::sleep(grace) => {
+                tracing::warn!("grace period over with requests in flight");
+            }
+            _ = immediate => {}
+        }
+    }
+    proxy.stop_tunnels();
+    conns.abort_all();
+}

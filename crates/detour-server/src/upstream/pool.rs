@@ -1,0 +1,125 @@
+//! A per-worker pool of idle HTTP/1.1 upstream connections.
+//!
+//! Last in, first out: the most recently used connection is the least likely to
+//! have been closed by the backend. A connection is dropped (not reused) once it
+//! is closed, older than its idle limit, or — for a request that is not safe to
+//! repeat — idle for longer than the unsafe-reuse window.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::client::conn::http1::SendRequest;
+use tokio::time::Instant;
+
+use crate::proxy::body::UpstreamBody;
+
+/// An HTTP/1.1 request sender for one upstream connection.
+pub(crate) type Sender = SendRequest<UpstreamBody>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+    expires: Instant,
+}
+
+/// Idle connections keyed by peer address.
+pub(crate) struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    max_idle_per_peer: usize,
+}
+
+impl Pool {
+    pub(crate) fn new(max_idle_per_peer: usize) -> Self {
+        Pool {
+            idle: Mutex::new(HashMap::new()),
+            max_idle_per_peer,
+        }
+    }
+
+    /// Take the freshest usable idle connection to `addr`. With
+    /// `max_idle = Some(d)`, only a connection idle for less than `d` qualifies.
+    pub(crate) fn checkout(&self, addr: SocketAddr, max_idle: Option<Duration>) -> Option<Sender> {
+        let now = Instant::now();
+        // Short critical section, never held across an await.
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(conn) = list.pop() {
+            if conn.sender.is_closed() || conn.expires <= now {
+                continue;
+            }
+            if max_idle.is_some_and(|d| now.duration_since(conn.since) >= d) {
+                // Older ones lie below: keep this one for safe requests.
+                list.push(conn);
+                return None;
+            }
+            return Some(conn.sender);
+        }
+        None
+    }
+
+    /// Return a connection after its response was read to the end. It is kept
+    /// for at most `keep_for`.
+    pub(crate) fn checkin(&self, addr: SocketAddr, sender: Sender, keep_for: Duration) {
+        if sender.is_closed() || keep_for.is_zero() || self.max_idle_per_peer == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(addr).or_default();
+        list.retain(|c| !c.sender.is_closed() && c.expires > now);
+        if list.len() >= self.max_idle_per_peer {
+            list.remove(0);
+        }
+        list.push(Idle {
+            sender,
+            since: now,
+            expires: now + keep_for,
+        });
+    }
+}
+
+/// How long an upstream connection may stay idle: our own limit, capped below
+/// the backend's advertised `Keep-Alive: timeout=N` so we never reuse a
+/// connection the backend is about to close.
+pub(crate) fn keep_alive_limit(ours: Duration, headers: &http::HeaderMap) -> Duration {
+    let advertised = headers
+        .get("keep-alive")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .filter_map(|p| p.trim().strip_prefix("timeout="))
+                .find_map(|n| n.trim().parse::<u64>().ok())
+        });
+    match advertised {
+        // Leave a margin for the time the response spent in flight.
+        Some(secs) => {
+            let theirs = Duration::from_secs(secs);
+            ours.min(
+                theirs
+                    .saturating_sub(Duration::from_millis(500))
+                    .max(theirs / 2),
+            )
+        }
+        None => ours,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_header_caps_the_idle_time() {
+        let mut h = http::HeaderMap::new();
+        let ours = Duration::from_secs(30);
+        assert_eq!(keep_alive_limit(ours, &h), ours);
+        h.insert("keep-alive", "timeout=5, max=100".parse().unwrap());
+        assert_eq!(keep_alive_limit(ours, &h), Duration::from_millis(4500));
+        h.insert("keep-alive", "timeout=1".parse().unwrap());
+        assert_eq!(keep_alive_limit(ours, &h), Duration::from_millis(500));
+        h.insert("keep-alive", "timeout=0".parse().unwrap());
+        assert_eq!(keep_alive_limit(ours, &h), Duration::ZERO);
+    }
+}
