@@ -328,27 +328,13 @@ impl ServerConfig {
         #[derive(Deserialize)]
         struct Doc {
             #[serde(default)]
-            server: Option<toml::Value>,
+            server: ServerConfig,
+            // Other tables belong to the application.
+            #[serde(flatten)]
+            _rest: toml::Table,
         }
         let doc: Doc = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
-        let config: ServerConfig = match doc.server {
-            Some(v) => {
-                // Re-serialize the table so errors point at `server.<field>`.
-                let table = toml::to_string(&toml::Value::Table(
-                    [("server".to_string(), v)].into_iter().collect(),
-                ))
-                .map_err(|e| ConfigError::field("server", e.to_string()))?;
-                #[derive(Deserialize)]
-                struct Wrap {
-                    server: ServerConfig,
-                }
-                toml::from_str::<Wrap>(&table)
-                    .map_err(|e| toml_error(text, &e))?
-                    .server
-            }
-            None => ServerConfig::default(),
-        };
-        config.validate()
+        doc.server.validate()
     }
 
     /// Read and validate the `[server]` table of a TOML file.
@@ -365,20 +351,39 @@ impl ServerConfig {
     }
 }
 
-/// Turn a TOML error into a [`ConfigError`] with the line number and the field.
+/// Turn a TOML error into a [`ConfigError`] naming the line and the field
+/// (the dotted path of the key the error points at).
 pub fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
-    let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-    let message = e.message().to_string();
-    ConfigError {
+    let mut err = ConfigError {
         file: None,
         field: None,
-        message: match line {
-            Some(l) => format!("line {l}: {message}"),
-            None => message,
-        },
+        message: e.message().trim().to_string(),
+    };
+    let Some(span) = e.span() else { return err };
+    let at = span.start.min(text.len());
+    let line_no = text[..at].matches('\n').count() + 1;
+    err.message = format!("line {line_no}: {}", err.message);
+    // The table the error sits in: the last `[header]` above it.
+    let mut table = String::new();
+    for line in text[..at].lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        }
     }
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    err.field = match (table.is_empty(), key) {
+        (_, None) if !table.is_empty() => Some(table),
+        (true, Some(k)) => Some(k),
+        (false, Some(k)) => Some(format!("{table}.{k}")),
+        _ => None,
+    };
+    err
 }
 
 #[cfg(test)]
@@ -400,8 +405,15 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("server.retry.multiplier"));
         let e = ServerConfig::from_toml("[server]\nthreds = 2\n").unwrap_err();
         assert!(e.to_string().contains("threds"), "{e}");
-        let e = ServerConfig::from_toml("[server]\ngrace_period = \"soon\"\n").unwrap_err();
-        assert!(e.to_string().contains("grace_period"), "{e}");
+        let e = ServerConfig::from_toml("# c\n[server]\ngrace_period = \"soon\"\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("server.grace_period"), "{e}");
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let e = ServerConfig::from_toml("[server.limits]\nmax_connections = \"x\"\n").unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("server.limits.max_connections"),
+            "{e}"
+        );
     }
 
     #[test]
