@@ -17,7 +17,14 @@ fn cargo(args: &[&str]) -> bool {
 
 fn ci() -> bool {
     cargo(&["fmt", "--all", "--", "--check"])
-        && cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        && cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
         && cargo(&["test", "--workspace"])
 }
 

@@ -35,6 +35,7 @@ pub struct Behavior {
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: Option<Bytes>,
     pub(crate) idle_close: Option<Duration>,
+    pub(crate) racy_idle_close: Option<Duration>,
     pub(crate) keep_alive_hint: Option<u64>,
 }
 
@@ -70,6 +71,7 @@ impl Behavior {
             headers: Vec::new(),
             body: None,
             idle_close: None,
+            racy_idle_close: None,
             keep_alive_hint: None,
         }
     }
@@ -199,6 +201,17 @@ impl Behavior {
     #[must_use]
     pub fn close_idle_after(mut self, idle: Duration) -> Self {
         self.idle_close = Some(idle);
+        self
+    }
+
+    /// Model the keep-alive race deterministically: a request arriving on a connection
+    /// that has been idle for at least `idle` is met with a reset, unread, as if the
+    /// server's idle close had crossed the request on the wire. The request is not
+    /// recorded (the server never processed it). A client that sends a non-idempotent
+    /// request on such a connection cannot know whether it was processed.
+    #[must_use]
+    pub fn racy_idle_close(mut self, idle: Duration) -> Self {
+        self.racy_idle_close = Some(idle);
         self
     }
 

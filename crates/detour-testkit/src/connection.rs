@@ -121,6 +121,19 @@ async fn serve_one(conn: &mut Conn<TcpStream>, shared: &Shared) -> Result<(), St
             Ok(Err(e)) => return Err(e.into()),
         }
     }
+    if let Some(racy) = waiting
+        .behavior
+        .racy_idle_close
+        .filter(|_| conn.buf.is_empty())
+    {
+        let since = tokio::time::Instant::now();
+        match conn.fill().await {
+            Ok(0) => return Err(Stop::Close),
+            Ok(_) if since.elapsed() >= racy => return Err(Stop::Reset),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let head = match conn.read_request_head().await {
         Ok(Some(head)) => head,
         Ok(None) => return Err(Stop::Close),
