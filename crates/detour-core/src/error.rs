@@ -114,7 +114,8 @@ impl ErrorKind {
     /// no upstream response can be passed on.
     ///
     /// refused / reset / invalid response → 502; any timeout → 504; no backend,
-    /// breaker open, budget spent, overload → 503; a bad request → 400.
+    /// breaker open, budget spent, overload → 503; a bad request or a client
+    /// body that broke off → 400.
     pub fn default_status(self) -> u16 {
         match self {
             k if k.is_timeout() => 504,
@@ -122,7 +123,7 @@ impl ErrorKind {
             | ErrorKind::CircuitOpen
             | ErrorKind::BudgetExhausted
             | ErrorKind::Overloaded => 503,
-            ErrorKind::InvalidRequest => 400,
+            ErrorKind::InvalidRequest | ErrorKind::DownstreamClosed => 400,
             ErrorKind::HttpStatus(s) if (100..600).contains(&s) => s,
             ErrorKind::Custom => 500,
             _ => 502,

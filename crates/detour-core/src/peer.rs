@@ -19,8 +19,9 @@ pub struct PeerOptions {
     /// TLS handshake timeout. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub tls_timeout: Duration,
-    /// Longest wait for the response head after the request was sent, and
-    /// longest silence while reading the response body. Default 60 s.
+    /// Longest time from the start of an attempt (connect and upload
+    /// included) until the response head, and longest silence while reading the
+    /// response body. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
     /// Longest time the upstream may take to accept the request body while

@@ -299,6 +299,7 @@ impl RetryDecision {
 /// policy always give the same answer.
 ///
 /// * response bytes went downstream → never;
+/// * the replay buffer no longer holds the whole body → never;
 /// * the request provably did not reach the upstream (not connected, or
 ///   connected with nothing written) → yes, any method, if the kind is retriable;
 /// * otherwise → only a safe request whose body is still replayable, and only
@@ -317,6 +318,11 @@ pub fn decide(policy: &RetryPolicy, f: &AttemptFacts) -> RetryDecision {
             f.kind,
             ErrorKind::ConnectionClosed | ErrorKind::ConnectionReset
         );
+    if !f.replay_intact {
+        // Even an unsent request cannot go again once client bytes it pulled
+        // are gone: the retry would carry a truncated body.
+        return RetryDecision::Stop(NoRetry::BodyNotReplayable);
+    }
     if f.commit.request_unsent() {
         // Nothing was written: the upstream cannot have acted on the request.
         if stale || policy.retries_kind(f.kind) || f.kind.never_reached_upstream() {
@@ -328,9 +334,6 @@ pub fn decide(policy: &RetryPolicy, f: &AttemptFacts) -> RetryDecision {
     }
     if !f.safe {
         return RetryDecision::Stop(NoRetry::NotSafe);
-    }
-    if !f.replay_intact {
-        return RetryDecision::Stop(NoRetry::BodyNotReplayable);
     }
     if stale || policy.retries_kind(f.kind) {
         RetryDecision::Retry {
@@ -391,6 +394,8 @@ mod tests {
                             let kind_ok = stale || p.retries_kind(kind);
                             let expected = if commit == ResponseForwarded {
                                 RetryDecision::Stop(NoRetry::Committed)
+                            } else if !replay_intact {
+                                RetryDecision::Stop(NoRetry::BodyNotReplayable)
                             } else if commit <= Connected {
                                 if kind_ok || kind == ErrorKind::ConnectRefused {
                                     RetryDecision::Retry {
@@ -401,8 +406,6 @@ mod tests {
                                 }
                             } else if !safe {
                                 RetryDecision::Stop(NoRetry::NotSafe)
-                            } else if !replay_intact {
-                                RetryDecision::Stop(NoRetry::BodyNotReplayable)
                             } else if kind_ok {
                                 RetryDecision::Retry {
                                     stale_connection: stale,

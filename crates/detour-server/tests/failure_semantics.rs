@@ -265,3 +265,30 @@ async fn gets_on_stale_pooled_connections_are_retried_and_not_blamed() {
         "a stale pooled connection is not the backend's fault"
     );
 }
+
+#[tokio::test]
+async fn a_bodyless_post_that_times_out_is_never_sent_again() {
+    // Regression: a POST without a body, cut by the per-try timeout while
+    // waiting for its response, was once taken for "never sent".
+    let a = up(Behavior::hang()).await;
+    let b = up(Behavior::ok()).await;
+    let mut c = config();
+    c.retry.per_try_timeout = Some(Duration::from_millis(200));
+    let p = start(&[a.addr(), b.addr()], c);
+    let raw = "POST / HTTP/1.1\r\nhost: t\r\nx-request-id: e1\r\ncontent-length: 0\r\n\r\n";
+    let r = send(p.addr(), raw).await.unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(a.count_for("e1") + b.count_for("e1"), 1, "delivered once");
+}
+
+#[tokio::test]
+async fn retry_after_beyond_max_delay_passes_the_answer_on() {
+    let a = up(Behavior::status(503).with_header("retry-after", "3600")).await;
+    let p = start(&[a.addr()], config());
+    let t = tokio::time::Instant::now();
+    let r = send(p.addr(), &get("/", "ra")).await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("3600"));
+    assert_eq!(a.count_for("ra"), 1);
+    assert!(t.elapsed() < Duration::from_secs(2));
+}

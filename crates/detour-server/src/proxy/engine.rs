@@ -60,6 +60,20 @@ pub(crate) fn classify_hyper(e: hyper::Error) -> Error {
     Error::upstream(kind).cause(e)
 }
 
+/// An RFC 8941 string: quoted, with `"` and `\\` escaped.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
 /// A response head arrived.
 pub(crate) struct AttemptOk {
     head: response::Parts,
@@ -180,6 +194,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         });
         let upgrade = down_upgrade.is_some();
         let mut rng: Option<fastrand::Rng> = None;
+        // Set after a stale pooled connection: the next attempt connects afresh.
+        let mut fresh = false;
+        let mut stale_retries = 0u32;
 
         let mut peer = match proxy.upstream_peer(&mut session, &mut ctx).await {
             Ok(p) => p,
@@ -196,6 +213,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     body.as_mut(),
                     &policy,
                     upgrade,
+                    fresh,
                 )
                 .await;
             let latency = attempt_started.elapsed();
@@ -303,9 +321,14 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             }
 
             // The ceiling allows another attempt; do the limits?
-            // A stale pooled connection says nothing about the backend and costs
-            // no retry: the next attempt gets a fresh connection.
-            let exhausted = !stale && session.retries() >= policy.max_retries;
+            // A stale pooled connection says nothing about the backend: it costs
+            // no retry, and the next attempt opens a fresh connection (so at most
+            // one stale retry in a row).
+            fresh = stale;
+            if stale {
+                stale_retries += 1;
+            }
+            let exhausted = session.retries().saturating_sub(stale_retries) >= policy.max_retries;
             let out_of_time = session.time_left().is_some_and(|t| t.is_zero());
             if exhausted || out_of_time {
                 return self
@@ -327,6 +350,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 let rng = rng.get_or_insert_with(fastrand::Rng::new);
                 wait = policy.backoff(session.retries() + 1, rng);
                 if let Some(ra) = retry_after {
+                    // Honoured, but never past max_delay (nor the deadline below):
+                    // a longer wish ends the retries and passes the answer on.
+                    if ra > policy.max_delay {
+                        return self
+                            .give_up(session, ctx, held, last_err, down_upgrade)
+                            .await;
+                    }
                     wait = wait.max(ra);
                 }
             }
@@ -410,6 +440,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         body: Option<&mut RequestBody<B>>,
         policy: &RetryPolicy,
         upgrade: bool,
+        fresh: bool,
     ) -> Result<AttemptOk, AttemptErr>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -428,7 +459,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             commit: CommitPoint::NotConnected,
             reused: false,
         };
-        let inner = self.attempt_inner(session, ctx, peer, body, upgrade, &mut progress);
+        let inner = self.attempt_inner(session, ctx, peer, body, upgrade, fresh, &mut progress);
         match tokio::time::timeout_at(limit, inner).await {
             Ok(r) => r,
             Err(_) => {
@@ -492,6 +523,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         peer: &HttpPeer,
         body: Option<&mut RequestBody<B>>,
         upgrade: bool,
+        fresh: bool,
         progress: &mut Progress,
     ) -> Result<AttemptOk, AttemptErr>
     where
@@ -504,7 +536,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         // used just now, so a backend's idle close cannot race it.
         let window = (!session.is_safe()).then_some(sh.pool_config.unsafe_max_idle);
         let mut pooled = None;
-        while let Some(mut s) = self.pool.checkout(peer.addr, window) {
+        while let Some(mut s) = (!fresh)
+            .then(|| self.pool.checkout(peer.addr, window))
+            .flatten()
+        {
             if s.ready().await.is_ok() {
                 pooled = Some(s);
                 break;
@@ -539,6 +574,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             None => (UpstreamBody::empty(), None),
         };
         let send = sender.try_send_request(Request::from_parts(head, up_body));
+        // From here bytes may be on the wire: only hyper handing the request
+        // back proves it unsent. A timeout from now on is not "never sent".
+        progress.commit = if tx.is_some() {
+            CommitPoint::RequestPartiallySent
+        } else {
+            CommitPoint::RequestSent
+        };
         let mut pump_done = true;
         let result = match (tx, body) {
             (Some(tx), Some(b)) => {
@@ -549,7 +591,6 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 });
                 tokio::pin!(send);
                 tokio::pin!(pump);
-                progress.commit = CommitPoint::RequestPartiallySent;
                 loop {
                     tokio::select! {
                         biased;
@@ -631,10 +672,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
         if retriable_status {
             let v = format!(
-                "{}; received-status={}; next-hop=\"{}\"",
+                "{}; received-status={}; next-hop={}",
                 sh.proxy_name,
                 head.status.as_u16(),
-                peer.upstream
+                sf_string(&peer.upstream)
             );
             if let Ok(v) = HeaderValue::from_str(&v) {
                 head.headers.insert("proxy-status", v);
@@ -760,7 +801,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             err.kind().proxy_status_type()
         );
         if let Some(u) = upstream {
-            ps.push_str(&format!("; next-hop=\"{u}\""));
+            ps.push_str(&format!("; next-hop={}", sf_string(u)));
         }
         if let Ok(v) = HeaderValue::from_str(&ps) {
             head.headers.insert("proxy-status", v);
