@@ -102,6 +102,15 @@ impl AttemptErr {
     }
 }
 
+/// How one attempt is made.
+#[derive(Clone, Copy)]
+struct Mode {
+    /// The client asked for a protocol upgrade.
+    upgrade: bool,
+    /// Open a fresh connection rather than take a pooled one.
+    fresh: bool,
+}
+
 /// How far the attempt in progress got, readable after it was cut by a timeout.
 struct Progress {
     commit: CommitPoint,
@@ -212,8 +221,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     &peer,
                     body.as_mut(),
                     &policy,
-                    upgrade,
-                    fresh,
+                    Mode { upgrade, fresh },
                 )
                 .await;
             let latency = attempt_started.elapsed();
@@ -439,8 +447,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         peer: &HttpPeer,
         body: Option<&mut RequestBody<B>>,
         policy: &RetryPolicy,
-        upgrade: bool,
-        fresh: bool,
+        mode: Mode,
     ) -> Result<AttemptOk, AttemptErr>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -459,7 +466,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             commit: CommitPoint::NotConnected,
             reused: false,
         };
-        let inner = self.attempt_inner(session, ctx, peer, body, upgrade, fresh, &mut progress);
+        let inner = self.attempt_inner(session, ctx, peer, body, mode, &mut progress);
         match tokio::time::timeout_at(limit, inner).await {
             Ok(r) => r,
             Err(_) => {
@@ -522,8 +529,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         ctx: &mut P::CTX,
         peer: &HttpPeer,
         body: Option<&mut RequestBody<B>>,
-        upgrade: bool,
-        fresh: bool,
+        mode: Mode,
         progress: &mut Progress,
     ) -> Result<AttemptOk, AttemptErr>
     where
@@ -558,9 +564,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             .connected_to_upstream(session, peer, reused, ctx)
             .await
             .map_err(|e| at(e, CommitPoint::Connected))?;
-        let mut head = sh
-            .forwarding
-            .upstream_head(session.req(), session.client_addr(), upgrade);
+        let mut head =
+            sh.forwarding
+                .upstream_head(session.req(), session.client_addr(), mode.upgrade);
         proxy
             .upstream_request_filter(session, &mut head, ctx)
             .await
