@@ -542,7 +542,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         // used just now, so a backend's idle close cannot race it.
         let window = (!session.is_safe()).then_some(sh.pool_config.unsafe_max_idle);
         let mut pooled = None;
-        while let Some(mut s) = (!fresh)
+        while let Some(mut s) = (!mode.fresh)
             .then(|| self.pool.checkout(peer.addr, window))
             .flatten()
         {
