@@ -131,6 +131,22 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// The kind of an I/O failure on an upstream connection.
+    pub fn from_io(kind: std::io::ErrorKind) -> ErrorKind {
+        use std::io::ErrorKind as Io;
+        match kind {
+            Io::ConnectionRefused => ErrorKind::ConnectRefused,
+            Io::ConnectionReset | Io::BrokenPipe | Io::ConnectionAborted => {
+                ErrorKind::ConnectionReset
+            }
+            Io::TimedOut => ErrorKind::ReadTimeout,
+            Io::InvalidData => ErrorKind::InvalidResponse,
+            _ => ErrorKind::ConnectionClosed,
+        }
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -276,18 +292,7 @@ impl Error {
 
     /// Classify an I/O error met while talking to an upstream.
     pub fn from_upstream_io(err: std::io::Error) -> Self {
-        use std::io::ErrorKind as Io;
-        let kind = match err.kind() {
-            Io::ConnectionRefused => ErrorKind::ConnectRefused,
-            Io::ConnectionReset | Io::BrokenPipe | Io::ConnectionAborted => {
-                ErrorKind::ConnectionReset
-            }
-            Io::UnexpectedEof => ErrorKind::ConnectionClosed,
-            Io::TimedOut => ErrorKind::ReadTimeout,
-            Io::InvalidData => ErrorKind::InvalidResponse,
-            _ => ErrorKind::ConnectionClosed,
-        };
-        Self::upstream(kind).cause(err)
+        Self::upstream(ErrorKind::from_io(err.kind())).cause(err)
     }
 }
 

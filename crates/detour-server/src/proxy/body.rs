@@ -9,6 +9,7 @@
 //!   body with the read-idle timeout, the body filter, the return of the
 //!   connection to the pool and the `logging` hook at the end.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -147,19 +148,9 @@ where
         write_timeout: Duration,
         mut filter: impl FnMut(&mut Bytes, bool) -> Result<(), Error>,
     ) -> Result<(), PumpError> {
-        let send = |tx: &mpsc::Sender<UpFrame>, frame: UpFrame| {
-            let tx = tx.clone();
-            async move {
-                match tokio::time::timeout(write_timeout, tx.send(frame)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(PumpError::UpstreamGone),
-                    Err(_) => Err(PumpError::WriteTimeout),
-                }
-            }
-        };
         if self.intact {
             for chunk in &self.buffer {
-                send(&tx, Frame::data(chunk.clone())).await?;
+                send_frame(&tx, Frame::data(chunk.clone()), write_timeout).await?;
             }
         }
         while let Some(down) = self.downstream.as_mut() {
@@ -204,7 +195,7 @@ where
                     if end {
                         self.downstream = None;
                     }
-                    send(&tx, Frame::data(data)).await?;
+                    send_frame(&tx, Frame::data(data), write_timeout).await?;
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
@@ -217,9 +208,22 @@ where
             }
         }
         if let Some(trailers) = &self.trailers {
-            send(&tx, Frame::trailers(trailers.clone())).await?;
+            send_frame(&tx, Frame::trailers(trailers.clone()), write_timeout).await?;
         }
         Ok(())
+    }
+}
+
+/// Hand one frame to the upstream connection within the write timeout.
+async fn send_frame(
+    tx: &mpsc::Sender<UpFrame>,
+    frame: UpFrame,
+    write_timeout: Duration,
+) -> Result<(), PumpError> {
+    match tokio::time::timeout(write_timeout, tx.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(PumpError::UpstreamGone),
+        Err(_) => Err(PumpError::WriteTimeout),
     }
 }
 
@@ -396,5 +400,3 @@ impl<P: ProxyHttp> Body for ProxyBody<P> {
         }
     }
 }
-
-use std::future::Future as _;

@@ -41,17 +41,10 @@ pub(crate) fn classify_hyper(e: hyper::Error) -> Error {
         }
         src = s.source();
     }
-    use std::io::ErrorKind as Io;
     let kind = if e.is_parse() || e.is_parse_status() {
         ErrorKind::InvalidResponse
     } else if let Some(k) = io_kind {
-        match k {
-            Io::ConnectionReset | Io::BrokenPipe | Io::ConnectionAborted => {
-                ErrorKind::ConnectionReset
-            }
-            Io::TimedOut => ErrorKind::ReadTimeout,
-            _ => ErrorKind::ConnectionClosed,
-        }
+        ErrorKind::from_io(k)
     } else if e.is_timeout() {
         ErrorKind::ReadTimeout
     } else {
@@ -72,6 +65,17 @@ fn sf_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// A `Proxy-Status` value (RFC 9209): this proxy, one detail parameter, and
+/// the upstream by name (never its address).
+fn proxy_status(proxy: &str, detail: &str, upstream: Option<&str>) -> Option<HeaderValue> {
+    let mut v = format!("{proxy}; {detail}");
+    if let Some(u) = upstream {
+        v.push_str("; next-hop=");
+        v.push_str(&sf_string(u));
+    }
+    HeaderValue::from_str(&v).ok()
 }
 
 /// A response head arrived.
@@ -668,22 +672,14 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         } = ok;
         let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
         let keep_for = keep_alive_limit(peer.options.idle_timeout, &head.headers);
-        let upstream_closes = head.headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.to_ascii_lowercase().contains("close"))
-        });
+        let upstream_closes = forward::connection_has(&head.headers, "close");
         strip_hop_by_hop(&mut head.headers, switching);
         if sh.forwarding.config.via {
             head.headers.append(header::VIA, sh.forwarding.via.clone());
         }
         if retriable_status {
-            let v = format!(
-                "{}; received-status={}; next-hop={}",
-                sh.proxy_name,
-                head.status.as_u16(),
-                sf_string(&peer.upstream)
-            );
-            if let Ok(v) = HeaderValue::from_str(&v) {
+            let detail = format!("received-status={}", head.status.as_u16());
+            if let Some(v) = proxy_status(&sh.proxy_name, &detail, Some(&peer.upstream)) {
                 head.headers.insert("proxy-status", v);
             }
         }
@@ -801,15 +797,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let text = Bytes::from(format!("{} {}\n", status.as_u16(), reason));
         head.headers
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        let mut ps = format!(
-            "{}; error={}",
-            sh.proxy_name,
-            err.kind().proxy_status_type()
-        );
-        if let Some(u) = upstream {
-            ps.push_str(&format!("; next-hop={}", sf_string(u)));
-        }
-        if let Ok(v) = HeaderValue::from_str(&ps) {
+        let detail = format!("error={}", err.kind().proxy_status_type());
+        if let Some(v) = proxy_status(&sh.proxy_name, &detail, upstream) {
             head.headers.insert("proxy-status", v);
         }
         if let Some(id) = session.headers().get(&sh.forwarding.request_id) {
