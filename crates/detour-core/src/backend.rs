@@ -70,6 +70,9 @@ pub struct BackendState {
     /// Whether the latency EWMA has a first sample.
     latency_seeded: AtomicU8,
     gate: OnceLock<Arc<dyn AdmissionGate>>,
+    /// Bits of [`Removal`] reasons currently in force.
+    removal: AtomicU8,
+    cap: OnceLock<Arc<RemovalCap>>,
 }
 
 impl fmt::Debug for BackendState {
@@ -158,6 +161,63 @@ impl BackendState {
             old + 0.1 * (sample - old)
         };
         self.latency_ewma_us.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Install the upstream's passive-removal cap (see [`RemovalCap`]). Only
+    /// the first call wins; without a cap, passive removal is never refused.
+    pub fn set_removal_cap(&self, cap: Arc<RemovalCap>) {
+        let _ = self.cap.set(cap);
+    }
+
+    /// The upstream's passive-removal cap, if one is installed.
+    pub fn removal_cap(&self) -> Option<&Arc<RemovalCap>> {
+        self.cap.get()
+    }
+
+    /// Ask to remove this backend passively for `reason` (outlier ejection or
+    /// an open breaker). Returns `false` when the upstream's cap refuses: the
+    /// caller must then leave the backend in service. A backend already removed
+    /// for another reason holds its slot already, so this always succeeds.
+    pub fn try_remove(&self, reason: Removal) -> bool {
+        let bit = reason as u8;
+        let held = self.removal.load(Ordering::Acquire);
+        if held & bit != 0 {
+            return true;
+        }
+        if held == 0 {
+            if let Some(cap) = self.cap.get() {
+                if !cap.acquire() {
+                    return false;
+                }
+            }
+            let before = self.removal.fetch_or(bit, Ordering::AcqRel);
+            if before != 0 {
+                // Another reason took a slot meanwhile: ours is one too many.
+                if let Some(cap) = self.cap.get() {
+                    cap.release();
+                }
+            }
+            return true;
+        }
+        self.removal.fetch_or(bit, Ordering::AcqRel);
+        true
+    }
+
+    /// End a passive removal for `reason`; the cap's slot is freed when no
+    /// reason is left.
+    pub fn restore(&self, reason: Removal) {
+        let bit = reason as u8;
+        let before = self.removal.fetch_and(!bit, Ordering::AcqRel);
+        if before == bit {
+            if let Some(cap) = self.cap.get() {
+                cap.release();
+            }
+        }
+    }
+
+    /// Whether the backend is passively removed for `reason` now.
+    pub fn is_removed_for(&self, reason: Removal) -> bool {
+        self.removal.load(Ordering::Acquire) & reason as u8 != 0
     }
 
     /// Whether health facts alone (check, ejection, draining) let the backend
@@ -254,13 +314,18 @@ impl Backend {
         self.admit_gated()
     }
 
-    /// Admission that ignores health and ejection (panic mode) but still
-    /// respects draining and the gate's probe bound.
+    /// Admission in panic mode: ignores the health check, ejection and the
+    /// gate (DESIGN.md: when too few backends are available, spread over all),
+    /// but still respects draining and weight 0.
     pub fn try_admit_ignoring_health(self: &Arc<Self>) -> Option<Permit> {
-        if self.state.is_draining() {
+        if self.weight == 0 || self.state.is_draining() {
             return None;
         }
-        self.admit_gated()
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Permit {
+            backend: Arc::clone(self),
+            gated: false,
+        })
     }
 
     fn admit_gated(self: &Arc<Self>) -> Option<Permit> {
@@ -274,6 +339,103 @@ impl Backend {
             backend: Arc::clone(self),
             gated,
         })
+    }
+}
+
+/// Why a backend is passively removed. Both reasons share one slot of the
+/// upstream's [`RemovalCap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Removal {
+    /// Ejected by outlier detection.
+    Ejected = 1,
+    /// Its circuit breaker is open (or half-open, until it closes).
+    BreakerOpen = 2,
+}
+
+/// One ceiling over all passive removal in an upstream (DESIGN.md: "Removal
+/// has one ceiling"): outlier ejections and open breakers together may take
+/// out at most `max_percent` of the upstream's backends, counted *after* the
+/// removal. With 3 backends and 34 %, one may be removed, never two; with
+/// one backend and anything under 100 %, none. Lock-free.
+#[derive(Debug)]
+pub struct RemovalCap {
+    total: AtomicU32,
+    removed: AtomicU32,
+    max_percent: AtomicU32,
+}
+
+impl RemovalCap {
+    /// A cap of `max_percent` (clamped to 100) over no backends yet.
+    pub fn new(max_percent: u32) -> Self {
+        RemovalCap {
+            total: AtomicU32::new(0),
+            removed: AtomicU32::new(0),
+            max_percent: AtomicU32::new(max_percent.min(100)),
+        }
+    }
+
+    /// Count `backends` as the upstream's members and install this cap on each
+    /// (a backend keeps the first cap it was given). Call again whenever the
+    /// membership changes.
+    pub fn attach(self: &Arc<Self>, backends: &[Arc<Backend>]) {
+        self.total.store(backends.len() as u32, Ordering::Release);
+        for b in backends {
+            b.state.set_removal_cap(Arc::clone(self));
+        }
+    }
+
+    /// Set the number of backends in the upstream.
+    pub fn set_total(&self, total: u32) {
+        self.total.store(total, Ordering::Release);
+    }
+
+    /// Backends in the upstream.
+    pub fn total(&self) -> u32 {
+        self.total.load(Ordering::Acquire)
+    }
+
+    /// Backends passively removed now.
+    pub fn removed(&self) -> u32 {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// The ceiling, in percent of the upstream.
+    pub fn max_percent(&self) -> u32 {
+        self.max_percent.load(Ordering::Relaxed)
+    }
+
+    /// Change the ceiling (already-removed backends stay removed).
+    pub fn set_max_percent(&self, max_percent: u32) {
+        self.max_percent
+            .store(max_percent.min(100), Ordering::Relaxed);
+    }
+
+    fn acquire(&self) -> bool {
+        let total = u64::from(self.total());
+        let max = u64::from(self.max_percent());
+        let mut removed = self.removed.load(Ordering::Acquire);
+        loop {
+            if (u64::from(removed) + 1) * 100 > max * total {
+                return false;
+            }
+            match self.removed.compare_exchange_weak(
+                removed,
+                removed + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => removed = now,
+            }
+        }
+    }
+
+    fn release(&self) {
+        // Never wraps: every release follows its own acquire.
+        let _ = self
+            .removed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1));
     }
 }
 
@@ -364,10 +526,45 @@ mod tests {
         b.state().set_check_failed(true);
         assert!(b.try_admit(Instant::now()).is_none());
         assert!(b.try_admit_ignoring_health().is_some());
+        b.state()
+            .set_gate(Arc::new(TwoProbes(AtomicI32::new(2))))
+            .ok()
+            .unwrap();
+        assert!(
+            b.try_admit_ignoring_health().is_some(),
+            "panic mode ignores the gate"
+        );
         b.state().set_draining(true);
         assert!(b.try_admit_ignoring_health().is_none());
         let zero = Arc::new(Backend::new("127.0.0.1:2".parse().unwrap()).with_weight(0));
         assert!(zero.try_admit(Instant::now()).is_none());
+    }
+
+    #[test]
+    fn the_removal_cap_counts_after_the_removal_and_shares_one_slot_per_backend() {
+        let cap = Arc::new(RemovalCap::new(34));
+        let bs: Vec<_> = (1..=3)
+            .map(|p| Arc::new(Backend::new(([127, 0, 0, 1], p).into())))
+            .collect();
+        cap.attach(&bs);
+        assert!(bs[0].state().try_remove(Removal::Ejected));
+        // Removed for a second reason: same slot.
+        assert!(bs[0].state().try_remove(Removal::BreakerOpen));
+        assert_eq!(cap.removed(), 1);
+        assert!(!bs[1].state().try_remove(Removal::Ejected), "2/3 > 34 %");
+        assert!(!bs[2].state().try_remove(Removal::BreakerOpen));
+        bs[0].state().restore(Removal::Ejected);
+        assert_eq!(cap.removed(), 1, "still removed for its breaker");
+        bs[0].state().restore(Removal::BreakerOpen);
+        assert_eq!(cap.removed(), 0);
+        assert!(bs[1].state().try_remove(Removal::Ejected));
+        assert!(bs[1].state().is_removed_for(Removal::Ejected));
+
+        let alone = Arc::new(Backend::new(([127, 0, 0, 1], 9).into()));
+        Arc::new(RemovalCap::new(99)).attach(std::slice::from_ref(&alone));
+        assert!(!alone.state().try_remove(Removal::Ejected), "never all");
+        let uncapped = backend();
+        assert!(uncapped.state().try_remove(Removal::Ejected));
     }
 
     #[test]

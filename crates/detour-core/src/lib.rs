@@ -1,4 +1,5 @@
-//! The vocabulary every Detour crate speaks. No I/O of its own.
+//! The vocabulary every Detour crate speaks. No I/O of its own beyond the
+//! plain TCP connector every dialer shares.
 //!
 //! A user implements [`ProxyHttp`] — only [`new_ctx`](ProxyHttp::new_ctx) and
 //! [`upstream_peer`](ProxyHttp::upstream_peer) are required — and hands it to
@@ -12,6 +13,7 @@
 //! - [`retry`]: [`RetryPolicy`] and the pure retry decision [`retry::decide`].
 //! - [`backend`]: [`Backend`] and its lock-free [`BackendState`], admission [`Permit`]s.
 //! - [`peer`]: [`HttpPeer`] and [`PeerOptions`], where one attempt goes.
+//! - [`connect`]: the [`Connect`](connect::Connect) trait every dialer takes.
 //! - [`observe`]: [`AttemptOutcome`] and the [`Observer`] trait.
 //!
 //! ```
@@ -32,6 +34,7 @@
 
 pub mod backend;
 pub mod commit;
+pub mod connect;
 pub mod error;
 pub mod observe;
 pub mod peer;
@@ -39,7 +42,7 @@ pub mod proxy;
 pub mod retry;
 pub mod session;
 
-pub use backend::{AdmissionGate, Backend, BackendState, GateState, Permit};
+pub use backend::{AdmissionGate, Backend, BackendState, GateState, Permit, Removal, RemovalCap};
 pub use commit::CommitPoint;
 pub use error::{BoxError, Error, ErrorKind, ErrorSide, Result, RetryHint};
 pub use observe::{AttemptOutcome, Observer, OutcomeClass};

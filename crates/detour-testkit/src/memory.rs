@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use detour_server::Connect;
+use detour_core::connect::Connect;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -239,7 +239,7 @@ impl MemoryNet {
     }
 }
 
-/// The proxy side of a [`MemoryNet`]: implements `detour_server::Connect`.
+/// The proxy side of a [`MemoryNet`]: implements `detour_core::connect::Connect`.
 #[derive(Debug, Clone)]
 pub struct MemoryConnector {
     net: MemoryNet,

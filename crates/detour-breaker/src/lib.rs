@@ -1,0 +1,2 @@
+//! Circuit breakers, retry budgets and concurrency limits for Detour.
+#![warn(missing_docs)]

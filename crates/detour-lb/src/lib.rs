@@ -1,0 +1,2 @@
+//! Backend sets, selection algorithms, failover tiers and discovery for Detour.
+#![warn(missing_docs)]
