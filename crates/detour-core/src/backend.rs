@@ -44,6 +44,10 @@ pub trait AdmissionGate: Send + Sync + 'static {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+    /// An active health check just saw the backend come back. A breaker moves
+    /// from open to half-open at once, so recovery is bounded by the checks
+    /// (DESIGN.md: "Recovery is bounded by the checks").
+    fn on_backend_recovered(&self) {}
 }
 
 /// A gate's state, for status pages and metrics.
@@ -70,6 +74,9 @@ pub struct BackendState {
     /// Whether the latency EWMA has a first sample.
     latency_seeded: AtomicU8,
     gate: OnceLock<Arc<dyn AdmissionGate>>,
+    /// When the backend last came back into service (nanos since the clock
+    /// base; 0 = never recorded). Slow start ramps its share from here.
+    recovered_at: AtomicU64,
     /// Bits of [`Removal`] reasons currently in force.
     removal: AtomicU8,
     cap: OnceLock<Arc<RemovalCap>>,
@@ -161,6 +168,21 @@ impl BackendState {
             old + 0.1 * (sample - old)
         };
         self.latency_ewma_us.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Record that the backend came back into service at `at` (a check passed
+    /// after failing, an ejection ended, a breaker closed, or it was added).
+    /// Selection's slow start ramps the backend's share up from this instant.
+    pub fn mark_recovered(&self, at: Instant) {
+        self.recovered_at.store(to_nanos(at), Ordering::Relaxed);
+    }
+
+    /// When the backend last came back into service, if that was recorded.
+    pub fn recovered_at(&self) -> Option<Instant> {
+        match self.recovered_at.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(from_nanos(n)),
+        }
     }
 
     /// Install the upstream's passive-removal cap (see [`RemovalCap`]). Only
