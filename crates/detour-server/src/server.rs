@@ -230,22 +230,33 @@ impl Server {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let how = rt.block_on(wait_for_signal())?;
-        tracing::info!(?how, "stopping");
-        handle.stop(how);
-        handle.join();
-        Ok(())
+        rt.block_on(run_until_signal(handle))
     }
 }
 
-async fn wait_for_signal() -> std::io::Result<Stop> {
+/// Wait for SIGTERM (drain) or SIGINT (stop at once); while draining, a
+/// SIGINT or a second SIGTERM cuts the drain short.
+async fn run_until_signal(handle: ServerHandle) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
+    let how = tokio::select! {
         _ = term.recv() => Stop::Graceful,
         _ = int.recv() => Stop::Immediate,
-    })
+    };
+    tracing::info!(?how, "stopping");
+    handle.stop(how);
+    let stop = handle.stop.clone();
+    let mut joined = tokio::task::spawn_blocking(move || handle.join());
+    loop {
+        tokio::select! {
+            _ = &mut joined => return Ok(()),
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("second signal: stopping at once");
+        stop.send_replace(Stop::Immediate);
+    }
 }
 
 /// Bind every address with `SO_REUSEPORT`, so each worker has its own listener
@@ -330,7 +341,12 @@ async fn worker<P: ProxyHttp, C: Connect>(
     if *stop.borrow() == Stop::Graceful {
         proxy.begin_drain();
         drain_tx.send_replace(true);
-        let all_done = async { while conns.join_next().await.is_some() {} };
+        // Done when every connection and every upgraded tunnel has ended;
+        // tunnels still open at the end of the grace period are cut.
+        let all_done = async {
+            while conns.join_next().await.is_some() {}
+            proxy.tunnels_closed().await;
+        };
         let immediate = async {
             while stop.changed().await.is_ok() {
                 if *stop.borrow() == Stop::Immediate {

@@ -233,3 +233,34 @@ async fn sigterm_drain_finishes_in_flight_requests_with_connection_close() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn a_drain_keeps_upgraded_tunnels_until_the_grace_period_ends() {
+    let a = up(Behavior::upgrade()).await;
+    let mut cfg = config();
+    cfg.grace_period = Duration::from_millis(800);
+    let p = start(&[a.addr()], cfg);
+    let mut c = RawConnection::connect(p.addr()).await.unwrap();
+    c.send(b"GET /ws HTTP/1.1\r\nhost: h\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.read_response_head().await.unwrap().status, 101);
+    p.handle.stop(Stop::Graceful);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send(b"still-here").await.unwrap();
+    assert_eq!(
+        c.read_exact(10).await.unwrap(),
+        b"still-here",
+        "the tunnel outlives its connection's drain"
+    );
+    let handle = p.handle;
+    let joined = tokio::task::spawn_blocking(move || handle.join());
+    tokio::time::timeout(Duration::from_secs(5), joined)
+        .await
+        .expect("the server stops at the end of the grace period")
+        .unwrap();
+    assert!(
+        c.read_to_end().await.map_or(true, |rest| rest.is_empty()),
+        "the tunnel was closed"
+    );
+}

@@ -26,8 +26,11 @@ use tokio::time::{Instant, Sleep};
 
 use crate::upstream::pool::{Pool, Sender};
 
-/// A frame on its way upstream.
-pub(crate) type UpFrame = Frame<Bytes>;
+/// A frame on its way upstream; `None` marks the end of the body. A channel
+/// that closes without that mark means the upload was cut short, and the
+/// upstream connection is aborted rather than told the body is complete (a
+/// truncated chunked body must never look whole to a backend).
+pub(crate) type UpFrame = Option<Frame<Bytes>>;
 
 /// The request body as the upstream connection reads it.
 #[derive(Debug)]
@@ -57,9 +60,23 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.rx.as_mut() {
-            None => Poll::Ready(None),
-            Some(rx) => rx.poll_recv(cx).map(|f| f.map(Ok)),
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Some(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(None)) => {
+                self.rx = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.rx = None;
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "request body cut short",
+                ))))
+            }
         }
     }
 
@@ -150,7 +167,7 @@ where
     ) -> Result<(), PumpError> {
         if self.intact {
             for chunk in &self.buffer {
-                send_frame(&tx, Frame::data(chunk.clone()), write_timeout).await?;
+                send_frame(&tx, Some(Frame::data(chunk.clone())), write_timeout).await?;
             }
         }
         while let Some(down) = self.downstream.as_mut() {
@@ -195,7 +212,7 @@ where
                     if end {
                         self.downstream = None;
                     }
-                    send_frame(&tx, Frame::data(data), write_timeout).await?;
+                    send_frame(&tx, Some(Frame::data(data)), write_timeout).await?;
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
@@ -208,9 +225,9 @@ where
             }
         }
         if let Some(trailers) = &self.trailers {
-            send_frame(&tx, Frame::trailers(trailers.clone()), write_timeout).await?;
+            send_frame(&tx, Some(Frame::trailers(trailers.clone())), write_timeout).await?;
         }
-        Ok(())
+        send_frame(&tx, None, write_timeout).await
     }
 }
 

@@ -240,7 +240,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 Ok(ok) => {
                     let status = ok.head.status.as_u16();
                     let policy_says = policy.retries_status(status);
-                    let class = if policy_says {
+                    // Every 5xx is reported as the backend's failure, and so is
+                    // a status the policy retries; breakers and outlier
+                    // detection filter by their own status lists.
+                    let class = if policy_says || status >= 500 {
                         OutcomeClass::BackendFailure(ErrorKind::HttpStatus(status))
                     } else {
                         OutcomeClass::Success
@@ -708,7 +711,12 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             match (down_upgrade, head.extensions.remove::<OnUpgrade>()) {
                 (Some(down), Some(up)) => {
                     let idle = peer.options.idle_timeout.max(peer.options.read_timeout);
-                    tokio::spawn(tunnel::run(down, up, idle, sh.hard_stop.subscribe()));
+                    let live = tunnel::Live::new(&sh.tunnels);
+                    let hard_stop = sh.hard_stop.subscribe();
+                    tokio::spawn(async move {
+                        tunnel::run(down, up, idle, hard_stop).await;
+                        drop(live);
+                    });
                 }
                 _ => {
                     let err = Error::upstream(ErrorKind::InvalidResponse)

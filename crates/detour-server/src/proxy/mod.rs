@@ -38,6 +38,8 @@ pub(crate) struct Shared<P, C> {
     pub(crate) draining: AtomicBool,
     /// Set at the end of the shutdown grace period: upgraded tunnels close.
     pub(crate) hard_stop: watch::Sender<bool>,
+    /// Upgraded tunnels alive now (a drain waits for them within the grace).
+    pub(crate) tunnels: watch::Sender<usize>,
 }
 
 /// An HTTP reverse proxy driving the hooks of `P`, connecting upstream with `C`.
@@ -130,6 +132,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
                 ids: RequestIds::new(),
                 draining: AtomicBool::new(false),
                 hard_stop,
+                tunnels: watch::channel(0).0,
             }),
         }
     }
@@ -158,6 +161,17 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// Whether the proxy is draining.
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// Upgraded tunnels alive now.
+    pub fn live_tunnels(&self) -> usize {
+        *self.shared.tunnels.borrow()
+    }
+
+    /// Wait until no upgraded tunnel is alive.
+    pub async fn tunnels_closed(&self) {
+        let mut rx = self.shared.tunnels.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// End every upgraded tunnel (the grace period is over).

@@ -12,6 +12,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// Counts one live tunnel for as long as it is held, so a graceful drain can
+/// wait for tunnels as it waits for requests.
+pub(crate) struct Live(watch::Sender<usize>);
+
+impl Live {
+    pub(crate) fn new(count: &watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Live(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// Wait for both sides to finish upgrading, then copy bytes until done.
 pub(crate) async fn run(
     down: OnUpgrade,
