@@ -207,6 +207,7 @@ struct Inner {
     retry: RetryHint,
     context: Option<Cow<'static, str>>,
     cause: Option<BoxError>,
+    retry_after: Option<std::time::Duration>,
 }
 
 /// Detour's error: a [`kind`](Error::kind) to match on, the [`side`](Error::side)
@@ -227,6 +228,7 @@ impl Error {
                 retry: RetryHint::Default,
                 context: None,
                 cause: None,
+                retry_after: None,
             }),
         }
     }
@@ -256,6 +258,18 @@ impl Error {
     pub fn cause(mut self, cause: impl Into<BoxError>) -> Self {
         self.inner.cause = Some(cause.into());
         self
+    }
+
+    /// Tell the client when to come back (sent as `Retry-After` when Detour
+    /// answers with this error: a breaker's time until half-open, say).
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.inner.retry_after = Some(after);
+        self
+    }
+
+    /// When the client may come back, if known.
+    pub fn retry_after_hint(&self) -> Option<std::time::Duration> {
+        self.inner.retry_after
     }
 
     /// Forbid any retry after this error.

@@ -52,7 +52,6 @@ impl Default for PeerOptions {
 }
 
 /// The destination of one attempt.
-#[derive(Debug)]
 pub struct HttpPeer {
     /// Address to connect to.
     pub addr: SocketAddr,
@@ -62,6 +61,30 @@ pub struct HttpPeer {
     pub options: PeerOptions,
     backend: Option<Arc<Backend>>,
     permit: Option<Permit>,
+    budget: Option<Arc<dyn RetryBudgetGate>>,
+    guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for HttpPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPeer")
+            .field("addr", &self.addr)
+            .field("upstream", &self.upstream)
+            .field("options", &self.options)
+            .field("admitted", &self.permit.is_some())
+            .field("budget", &self.budget.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A retry budget the engine consults (`detour-breaker`'s `RetryBudget`
+/// implements it): every client request is deposited once, and every retry
+/// must be withdrawn; when the budget is spent the engine stops retrying.
+pub trait RetryBudgetGate: Send + Sync + 'static {
+    /// A client request began (its first attempt).
+    fn deposit(&self);
+    /// May one more retry happen now? `true` spends it.
+    fn try_withdraw(&self) -> bool;
 }
 
 impl HttpPeer {
@@ -73,6 +96,8 @@ impl HttpPeer {
             options: PeerOptions::default(),
             backend: None,
             permit: None,
+            budget: None,
+            guard: None,
         }
     }
 
@@ -86,6 +111,8 @@ impl HttpPeer {
             options: PeerOptions::default(),
             backend: Some(backend),
             permit: Some(permit),
+            budget: None,
+            guard: None,
         }
     }
 
@@ -97,6 +124,8 @@ impl HttpPeer {
             options: PeerOptions::default(),
             backend: Some(backend),
             permit: None,
+            budget: None,
+            guard: None,
         }
     }
 
@@ -106,13 +135,33 @@ impl HttpPeer {
         self
     }
 
+    /// Spend retries of this request from `budget` (the engine deposits the
+    /// request at its first attempt and withdraws before every retry).
+    pub fn with_budget(mut self, budget: Arc<dyn RetryBudgetGate>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The retry budget this peer's upstream spends from, if any.
+    pub fn budget(&self) -> Option<&Arc<dyn RetryBudgetGate>> {
+        self.budget.as_ref()
+    }
+
+    /// Hold `guard` (a concurrency-limit permit, say) for as long as the
+    /// attempt lasts; it is dropped with the peer.
+    pub fn with_guard(mut self, guard: impl Send + Sync + 'static) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
+    }
+
     /// The backend whose state this attempt's outcome updates, if any.
     pub fn backend(&self) -> Option<&Arc<Backend>> {
         self.backend.as_ref()
     }
 
-    /// Give up the admission permit early (the attempt is over).
+    /// Give up the admission permit and any guard early (the attempt is over).
     pub fn release(&mut self) {
         self.permit = None;
+        self.guard = None;
     }
 }

@@ -215,6 +215,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             Ok(p) => p,
             Err(e) => return self.answer_error(session, ctx, e, None, None).await,
         };
+        // The first peer's upstream budget pays for this request's retries.
+        let budget = peer.budget().cloned();
+        if let Some(b) = &budget {
+            b.deposit();
+        }
         loop {
             session.begin_attempt(peer.addr);
             let attempt_started = Instant::now();
@@ -346,6 +351,20 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             let exhausted = session.retries().saturating_sub(stale_retries) >= policy.max_retries;
             let out_of_time = session.time_left().is_some_and(|t| t.is_zero());
             if exhausted || out_of_time {
+                return self
+                    .give_up(session, ctx, held, last_err, down_upgrade)
+                    .await;
+            }
+            // A stale connection's re-attempt is free; a real retry is paid
+            // from the budget, and a spent budget ends the retries: the client
+            // gets the held upstream answer as it was, or a 503.
+            if !stale && budget.as_ref().is_some_and(|b| !b.try_withdraw()) {
+                tracing::debug!("retry budget spent");
+                let last_err = last_err.map(|(_, name)| {
+                    let err =
+                        Error::internal(ErrorKind::BudgetExhausted).context("retry budget spent");
+                    (err, name)
+                });
                 return self
                     .give_up(session, ctx, held, last_err, down_upgrade)
                     .await;
@@ -812,6 +831,12 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         if let Some(id) = session.headers().get(&sh.forwarding.request_id) {
             head.headers
                 .insert(sh.forwarding.request_id.clone(), id.clone());
+        }
+        if let Some(after) = err.retry_after_hint() {
+            // Whole seconds, rounded up: "come back in 0 s" would invite a storm.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            head.headers
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         let close = err.side() == detour_core::ErrorSide::Downstream || self.is_draining();
         if let Err(e) = proxy
