@@ -264,3 +264,33 @@ async fn a_drain_keeps_upgraded_tunnels_until_the_grace_period_ends() {
         "the tunnel was closed"
     );
 }
+
+#[tokio::test]
+async fn an_upload_keeps_going_after_the_response_head_full_duplex() {
+    // The backend answers at once and echoes the body as it arrives: the
+    // client only sends its second chunk after reading the first echo back.
+    let a = up(Behavior::echo()).await;
+    let p = start(&[a.addr()], config());
+    let mut c = RawConnection::connect(p.addr()).await.unwrap();
+    c.send(b"POST /duplex HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await
+        .unwrap();
+    let within = Duration::from_secs(5);
+    let r = tokio::time::timeout(within, c.read_response_head())
+        .await
+        .expect("the head arrives before the upload ends")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let first = tokio::time::timeout(within, c.read_exact(10))
+        .await
+        .expect("the first echo arrives")
+        .unwrap();
+    assert_eq!(first, b"5\r\nhello\r\n");
+    c.send(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+    let rest = tokio::time::timeout(within, c.read_exact(16))
+        .await
+        .expect("the rest of the upload reached the backend after the head")
+        .unwrap();
+    assert_eq!(rest, b"6\r\n world\r\n0\r\n\r\n");
+    assert_eq!(a.received().pop().unwrap().body_len, 11);
+}

@@ -19,7 +19,6 @@ use bytes::Bytes;
 use detour_core::{Error, ErrorKind, HttpPeer, ProxyHttp, Session};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
@@ -108,6 +107,13 @@ pub(crate) enum PumpError {
 }
 
 /// The client's request body with its replay buffer.
+///
+/// Each attempt feeds its upstream body from here: first the buffered prefix
+/// (already filtered), then the rest of the client's body. The frame being
+/// handed over is kept in `in_hand` until the channel has room for it, so a
+/// caller may stop pumping at any await point and carry on later — after an
+/// early response head, the response body keeps the upload going — without
+/// losing or repeating a byte.
 pub(crate) struct RequestBody<B> {
     downstream: Option<B>,
     buffer: Vec<Bytes>,
@@ -119,6 +125,13 @@ pub(crate) struct RequestBody<B> {
     received: u64,
     max: u64,
     len: Option<u64>,
+    /// Per attempt: the next buffered chunk to send.
+    cursor: usize,
+    /// Per attempt: the frame about to go upstream (`Some(None)`: the end mark).
+    in_hand: Option<UpFrame>,
+    /// Per attempt: trailers and the end mark have been produced.
+    trailers_sent: bool,
+    finished: bool,
 }
 
 impl<B> RequestBody<B>
@@ -139,6 +152,10 @@ where
             received: 0,
             max,
             len,
+            cursor: 0,
+            in_hand: None,
+            trailers_sent: false,
+            finished: false,
         }
     }
 
@@ -148,30 +165,32 @@ where
     }
 
     /// A new upstream body for one attempt and the sender that feeds it.
-    pub(crate) fn open(&self) -> (mpsc::Sender<UpFrame>, UpstreamBody) {
+    pub(crate) fn open(&mut self) -> (mpsc::Sender<UpFrame>, UpstreamBody) {
+        self.cursor = 0;
+        self.in_hand = None;
+        self.trailers_sent = false;
+        self.finished = false;
         let (tx, rx) = mpsc::channel(1);
         (tx, UpstreamBody::channel(rx, self.len))
     }
 
-    /// Feed one attempt's upstream body: first what was buffered (already
-    /// filtered), then the rest of the client's body, through `filter`.
-    ///
-    /// # Cancel safety
-    /// Dropping the future mid-way loses at most the chunk in hand, and that
-    /// chunk is in the replay buffer whenever the body is still replayable.
-    pub(crate) async fn pump(
+    /// Make sure a frame is in hand: `Ready(Ok(false))` once this attempt's
+    /// body (end mark included) has been handed over entirely.
+    fn poll_fill(
         &mut self,
-        tx: mpsc::Sender<UpFrame>,
-        write_timeout: Duration,
-        mut filter: impl FnMut(&mut Bytes, bool) -> Result<(), Error>,
-    ) -> Result<(), PumpError> {
-        if self.intact {
-            for chunk in &self.buffer {
-                send_frame(&tx, Some(Frame::data(chunk.clone())), write_timeout).await?;
-            }
+        cx: &mut Context<'_>,
+        filter: &mut dyn FnMut(&mut Bytes, bool) -> Result<(), Error>,
+    ) -> Poll<Result<bool, PumpError>> {
+        if self.in_hand.is_some() {
+            return Poll::Ready(Ok(true));
+        }
+        if self.intact && self.cursor < self.buffer.len() {
+            self.in_hand = Some(Some(Frame::data(self.buffer[self.cursor].clone())));
+            self.cursor += 1;
+            return Poll::Ready(Ok(true));
         }
         while let Some(down) = self.downstream.as_mut() {
-            let frame = match down.frame().await {
+            let frame = match std::task::ready!(Pin::new(&mut *down).poll_frame(cx)) {
                 None => {
                     self.downstream = None;
                     break;
@@ -179,68 +198,166 @@ where
                 Some(Err(e)) => {
                     self.downstream = None;
                     self.intact = false;
-                    return Err(PumpError::Downstream(
+                    return Poll::Ready(Err(PumpError::Downstream(
                         Error::downstream(ErrorKind::DownstreamClosed)
                             .context("reading the request body")
                             .cause(e.into()),
-                    ));
+                    )));
                 }
                 Some(Ok(f)) => f,
             };
             let end = down.is_end_stream();
+            if end {
+                self.downstream = None;
+            }
             match frame.into_data() {
                 Ok(mut data) => {
                     self.received += data.len() as u64;
                     if self.max != 0 && self.received > self.max {
                         self.intact = false;
-                        return Err(PumpError::TooLarge);
+                        return Poll::Ready(Err(PumpError::TooLarge));
                     }
                     if let Err(e) = filter(&mut data, end) {
                         self.intact = false;
-                        return Err(PumpError::Filter(e));
+                        return Poll::Ready(Err(PumpError::Filter(e)));
                     }
                     if self.intact {
                         if self.buffered + data.len() <= self.limit {
                             self.buffered += data.len();
                             self.buffer.push(data.clone());
+                            self.cursor = self.buffer.len();
                         } else {
                             // Too long to replay: free the copy, stream the rest once.
                             self.intact = false;
                             self.buffer = Vec::new();
                         }
                     }
-                    if end {
-                        self.downstream = None;
-                    }
-                    send_frame(&tx, Some(Frame::data(data)), write_timeout).await?;
+                    self.in_hand = Some(Some(Frame::data(data)));
+                    return Poll::Ready(Ok(true));
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         self.trailers = Some(trailers);
                     }
-                    if end {
-                        self.downstream = None;
-                    }
                 }
             }
         }
-        if let Some(trailers) = &self.trailers {
-            send_frame(&tx, Some(Frame::trailers(trailers.clone())), write_timeout).await?;
+        if !self.trailers_sent {
+            self.trailers_sent = true;
+            if let Some(t) = &self.trailers {
+                self.in_hand = Some(Some(Frame::trailers(t.clone())));
+                return Poll::Ready(Ok(true));
+            }
         }
-        send_frame(&tx, None, write_timeout).await
+        if !self.finished {
+            self.finished = true;
+            self.in_hand = Some(None);
+            return Poll::Ready(Ok(true));
+        }
+        Poll::Ready(Ok(false))
+    }
+
+    /// Feed one attempt's upstream body through `filter`, each hand-over
+    /// bounded by `write_timeout`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a frame leaves `in_hand` only once the channel has taken
+    /// it, so pumping can stop at any await and resume (see [`Upload`]).
+    pub(crate) async fn pump(
+        &mut self,
+        tx: &mpsc::Sender<UpFrame>,
+        write_timeout: Duration,
+        mut filter: impl FnMut(&mut Bytes, bool) -> Result<(), Error>,
+    ) -> Result<(), PumpError> {
+        loop {
+            let more = std::future::poll_fn(|cx| self.poll_fill(cx, &mut filter)).await?;
+            if !more {
+                return Ok(());
+            }
+            let permit = match tokio::time::timeout(write_timeout, tx.reserve()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(PumpError::UpstreamGone),
+                Err(_) => return Err(PumpError::WriteTimeout),
+            };
+            if let Some(frame) = self.in_hand.take() {
+                permit.send(frame);
+            }
+        }
     }
 }
 
-/// Hand one frame to the upstream connection within the write timeout.
-async fn send_frame(
-    tx: &mpsc::Sender<UpFrame>,
-    frame: UpFrame,
-    write_timeout: Duration,
-) -> Result<(), PumpError> {
-    match tokio::time::timeout(write_timeout, tx.send(frame)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(PumpError::UpstreamGone),
-        Err(_) => Err(PumpError::WriteTimeout),
+/// The rest of an upload whose response head arrived first: the response body
+/// drives it (full duplex), running `request_body_filter` as before.
+pub(crate) trait Upload<P: ProxyHttp>: Send {
+    /// Move the upload forward; `Ready` once it is finished or failed.
+    fn poll_upload(
+        &mut self,
+        cx: &mut Context<'_>,
+        proxy: &P,
+        session: &mut Session,
+        ctx: &mut P::CTX,
+    ) -> Poll<Result<(), PumpError>>;
+}
+
+/// An unfinished upload: the body and the upstream channel it feeds.
+pub(crate) struct Rest<B> {
+    pub(crate) body: RequestBody<B>,
+    pub(crate) tx: mpsc::Sender<UpFrame>,
+    reserving: Option<ReserveFuture>,
+}
+
+type ReserveFuture = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<mpsc::OwnedPermit<UpFrame>, mpsc::error::SendError<()>>,
+            > + Send,
+    >,
+>;
+
+impl<B> Rest<B> {
+    pub(crate) fn new(body: RequestBody<B>, tx: mpsc::Sender<UpFrame>) -> Self {
+        Rest {
+            body,
+            tx,
+            reserving: None,
+        }
+    }
+}
+
+impl<P, B> Upload<P> for Rest<B>
+where
+    P: ProxyHttp,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<detour_core::BoxError>,
+{
+    fn poll_upload(
+        &mut self,
+        cx: &mut Context<'_>,
+        proxy: &P,
+        session: &mut Session,
+        ctx: &mut P::CTX,
+    ) -> Poll<Result<(), PumpError>> {
+        let mut filter =
+            |chunk: &mut Bytes, end: bool| proxy.request_body_filter(session, chunk, end, ctx);
+        loop {
+            if !std::task::ready!(self.body.poll_fill(cx, &mut filter))? {
+                return Poll::Ready(Ok(()));
+            }
+            // A boxed reservation per chunk: this path only runs for uploads
+            // still going after their response started.
+            let tx = self.tx.clone();
+            let reserving = self
+                .reserving
+                .get_or_insert_with(|| Box::pin(tx.reserve_owned()));
+            let permit = match std::task::ready!(reserving.as_mut().poll(cx)) {
+                Ok(p) => p,
+                Err(_) => return Poll::Ready(Err(PumpError::UpstreamGone)),
+            };
+            self.reserving = None;
+            if let Some(frame) = self.body.in_hand.take() {
+                permit.send(frame);
+            }
+        }
     }
 }
 
@@ -267,6 +384,8 @@ impl<P: ProxyHttp> Finish<P> {
 
 struct Streaming<P: ProxyHttp> {
     upstream: Incoming,
+    /// The rest of the request body, when the response came first.
+    upload: Option<Box<dyn Upload<P>>>,
     idle: Pin<Box<Sleep>>,
     read_timeout: Duration,
     last_activity: Instant,
@@ -311,11 +430,17 @@ impl<P: ProxyHttp> ProxyBody<P> {
     }
 
     /// The upstream's body, streamed.
-    pub(crate) fn streaming(upstream: Incoming, read_timeout: Duration, finish: Finish<P>) -> Self {
+    pub(crate) fn streaming(
+        upstream: Incoming,
+        read_timeout: Duration,
+        finish: Finish<P>,
+        upload: Option<Box<dyn Upload<P>>>,
+    ) -> Self {
         let now = Instant::now();
         ProxyBody {
             kind: Kind::Streaming(Box::new(Streaming {
                 upstream,
+                upload,
                 idle: Box::pin(tokio::time::sleep_until(now + read_timeout)),
                 read_timeout,
                 last_activity: now,
@@ -339,6 +464,17 @@ impl<P: ProxyHttp> Body for ProxyBody<P> {
         };
         if s.finish.is_none() {
             return Poll::Ready(None);
+        }
+        if let (Some(up), Some(f)) = (s.upload.as_mut(), s.finish.as_mut()) {
+            if let Poll::Ready(r) = up.poll_upload(cx, &f.proxy, &mut f.session, &mut f.ctx) {
+                if let Err(e) = r {
+                    // Dropping the channel unfinished aborts the upstream
+                    // request, which ends this response with an error below.
+                    tracing::debug!(error = ?e, "upload after an early response failed");
+                    f.pool = None;
+                }
+                s.upload = None;
+            }
         }
         match Pin::new(&mut s.upstream).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -364,7 +500,11 @@ impl<P: ProxyHttp> Body for ProxyBody<P> {
                     Err(frame) => frame,
                 };
                 if end {
-                    if let Some(f) = s.finish.take() {
+                    if let Some(mut f) = s.finish.take() {
+                        if s.upload.take().is_some() {
+                            // The request never finished: the connection is spent.
+                            f.pool = None;
+                        }
                         f.complete(None);
                     }
                 }
@@ -379,7 +519,10 @@ impl<P: ProxyHttp> Body for ProxyBody<P> {
                 Poll::Ready(Some(Err(err)))
             }
             Poll::Ready(None) => {
-                if let Some(f) = s.finish.take() {
+                if let Some(mut f) = s.finish.take() {
+                    if s.upload.take().is_some() {
+                        f.pool = None;
+                    }
                     f.complete(None);
                 }
                 Poll::Ready(None)

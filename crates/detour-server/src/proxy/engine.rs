@@ -24,7 +24,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::body::{Finish, ProxyBody, PumpError, RequestBody, UpstreamBody};
+use super::body::{Finish, ProxyBody, PumpError, RequestBody, Rest, UpFrame, Upload, UpstreamBody};
 use super::forward::{self, strip_hop_by_hop};
 use super::{tunnel, HttpProxy};
 use crate::upstream::pool::{keep_alive_limit, Sender};
@@ -84,6 +84,9 @@ pub(crate) struct AttemptOk {
     body: Incoming,
     sender: Sender,
     reused: bool,
+    /// The response head came before the whole request body went up: the
+    /// channel that still needs the rest of it.
+    upload: Option<tokio::sync::mpsc::Sender<UpFrame>>,
 }
 
 /// An attempt failed, having got as far as `commit`.
@@ -123,9 +126,10 @@ struct Progress {
 
 /// An upstream response kept back while a retry is considered: if no retry
 /// happens, the client gets it as it is.
-struct Held {
+struct Held<P: ProxyHttp> {
     ok: AttemptOk,
     peer: HttpPeer,
+    rest: Option<Box<dyn Upload<P>>>,
 }
 
 impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
@@ -234,7 +238,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 )
                 .await;
             let latency = attempt_started.elapsed();
-            let replay_intact = body.as_ref().is_none_or(|b| b.replayable());
+            let mut result = result;
+            // An upload still going when the response head came: the response
+            // body carries it on (full duplex), so it cannot be replayed.
+            let mut rest: Option<Box<dyn Upload<P>>> = None;
+            if let Ok(ok) = &mut result {
+                if let (Some(tx), Some(b)) = (ok.upload.take(), body.take()) {
+                    rest = Some(Box::new(Rest::new(b, tx)));
+                }
+            }
+            let replay_intact = rest.is_none() && body.as_ref().is_none_or(|b| b.replayable());
             session.set_body_replayable(replay_intact);
 
             let mut retry_after = None;
@@ -265,7 +278,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                         && proxy.should_retry_response(&session, &ok.head, policy_says, &mut ctx);
                     if !wants {
                         return self
-                            .forward(session, ctx, peer, ok, false, down_upgrade)
+                            .forward(session, ctx, peer, ok, rest, false, down_upgrade)
                             .await;
                     }
                     let facts = AttemptFacts {
@@ -277,7 +290,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     };
                     if !decide(&policy, &facts).is_retry() {
                         return self
-                            .forward(session, ctx, peer, ok, true, down_upgrade)
+                            .forward(session, ctx, peer, ok, rest, true, down_upgrade)
                             .await;
                     }
                     if policy.honour_retry_after {
@@ -288,7 +301,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                             .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
                     }
                     session.set_last_error(Some(ErrorKind::HttpStatus(status)));
-                    held = Some(Held { ok, peer });
+                    held = Some(Held { ok, peer, rest });
                 }
                 Err(fail) => {
                     let AttemptErr {
@@ -413,13 +426,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         &self,
         session: Session,
         ctx: P::CTX,
-        held: Option<Held>,
+        held: Option<Held<P>>,
         last_err: Option<(Error, Arc<str>)>,
         down_upgrade: Option<OnUpgrade>,
     ) -> Response<ProxyBody<P>> {
         match (held, last_err) {
             (Some(h), _) => {
-                self.forward(session, ctx, h.peer, h.ok, true, down_upgrade)
+                self.forward(session, ctx, h.peer, h.ok, h.rest, true, down_upgrade)
                     .await
             }
             (None, Some((err, upstream))) => {
@@ -598,7 +611,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             .await
             .map_err(|e| at(e, CommitPoint::Connected))?;
 
-        let (up_body, tx) = match body.as_ref() {
+        let mut body = body;
+        let (up_body, tx) = match body.as_mut() {
             Some(b) => {
                 let (tx, ub) = b.open();
                 (ub, Some(tx))
@@ -614,7 +628,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             CommitPoint::RequestSent
         };
         let mut pump_done = true;
-        let result = match (tx, body) {
+        let result = match (&tx, body) {
             (Some(tx), Some(b)) => {
                 pump_done = false;
                 let write_timeout = peer.options.write_timeout;
@@ -660,6 +674,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     body,
                     sender,
                     reused,
+                    upload: if pump_done { None } else { tx },
                 })
             }
             Err(mut e) => {
@@ -681,6 +696,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         mut ctx: P::CTX,
         peer: HttpPeer,
         ok: AttemptOk,
+        rest: Option<Box<dyn Upload<P>>>,
         retriable_status: bool,
         down_upgrade: Option<OnUpgrade>,
     ) -> Response<ProxyBody<P>> {
@@ -767,7 +783,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             peer,
             pool,
         };
-        Response::from_parts(head, ProxyBody::streaming(body, read_timeout, finish))
+        Response::from_parts(head, ProxyBody::streaming(body, read_timeout, finish, rest))
     }
 
     /// Answer with a response a hook made.
