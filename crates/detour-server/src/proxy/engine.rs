@@ -124,8 +124,9 @@ struct Progress {
     reused: bool,
 }
 
-/// An upstream response kept back while a retry is considered: if no retry
-/// happens, the client gets it as it is.
+/// An upstream response with its peer and any unfinished upload: kept back
+/// while a retry is considered (if none happens, the client gets it as it is),
+/// or on its way to the client.
 struct Held<P: ProxyHttp> {
     ok: AttemptOk,
     peer: HttpPeer,
@@ -278,7 +279,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                         && proxy.should_retry_response(&session, &ok.head, policy_says, &mut ctx);
                     if !wants {
                         return self
-                            .forward(session, ctx, peer, ok, rest, false, down_upgrade)
+                            .forward(session, ctx, Held { ok, peer, rest }, false, down_upgrade)
                             .await;
                     }
                     let facts = AttemptFacts {
@@ -290,7 +291,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     };
                     if !decide(&policy, &facts).is_retry() {
                         return self
-                            .forward(session, ctx, peer, ok, rest, true, down_upgrade)
+                            .forward(session, ctx, Held { ok, peer, rest }, true, down_upgrade)
                             .await;
                     }
                     if policy.honour_retry_after {
@@ -431,10 +432,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         down_upgrade: Option<OnUpgrade>,
     ) -> Response<ProxyBody<P>> {
         match (held, last_err) {
-            (Some(h), _) => {
-                self.forward(session, ctx, h.peer, h.ok, h.rest, true, down_upgrade)
-                    .await
-            }
+            (Some(h), _) => self.forward(session, ctx, h, true, down_upgrade).await,
             (None, Some((err, upstream))) => {
                 self.answer_error(session, ctx, err, Some(&upstream), None)
                     .await
@@ -694,14 +692,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         &self,
         mut session: Session,
         mut ctx: P::CTX,
-        peer: HttpPeer,
-        ok: AttemptOk,
-        rest: Option<Box<dyn Upload<P>>>,
+        answer: Held<P>,
         retriable_status: bool,
         down_upgrade: Option<OnUpgrade>,
     ) -> Response<ProxyBody<P>> {
         let sh = &*self.shared;
         let proxy = &*sh.proxy;
+        let Held { ok, peer, rest } = answer;
         let AttemptOk {
             mut head,
             body,
