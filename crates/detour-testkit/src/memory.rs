@@ -102,6 +102,8 @@ pub struct MemRequest {
     pub path: String,
     /// The `x-request-id` header, if any.
     pub request_id: Option<String>,
+    /// The `Host` header, if any.
+    pub host: Option<String>,
     /// The body's length.
     pub body_len: usize,
 }
@@ -186,6 +188,11 @@ impl MemoryNet {
                 request_id: parts
                     .headers
                     .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                host: parts
+                    .headers
+                    .get(http::header::HOST)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string),
                 body_len: body.len(),
