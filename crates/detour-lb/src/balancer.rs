@@ -1,0 +1,871 @@
+//! [`LoadBalancer`]: a backend set swapped atomically on updates, one
+//! selection algorithm, and the failover options around it.
+
+use std::fmt;
+use std::iter;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::Rng;
+use arc_swap::ArcSwap;
+use detour_core::{Backend, Permit};
+use tokio::time::Instant;
+
+use crate::failover::LbOptions;
+use crate::hash::mix64;
+use crate::rng::RngSource;
+use crate::selection::{Algorithm, Selection};
+use crate::set::{BackendSet, Group, HealthParams, HealthView, FULL};
+use crate::ConfigError;
+
+/// Keeps the tier pick of a hashing algorithm apart from its ring position.
+const TIER_SALT: u64 = 0x7f4a_7c15_9e37_79b9;
+
+type UpdateHook = Box<dyn Fn(&[Arc<Backend>]) + Send + Sync>;
+
+/// A load balancer whose algorithm is chosen at run time (from a config file).
+pub type AnyLoadBalancer = LoadBalancer<Algorithm>;
+
+/// The backends of one upstream and how to choose among them.
+///
+/// Selection reads an immutable snapshot of the set through `arc-swap`: no
+/// lock, no allocation, safe from any number of threads.
+/// [`update`](Self::update) builds a new snapshot and swaps it in whole.
+///
+/// ```
+/// use std::sync::Arc;
+/// use detour_core::{Backend, HttpPeer};
+/// use detour_lb::{AnyLoadBalancer, Failover, LbOptions};
+/// use tokio::time::Instant;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Algorithm and options as a config file would give them.
+/// let options = LbOptions::default()
+///     .with_failover(Failover::priority(1.4))
+///     .with_panic_threshold(50);
+/// let lb = AnyLoadBalancer::try_new("least_request".parse()?, options)?;
+/// lb.update([
+///     Backend::new("10.0.0.1:80".parse()?),
+///     Backend::new("10.0.0.2:80".parse()?),
+///     Backend::new("10.0.1.1:80".parse()?).with_priority(1),
+/// ]);
+///
+/// // First attempt, then a retry that must go elsewhere.
+/// let first = lb.select(0, &[], Instant::now()).expect("a backend");
+/// let tried = [first.backend().addr()];
+/// let retry = lb.select(0, &tried, Instant::now()).expect("another backend");
+/// assert_ne!(retry.backend().addr(), tried[0]);
+/// let peer = HttpPeer::admitted(retry, "api");
+/// # let _ = peer;
+/// # Ok(())
+/// # }
+/// ```
+pub struct LoadBalancer<S: Selection = Algorithm> {
+    selection: S,
+    options: LbOptions,
+    set: ArcSwap<BackendSet<S::Table>>,
+    rng: RngSource,
+    /// Serializes updates and holds the update hooks. Never touched by
+    /// selection.
+    hooks: Mutex<Vec<UpdateHook>>,
+}
+
+impl<S: Selection + fmt::Debug> fmt::Debug for LoadBalancer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadBalancer")
+            .field("selection", &self.selection)
+            .field("options", &self.options)
+            .field("backends", &self.set.load().backends.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an [`update`](LoadBalancer::update) changed.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Changes {
+    /// Backends that joined the set (new addresses, or an address whose
+    /// weight, priority, locality or metadata changed).
+    pub added: Vec<Arc<Backend>>,
+    /// Backends that left the set. They are draining: their in-flight
+    /// requests finish, no new request goes to them.
+    pub removed: Vec<Arc<Backend>>,
+}
+
+impl Changes {
+    /// Whether the update changed nothing.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+impl<S: Selection> LoadBalancer<S> {
+    /// An empty load balancer with the default [`LbOptions`]: active-active,
+    /// panic threshold 50 %, no slow start.
+    pub fn new(selection: S) -> Self {
+        LoadBalancer {
+            selection,
+            options: LbOptions::default(),
+            set: ArcSwap::from_pointee(BackendSet::empty()),
+            rng: RngSource::ThreadLocal,
+            hooks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An empty load balancer with `options`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] when the algorithm's parameters or the options make
+    /// no sense.
+    pub fn try_new(selection: S, options: LbOptions) -> Result<Self, ConfigError> {
+        selection.validate()?;
+        options.validate()?;
+        Ok(LoadBalancer {
+            options,
+            ..LoadBalancer::new(selection)
+        })
+    }
+
+    /// Draw every random choice from one sequence seeded by `seed` instead
+    /// of a per-thread generator: a single-threaded test then sees the same
+    /// choices on every run. (Shared by all threads through one atomic, so
+    /// not for production.)
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = RngSource::Seeded(seed.into());
+        self
+    }
+
+    /// The algorithm.
+    pub fn selection(&self) -> &S {
+        &self.selection
+    }
+
+    /// The options.
+    pub fn options(&self) -> &LbOptions {
+        &self.options
+    }
+
+    /// The current backends, weight 0 included, sorted by address.
+    pub fn backends(&self) -> Arc<[Arc<Backend>]> {
+        Arc::clone(&self.set.load().backends)
+    }
+
+    /// The share of new requests each failover group gets now, in basis
+    /// points (10 000 = 100 %), most preferred group first. For status pages
+    /// and tests; it rescans the groups' health.
+    pub fn group_loads(&self, now: Instant) -> Vec<u32> {
+        let set = self.set.load();
+        set.health
+            .ensure_fresh(&set.groups, now, self.health_params(), true);
+        set.health.loads()
+    }
+
+    /// Whether the set is in panic mode now (too few backends available);
+    /// rescans the groups' health.
+    pub fn in_panic(&self, now: Instant) -> bool {
+        let set = self.set.load();
+        set.health
+            .ensure_fresh(&set.groups, now, self.health_params(), true);
+        set.health.panic()
+    }
+
+    /// Recompute the groups' health now, e.g. right after a round of health
+    /// checks, instead of within [`LbOptions::health_refresh`].
+    pub fn refresh_health(&self, now: Instant) {
+        let set = self.set.load();
+        set.health
+            .ensure_fresh(&set.groups, now, self.health_params(), true);
+    }
+
+    /// Run `hook` with the whole set after every update that changes it, and
+    /// once now if the set is not empty. That is where a server attaches
+    /// breakers ([`BackendState::set_gate`] keeps the first gate, so
+    /// attaching to every backend of the set is safe) and removal caps
+    /// ([`RemovalCap::attach`]) to new backends.
+    ///
+    /// Hooks run one at a time, in the order they were added, on the task
+    /// that called `update`; they must not call `update` or `on_update`
+    /// themselves (the update lock is held).
+    ///
+    /// [`BackendState::set_gate`]: detour_core::BackendState::set_gate
+    /// [`RemovalCap::attach`]: detour_core::RemovalCap::attach
+    pub fn on_update(&self, hook: impl Fn(&[Arc<Backend>]) + Send + Sync + 'static) {
+        let mut hooks = self.hooks.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.backends();
+        if !current.is_empty() {
+            hook(&current);
+        }
+        hooks.push(Box::new(hook));
+    }
+
+    /// Replace the set with `backends` (duplicates by address: the first
+    /// wins).
+    ///
+    /// - An address that remains with the same weight, priority, locality and
+    ///   metadata keeps its `Arc<Backend>`, so its health, ejection, breaker,
+    ///   in-flight count and latency carry on.
+    /// - An address whose descriptors changed gets the new `Backend`; the
+    ///   active check's verdict, the latency EWMA, the recovery time and the
+    ///   breaker gate carry over to it (an outlier ejection does not: it
+    ///   belongs to the old backend's removal slot), and the old one drains.
+    /// - A backend that left is set draining: requests holding its
+    ///   [`Permit`] finish, no new one is admitted.
+    /// - A backend added to a non-empty set is marked recovered now, so slow
+    ///   start ramps it in.
+    ///
+    /// Nothing is swapped when nothing changed. Update hooks run after the
+    /// swap.
+    pub fn update<I>(&self, backends: I) -> Changes
+    where
+        I: IntoIterator,
+        I::Item: Into<Arc<Backend>>,
+    {
+        let now = Instant::now();
+        let hooks = self.hooks.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.set.load_full();
+        let mut incoming: Vec<Arc<Backend>> = backends.into_iter().map(Into::into).collect();
+        // Stable sort: of duplicates, the first given stays first.
+        incoming.sort_by_key(|b| b.addr());
+        incoming.dedup_by(|later, first| {
+            let dup = later.addr() == first.addr();
+            if dup {
+                tracing::warn!(addr = %later.addr(), "duplicate backend address; keeping the first");
+            }
+            dup
+        });
+
+        let mut changes = Changes::default();
+        let mut next = Vec::with_capacity(incoming.len());
+        for b in incoming {
+            match old.backends.binary_search_by_key(&b.addr(), |o| o.addr()) {
+                Ok(i)
+                    if Arc::ptr_eq(&old.backends[i], &b)
+                        || same_descriptors(&old.backends[i], &b) =>
+                {
+                    next.push(Arc::clone(&old.backends[i]));
+                }
+                Ok(i) => {
+                    carry_over(&old.backends[i], &b, now);
+                    changes.removed.push(Arc::clone(&old.backends[i]));
+                    changes.added.push(Arc::clone(&b));
+                    next.push(b);
+                }
+                Err(_) => {
+                    if !old.backends.is_empty() && b.state().recovered_at().is_none() {
+                        b.state().mark_recovered(now);
+                    }
+                    changes.added.push(Arc::clone(&b));
+                    next.push(b);
+                }
+            }
+        }
+        for o in old.backends.iter() {
+            if next.binary_search_by_key(&o.addr(), |b| b.addr()).is_err() {
+                changes.removed.push(Arc::clone(o));
+            }
+        }
+        if changes.is_empty() {
+            return changes;
+        }
+        for gone in &changes.removed {
+            gone.state().set_draining(true);
+        }
+        let set = self.build_set(next);
+        let current = Arc::clone(&set.backends);
+        self.set.store(Arc::new(set));
+        tracing::debug!(
+            added = changes.added.len(),
+            removed = changes.removed.len(),
+            total = current.len(),
+            "backend set updated"
+        );
+        for hook in hooks.iter() {
+            hook(&current);
+        }
+        changes
+    }
+
+    fn build_set(&self, backends: Vec<Arc<Backend>>) -> BackendSet<S::Table> {
+        let live: Vec<Arc<Backend>> = backends
+            .iter()
+            .filter(|b| b.weight() > 0)
+            .cloned()
+            .collect();
+        let parts = self.options.failover.partition(&live);
+        self.rng.with(|rng| {
+            let groups: Box<[Group<S::Table>]> = parts
+                .into_iter()
+                .map(|members| Group {
+                    table: self.selection.build(&members, rng),
+                    members: members.into_boxed_slice(),
+                })
+                .collect();
+            let all = (groups.len() > 1).then(|| Group {
+                table: self.selection.build(&live, rng),
+                members: live.into_boxed_slice(),
+            });
+            BackendSet {
+                health: HealthView::new(groups.len(), Instant::now()),
+                backends: Arc::from(backends),
+                groups,
+                all,
+            }
+        })
+    }
+
+    fn health_params(&self) -> HealthParams {
+        HealthParams {
+            refresh: self.options.health_refresh,
+            overprovisioning: self.options.failover.overprovisioning(),
+            panic_threshold: self.options.panic_threshold,
+        }
+    }
+
+    /// Walk unique candidates of the whole set (every backend of weight >
+    /// 0, all failover groups) in the algorithm's order and return the first
+    /// that `accept` takes. At most one offer per backend.
+    ///
+    /// This is the raw primitive: no health check, no failover group, no
+    /// panic mode; `accept` decides everything. Use [`select`](Self::select)
+    /// for the full policy.
+    pub fn select_with(
+        &self,
+        key: u64,
+        mut accept: impl FnMut(&Arc<Backend>) -> bool,
+    ) -> Option<Arc<Backend>> {
+        let set = self.set.load();
+        let group = set.everyone()?;
+        self.rng.with(|rng| {
+            self.selection
+                .walk(&group.table, &group.members, key, rng, |b| {
+                    accept(b).then(|| Arc::clone(b))
+                })
+        })
+    }
+
+    /// Choose a backend for one attempt and admit it.
+    ///
+    /// `key` is the request's hash key ([`HashKey::hash`]) for consistent
+    /// hashing, ignored by the other algorithms; `tried` are the addresses
+    /// this request already tried ([`Session::tried`]).
+    ///
+    /// 1. Panic mode (fewer than `panic_threshold` % available): any backend
+    ///    not tried yet, admitted ignoring health, ejection and breakers
+    ///    ([`Backend::try_admit_ignoring_health`]); a tried one only when no
+    ///    other admits.
+    /// 2. Otherwise the failover strategy picks a group (by its load share);
+    ///    the algorithm walks it for a backend not tried yet that
+    ///    [`Backend::try_admit`] admits (health, ejection, draining, breaker
+    ///    gate), with slow start passing over recovering backends at random;
+    ///    then the other groups in order.
+    /// 3. None untried: a tried backend that admits, rather than nothing.
+    /// 4. Still none: the health view is rescanned; if that shows panic
+    ///    mode, step 1; else `None` (the engine answers 503).
+    ///
+    /// The permit is held for the attempt (e.g. in
+    /// [`HttpPeer::admitted`](detour_core::HttpPeer::admitted)).
+    ///
+    /// [`HashKey::hash`]: crate::HashKey::hash
+    /// [`Session::tried`]: detour_core::Session::tried
+    pub fn select(&self, key: u64, tried: &[SocketAddr], now: Instant) -> Option<Permit> {
+        let set = self.set.load();
+        if set.groups.is_empty() {
+            return None;
+        }
+        let params = self.health_params();
+        set.health.ensure_fresh(&set.groups, now, params, false);
+        self.rng.with(|rng| {
+            if !set.health.panic() {
+                if let Some(p) = self.select_normal(&set, key, tried, now, rng) {
+                    return Some(p);
+                }
+                // Nothing admitted: the view may be stale. Look again.
+                set.health.ensure_fresh(&set.groups, now, params, true);
+                if !set.health.panic() {
+                    return None;
+                }
+            }
+            self.select_panic(&set, key, tried, rng)
+        })
+    }
+
+    fn select_normal(
+        &self,
+        set: &BackendSet<S::Table>,
+        key: u64,
+        tried: &[SocketAddr],
+        now: Instant,
+        rng: &mut Rng,
+    ) -> Option<Permit> {
+        let n = set.groups.len();
+        let first = if n == 1 {
+            0
+        } else {
+            let pick = if self.selection.hashes_key() {
+                (mix64(key ^ TIER_SALT) % u64::from(FULL)) as u32
+            } else {
+                rng.below(FULL as usize) as u32
+            };
+            set.health.group_for(pick).min(n - 1)
+        };
+        let order = iter::once(first).chain((0..n).filter(move |&g| g != first));
+        for g in order.clone() {
+            if let Some(p) = self.admit_untried(&set.groups[g], key, tried, now, rng) {
+                return Some(p);
+            }
+        }
+        if tried.is_empty() {
+            return None;
+        }
+        for g in order {
+            let group = &set.groups[g];
+            let found = self
+                .selection
+                .walk(&group.table, &group.members, key, rng, |b| b.try_admit(now));
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+
+    /// One group's walk for an untried backend that admits, with slow start.
+    fn admit_untried(
+        &self,
+        group: &Group<S::Table>,
+        key: u64,
+        tried: &[SocketAddr],
+        now: Instant,
+        rng: &mut Rng,
+    ) -> Option<Permit> {
+        let Some(slow) = &self.options.slow_start else {
+            return self
+                .selection
+                .walk(&group.table, &group.members, key, rng, |b| {
+                    if tried.contains(&b.addr()) {
+                        None
+                    } else {
+                        b.try_admit(now)
+                    }
+                });
+        };
+        // A separate generator for the slow-start draws: the walk holds `rng`.
+        let mut lottery = Rng::with_seed(rng.u64());
+        let mut passed_over: Option<&Arc<Backend>> = None;
+        let found = self
+            .selection
+            .walk(&group.table, &group.members, key, rng, |b| {
+                if tried.contains(&b.addr()) || !b.state().is_available(now) {
+                    return None;
+                }
+                let p = slow.acceptance(b, now);
+                if p < 1.0 && lottery.f64() >= p {
+                    passed_over.get_or_insert(b);
+                    return None;
+                }
+                b.try_admit(now)
+            });
+        // Slow start delays traffic; it never refuses the last candidate.
+        found.or_else(|| passed_over.and_then(|b| b.try_admit(now)))
+    }
+
+    fn select_panic(
+        &self,
+        set: &BackendSet<S::Table>,
+        key: u64,
+        tried: &[SocketAddr],
+        rng: &mut Rng,
+    ) -> Option<Permit> {
+        let group = set.everyone()?;
+        let untried = self
+            .selection
+            .walk(&group.table, &group.members, key, rng, |b| {
+                if tried.contains(&b.addr()) {
+                    None
+                } else {
+                    b.try_admit_ignoring_health()
+                }
+            });
+        if untried.is_some() || tried.is_empty() {
+            return untried;
+        }
+        self.selection
+            .walk(&group.table, &group.members, key, rng, |b| {
+                b.try_admit_ignoring_health()
+            })
+    }
+}
+
+fn same_descriptors(a: &Backend, b: &Backend) -> bool {
+    a.weight() == b.weight()
+        && a.priority() == b.priority()
+        && a.locality() == b.locality()
+        && a.metadata() == b.metadata()
+}
+
+/// Facts about an address that outlive a change of its descriptors.
+fn carry_over(old: &Backend, new: &Backend, now: Instant) {
+    let (o, n) = (old.state(), new.state());
+    if o.check_failed() {
+        n.set_check_failed(true);
+    }
+    if let Some(latency) = o.latency_ewma() {
+        if n.latency_ewma().is_none() {
+            n.record_latency(latency);
+        }
+    }
+    if let Some(at) = o.recovered_at() {
+        if n.recovered_at().is_none() {
+            n.mark_recovered(at.min(now));
+        }
+    }
+    if let Some(gate) = o.gate() {
+        // A gate already on the new backend wins; nothing to do then.
+        let _ = n.set_gate(Arc::clone(gate));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use detour_core::{AdmissionGate, GateState};
+
+    use super::*;
+    use crate::failover::{Failover, SlowStart};
+    use crate::selection::{Ketama, Maglev, RoundRobin, WeightedRandom};
+
+    fn addr(i: usize) -> SocketAddr {
+        SocketAddr::from(([10, 0, (i / 200) as u8, (i % 200) as u8 + 1], 80))
+    }
+
+    fn lb<S: Selection>(s: S, options: LbOptions, backends: Vec<Backend>) -> LoadBalancer<S> {
+        let lb = LoadBalancer::try_new(s, options).unwrap().with_seed(7);
+        lb.update(backends);
+        lb
+    }
+
+    /// Share of `count` selections (permits dropped at once) whose backend
+    /// satisfies `pred`.
+    fn share<S: Selection>(
+        lb: &LoadBalancer<S>,
+        count: usize,
+        now: Instant,
+        pred: impl Fn(&Backend) -> bool,
+    ) -> f64 {
+        let hits = (0..count)
+            .filter(|&i| {
+                let p = lb.select(i as u64, &[], now).expect("a backend");
+                pred(p.backend())
+            })
+            .count();
+        hits as f64 / count as f64
+    }
+
+    fn two_tiers(per_tier: usize) -> Vec<Backend> {
+        (0..2 * per_tier)
+            .map(|i| Backend::new(addr(i)).with_priority((i / per_tier) as u32))
+            .collect()
+    }
+
+    fn down(lb: &LoadBalancer<impl Selection>, which: impl Fn(usize) -> bool) {
+        for (i, b) in lb.backends().iter().enumerate() {
+            b.state().set_check_failed(which(i));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lower_tier_takes_only_what_the_higher_cannot_carry() {
+        let options = LbOptions::default().with_failover(Failover::priority(1.4));
+        let lb = lb(RoundRobin, options, two_tiers(10));
+        let now = Instant::now();
+        assert_eq!(lb.group_loads(now), [10_000, 0]);
+
+        // 8 of 10 up: 80 % × 1.4 ≥ 100 %, tier 0 keeps everything.
+        down(&lb, |i| i < 2);
+        assert_eq!(lb.group_loads(now), [10_000, 0]);
+        assert_eq!(share(&lb, 2_000, now, |b| b.priority() == 1), 0.0);
+
+        // 5 of 10 up: tier 0 carries 70 %, the rest spills to tier 1.
+        down(&lb, |i| i < 5);
+        assert_eq!(lb.group_loads(now), [7_000, 3_000]);
+        let spilled = share(&lb, 20_000, now, |b| b.priority() == 1);
+        assert!((spilled - 0.30).abs() < 0.02, "{spilled}");
+
+        // Tier 0 all down: everything on tier 1.
+        down(&lb, |i| i < 10);
+        assert_eq!(lb.group_loads(now), [0, 10_000]);
+        assert_eq!(share(&lb, 1_000, now, |b| b.priority() == 1), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tier_loads_are_normalized_when_no_tier_is_healthy_enough() {
+        let options = LbOptions::default()
+            .with_failover(Failover::priority(1.4))
+            .with_panic_threshold(0);
+        let lb = lb(WeightedRandom, options, two_tiers(10));
+        // 2 of 10 up in each tier: health 28 % each, scaled to 50/50.
+        down(&lb, |i| i % 10 >= 2);
+        let now = Instant::now();
+        assert_eq!(lb.group_loads(now), [5_000, 5_000]);
+        let lower = share(&lb, 10_000, now, |b| b.priority() == 1);
+        assert!((lower - 0.5).abs() < 0.03, "{lower}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn localities_fail_over_in_the_configured_order() {
+        let regions = ["eu-west", "eu-central", "us-east"];
+        let backends = (0..9)
+            .map(|i| Backend::new(addr(i)).with_locality(regions[i / 3]))
+            .collect();
+        let options = LbOptions::default()
+            .with_failover(Failover::locality("eu-west", ["eu-central", "us-east"]))
+            .with_panic_threshold(0);
+        let lb = lb(RoundRobin, options, backends);
+        let now = Instant::now();
+        let region = |lb: &LoadBalancer<RoundRobin>| {
+            let p = lb.select(0, &[], now).unwrap();
+            p.backend().locality().unwrap().to_owned()
+        };
+        assert_eq!(region(&lb), "eu-west");
+        down(&lb, |i| i < 3);
+        lb.refresh_health(now);
+        for _ in 0..50 {
+            assert_eq!(
+                region(&lb),
+                "eu-central",
+                "the next region in order, never the last"
+            );
+        }
+        down(&lb, |i| i < 6);
+        lb.refresh_health(now);
+        assert_eq!(region(&lb), "us-east");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_recovered_backend_in() {
+        let options = LbOptions::default()
+            .with_slow_start(SlowStart::new(Duration::from_secs(10)).with_min_factor(0.1));
+        let lb = lb(
+            RoundRobin,
+            options,
+            (0..2).map(|i| Backend::new(addr(i))).collect(),
+        );
+        let recovered = Arc::clone(&lb.backends()[0]);
+        recovered.state().mark_recovered(Instant::now());
+        let mut shares = Vec::new();
+        for _ in 0..3 {
+            let s = share(&lb, 10_000, Instant::now(), |b| {
+                b.addr() == recovered.addr()
+            });
+            shares.push(s);
+            tokio::time::advance(Duration::from_secs(5)).await;
+        }
+        // Half the picks offer it first; it accepts with p = 0.1, 0.5, 1.
+        for (got, want) in shares.iter().zip([0.05, 0.25, 0.5]) {
+            assert!((got - want).abs() < 0.02, "{shares:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_never_refuses_the_only_backend() {
+        let options = LbOptions::default()
+            .with_slow_start(SlowStart::new(Duration::from_secs(10)).with_min_factor(0.01));
+        let lb = lb(RoundRobin, options, vec![Backend::new(addr(0))]);
+        lb.backends()[0].state().mark_recovered(Instant::now());
+        assert_eq!(share(&lb, 100, Instant::now(), |_| true), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn panic_mode_spreads_over_all_but_avoids_what_was_tried() {
+        let lb = lb(
+            RoundRobin,
+            LbOptions::default(),
+            (0..4).map(|i| Backend::new(addr(i))).collect(),
+        );
+        let now = Instant::now();
+        down(&lb, |i| i > 0); // 25 % available < 50 %
+        assert!(lb.in_panic(now));
+        let mut seen = [0usize; 4];
+        for _ in 0..400 {
+            let p = lb.select(0, &[], now).unwrap();
+            let i = (0..4).position(|i| addr(i) == p.backend().addr()).unwrap();
+            seen[i] += 1;
+        }
+        assert!(seen.iter().all(|&c| c > 50), "spread over all: {seen:?}");
+
+        let tried = [addr(0), addr(1), addr(2)];
+        for _ in 0..20 {
+            let p = lb.select(0, &tried, now).unwrap();
+            assert_eq!(p.backend().addr(), addr(3), "the untried one, down or not");
+        }
+        let all = [addr(0), addr(1), addr(2), addr(3)];
+        assert!(
+            lb.select(0, &all, now).is_some(),
+            "a tried one rather than nothing"
+        );
+
+        // Draining is respected even in panic.
+        for b in lb.backends().iter() {
+            b.state().set_draining(true);
+        }
+        assert!(lb.select(0, &[], now).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_panic_mode_the_answer_is_none() {
+        let options = LbOptions::default().with_panic_threshold(0);
+        let lb = lb(
+            RoundRobin,
+            options,
+            (0..4).map(|i| Backend::new(addr(i))).collect(),
+        );
+        let now = Instant::now();
+        down(&lb, |i| i > 0);
+        for _ in 0..20 {
+            assert_eq!(lb.select(0, &[], now).unwrap().backend().addr(), addr(0));
+        }
+        // The only healthy one was tried: it again, rather than a down one.
+        assert_eq!(
+            lb.select(0, &[addr(0)], now).unwrap().backend().addr(),
+            addr(0)
+        );
+        down(&lb, |_| true);
+        assert!(lb.select(0, &[], now).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_view_does_not_hide_panic_mode() {
+        let options = LbOptions::default().with_health_refresh(Duration::from_secs(3600));
+        let lb = lb(
+            RoundRobin,
+            options,
+            (0..4).map(|i| Backend::new(addr(i))).collect(),
+        );
+        let now = Instant::now();
+        assert!(lb.select(0, &[], now).is_some());
+        down(&lb, |_| true);
+        // The cached view still says healthy; finding nothing rescans it.
+        assert!(
+            lb.select(0, &[], now).is_some(),
+            "panic mode, found on the miss"
+        );
+    }
+
+    struct Open;
+    impl AdmissionGate for Open {
+        fn try_admit(&self) -> bool {
+            false
+        }
+        fn release(&self) {}
+        fn state(&self) -> GateState {
+            GateState::Open
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_breakers_count_as_unavailable() {
+        let options = LbOptions::default().with_failover(Failover::priority(1.4));
+        let lb = lb(RoundRobin, options, two_tiers(2));
+        for b in lb.backends().iter().take(2) {
+            b.state().set_gate(Arc::new(Open)).ok().unwrap();
+        }
+        let now = Instant::now();
+        assert_eq!(lb.group_loads(now), [0, 10_000]);
+        assert_eq!(share(&lb, 100, now, |b| b.priority() == 1), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consistent_hashing_retries_move_to_other_backends() {
+        for lb in [
+            &lb(
+                Algorithm::ConsistentHash(Ketama::default()),
+                LbOptions::default(),
+                (0..5).map(|i| Backend::new(addr(i))).collect(),
+            ),
+            &lb(
+                Algorithm::Maglev(Maglev::default()),
+                LbOptions::default(),
+                (0..5).map(|i| Backend::new(addr(i))).collect(),
+            ),
+        ] {
+            let now = Instant::now();
+            for key in 0..200u64 {
+                let mut tried = Vec::new();
+                for _ in 0..5 {
+                    let p = lb.select(key, &tried, now).unwrap();
+                    assert!(
+                        !tried.contains(&p.backend().addr()),
+                        "{}: {tried:?}",
+                        lb.selection()
+                    );
+                    tried.push(p.backend().addr());
+                }
+                // Deterministic: the same key walks the same way.
+                let first = lb.select(key, &[], now).unwrap();
+                assert_eq!(first.backend().addr(), tried[0]);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn weight_zero_is_never_selected() {
+        let backends = (0..3)
+            .map(|i| Backend::new(addr(i)).with_weight(u32::from(i != 1)))
+            .collect();
+        let lb = lb(RoundRobin, LbOptions::default(), backends);
+        let now = Instant::now();
+        down(&lb, |_| true); // panic mode too
+        for _ in 0..100 {
+            assert_ne!(lb.select(0, &[], now).unwrap().backend().addr(), addr(1));
+            assert_ne!(lb.select_with(0, |_| true).unwrap().addr(), addr(1));
+        }
+        assert!(lb.select_with(0, |b| b.addr() == addr(1)).is_none());
+    }
+
+    #[tokio::test]
+    async fn updates_keep_state_drain_the_departed_and_call_hooks() {
+        let lb = LoadBalancer::new(RoundRobin);
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        lb.on_update(move |set| {
+            c.fetch_add(set.len(), std::sync::atomic::Ordering::SeqCst);
+        });
+        let changes = lb.update((0..3).map(|i| Backend::new(addr(i))));
+        assert_eq!(changes.added.len(), 3);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let kept = Arc::clone(&lb.backends()[1]);
+        kept.state().set_check_failed(true);
+        let leaving = Arc::clone(&lb.backends()[2]);
+        assert!(
+            leaving.state().recovered_at().is_none(),
+            "the first set is not 'recovered'"
+        );
+
+        // Same set again: nothing changes, no hook.
+        assert!(lb.update((0..3).map(|i| Backend::new(addr(i)))).is_empty());
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        // addr(2) leaves, addr(3) joins, addr(0) changes weight.
+        let changes = lb.update([
+            Backend::new(addr(0)).with_weight(5),
+            Backend::new(addr(1)),
+            Backend::new(addr(3)),
+        ]);
+        assert_eq!(changes.added.len(), 2);
+        assert_eq!(changes.removed.len(), 2);
+        let now_set = lb.backends();
+        assert!(
+            Arc::ptr_eq(&now_set[1], &kept),
+            "the same Arc, state and all"
+        );
+        assert!(now_set[1].state().check_failed());
+        assert!(leaving.state().is_draining());
+        assert_eq!(now_set[0].weight(), 5);
+        assert!(
+            now_set[2].state().recovered_at().is_some(),
+            "a joiner slow-starts"
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 6);
+    }
+}

@@ -1,0 +1,110 @@
+//! The crate's errors: bad configuration (rejected at load, with the field
+//! named) and failed discovery (the last good set stays in force).
+
+use std::error::Error as StdError;
+use std::fmt;
+
+/// A configuration value that makes no sense, named by its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The offending field, e.g. `"slow_start.window"`.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// Why the value was refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid `{}`: {}", self.field, self.reason)
+    }
+}
+
+impl StdError for ConfigError {}
+
+/// What kind of discovery failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DiscoveryErrorKind {
+    /// A DNS lookup failed (no such name, no answer, server unreachable).
+    Resolve,
+    /// A lookup answered with no usable address.
+    Empty,
+    /// Reading a file failed.
+    Io,
+    /// A file or answer could not be parsed.
+    Parse,
+    /// Anything else (custom discovery sources).
+    Other,
+}
+
+/// A discovery round failed. The load balancer keeps its last good set.
+#[derive(Debug)]
+pub struct DiscoveryError {
+    kind: DiscoveryErrorKind,
+    context: String,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl DiscoveryError {
+    /// A failure of `kind`, described by `context` (what was being discovered).
+    pub fn new(kind: DiscoveryErrorKind, context: impl Into<String>) -> Self {
+        DiscoveryError {
+            kind,
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Attach the underlying cause.
+    pub fn with_source(mut self, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The kind of failure, to match on.
+    pub fn kind(&self) -> DiscoveryErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for DiscoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            DiscoveryErrorKind::Resolve => "resolution failed",
+            DiscoveryErrorKind::Empty => "no usable address",
+            DiscoveryErrorKind::Io => "read failed",
+            DiscoveryErrorKind::Parse => "parse failed",
+            DiscoveryErrorKind::Other => "discovery failed",
+        };
+        write!(f, "{}: {what}", self.context)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for DiscoveryError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
