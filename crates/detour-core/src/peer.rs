@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::{Backend, Permit};
+use crate::observe::Observer;
 
 /// Timeouts and connection options for one peer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -62,6 +63,7 @@ pub struct HttpPeer {
     backend: Option<Arc<Backend>>,
     permit: Option<Permit>,
     budget: Option<Arc<dyn RetryBudgetGate>>,
+    observer: Option<Arc<dyn Observer>>,
     guard: Option<Box<dyn Send + Sync>>,
 }
 
@@ -97,6 +99,7 @@ impl HttpPeer {
             backend: None,
             permit: None,
             budget: None,
+            observer: None,
             guard: None,
         }
     }
@@ -112,6 +115,7 @@ impl HttpPeer {
             backend: Some(backend),
             permit: Some(permit),
             budget: None,
+            observer: None,
             guard: None,
         }
     }
@@ -125,6 +129,7 @@ impl HttpPeer {
             backend: Some(backend),
             permit: None,
             budget: None,
+            observer: None,
             guard: None,
         }
     }
@@ -145,6 +150,19 @@ impl HttpPeer {
     /// The retry budget this peer's upstream spends from, if any.
     pub fn budget(&self) -> Option<&Arc<dyn RetryBudgetGate>> {
         self.budget.as_ref()
+    }
+
+    /// Report this attempt's outcome to `observer` as well as to the proxy's
+    /// own observers: how an upstream's breakers and outlier detection hear
+    /// of its attempts without any registration.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The peer's own observer, if any.
+    pub fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.observer.as_ref()
     }
 
     /// Hold `guard` (a concurrency-limit permit, say) for as long as the

@@ -108,6 +108,16 @@ pub struct RetryPolicy {
     pub safe_methods: Vec<String>,
     /// Treat a request carrying `Idempotency-Key` as safe. Default false.
     pub idempotency_key: bool,
+    /// Retry budget: retries allowed as a share of recent requests, so an
+    /// outage costs the backends at most `1 + ratio` times the normal load.
+    /// Default 0.2. With `budget_min_per_second`, 0 turns the budget off.
+    /// (The budget itself lives with the upstream; `detour-breaker` keeps it.)
+    pub budget_ratio: f64,
+    /// Retries allowed per second whatever the traffic. Default 10.
+    pub budget_min_per_second: u32,
+    /// How far back the budget counts. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub budget_window: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -129,6 +139,9 @@ impl Default for RetryPolicy {
                 .map(|s| s.to_string())
                 .collect(),
             idempotency_key: false,
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+            budget_window: Duration::from_secs(10),
         }
     }
 }
@@ -192,6 +205,15 @@ impl RetryPolicy {
             .find(|s| !(100..600).contains(*s))
         {
             return bad("retry_on_status", format!("{s} is not an HTTP status"));
+        }
+        if !(self.budget_ratio.is_finite() && self.budget_ratio >= 0.0) {
+            return bad(
+                "budget_ratio",
+                format!("must be 0 or more, got {}", self.budget_ratio),
+            );
+        }
+        if self.budget_window.is_zero() {
+            return bad("budget_window", "must be longer than zero".into());
         }
         if self.per_try_timeout == Some(Duration::ZERO) {
             return bad("per_try_timeout", "must be longer than zero".into());

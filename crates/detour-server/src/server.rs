@@ -17,7 +17,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::{ConfigError, RuntimeModel, ServerConfig};
 use crate::proxy::HttpProxy;
-use crate::upstream::Connect;
+use crate::upstream::{Connect, Services, Upstream};
 
 /// The command line every Detour server understands.
 #[derive(Debug, Clone, Default, Parser)]
@@ -62,11 +62,23 @@ pub struct Server {
 }
 
 /// A running server: its bound addresses and the way to stop it.
-#[derive(Debug)]
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     stop: watch::Sender<Stop>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Upstreams' background work (checks, sweeps, discovery); stopped with
+    /// the server.
+    services: Vec<Services>,
+    services_rt: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("addrs", &self.addrs)
+            .field("workers", &self.threads.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerHandle {
@@ -85,10 +97,31 @@ impl ServerHandle {
         self.stop.send_replace(how);
     }
 
-    /// Wait until every worker has ended.
+    /// The runtime the upstreams' background services run on (to start the
+    /// services of upstreams added later, on reload).
+    pub fn services_runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.services_rt.as_ref().map(|rt| rt.handle().clone())
+    }
+
+    /// Hand over the services the server keeps, putting `services` in their
+    /// place (a reload stops the old generation's by dropping what it gets).
+    pub fn replace_services(&mut self, services: Vec<Services>) -> Vec<Services> {
+        std::mem::replace(&mut self.services, services)
+    }
+
+    /// Keep `services` running until the server stops.
+    pub fn keep_services(&mut self, services: Services) {
+        self.services.push(services);
+    }
+
+    /// Wait until every worker has ended, then stop the background services.
     pub fn join(mut self) {
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        self.services.clear();
+        if let Some(rt) = self.services_rt.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -97,6 +130,10 @@ impl Drop for ServerHandle {
     fn drop(&mut self) {
         if !self.threads.is_empty() {
             self.stop.send_replace(Stop::Immediate);
+        }
+        self.services.clear();
+        if let Some(rt) = self.services_rt.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -137,6 +174,64 @@ impl Server {
     /// # Errors
     /// Binding a listener or starting a runtime failed.
     pub fn start<P: ProxyHttp, C: Connect>(
+        &self,
+        proxy: HttpProxy<P, C>,
+    ) -> std::io::Result<ServerHandle> {
+        self.start_workers(proxy)
+    }
+
+    /// Start serving `proxy` with `upstreams` whose background services
+    /// (active checks, outlier sweeps, discovery) the server owns: their first
+    /// round of checks runs — bounded by the check timeout — before any
+    /// listener opens, and they stop with the server.
+    ///
+    /// # Errors
+    /// Binding a listener or starting a runtime failed.
+    pub fn start_with<P: ProxyHttp, C: Connect>(
+        &self,
+        proxy: HttpProxy<P, C>,
+        upstreams: &[Arc<Upstream>],
+    ) -> std::io::Result<ServerHandle> {
+        let services_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("detour-services")
+            .enable_all()
+            .build()?;
+        // On a thread of its own, so this works from inside a runtime too.
+        let rounds: Vec<_> = upstreams
+            .iter()
+            .map(|u| {
+                let u = Arc::clone(u);
+                services_rt.spawn(async move { u.first_round().await })
+            })
+            .collect();
+        let rt = services_rt.handle().clone();
+        let _ = std::thread::spawn(move || {
+            rt.block_on(async {
+                for r in rounds {
+                    let _ = r.await;
+                }
+            })
+        })
+        .join();
+        let services: Vec<Services> = upstreams
+            .iter()
+            .map(|u| u.start_services(services_rt.handle()))
+            .collect();
+        let mut handle = match self.start_workers(proxy) {
+            Ok(h) => h,
+            Err(e) => {
+                drop(services);
+                services_rt.shutdown_background();
+                return Err(e);
+            }
+        };
+        handle.services = services;
+        handle.services_rt = Some(services_rt);
+        Ok(handle)
+    }
+
+    fn start_workers<P: ProxyHttp, C: Connect>(
         &self,
         proxy: HttpProxy<P, C>,
     ) -> std::io::Result<ServerHandle> {
@@ -214,6 +309,8 @@ impl Server {
             addrs,
             stop,
             threads,
+            services: Vec::new(),
+            services_rt: None,
         })
     }
 
@@ -236,7 +333,10 @@ impl Server {
 
 /// Wait for SIGTERM (drain) or SIGINT (stop at once); while draining, a
 /// SIGINT or a second SIGTERM cuts the drain short.
-async fn run_until_signal(handle: ServerHandle) -> std::io::Result<()> {
+///
+/// # Errors
+/// Installing the signal handlers failed.
+pub async fn run_until_signal(handle: ServerHandle) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -245,6 +345,18 @@ async fn run_until_signal(handle: ServerHandle) -> std::io::Result<()> {
         _ = int.recv() => Stop::Immediate,
     };
     tracing::info!(?how, "stopping");
+    run_until_stopped(handle, how).await
+}
+
+/// Stop `handle` the way `how` says and wait for it; while draining, a
+/// SIGINT or a SIGTERM cuts the drain short.
+///
+/// # Errors
+/// Installing the signal handlers failed.
+pub async fn run_until_stopped(handle: ServerHandle, how: Stop) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     handle.stop(how);
     let stop = handle.stop.clone();
     let mut joined = tokio::task::spawn_blocking(move || handle.join());

@@ -3,7 +3,10 @@
 //! This facade re-exports the Detour crates by feature:
 //! - always: [`core`] (`detour-core`), the hooks and vocabulary, also at the root;
 //! - `server` (default): [`server`] (`detour-server`), the engine that drives them;
-//! - `testkit`: [`testkit`] (`detour-testkit`), faulty upstreams for tests.
+//! - `server` also brings [`lb`], [`health`] and [`breaker`];
+//! - `testkit`: [`testkit`] (`detour-testkit`), faulty upstreams for tests;
+//! - `app` (default): [`app`], the config-driven proxy behind the `detour`
+//!   binary (admin API, metrics, reload, demo).
 #![warn(missing_docs)]
 
 pub use detour_core as core;
@@ -14,3 +17,13 @@ pub use detour_server as server;
 
 #[cfg(feature = "testkit")]
 pub use detour_testkit as testkit;
+
+#[cfg(feature = "server")]
+pub use detour_breaker as breaker;
+#[cfg(feature = "server")]
+pub use detour_health as health;
+#[cfg(feature = "server")]
+pub use detour_lb as lb;
+
+#[cfg(feature = "app")]
+pub mod app;

@@ -393,6 +393,20 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 }
             };
             let again = session.was_tried(next.addr);
+            if !stale {
+                let reason = match session.last_error() {
+                    Some(ErrorKind::HttpStatus(code)) => format!("status_{code}"),
+                    Some(kind) => kind.proxy_status_type().to_string(),
+                    None => "unknown".to_string(),
+                };
+                metrics::counter!(
+                    "detour_retries_total",
+                    "upstream" => next.upstream.to_string(),
+                    "reason" => reason,
+                    "kind" => if again { "retry" } else { "failover" },
+                )
+                .increment(1);
+            }
             let mut wait = Duration::ZERO;
             if again && !stale {
                 let rng = rng.get_or_insert_with(fastrand::Rng::new);
@@ -457,7 +471,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             b.state().record_latency(latency);
         }
         let observers = &self.shared.observers;
-        if observers.is_empty() {
+        if observers.is_empty() && peer.observer().is_none() {
             return;
         }
         let outcome = AttemptOutcome {
@@ -470,6 +484,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             commit,
             attempt: session.attempt(),
         };
+        if let Some(o) = peer.observer() {
+            o.on_attempt(&outcome);
+        }
         for o in observers {
             o.on_attempt(&outcome);
         }

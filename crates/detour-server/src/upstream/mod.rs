@@ -4,3 +4,7 @@
 pub use detour_core::connect::{Connect, TcpConnector};
 
 pub(crate) mod pool;
+
+mod group;
+
+pub use group::{build_all, DiscoveryConfig, EventHook, Services, Upstream, UpstreamConfig};

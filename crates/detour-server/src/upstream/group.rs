@@ -1,0 +1,640 @@
+//! [`Upstream`]: one named group of backends with everything failover needs —
+//! selection (`detour-lb`), active checks and outlier detection
+//! (`detour-health`), breakers, a retry budget and a concurrency limit
+//! (`detour-breaker`) — wired together so a user's `upstream_peer` is one call:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use detour_core::{HttpPeer, ProxyHttp, Result, Session};
+//! # use detour_server::upstream::{Upstream, UpstreamConfig};
+//! struct App { up: Arc<Upstream> }
+//! impl ProxyHttp for App {
+//!     type CTX = ();
+//!     fn new_ctx(&self) {}
+//!     async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> Result<HttpPeer> {
+//!         self.up.select(s).await
+//!     }
+//! }
+//! ```
+//!
+//! The peer it returns carries an admission permit (health, ejection,
+//! draining and the breaker all agreed), the upstream's retry budget and its
+//! observer, so the engine feeds breakers, outlier detection and metrics
+//! without any registration. Background work — checks, outlier sweeps,
+//! discovery — runs under [`Services`], which the server owns and stops.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use detour_breaker::{
+    BreakerConfig, BreakerRegistry, BudgetConfig, ConcurrencyLimit, LimitConfig, RetryBudget,
+};
+use detour_core::{
+    AttemptOutcome, Backend, Error, ErrorKind, GateState, HttpPeer, Observer, OutcomeClass,
+    PeerOptions, RemovalCap, RetryBudgetGate, RetryPolicy, Session,
+};
+use detour_health::{HealthChecker, HealthConfig, HealthEvent, OutlierConfig, OutlierDetector};
+use detour_lb::{
+    Algorithm, AnyLoadBalancer, BackendSpec, DnsDiscovery, DnsTarget, FileDiscovery, HashKey,
+    LbOptions,
+};
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::ConfigError;
+use crate::upstream::TcpConnector;
+
+/// One `[upstreams.NAME]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamConfig {
+    /// Selection: `round_robin` (default), `random`, `least_request`,
+    /// `peak_ewma`, `consistent_hash` (Ketama) or `maglev`.
+    pub lb: String,
+    /// What a consistent hash keys on: `header:NAME`, `cookie:NAME`,
+    /// `query:NAME`, `path`, `uri`, `host`, `client_ip`, `method`.
+    pub hash_key: Option<HashKey>,
+    /// Static backends.
+    pub backends: Vec<BackendSpec>,
+    /// Discovery instead of (or on top of) static backends.
+    pub discovery: Option<DiscoveryConfig>,
+    /// Failover strategy, panic threshold, slow start (`[upstreams.NAME.failover]`).
+    pub failover: LbOptions,
+    /// Retries and the retry budget (`[upstreams.NAME.retry]`).
+    pub retry: RetryPolicy,
+    /// Per-attempt timeouts (`[upstreams.NAME.timeouts]`).
+    pub timeouts: PeerOptions,
+    /// Active health checks; none when the table is absent.
+    pub health: Option<HealthConfig>,
+    /// Passive outlier detection (on with its defaults).
+    pub outlier: OutlierConfig,
+    /// Circuit breakers, one per backend (on with their defaults).
+    pub breaker: BreakerConfig,
+    /// Concurrency limit for the whole upstream; none when absent.
+    pub concurrency: Option<LimitConfig>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            lb: "round_robin".into(),
+            hash_key: None,
+            backends: Vec::new(),
+            discovery: None,
+            failover: LbOptions::default(),
+            retry: RetryPolicy::default(),
+            timeouts: PeerOptions::default(),
+            health: None,
+            outlier: OutlierConfig::default(),
+            breaker: BreakerConfig::default(),
+            concurrency: None,
+        }
+    }
+}
+
+/// Where backends come from besides the static list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// DNS names to resolve: `host:port` (A/AAAA) or `_service._proto.name` (SRV).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// A TOML file of `backends = [...]`, re-read on the interval.
+    pub file: Option<PathBuf>,
+    /// How often to refresh. Default 5 s.
+    #[serde(default = "five_seconds", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl UpstreamConfig {
+    /// Check every value, naming the field (`upstreams.NAME.…`) at fault.
+    ///
+    /// # Errors
+    /// The first invalid value.
+    pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let at = |field: &str| format!("upstreams.{name}.{field}");
+        let algo: Algorithm = self
+            .lb
+            .parse()
+            .map_err(|e| ConfigError::field(at("lb"), format!("{e}")))?;
+        if matches!(algo, Algorithm::ConsistentHash(_) | Algorithm::Maglev(_))
+            && self.hash_key.is_none()
+        {
+            return Err(ConfigError::field(
+                at("hash_key"),
+                "consistent hashing needs a hash_key (e.g. \"header:x-user\")",
+            ));
+        }
+        if self.backends.is_empty()
+            && self
+                .discovery
+                .as_ref()
+                .is_none_or(|d| d.dns.is_empty() && d.file.is_none())
+        {
+            return Err(ConfigError::field(
+                at("backends"),
+                "an upstream needs backends or discovery",
+            ));
+        }
+        if let Some(d) = &self.discovery {
+            for (i, t) in d.dns.iter().enumerate() {
+                t.parse::<DnsTarget>().map_err(|e| {
+                    ConfigError::field(at(&format!("discovery.dns[{i}]")), format!("{e}"))
+                })?;
+            }
+            if d.interval.is_zero() {
+                return Err(ConfigError::field(
+                    at("discovery.interval"),
+                    "must be above zero",
+                ));
+            }
+        }
+        self.failover
+            .validate()
+            .map_err(|e| ConfigError::field(at(&format!("failover.{}", e.field())), e.reason()))?;
+        self.retry
+            .clone()
+            .validate()
+            .map_err(|e| ConfigError::field(at(&format!("retry.{}", e.field)), e.reason.clone()))?;
+        budget_config(&self.retry)
+            .validate()
+            .map_err(|e| ConfigError::field(at(&format!("retry.{e}")), ""))
+            .map_err(strip_empty)?;
+        if let Some(h) = &self.health {
+            h.clone()
+                .validate()
+                .map_err(|e| ConfigError::field(at(&e.to_string()), ""))
+                .map_err(strip_empty)?;
+        }
+        self.outlier
+            .clone()
+            .validate()
+            .map_err(|e| ConfigError::field(at(&e.to_string()), ""))
+            .map_err(strip_empty)?;
+        self.breaker
+            .validate()
+            .map_err(|e| ConfigError::field(at(&e.to_string()), ""))
+            .map_err(strip_empty)?;
+        if let Some(c) = &self.concurrency {
+            c.validate()
+                .map_err(|e| ConfigError::field(at(&e.to_string()), ""))
+                .map_err(strip_empty)?;
+        }
+        Ok(())
+    }
+}
+
+/// The retry budget a policy asks for.
+fn budget_config(policy: &RetryPolicy) -> BudgetConfig {
+    let mut b = BudgetConfig::default();
+    b.ratio = policy.budget_ratio;
+    b.min_per_second = policy.budget_min_per_second;
+    b.window = policy.budget_window;
+    b
+}
+
+/// The crates' own errors read "field: reason"; keep that as one message
+/// under the dotted field.
+fn strip_empty(mut e: ConfigError) -> ConfigError {
+    if let Some(field) = e.field.take() {
+        match field.split_once(": ") {
+            Some((f, reason)) => {
+                e.field = Some(f.to_string());
+                e.message = reason.to_string();
+            }
+            None => e.field = Some(field),
+        }
+    }
+    e
+}
+
+/// What the engine needs from an upstream's retry budget.
+struct Budget(RetryBudget);
+
+impl RetryBudgetGate for Budget {
+    fn deposit(&self) {
+        self.0.record_request();
+    }
+    fn try_withdraw(&self) -> bool {
+        self.0.try_withdraw()
+    }
+}
+
+/// Hears every attempt to this upstream's backends: breakers and outlier
+/// detection learn from it, and the attempt metrics count it (handles are
+/// made once, so the request path only bumps atomics).
+struct UpstreamObserver {
+    breakers: Option<Arc<BreakerRegistry>>,
+    outlier: Arc<OutlierDetector>,
+    ok: metrics::Counter,
+    failed: metrics::Counter,
+    local: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl Observer for UpstreamObserver {
+    fn on_attempt(&self, o: &AttemptOutcome<'_>) {
+        match o.class {
+            OutcomeClass::Success => self.ok.increment(1),
+            OutcomeClass::BackendFailure(_) => self.failed.increment(1),
+            OutcomeClass::Local(_) => self.local.increment(1),
+        }
+        if o.status.is_some() {
+            self.latency.record(o.latency.as_secs_f64());
+        }
+        if let Some(b) = &self.breakers {
+            b.on_attempt(o);
+        }
+        self.outlier.on_attempt(o);
+    }
+}
+
+/// An upstream: its backends and everything that decides which one takes a
+/// request. Build it with [`Upstream::from_config`].
+pub struct Upstream {
+    name: Arc<str>,
+    lb: Arc<AnyLoadBalancer>,
+    hash_key: Option<HashKey>,
+    breakers: Option<Arc<BreakerRegistry>>,
+    budget: Option<Arc<dyn RetryBudgetGate>>,
+    limit: Option<Arc<ConcurrencyLimit>>,
+    health: Option<Arc<HealthChecker<detour_health::ConfiguredCheck<TcpConnector>>>>,
+    outlier: Arc<OutlierDetector>,
+    cap: Arc<RemovalCap>,
+    policy: Arc<RetryPolicy>,
+    options: PeerOptions,
+    observer: Arc<dyn Observer>,
+    discovery: Option<DiscoveryConfig>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("backends", &self.lb.backends().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Called with every health event (check up/down, ejection) of any upstream.
+pub type EventHook = Arc<dyn Fn(&HealthEvent) + Send + Sync>;
+
+impl Upstream {
+    /// Build upstream `name` from its configuration (validated here too).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field at fault.
+    pub fn from_config(name: &str, config: &UpstreamConfig) -> Result<Self, ConfigError> {
+        Self::build(name, config, None)
+    }
+
+    /// Like [`from_config`](Self::from_config), with a hook that hears every
+    /// health event and breaker transition.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field at fault.
+    pub fn from_config_with_events(
+        name: &str,
+        config: &UpstreamConfig,
+        events: EventHook,
+    ) -> Result<Self, ConfigError> {
+        Self::build(name, config, Some(events))
+    }
+
+    fn build(
+        name: &str,
+        config: &UpstreamConfig,
+        events: Option<EventHook>,
+    ) -> Result<Self, ConfigError> {
+        config.validate(name)?;
+        let bad = |field: &str, e: &dyn std::fmt::Display| {
+            ConfigError::field(format!("upstreams.{name}.{field}"), e.to_string())
+        };
+        let algo: Algorithm = config.lb.parse().map_err(|e| bad("lb", &e))?;
+        let lb = Arc::new(
+            AnyLoadBalancer::try_new(algo, config.failover.clone())
+                .map_err(|e| bad("failover", &e))?,
+        );
+        let mut outlier = OutlierDetector::new(config.outlier.clone())
+            .map_err(|e| bad("outlier", &e))?
+            .upstream(name);
+        if let Some(ev) = &events {
+            let ev = Arc::clone(ev);
+            outlier = outlier.on_event(move |e| ev(e));
+        }
+        let outlier = Arc::new(outlier);
+        let cap = outlier.cap();
+        let breakers = if config.breaker.enabled {
+            Some(Arc::new(
+                BreakerRegistry::new(config.breaker.clone())
+                    .map_err(|e| bad("breaker", &e))?
+                    .with_upstream(name),
+            ))
+        } else {
+            None
+        };
+        let health = match &config.health {
+            Some(h) => {
+                let lb2 = Arc::clone(&lb);
+                let mut checker = HealthChecker::from_config(h.clone(), TcpConnector, move || {
+                    lb2.backends().to_vec()
+                })
+                .map_err(|e| bad("health", &e))?
+                .upstream(name);
+                if let Some(ev) = &events {
+                    let ev = Arc::clone(ev);
+                    checker = checker.on_event(move |e| ev(e));
+                }
+                Some(Arc::new(checker))
+            }
+            None => None,
+        };
+        // Every backend that joins: its breaker, the removal ceiling, and (with
+        // active checks) no traffic before its first passing check.
+        {
+            let breakers = breakers.clone();
+            let outlier = Arc::clone(&outlier);
+            let health = health.clone();
+            lb.on_update(move |all| {
+                outlier.attach(all);
+                for b in all {
+                    if let Some(r) = &breakers {
+                        let _ = r.attach(b);
+                    }
+                    if let Some(h) = &health {
+                        h.prepare(b);
+                    }
+                }
+                if let Some(h) = &health {
+                    h.backends_changed();
+                }
+            });
+        }
+        if !config.backends.is_empty() {
+            lb.update(config.backends.iter().map(|s| s.to_backend()));
+        }
+        let budget_on = config.retry.budget_ratio > 0.0 || config.retry.budget_min_per_second > 0;
+        let budget: Option<Arc<dyn RetryBudgetGate>> = if budget_on {
+            Some(Arc::new(Budget(
+                RetryBudget::new(budget_config(&config.retry)).map_err(|e| bad("retry", &e))?,
+            )))
+        } else {
+            None
+        };
+        let limit = match &config.concurrency {
+            Some(c) => Some(Arc::new(
+                ConcurrencyLimit::new(c.clone()).map_err(|e| bad("concurrency", &e))?,
+            )),
+            None => None,
+        };
+        let label = name.to_string();
+        let observer: Arc<dyn Observer> = Arc::new(UpstreamObserver {
+            breakers: breakers.clone(),
+            outlier: Arc::clone(&outlier),
+            ok: metrics::counter!("detour_upstream_attempts_total", "upstream" => label.clone(), "outcome" => "success"),
+            failed: metrics::counter!("detour_upstream_attempts_total", "upstream" => label.clone(), "outcome" => "backend_failure"),
+            local: metrics::counter!("detour_upstream_attempts_total", "upstream" => label.clone(), "outcome" => "local"),
+            latency: metrics::histogram!("detour_upstream_latency_seconds", "upstream" => label),
+        });
+        Ok(Upstream {
+            name: name.into(),
+            lb,
+            hash_key: config.hash_key.clone(),
+            breakers,
+            budget,
+            limit,
+            health,
+            outlier,
+            cap,
+            policy: Arc::new(config.retry.clone()),
+            options: config.timeouts.clone(),
+            observer,
+            discovery: config.discovery.clone(),
+        })
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The backends now (a snapshot).
+    pub fn backends(&self) -> Arc<[Arc<Backend>]> {
+        self.lb.backends()
+    }
+
+    /// The load balancer (to update the backends by hand, say).
+    pub fn load_balancer(&self) -> &Arc<AnyLoadBalancer> {
+        &self.lb
+    }
+
+    /// The breaker registry, when breakers are on.
+    pub fn breakers(&self) -> Option<&Arc<BreakerRegistry>> {
+        self.breakers.as_ref()
+    }
+
+    /// The outlier detector.
+    pub fn outlier(&self) -> &Arc<OutlierDetector> {
+        &self.outlier
+    }
+
+    /// The passive-removal ceiling shared by ejections and breakers.
+    pub fn removal_cap(&self) -> &Arc<RemovalCap> {
+        &self.cap
+    }
+
+    /// The upstream's retry policy.
+    pub fn policy(&self) -> &Arc<RetryPolicy> {
+        &self.policy
+    }
+
+    /// The per-attempt options.
+    pub fn peer_options(&self) -> &PeerOptions {
+        &self.options
+    }
+
+    /// Choose a backend for this request's next attempt: one it has not tried
+    /// while others remain, admitted by health, ejection, draining and its
+    /// breaker (or any, in panic mode).
+    ///
+    /// # Errors
+    /// `Overloaded` when the concurrency limit refuses; `CircuitOpen` (with
+    /// `Retry-After`) when every breaker is open; `NoPeer` otherwise.
+    pub async fn select(&self, session: &Session) -> detour_core::Result<HttpPeer> {
+        let guard = match &self.limit {
+            Some(l) => Some(l.acquire().await.map_err(Error::from)?),
+            None => None,
+        };
+        let key = match &self.hash_key {
+            Some(k) => k.hash(
+                session.req(),
+                session
+                    .client_addr()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            ),
+            None => 0,
+        };
+        let Some(permit) = self.lb.select(key, session.tried(), Instant::now()) else {
+            return Err(self.why_none());
+        };
+        let mut peer = HttpPeer::admitted(permit, Arc::clone(&self.name))
+            .with_options(self.options.clone())
+            .with_observer(Arc::clone(&self.observer));
+        if let Some(b) = &self.budget {
+            peer = peer.with_budget(Arc::clone(b));
+        }
+        if let Some(g) = guard {
+            peer = peer.with_guard(g);
+        }
+        Ok(peer)
+    }
+
+    fn why_none(&self) -> Error {
+        let backends = self.lb.backends();
+        let all_open = !backends.is_empty()
+            && backends.iter().all(|b| {
+                b.state()
+                    .gate()
+                    .is_some_and(|g| g.state() == GateState::Open)
+            });
+        if all_open {
+            let mut err =
+                Error::internal(ErrorKind::CircuitOpen).context("every backend's breaker is open");
+            if let Some(after) = self.breakers.as_ref().and_then(|r| r.retry_after()) {
+                err = err.retry_after(after);
+            }
+            err
+        } else {
+            Error::internal(ErrorKind::NoPeer).context("no backend available")
+        }
+    }
+
+    /// Run the first round of active checks (bounded by the check timeout);
+    /// the server does this before it opens its listeners. Also the first
+    /// discovery round, so discovered backends are checked too.
+    pub async fn first_round(&self) {
+        if let Some(d) = &self.discovery {
+            self.discover_once(d).await;
+        }
+        if let Some(h) = &self.health {
+            h.first_round().await;
+        }
+    }
+
+    async fn discover_once(&self, d: &DiscoveryConfig) {
+        let mut all: Vec<Backend> = Vec::new();
+        let mut ok = true;
+        if !d.dns.is_empty() {
+            match dns(d) {
+                Ok(disc) => match detour_lb::ServiceDiscovery::discover(&disc).await {
+                    Ok(b) => all.extend(b),
+                    Err(e) => {
+                        ok = false;
+                        tracing::warn!(upstream = %self.name, error = %e, "DNS discovery failed");
+                    }
+                },
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!(upstream = %self.name, error = %e, "DNS discovery unavailable");
+                }
+            }
+        }
+        if let Some(path) = &d.file {
+            match detour_lb::ServiceDiscovery::discover(&FileDiscovery::new(path)).await {
+                Ok(b) => all.extend(b),
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!(upstream = %self.name, error = %e, "file discovery failed; keeping the current backends");
+                }
+            }
+        }
+        if ok {
+            self.lb.update(all);
+        }
+    }
+
+    /// Start the background work — active checks, outlier sweeps, discovery —
+    /// on `runtime`. It stops when the returned [`Services`] is dropped.
+    pub fn start_services(self: &Arc<Self>, runtime: &tokio::runtime::Handle) -> Services {
+        let (stop, stopped) = watch::channel(false);
+        let until = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Some(h) = &self.health {
+            runtime.spawn(Arc::clone(h).run(until(stopped.clone())));
+        }
+        runtime.spawn(Arc::clone(&self.outlier).run(until(stopped.clone())));
+        if let Some(d) = self.discovery.clone() {
+            let me = Arc::downgrade(self);
+            let mut rx = stopped.clone();
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(d.interval);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = rx.wait_for(|s| *s) => return,
+                    }
+                    let Some(up) = me.upgrade() else { return };
+                    up.discover_once(&d).await;
+                }
+            });
+        }
+        Services { stop }
+    }
+}
+
+fn dns(
+    d: &DiscoveryConfig,
+) -> Result<DnsDiscovery<detour_lb::discovery::SystemResolver>, detour_lb::DiscoveryError> {
+    let targets: Vec<DnsTarget> = d.dns.iter().filter_map(|t| t.parse().ok()).collect();
+    DnsDiscovery::system(targets)
+}
+
+/// An upstream's background work; dropping it stops everything.
+#[derive(Debug)]
+pub struct Services {
+    stop: watch::Sender<bool>,
+}
+
+impl Services {
+    /// Stop now (also what dropping does).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Build every upstream of a `[upstreams]` table.
+///
+/// # Errors
+/// The first upstream whose configuration is invalid, with the field named.
+pub fn build_all(
+    configs: &BTreeMap<String, UpstreamConfig>,
+    events: Option<EventHook>,
+) -> Result<BTreeMap<String, Arc<Upstream>>, ConfigError> {
+    configs
+        .iter()
+        .map(|(name, c)| {
+            let up = match &events {
+                Some(ev) => Upstream::from_config_with_events(name, c, Arc::clone(ev))?,
+                None => Upstream::from_config(name, c)?,
+            };
+            Ok((name.clone(), Arc::new(up)))
+        })
+        .collect()
+}

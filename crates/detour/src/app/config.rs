@@ -1,0 +1,220 @@
+//! The `detour` binary's configuration file.
+//!
+//! ```toml
+//! [server]            # listeners, workers, limits (detour-server)
+//! [admin]             # the admin listener
+//! [log]               # access log and log format
+//! [upstreams.NAME]    # backends and everything failover needs
+//! [[routes]]          # host + path prefix -> upstream, with overrides
+//! ```
+//! Unknown keys are errors; every error names the file, the line and the
+//! dotted field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use detour_core::{PeerOptions, RetryPolicy};
+use detour_server::config::{toml_error, ConfigError};
+use detour_server::upstream::UpstreamConfig;
+use detour_server::ServerConfig;
+use serde::Deserialize;
+
+use super::routes::HostPattern;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[upstreams.NAME]`.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[[routes]]`, tried in order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin API listens. Default `127.0.0.1:9901`; `enabled =
+    /// false` turns it off.
+    pub listen: SocketAddr,
+    /// Serve the admin API. Default true.
+    pub enabled: bool,
+    /// When set, every endpoint but `/healthz` wants `Authorization: Bearer TOKEN`.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            enabled: true,
+            token: None,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// One line per request on stdout (target `detour::access`). Default true.
+    pub access_log: bool,
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `warn,detour::access=info`, …). Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            access_log: true,
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `*`, `example.com` or `*.example.com`. Default `*`.
+    #[serde(default = "any_host")]
+    pub host: String,
+    /// Path prefix. Default `/`.
+    #[serde(default = "root")]
+    pub path_prefix: String,
+    /// The upstream's name.
+    pub upstream: String,
+    /// Replaces the upstream's retry policy for this route (keys as in
+    /// `[upstreams.NAME.retry]`, without the budget).
+    pub retry: Option<RetryPolicy>,
+    /// Replaces the upstream's per-attempt timeouts for this route.
+    pub timeouts: Option<PeerOptions>,
+    /// Methods this route declares safe to retry (adds to the idempotent ones).
+    #[serde(default)]
+    pub safe_methods: Vec<String>,
+    /// Treat a request carrying `Idempotency-Key` as safe to retry.
+    pub idempotency_key: Option<bool>,
+}
+
+fn any_host() -> String {
+    "*".into()
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+impl Config {
+    /// Parse and validate `text` (from `file`, for messages).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, line and field at fault.
+    pub fn from_toml(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let attach = |e: ConfigError| match file {
+            Some(f) => e.in_file(f),
+            None => e,
+        };
+        let config: Config = toml::from_str(text).map_err(|e| attach(toml_error(text, &e)))?;
+        config.validate().map_err(attach)
+    }
+
+    /// Read, parse and validate the file at `path`.
+    ///
+    /// # Errors
+    /// The file cannot be read, or a [`ConfigError`] naming the field.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text, Some(path))
+    }
+
+    /// Check what serde cannot: cross-references and ranges.
+    ///
+    /// # Errors
+    /// The first invalid value, with its dotted field.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        let server = self.server.clone().validate()?;
+        for (name, up) in &self.upstreams {
+            up.validate(name)?;
+        }
+        if self.routes.is_empty() && !self.upstreams.is_empty() {
+            return Err(ConfigError::field(
+                "routes",
+                "at least one [[routes]] entry is needed to send traffic to an upstream",
+            ));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = |f: &str| format!("routes[{i}].{f}");
+            HostPattern::parse(&r.host).map_err(|e| ConfigError::field(at("host"), e))?;
+            if !r.path_prefix.starts_with('/') {
+                return Err(ConfigError::field(
+                    at("path_prefix"),
+                    "must start with \"/\"",
+                ));
+            }
+            if !self.upstreams.contains_key(&r.upstream) {
+                return Err(ConfigError::field(
+                    at("upstream"),
+                    format!("no upstream named {:?}", r.upstream),
+                ));
+            }
+            if let Some(p) = &r.retry {
+                p.clone().validate().map_err(|e| {
+                    ConfigError::field(at(&format!("retry.{}", e.field)), e.reason.clone())
+                })?;
+            }
+            for (j, m) in r.safe_methods.iter().enumerate() {
+                http::Method::from_bytes(m.as_bytes()).map_err(|_| {
+                    ConfigError::field(
+                        at(&format!("safe_methods[{j}]")),
+                        format!("{m:?} is not a method"),
+                    )
+                })?;
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::field("log.level", e.to_string()))?;
+        Ok(Config { server, ..self })
+    }
+
+    /// The retry policy `route` uses over its upstream's policy `base`.
+    pub fn route_policy(&self, route: &RouteConfig, base: &RetryPolicy) -> Arc<RetryPolicy> {
+        let mut policy = route.retry.clone().unwrap_or_else(|| base.clone());
+        for m in &route.safe_methods {
+            let m = m.to_ascii_uppercase();
+            if !policy.safe_methods.contains(&m) {
+                policy.safe_methods.push(m);
+            }
+        }
+        if let Some(k) = route.idempotency_key {
+            policy.idempotency_key = k;
+        }
+        Arc::new(policy)
+    }
+}

@@ -1,0 +1,274 @@
+//! The config-driven proxy behind the `detour` binary, as a library so tests
+//! and other programs can run it in-process.
+//!
+//! - [`config`]: the TOML file ([`Config`]).
+//! - [`routes`]: host + path prefix → upstream.
+//! - [`proxy`]: the hooks ([`DetourProxy`]) with the access log.
+//! - [`admin`]: `/healthz`, `/metrics`, `/status`, backend control.
+//! - [`state`]: the live configuration, swapped whole on reload.
+//! - [`demo`]: `detour demo`.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod routes;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use detour_server::config::ConfigError;
+use detour_server::upstream::{build_all, EventHook, Services};
+use detour_server::{HttpProxy, Server, ServerHandle, Stop};
+use tokio::sync::watch;
+
+pub use config::Config;
+pub use proxy::DetourProxy;
+pub use state::{App, State};
+
+use routes::{HostPattern, Route};
+
+/// Build one generation of state from `config`: every upstream (not yet
+/// running its services) and the routes over them.
+///
+/// # Errors
+/// A [`ConfigError`] naming the field at fault.
+pub fn build_state(
+    config: &Config,
+    generation: u64,
+    events: Option<EventHook>,
+) -> Result<State, ConfigError> {
+    let upstreams = build_all(&config.upstreams, events)?;
+    let mut routes = Vec::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let up = upstreams.get(&r.upstream).ok_or_else(|| {
+            ConfigError::field(format!("routes[{i}].upstream"), "no such upstream")
+        })?;
+        let host = HostPattern::parse(&r.host)
+            .map_err(|e| ConfigError::field(format!("routes[{i}].host"), e))?;
+        routes.push(Arc::new(Route {
+            index: i,
+            host,
+            path_prefix: r.path_prefix.clone(),
+            upstream: Arc::clone(up),
+            policy: config.route_policy(r, up.policy()),
+            timeouts: r.timeouts.clone(),
+        }));
+    }
+    Ok(State {
+        routes,
+        upstreams,
+        generation,
+    })
+}
+
+/// A running `detour`: the proxy, its admin listener, its upstreams' services.
+pub struct Running {
+    /// The application state.
+    pub app: Arc<App>,
+    /// The proxy server.
+    pub handle: ServerHandle,
+    /// Where the admin API listens, when it is on.
+    pub admin_addr: Option<SocketAddr>,
+    admin_stop: watch::Sender<bool>,
+    draining: watch::Sender<bool>,
+    services: Vec<Services>,
+    events: Option<EventHook>,
+    config_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("addrs", &self.handle.addrs())
+            .field("admin", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Start `config`: the first health round runs before the listeners open.
+/// `metrics` is the Prometheus handle `/metrics` renders (None: off).
+///
+/// # Errors
+/// Invalid configuration, or a listener that cannot be bound.
+pub fn start(
+    config: &Config,
+    config_path: Option<&Path>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    events: Option<EventHook>,
+) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
+    let state = build_state(config, 1, events.clone())?;
+    let upstreams: Vec<_> = state.upstreams.values().cloned().collect();
+    let app = Arc::new(App::new(state));
+    let proxy = HttpProxy::builder(DetourProxy::new(Arc::clone(&app), config.log.access_log))
+        .config(config.server.clone())
+        .build();
+    let handle = Server::new(config.server.clone()).start_with(proxy, &upstreams)?;
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let (draining, draining_rx) = watch::channel(false);
+    let mut admin_addr = None;
+    if config.admin.enabled {
+        let rt = handle
+            .services_runtime()
+            .ok_or("the server has no services runtime")?;
+        let listener = std::net::TcpListener::bind(config.admin.listen)?;
+        listener.set_nonblocking(true)?;
+        admin_addr = Some(listener.local_addr()?);
+        let admin = admin::Admin {
+            app: Arc::clone(&app),
+            token: config.admin.token.as_deref().map(Arc::from),
+            metrics,
+            draining: draining_rx,
+        };
+        rt.spawn(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => admin::serve(l, admin, admin_stopped).await,
+                Err(e) => tracing::error!(error = %e, "admin listener failed"),
+            }
+        });
+    }
+    Ok(Running {
+        app,
+        handle,
+        admin_addr,
+        admin_stop,
+        draining,
+        services: Vec::new(),
+        events,
+        config_path: config_path.map(Path::to_path_buf),
+    })
+}
+
+impl Running {
+    /// The proxy's first listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.addr()
+    }
+
+    /// Re-read the configuration file and swap in what it says: backends,
+    /// routes and policies. Requests in flight finish on the old generation.
+    /// Listeners, workers and `[server]` settings are not reloaded.
+    ///
+    /// # Errors
+    /// The new file is invalid: nothing changes and the old one keeps serving.
+    pub async fn reload(&mut self) -> Result<u64, ConfigError> {
+        let path = self
+            .config_path
+            .clone()
+            .ok_or_else(|| ConfigError::field("config", "no file to reload from"))?;
+        let config = Config::from_file(&path)?;
+        self.reload_from(&config).await
+    }
+
+    /// Swap in `config` (see [`reload`](Self::reload)).
+    ///
+    /// # Errors
+    /// The configuration is invalid; nothing changes.
+    pub async fn reload_from(&mut self, config: &Config) -> Result<u64, ConfigError> {
+        let generation = self.app.current().generation + 1;
+        let state = build_state(config, generation, self.events.clone())?;
+        let rt = self
+            .handle
+            .services_runtime()
+            .ok_or_else(|| ConfigError::field("server", "no services runtime"))?;
+        // Carry the health and breaker state of backends that stay, so a
+        // reload does not forget what the checks know.
+        let old = self.app.current();
+        for (name, up) in &state.upstreams {
+            if let Some(prev) = old.upstreams.get(name) {
+                carry_over(prev, up);
+            }
+        }
+        let new_ups: Vec<_> = state.upstreams.values().cloned().collect();
+        // The first round runs on the services runtime; this task just waits.
+        let rounds: Vec<_> = new_ups
+            .iter()
+            .map(|u| {
+                let u = Arc::clone(u);
+                rt.spawn(async move { u.first_round().await })
+            })
+            .collect();
+        for r in rounds {
+            let _ = r.await;
+        }
+        let services: Vec<Services> = new_ups.iter().map(|u| u.start_services(&rt)).collect();
+        // The previous generation's checks and sweeps stop.
+        drop(self.handle.replace_services(Vec::new()));
+        for (up, addr) in self.app.maintenance_list() {
+            if let Some(u) = state.upstreams.get(&up) {
+                if let Some(b) = u.backends().iter().find(|b| b.addr() == addr) {
+                    b.state().set_draining(true);
+                }
+            }
+        }
+        self.app.swap(state);
+        // The old generation's services stop; its backends stay alive while
+        // requests still hold them.
+        self.services = services;
+        tracing::info!(generation, "configuration reloaded");
+        Ok(generation)
+    }
+
+    /// Stop: drain (`Stop::Graceful`) or at once, and wait until done.
+    pub fn stop(self, how: Stop) {
+        self.draining.send_replace(true);
+        self.handle.stop(how);
+        self.admin_stop.send_replace(true);
+        let Running {
+            handle, services, ..
+        } = self;
+        handle.join();
+        drop(services);
+    }
+
+    /// Serve until SIGTERM (drain), SIGINT (now); SIGHUP reloads.
+    ///
+    /// # Errors
+    /// Installing the signal handlers failed.
+    pub fn run_until_signal(mut self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let how = rt.block_on(async {
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            let mut hup = signal(SignalKind::hangup())?;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return Ok::<_, std::io::Error>(Stop::Graceful),
+                    _ = int.recv() => return Ok(Stop::Immediate),
+                    _ = hup.recv() => {
+                        match self.reload().await {
+                            Ok(g) => tracing::info!(generation = g, "reloaded on SIGHUP"),
+                            Err(e) => tracing::error!(error = %e, "reload refused; the old configuration keeps serving"),
+                        }
+                    }
+                }
+            }
+        })?;
+        tracing::info!(?how, "stopping");
+        self.draining.send_replace(true);
+        let Running {
+            handle, admin_stop, ..
+        } = self;
+        rt.block_on(detour_server::server::run_until_stopped(handle, how))?;
+        admin_stop.send_replace(true);
+        Ok(())
+    }
+}
+
+/// Move what the old generation learnt about a backend onto the new one.
+fn carry_over(prev: &detour_server::upstream::Upstream, next: &detour_server::upstream::Upstream) {
+    let old = prev.backends();
+    for b in next.backends().iter() {
+        if let Some(o) = old.iter().find(|o| o.addr() == b.addr()) {
+            b.state().set_check_failed(o.state().check_failed());
+            if let Some(l) = o.state().latency_ewma() {
+                b.state().record_latency(l);
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Routes: which upstream a request goes to, matched by host and path prefix.
+//!
+//! Routes are tried in the order the file lists them; the first whose host
+//! pattern and path prefix both match wins. A host pattern is `*` (any host),
+//! an exact name (`api.example.com`), or a suffix wildcard (`*.example.com`,
+//! which matches `a.example.com` but not `example.com`). Matching ignores
+//! case and any `:port` on the request's host.
+
+use std::sync::Arc;
+
+use detour_core::{PeerOptions, RetryPolicy};
+use detour_server::upstream::Upstream;
+
+/// A host pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Any host.
+    Any,
+    /// Exactly this host (lower case).
+    Exact(String),
+    /// Any host ending in `.suffix` (lower case, without the dot).
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// Parse `*`, `*.example.com` or `example.com`.
+    ///
+    /// # Errors
+    /// An empty pattern, or a `*` anywhere but alone or at the front.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if s.is_empty() {
+            return Err("must not be empty (use \"*\" for any host)".into());
+        }
+        if s == "*" {
+            return Ok(HostPattern::Any);
+        }
+        if let Some(rest) = s.strip_prefix("*.") {
+            if rest.is_empty() || rest.contains('*') {
+                return Err(format!("{s:?}: a wildcard must be \"*\" or \"*.domain\""));
+            }
+            return Ok(HostPattern::Suffix(rest.to_string()));
+        }
+        if s.contains('*') {
+            return Err(format!("{s:?}: a wildcard must be \"*\" or \"*.domain\""));
+        }
+        Ok(HostPattern::Exact(s))
+    }
+
+    /// Whether `host` (as sent, maybe with a port) matches.
+    pub fn matches(&self, host: Option<&str>) -> bool {
+        let host = host.map(strip_port);
+        match (self, host) {
+            (HostPattern::Any, _) => true,
+            (_, None) => false,
+            (HostPattern::Exact(h), Some(got)) => got.eq_ignore_ascii_case(h),
+            (HostPattern::Suffix(sfx), Some(got)) => {
+                got.len() > sfx.len() + 1
+                    && got.as_bytes()[got.len() - sfx.len() - 1] == b'.'
+                    && got[got.len() - sfx.len()..].eq_ignore_ascii_case(sfx)
+            }
+        }
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // "[v6]:port" -> "[v6]"
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Its position in the file (for logs).
+    pub index: usize,
+    /// The host pattern.
+    pub host: HostPattern,
+    /// The path prefix (`/` matches everything).
+    pub path_prefix: String,
+    /// The upstream it sends to.
+    pub upstream: Arc<Upstream>,
+    /// The retry policy for this route (its own, or its upstream's).
+    pub policy: Arc<RetryPolicy>,
+    /// Per-attempt timeouts replacing the upstream's, if the route sets them.
+    pub timeouts: Option<PeerOptions>,
+}
+
+impl Route {
+    /// Whether this route takes a request for `host` and `path`.
+    pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        self.host.matches(host) && path_has_prefix(path, &self.path_prefix)
+    }
+}
+
+/// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; a prefix ending
+/// in `/` matches anything below it.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    if prefix == "/" || prefix.is_empty() {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+/// The first route that takes the request.
+pub fn find<'a>(
+    routes: &'a [Arc<Route>],
+    host: Option<&str>,
+    path: &str,
+) -> Option<&'a Arc<Route>> {
+    routes.iter().find(|r| r.matches(host, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        let any = HostPattern::parse("*").unwrap();
+        assert!(any.matches(None) && any.matches(Some("x")));
+        let exact = HostPattern::parse("API.example.com").unwrap();
+        assert!(exact.matches(Some("api.example.com:8080")));
+        assert!(!exact.matches(Some("www.example.com")));
+        assert!(!exact.matches(None));
+        let sfx = HostPattern::parse("*.example.com").unwrap();
+        assert!(sfx.matches(Some("a.example.com")));
+        assert!(sfx.matches(Some("A.B.Example.com:443")));
+        assert!(!sfx.matches(Some("example.com")));
+        assert!(!sfx.matches(Some("badexample.com")));
+        assert!(HostPattern::parse("").is_err());
+        assert!(HostPattern::parse("a*.com").is_err());
+        assert!(HostPattern::parse("*.").is_err());
+        assert!(HostPattern::parse("[::1]")
+            .unwrap()
+            .matches(Some("[::1]:80")));
+    }
+
+    #[test]
+    fn path_prefixes_respect_segments() {
+        assert!(path_has_prefix("/anything", "/"));
+        assert!(path_has_prefix("/api", "/api"));
+        assert!(path_has_prefix("/api/v1", "/api"));
+        assert!(!path_has_prefix("/apix", "/api"));
+        assert!(path_has_prefix("/static/x.css", "/static/"));
+        assert!(!path_has_prefix("/static", "/static/"));
+    }
+}

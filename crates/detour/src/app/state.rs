@@ -1,0 +1,112 @@
+//! The proxy's live state: routes and upstreams, swapped whole on reload.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use detour_server::upstream::Upstream;
+
+use super::routes::Route;
+
+/// One generation of configuration: what a request sees from start to end
+/// (a reload swaps in a new one; requests in flight keep theirs).
+#[derive(Debug)]
+pub struct State {
+    /// Routes in file order.
+    pub routes: Vec<Arc<Route>>,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// 1 for the first configuration, +1 per successful reload.
+    pub generation: u64,
+}
+
+/// The application: the current [`State`] plus what outlives reloads.
+#[derive(Debug)]
+pub struct App {
+    state: ArcSwap<State>,
+    /// Backends an operator put in maintenance (admin API), by upstream.
+    maintenance: Mutex<HashSet<(String, SocketAddr)>>,
+}
+
+impl App {
+    /// An application serving `state`.
+    pub fn new(state: State) -> Self {
+        App {
+            state: ArcSwap::from_pointee(state),
+            maintenance: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The current generation.
+    pub fn current(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    /// Swap in a new generation; returns the old one.
+    pub fn swap(&self, state: State) -> Arc<State> {
+        self.state.swap(Arc::new(state))
+    }
+
+    /// Whether an operator put this backend in maintenance.
+    pub fn in_maintenance(&self, upstream: &str, addr: SocketAddr) -> bool {
+        self.maintenance
+            .lock()
+            .map(|m| m.contains(&(upstream.to_string(), addr)))
+            .unwrap_or(false)
+    }
+
+    /// Record or clear maintenance for a backend.
+    pub fn set_maintenance(&self, upstream: &str, addr: SocketAddr, on: bool) {
+        if let Ok(mut m) = self.maintenance.lock() {
+            if on {
+                m.insert((upstream.to_string(), addr));
+            } else {
+                m.remove(&(upstream.to_string(), addr));
+            }
+        }
+    }
+
+    /// Keys of the backends in maintenance (carried over on reload).
+    pub fn maintenance_list(&self) -> Vec<(String, SocketAddr)> {
+        self.maintenance
+            .lock()
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Refresh the per-backend gauges (called at every scrape, so they are
+    /// exact without any work on the request path).
+    pub fn record_gauges(&self) {
+        let state = self.current();
+        for (name, up) in &state.upstreams {
+            for b in up.backends().iter() {
+                let addr = b.addr().to_string();
+                let word = super::admin::health_word(self, name, b);
+                let labels = [("upstream", name.clone()), ("backend", addr)];
+                metrics::gauge!("detour_backend_healthy", &labels).set(if word == "healthy" {
+                    1.0
+                } else {
+                    0.0
+                });
+                metrics::gauge!("detour_backend_in_flight", &labels)
+                    .set(f64::from(b.state().in_flight()));
+                let breaker = match super::admin::breaker_word(b) {
+                    "open" => 2.0,
+                    "half_open" => 1.0,
+                    _ => 0.0,
+                };
+                metrics::gauge!("detour_breaker_state", &labels).set(breaker);
+                let ejected = b
+                    .state()
+                    .ejected_until(tokio::time::Instant::now())
+                    .is_some();
+                metrics::gauge!("detour_backend_ejected", &labels).set(if ejected {
+                    1.0
+                } else {
+                    0.0
+                });
+            }
+        }
+    }
+}
