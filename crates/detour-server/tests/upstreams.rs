@@ -1,0 +1,254 @@
+//! `Upstream` through the engine over real sockets: consistent-hash retries,
+//! health checks under load, breakers, the retry budget.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use detour_core::{AttemptOutcome, HttpPeer, Observer, ProxyHttp, Result, Session};
+use detour_server::upstream::{Upstream, UpstreamConfig};
+use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle, Stop};
+use detour_testkit::client::{RawConnection, RawResponse};
+use detour_testkit::{Behavior, Upstream as Backend};
+use tokio::time::Instant;
+
+struct App {
+    up: Arc<Upstream>,
+}
+
+impl ProxyHttp for App {
+    type CTX = ();
+    fn new_ctx(&self) {}
+    async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> Result<HttpPeer> {
+        self.up.select(s).await
+    }
+}
+
+/// Every attempt: when, where.
+#[derive(Default)]
+struct Attempts(Mutex<Vec<(Instant, SocketAddr)>>);
+
+impl Observer for Attempts {
+    fn on_attempt(&self, o: &AttemptOutcome<'_>) {
+        self.0.lock().unwrap().push((Instant::now(), o.addr));
+    }
+}
+
+fn upstream(backends: &[SocketAddr], extra: &str) -> Arc<Upstream> {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\" }}"))
+        .collect();
+    let text = format!("backends = [{}]\n{extra}", list.join(", "));
+    let cfg: UpstreamConfig = toml::from_str(&text).unwrap();
+    Arc::new(Upstream::from_config("app", &cfg).unwrap())
+}
+
+fn serve(up: &Arc<Upstream>, attempts: &Arc<Attempts>) -> ServerHandle {
+    let mut cfg = ServerConfig::default();
+    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let proxy = HttpProxy::builder(App { up: Arc::clone(up) })
+        .config(cfg.clone())
+        .observer(Arc::clone(attempts) as Arc<dyn Observer>)
+        .build();
+    Server::new(cfg)
+        .start_with(proxy, &[Arc::clone(up)])
+        .unwrap()
+}
+
+async fn get(conn: &mut RawConnection, user: &str) -> RawResponse {
+    let req = format!("GET /u HTTP/1.1\r\nhost: t\r\nx-user: {user}\r\n\r\n");
+    conn.send(req.as_bytes()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_response())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn shut(h: ServerHandle) {
+    h.stop(Stop::Immediate);
+    tokio::task::spawn_blocking(move || h.join()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_hash_retry_reaches_a_different_backend() {
+    let bs = [
+        Backend::start(Behavior::ok()).await.unwrap(),
+        Backend::start(Behavior::ok()).await.unwrap(),
+        Backend::start(Behavior::ok()).await.unwrap(),
+    ];
+    let addrs: Vec<_> = bs.iter().map(Backend::addr).collect();
+    let up = upstream(
+        &addrs,
+        "lb = \"maglev\"\nhash_key = \"header:x-user\"\n[retry]\nbase_delay = \"1ms\"\n[outlier]\nconsecutive_5xx = 1000\nconsecutive_gateway_failure = 1000\n[breaker]\nenabled = false",
+    );
+    let attempts = Arc::new(Attempts::default());
+    let h = serve(&up, &attempts);
+    let mut c = RawConnection::connect(h.addr()).await.unwrap();
+    // The same user sticks to one backend.
+    let home: SocketAddr = get(&mut c, "alice")
+        .await
+        .header("x-upstream")
+        .unwrap()
+        .parse()
+        .unwrap();
+    for _ in 0..5 {
+        let r = get(&mut c, "alice").await;
+        assert_eq!(r.header("x-upstream"), Some(home.to_string().as_str()));
+    }
+    // Its backend fails: the retry moves to another one, not the same.
+    let i = addrs.iter().position(|a| *a == home).unwrap();
+    bs[i].set_behavior(Behavior::status(503));
+    let before = bs[i].requests();
+    let r = get(&mut c, "alice").await;
+    assert_eq!(r.status, 200);
+    assert_ne!(r.header("x-upstream"), Some(home.to_string().as_str()));
+    assert_eq!(bs[i].requests() - before, 1, "tried once, then elsewhere");
+    shut(h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backend_stops_getting_traffic_within_the_check_bound_and_returns() {
+    let a = Backend::start(Behavior::ok()).await.unwrap();
+    let b = Backend::start(Behavior::ok()).await.unwrap();
+    let (interval, fall, rise) = (Duration::from_millis(200), 2u32, 2u32);
+    let up = upstream(
+        &[a.addr(), b.addr()],
+        "[retry]\nbase_delay = \"1ms\"\n[health]\nkind = \"http\"\npath = \"/\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nfall = 2\nrise = 2\nfast_interval = \"200ms\"",
+    );
+    let attempts = Arc::new(Attempts::default());
+    let h = serve(&up, &attempts);
+    let addr = h.addr();
+    let load = tokio::spawn(async move {
+        let mut c = RawConnection::connect(addr).await.unwrap();
+        let mut errors = 0;
+        let end = Instant::now() + Duration::from_millis(3500);
+        while Instant::now() < end {
+            if get(&mut c, "x").await.status != 200 {
+                errors += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        errors
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    b.kill().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let back = Instant::now();
+    b.restart().await.unwrap();
+    assert_eq!(load.await.unwrap(), 0, "no GET failed");
+    let log = attempts.0.lock().unwrap().clone();
+    let last_while_down = log
+        .iter()
+        .filter(|(t, a)| *a == b.addr() && *t >= killed && *t < back)
+        .map(|(t, _)| *t)
+        .max();
+    // Measured against the bound, with 150 ms for scheduling on a busy machine.
+    let slack = Duration::from_millis(150);
+    if let Some(t) = last_while_down {
+        let took = t - killed;
+        assert!(
+            took <= interval * fall + interval + slack,
+            "a dead backend got attempts for {took:?}"
+        );
+    }
+    let first_after = log
+        .iter()
+        .filter(|(t, a)| *a == b.addr() && *t >= back)
+        .map(|(t, _)| *t)
+        .min()
+        .expect("the backend got traffic again");
+    let took = first_after - back;
+    assert!(
+        took <= interval * rise + interval + slack,
+        "traffic came back after {took:?}"
+    );
+    shut(h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_trips_its_breaker_gets_probes_then_full_traffic() {
+    let a = Backend::start(Behavior::ok()).await.unwrap();
+    let b = Backend::start(Behavior::status(503)).await.unwrap();
+    let up = upstream(
+        &[a.addr(), b.addr()],
+        "[retry]\nmax_retries = 0\n[outlier]\nconsecutive_5xx = 1000\nconsecutive_gateway_failure = 1000\n[breaker]\nconsecutive_failures = 5\nopen_for = \"400ms\"\njitter = 0.0\nhalf_open_successes = 3",
+    );
+    let attempts = Arc::new(Attempts::default());
+    let h = serve(&up, &attempts);
+    let mut c = RawConnection::connect(h.addr()).await.unwrap();
+    let reg = Arc::clone(up.breakers().unwrap());
+    let state = || reg.breaker(b.addr()).unwrap().state();
+    // Trips after exactly 5 failures.
+    while b.requests() < 5 {
+        get(&mut c, "x").await;
+    }
+    assert_eq!(b.requests(), 5);
+    assert_eq!(state(), detour_core::GateState::Open);
+    // No traffic while open.
+    for _ in 0..20 {
+        assert_eq!(get(&mut c, "x").await.status, 200);
+    }
+    assert_eq!(b.requests(), 5, "no request reaches an open breaker");
+    // Half-open after open_for: only probes, and it closes after 3 successes.
+    b.set_behavior(Behavior::ok());
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(state(), detour_core::GateState::HalfOpen);
+    let mut n = 0;
+    while state() != detour_core::GateState::Closed {
+        get(&mut c, "x").await;
+        n += 1;
+        assert!(n < 50, "the breaker never closed");
+    }
+    assert_eq!(b.requests(), 5 + 3, "exactly the three probes");
+    // Full traffic again: round robin shares evenly.
+    let before = (a.requests(), b.requests());
+    for _ in 0..20 {
+        get(&mut c, "x").await;
+    }
+    assert_eq!(b.requests() - before.1, 10);
+    assert_eq!(a.requests() - before.0, 10);
+    shut(h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_bounds_attempts_when_everything_fails() {
+    let bs = [
+        Backend::start(Behavior::status(503)).await.unwrap(),
+        Backend::start(Behavior::status(503)).await.unwrap(),
+    ];
+    let addrs: Vec<_> = bs.iter().map(Backend::addr).collect();
+    let up = upstream(
+        &addrs,
+        "[retry]\nmax_retries = 3\nbase_delay = \"1ms\"\nmax_delay = \"2ms\"\nbudget_ratio = 0.2\nbudget_min_per_second = 1\nbudget_window = \"1s\"\n[outlier]\nconsecutive_5xx = 100000\nconsecutive_gateway_failure = 100000\nsuccess_rate = { enabled = false }\n[breaker]\nenabled = false",
+    );
+    let attempts = Arc::new(Attempts::default());
+    let h = serve(&up, &attempts);
+    let mut c = RawConnection::connect(h.addr()).await.unwrap();
+    let total = |bs: &[Backend]| bs.iter().map(Backend::requests).sum::<usize>();
+    // Warm the window up.
+    let warm_until = Instant::now() + Duration::from_millis(1100);
+    while Instant::now() < warm_until {
+        assert_eq!(
+            get(&mut c, "x").await.status,
+            503,
+            "the upstream's 503 passes through"
+        );
+    }
+    let (start, t0) = (total(&bs), Instant::now());
+    let n = 300;
+    for _ in 0..n {
+        get(&mut c, "x").await;
+    }
+    let secs = t0.elapsed().as_secs_f64().ceil();
+    let made = total(&bs) - start;
+    let bound = (n as f64 * 1.2 + secs * 1.0 + 2.0) as usize;
+    assert!(made > n, "some retries happened ({made})");
+    assert!(
+        made <= bound,
+        "{made} attempts for {n} requests: over the budget's bound {bound}"
+    );
+    shut(h).await;
+}
