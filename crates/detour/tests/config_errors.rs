@@ -185,3 +185,73 @@ fn the_binary_test_flag_exits_zero_or_names_the_fault() {
     assert!(help.contains("demo") && help.contains("--config") && help.contains("--test"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_documented_example_loads() {
+    // The configuration the binary's issue and guide show, key for key.
+    let text = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+threads = 1
+grace_period = "10s"
+
+[admin]
+listen = "127.0.0.1:9901"
+
+[upstreams.app]
+lb = "round_robin"
+hash_key = "header:x-user"
+backends = [{ addr = "127.0.0.1:9001", weight = 1, priority = 0, region = "eu" }]
+
+[upstreams.app.retry]
+max_retries = 3
+base_delay = "100ms"
+multiplier = 2.0
+max_delay = "5s"
+per_try_timeout = "1s"
+deadline = "10s"
+retry_on_status = [502, 503, 504]
+budget_ratio = 0.2
+
+[upstreams.app.health]
+kind = "http"
+path = "/healthz"
+interval = "1s"
+timeout = "500ms"
+rise = 2
+fall = 3
+
+[upstreams.app.outlier]
+consecutive_5xx = 5
+base_ejection = "30s"
+max_ejection_percent = 50
+
+[upstreams.app.breaker]
+consecutive_failures = 5
+open_for = "30s"
+half_open_successes = 3
+
+[[routes]]
+host = "*"
+path_prefix = "/"
+upstream = "app"
+"#;
+    let c = Config::from_toml(text, None).unwrap();
+    let app = &c.upstreams["app"];
+    assert_eq!(app.backends[0].locality.as_deref(), Some("eu"));
+    assert_eq!(app.retry.budget_ratio, 0.2);
+    let with_dns = text.replace(
+        "backends = [{ addr = \"127.0.0.1:9001\", weight = 1, priority = 0, region = \"eu\" }]",
+        "discovery = { dns = \"app.internal:80\", interval = \"5s\" }",
+    );
+    let c = Config::from_toml(&with_dns, None).unwrap();
+    assert_eq!(
+        c.upstreams["app"].discovery.as_ref().unwrap().dns,
+        ["app.internal:80"]
+    );
+    let with_file = text.replace(
+        "backends = [{ addr = \"127.0.0.1:9001\", weight = 1, priority = 0, region = \"eu\" }]",
+        "discovery = { file = \"backends.toml\" }",
+    );
+    Config::from_toml(&with_file, None).unwrap();
+}

@@ -27,8 +27,9 @@ pub struct BackendSpec {
     /// Priority tier, 0 highest. Default 0.
     #[serde(default)]
     pub priority: u32,
-    /// Locality (region or zone). Default none.
-    #[serde(default)]
+    /// Locality (region or zone); `region` is accepted as another name.
+    /// Default none.
+    #[serde(default, alias = "region")]
     pub locality: Option<String>,
     /// Free-form metadata. Default empty.
     #[serde(default)]

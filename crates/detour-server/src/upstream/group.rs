@@ -101,14 +101,28 @@ impl Default for UpstreamConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryConfig {
-    /// DNS names to resolve: `host:port` (A/AAAA) or `_service._proto.name` (SRV).
-    #[serde(default)]
+    /// DNS names to resolve: `host:port` (A/AAAA) or `srv:_service._proto.name`
+    /// (SRV); one string or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub dns: Vec<String>,
     /// A TOML file of `backends = [...]`, re-read on the interval.
     pub file: Option<PathBuf>,
     /// How often to refresh. Default 5 s.
     #[serde(default = "five_seconds", with = "humantime_serde")]
     pub interval: Duration,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 fn five_seconds() -> Duration {
