@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod framing;
 mod io;
 pub mod proxy;
 pub mod server;

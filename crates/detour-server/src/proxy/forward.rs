@@ -83,6 +83,9 @@ pub(crate) fn check_request(
             reason,
         })
     };
+    if let Some(seen) = parts.extensions.get::<crate::framing::AmbiguousFraming>() {
+        return bad(seen.0);
+    }
     let te = parts.headers.get_all(header::TRANSFER_ENCODING);
     let te_count = te.iter().count();
     let cl = parts.headers.get_all(header::CONTENT_LENGTH);

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use detour_core::{Observer, ProxyHttp, RetryPolicy};
+use http::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -234,8 +236,24 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let proxy = self.clone();
-        let service = hyper::service::service_fn(move |req| {
+        // The guard watches the raw bytes for framing hyper would smooth over;
+        // the service counts requests to find the one it flagged.
+        let verdicts = crate::framing::Verdicts::new();
+        let io = crate::framing::FramingGuard::new(
+            io,
+            self.shared.limits.max_header_size,
+            Arc::clone(&verdicts),
+        );
+        let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let proxy = proxy.clone();
+            let index = served.fetch_add(1, Ordering::Relaxed);
+            if verdicts.is_bad(index) {
+                req.extensions_mut()
+                    .insert(crate::framing::AmbiguousFraming(
+                        "conflicting Content-Length / Transfer-Encoding",
+                    ));
+            }
             async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
         });
         let conn = self
