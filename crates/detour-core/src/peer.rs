@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::backend::{Backend, Permit};
 use crate::observe::Observer;
+use crate::retry::RetryPolicy;
 
 /// Timeouts and connection options for one peer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -64,6 +65,7 @@ pub struct HttpPeer {
     permit: Option<Permit>,
     budget: Option<Arc<dyn RetryBudgetGate>>,
     observer: Option<Arc<dyn Observer>>,
+    policy: Option<Arc<RetryPolicy>>,
     guard: Option<Box<dyn Send + Sync>>,
 }
 
@@ -100,6 +102,7 @@ impl HttpPeer {
             permit: None,
             budget: None,
             observer: None,
+            policy: None,
             guard: None,
         }
     }
@@ -116,6 +119,7 @@ impl HttpPeer {
             permit: Some(permit),
             budget: None,
             observer: None,
+            policy: None,
             guard: None,
         }
     }
@@ -130,6 +134,7 @@ impl HttpPeer {
             permit: None,
             budget: None,
             observer: None,
+            policy: None,
             guard: None,
         }
     }
@@ -158,6 +163,18 @@ impl HttpPeer {
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    /// Retry with `policy` unless the `retry_policy` hook chose one: how an
+    /// upstream's own retry settings apply (read from the first attempt's peer).
+    pub fn with_policy(mut self, policy: Arc<RetryPolicy>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The retry policy this peer's upstream asks for, if any.
+    pub fn policy(&self) -> Option<&Arc<RetryPolicy>> {
+        self.policy.as_ref()
     }
 
     /// The peer's own observer, if any.

@@ -93,7 +93,9 @@ pub trait ProxyHttp: Send + Sync + 'static {
         async { Ok(None) }
     }
 
-    /// The retry policy for this request. `None` uses the server's.
+    /// The retry policy for this request. `None` uses the one the first peer
+    /// carries (an `Upstream`'s own), else the server's. Called once, right
+    /// after the first `upstream_peer`.
     fn retry_policy(&self, _session: &Session, _ctx: &Self::CTX) -> Option<Arc<RetryPolicy>> {
         None
     }

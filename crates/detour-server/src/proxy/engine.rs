@@ -194,8 +194,14 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             Ok(None) => {}
             Err(e) => return self.answer_error(session, ctx, e, None, None).await,
         }
+        let mut peer = match proxy.upstream_peer(&mut session, &mut ctx).await {
+            Ok(p) => p,
+            Err(e) => return self.answer_error(session, ctx, e, None, None).await,
+        };
+        // The hook's choice, else the first peer's upstream's, else the server's.
         let policy = proxy
             .retry_policy(&session, &ctx)
+            .or_else(|| peer.policy().cloned())
             .unwrap_or_else(|| Arc::clone(&sh.policy));
         let safe = policy.is_safe(session.method(), session.headers());
         session.set_safe(safe);
@@ -216,10 +222,6 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let mut fresh = false;
         let mut stale_retries = 0u32;
 
-        let mut peer = match proxy.upstream_peer(&mut session, &mut ctx).await {
-            Ok(p) => p,
-            Err(e) => return self.answer_error(session, ctx, e, None, None).await,
-        };
         // The first peer's upstream budget pays for this request's retries.
         let budget = peer.budget().cloned();
         if let Some(b) = &budget {

@@ -38,8 +38,8 @@ use detour_core::{
 };
 use detour_health::{HealthChecker, HealthConfig, HealthEvent, OutlierConfig, OutlierDetector};
 use detour_lb::{
-    Algorithm, AnyLoadBalancer, BackendSpec, DnsDiscovery, DnsTarget, FileDiscovery, HashKey,
-    LbOptions,
+    Algorithm, AnyLoadBalancer, BackendSpec, DnsDiscovery, DnsTarget, Failover, FileDiscovery,
+    HashKey, LbOptions, SlowStart,
 };
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -63,8 +63,16 @@ pub struct UpstreamConfig {
     pub backends: Vec<BackendSpec>,
     /// Discovery instead of (or on top of) static backends.
     pub discovery: Option<DiscoveryConfig>,
-    /// Failover strategy, panic threshold, slow start (`[upstreams.NAME.failover]`).
-    pub failover: LbOptions,
+    /// Failover strategy (`[upstreams.NAME.failover]`, `kind = "active_active"`
+    /// (default), `"priority"` or `"locality"`).
+    pub failover: Failover,
+    /// Below this percentage of available backends (over the whole upstream),
+    /// selection ignores health, ejection and breakers. 0 = off: a clean 503.
+    /// Default 50.
+    pub panic_threshold: u8,
+    /// Slow start for recovered backends (`[upstreams.NAME.slow_start]`); off
+    /// when absent.
+    pub slow_start: Option<SlowStart>,
     /// Retries and the retry budget (`[upstreams.NAME.retry]`).
     pub retry: RetryPolicy,
     /// Per-attempt timeouts (`[upstreams.NAME.timeouts]`).
@@ -86,7 +94,9 @@ impl Default for UpstreamConfig {
             hash_key: None,
             backends: Vec::new(),
             discovery: None,
-            failover: LbOptions::default(),
+            failover: Failover::default(),
+            panic_threshold: LbOptions::default().panic_threshold,
+            slow_start: None,
             retry: RetryPolicy::default(),
             timeouts: PeerOptions::default(),
             health: None,
@@ -130,6 +140,17 @@ fn five_seconds() -> Duration {
 }
 
 impl UpstreamConfig {
+    /// The load balancer's options this table describes.
+    pub fn lb_options(&self) -> LbOptions {
+        let mut o = LbOptions::default()
+            .with_failover(self.failover.clone())
+            .with_panic_threshold(self.panic_threshold);
+        if let Some(s) = &self.slow_start {
+            o = o.with_slow_start(*s);
+        }
+        o
+    }
+
     /// Check every value, naming the field (`upstreams.NAME.…`) at fault.
     ///
     /// # Errors
@@ -172,9 +193,9 @@ impl UpstreamConfig {
                 ));
             }
         }
-        self.failover
+        self.lb_options()
             .validate()
-            .map_err(|e| ConfigError::field(at(&format!("failover.{}", e.field())), e.reason()))?;
+            .map_err(|e| ConfigError::field(at(e.field()), e.reason()))?;
         self.retry
             .clone()
             .validate()
@@ -312,7 +333,8 @@ impl Upstream {
     }
 
     /// Like [`from_config`](Self::from_config), with a hook that hears every
-    /// health event and breaker transition.
+    /// health event (checks up/down, ejections). Breaker transitions are
+    /// heard through [`breakers`](Self::breakers)`()?.on_transition(..)`.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the field at fault.
@@ -335,15 +357,20 @@ impl Upstream {
         };
         let algo: Algorithm = config.lb.parse().map_err(|e| bad("lb", &e))?;
         let lb = Arc::new(
-            AnyLoadBalancer::try_new(algo, config.failover.clone())
-                .map_err(|e| bad("failover", &e))?,
+            AnyLoadBalancer::try_new(algo, config.lb_options()).map_err(|e| bad("failover", &e))?,
         );
         let mut outlier = OutlierDetector::new(config.outlier.clone())
             .map_err(|e| bad("outlier", &e))?
             .upstream(name);
-        if let Some(ev) = &events {
-            let ev = Arc::clone(ev);
-            outlier = outlier.on_event(move |e| ev(e));
+        {
+            let lb4 = Arc::clone(&lb);
+            let ev = events.clone();
+            outlier = outlier.on_event(move |e| {
+                lb4.refresh_health(Instant::now());
+                if let Some(ev) = &ev {
+                    ev(e);
+                }
+            });
         }
         let outlier = Arc::new(outlier);
         let cap = outlier.cap();
@@ -364,10 +391,16 @@ impl Upstream {
                 })
                 .map_err(|e| bad("health", &e))?
                 .upstream(name);
-                if let Some(ev) = &events {
-                    let ev = Arc::clone(ev);
-                    checker = checker.on_event(move |e| ev(e));
-                }
+                // Tier loads and panic mode follow the checks at once, not at
+                // the load balancer's next periodic refresh.
+                let lb3 = Arc::clone(&lb);
+                let ev = events.clone();
+                checker = checker.on_event(move |e| {
+                    lb3.refresh_health(Instant::now());
+                    if let Some(ev) = &ev {
+                        ev(e);
+                    }
+                });
                 Some(Arc::new(checker))
             }
             None => None,
@@ -502,7 +535,8 @@ impl Upstream {
         };
         let mut peer = HttpPeer::admitted(permit, Arc::clone(&self.name))
             .with_options(self.options.clone())
-            .with_observer(Arc::clone(&self.observer));
+            .with_observer(Arc::clone(&self.observer))
+            .with_policy(Arc::clone(&self.policy));
         if let Some(b) = &self.budget {
             peer = peer.with_budget(Arc::clone(b));
         }
