@@ -252,3 +252,38 @@ async fn the_retry_budget_bounds_attempts_when_everything_fails() {
     );
     shut(h).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_breaker_open_answers_503_with_retry_after() {
+    let bs = [
+        Backend::start(Behavior::status(503)).await.unwrap(),
+        Backend::start(Behavior::status(503)).await.unwrap(),
+    ];
+    let addrs: Vec<_> = bs.iter().map(Backend::addr).collect();
+    // Panic mode and the removal ceiling would (rightly) keep traffic flowing;
+    // both off, every breaker may open.
+    let up = upstream(
+        &addrs,
+        "panic_threshold = 0\n[retry]\nmax_retries = 0\n[outlier]\nmax_ejection_percent = 100\nconsecutive_5xx = 1000\nconsecutive_gateway_failure = 1000\n[breaker]\nconsecutive_failures = 2\nopen_for = \"20s\"\njitter = 0.0",
+    );
+    let attempts = Arc::new(Attempts::default());
+    let h = serve(&up, &attempts);
+    let mut c = RawConnection::connect(h.addr()).await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(get(&mut c, "x").await.status, 503);
+    }
+    let before: usize = bs.iter().map(Backend::requests).sum();
+    assert_eq!(before, 4);
+    let r = get(&mut c, "x").await;
+    assert_eq!(r.status, 503);
+    let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((19..=20).contains(&after), "Retry-After: {after}");
+    assert!(
+        r.header("proxy-status").unwrap().contains("error="),
+        "{:?}",
+        r.header("proxy-status")
+    );
+    let now: usize = bs.iter().map(Backend::requests).sum();
+    assert_eq!(now, before, "Detour answered itself");
+    shut(h).await;
+}
