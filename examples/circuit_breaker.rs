@@ -28,7 +28,7 @@ use detour::breaker::Transition;
 use detour::server::upstream::{Upstream as DUpstream, UpstreamConfig};
 use detour::server::{HttpProxy, Server, ServerConfig, Stop};
 use detour::testkit::Behavior;
-use detour::{GateState, HttpPeer, ProxyHttp, Result, RetryPolicy, Session};
+use detour::{GateState, HttpPeer, ProxyHttp, Result, Session};
 use examples::{backends, check, ok_count, send, Fallible, Tally};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -43,11 +43,6 @@ impl ProxyHttp for App {
 
     async fn upstream_peer(&self, session: &mut Session, _: &mut ()) -> Result<HttpPeer> {
         self.up.select(session).await
-    }
-
-    /// Retry as the upstream's `[retry]` table says (not the server's).
-    fn retry_policy(&self, _: &Session, _: &()) -> Option<Arc<RetryPolicy>> {
-        Some(Arc::clone(self.up.policy()))
     }
 }
 

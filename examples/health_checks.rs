@@ -25,7 +25,7 @@ use std::time::Duration;
 use detour::health::EventKind;
 use detour::server::upstream::{Upstream as DUpstream, UpstreamConfig};
 use detour::server::{HttpProxy, Server, ServerConfig, Stop};
-use detour::{HttpPeer, ProxyHttp, Result, RetryPolicy, Session};
+use detour::{HttpPeer, ProxyHttp, Result, Session};
 use examples::{backends, check, health_events, ok_count, send, wait_for, Fallible};
 use tokio::time::Instant;
 
@@ -40,12 +40,6 @@ impl ProxyHttp for App {
 
     async fn upstream_peer(&self, session: &mut Session, _: &mut ()) -> Result<HttpPeer> {
         self.up.select(session).await
-    }
-
-    /// Retry as the upstream's `[retry]` table says (the server's default
-    /// policy otherwise).
-    fn retry_policy(&self, _: &Session, _: &()) -> Option<Arc<RetryPolicy>> {
-        Some(Arc::clone(self.up.policy()))
     }
 }
 
