@@ -26,25 +26,11 @@ use std::time::Duration;
 
 use detour::breaker::Transition;
 use detour::server::upstream::{Upstream as DUpstream, UpstreamConfig};
-use detour::server::{HttpProxy, Server, ServerConfig, Stop};
 use detour::testkit::Behavior;
-use detour::{GateState, HttpPeer, ProxyHttp, Result, Session};
-use examples::{backends, check, ok_count, send, Fallible, Tally};
+use detour::GateState;
+use examples::{backends, check, ok_count, send, serve, shutdown, Fallible, Tally};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-struct App {
-    up: Arc<DUpstream>,
-}
-
-impl ProxyHttp for App {
-    type CTX = ();
-    fn new_ctx(&self) {}
-
-    async fn upstream_peer(&self, session: &mut Session, _: &mut ()) -> Result<HttpPeer> {
-        self.up.select(session).await
-    }
-}
 
 #[tokio::main]
 async fn main() -> Fallible<()> {
@@ -95,16 +81,7 @@ async fn main() -> Fallible<()> {
     });
     let c_breaker = breakers.breaker(c.addr()).ok_or("C has a breaker")?;
 
-    let mut server_cfg = ServerConfig::default();
-    server_cfg.listen = vec!["127.0.0.1:0".parse()?];
-    let proxy = HttpProxy::builder(App {
-        up: Arc::clone(&up),
-    })
-    .config(server_cfg.clone())
-    .build();
-    let server =
-        tokio::task::spawn_blocking(move || Server::new(server_cfg).start_with(proxy, &[up]))
-            .await??;
+    let server = serve(Arc::clone(&up)).await?;
     let at = server.addr();
     println!("proxy on {at}\n");
 
@@ -159,11 +136,7 @@ async fn main() -> Fallible<()> {
         "C takes its share again",
     )?;
 
-    tokio::task::spawn_blocking(move || {
-        server.stop(Stop::Graceful);
-        server.join();
-    })
-    .await?;
+    shutdown(server).await?;
     let mut got = Vec::new();
     while let Ok(t) = transitions.try_recv() {
         got.push(t);

@@ -24,24 +24,10 @@ use std::time::Duration;
 
 use detour::health::EventKind;
 use detour::server::upstream::{Upstream as DUpstream, UpstreamConfig};
-use detour::server::{HttpProxy, Server, ServerConfig, Stop};
-use detour::{HttpPeer, ProxyHttp, Result, Session};
-use examples::{backends, check, health_events, ok_count, send, wait_for, Fallible};
+use examples::{
+    backends, check, health_events, ok_count, send, serve, shutdown, wait_for, Fallible,
+};
 use tokio::time::Instant;
-
-/// The whole proxy: every request goes where the upstream chooses.
-struct App {
-    up: Arc<DUpstream>,
-}
-
-impl ProxyHttp for App {
-    type CTX = ();
-    fn new_ctx(&self) {}
-
-    async fn upstream_peer(&self, session: &mut Session, _: &mut ()) -> Result<HttpPeer> {
-        self.up.select(session).await
-    }
-}
 
 #[tokio::main]
 async fn main() -> Fallible<()> {
@@ -71,18 +57,7 @@ async fn main() -> Fallible<()> {
     let (on_event, mut events) = health_events(&names, t0);
     let up = Arc::new(DUpstream::from_config_with_events("app", &cfg, on_event)?);
 
-    let mut server_cfg = ServerConfig::default();
-    server_cfg.listen = vec!["127.0.0.1:0".parse()?];
-    let proxy = HttpProxy::builder(App {
-        up: Arc::clone(&up),
-    })
-    .config(server_cfg.clone())
-    .build();
-    // start_with blocks (first round of checks, then the workers start): keep
-    // it off the runtime that serves the test backends.
-    let server =
-        tokio::task::spawn_blocking(move || Server::new(server_cfg).start_with(proxy, &[up]))
-            .await??;
+    let server = serve(Arc::clone(&up)).await?;
     let at = server.addr();
     println!("proxy on {at} (the first round of checks ran before it listened)\n");
 
@@ -128,11 +103,7 @@ async fn main() -> Fallible<()> {
         "B takes traffic again",
     )?;
 
-    tokio::task::spawn_blocking(move || {
-        server.stop(Stop::Graceful);
-        server.join();
-    })
-    .await?;
+    shutdown(server).await?;
     println!("\ndone in {:.1}s", t0.elapsed().as_secs_f64());
     Ok(())
 }

@@ -138,3 +138,62 @@ pub fn check(ok: bool, what: &str) -> Fallible<()> {
         Err(format!("expected: {what}").into())
     }
 }
+
+/// The whole proxy these examples run: every request goes where the
+/// [`Upstream`](detour::server::upstream::Upstream) chooses. With an
+/// `Upstream`, this is all a user writes — its load balancing, health checks,
+/// outlier detection, breakers, retry policy and budget come with the peers
+/// `select` returns.
+pub struct UpstreamProxy {
+    /// The upstream every request goes to.
+    pub up: Arc<detour::server::upstream::Upstream>,
+}
+
+impl detour::ProxyHttp for UpstreamProxy {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        session: &mut detour::Session,
+        _: &mut (),
+    ) -> detour::Result<detour::HttpPeer> {
+        self.up.select(session).await
+    }
+}
+
+/// Serve `up` on 127.0.0.1:0 with [`UpstreamProxy`]. The server runs the
+/// first round of health checks before it listens; that blocks, so it runs
+/// off the runtime serving the test backends.
+///
+/// # Errors
+/// The server could not start.
+pub async fn serve(
+    up: Arc<detour::server::upstream::Upstream>,
+) -> Fallible<detour::server::ServerHandle> {
+    let mut config = detour::server::ServerConfig::default();
+    config.listen = vec!["127.0.0.1:0".parse()?];
+    let proxy = detour::server::HttpProxy::builder(UpstreamProxy {
+        up: Arc::clone(&up),
+    })
+    .config(config.clone())
+    .build();
+    let server = tokio::task::spawn_blocking(move || {
+        detour::server::Server::new(config).start_with(proxy, &[up])
+    })
+    .await??;
+    Ok(server)
+}
+
+/// Drain the server and wait for it.
+///
+/// # Errors
+/// The waiting task panicked.
+pub async fn shutdown(server: detour::server::ServerHandle) -> Fallible<()> {
+    tokio::task::spawn_blocking(move || {
+        server.stop(detour::server::Stop::Graceful);
+        server.join();
+    })
+    .await?;
+    Ok(())
+}

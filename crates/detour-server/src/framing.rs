@@ -58,12 +58,20 @@ enum Phase {
     ChunkSize { size: u64, digits: bool, ext: bool },
     /// Skipping chunk data.
     ChunkData(u64),
-    /// The CRLF after chunk data (bytes left to skip).
-    ChunkEnd(u8),
+    /// The CRLF after chunk data (skipped up to its LF).
+    ChunkEnd,
     /// Trailer lines; `line` counts the bytes of the current one.
     Trailers { line: usize },
     /// Not following any more.
     Off,
+}
+
+impl Phase {
+    const CHUNK_START: Phase = Phase::ChunkSize {
+        size: 0,
+        digits: false,
+        ext: false,
+    };
 }
 
 /// The scanner itself, independent of I/O (unit-tested on byte slices).
@@ -160,20 +168,14 @@ impl Scanner {
                     *n -= take;
                     bytes = &bytes[take as usize..];
                     if *n == 0 {
-                        self.phase = Phase::ChunkEnd(2);
+                        self.phase = Phase::ChunkEnd;
                     }
                 }
-                Phase::ChunkEnd(left) => {
+                Phase::ChunkEnd => {
                     let b = bytes[0];
                     bytes = &bytes[1..];
                     if b == b'\n' {
-                        self.phase = Phase::ChunkSize {
-                            size: 0,
-                            digits: false,
-                            ext: false,
-                        };
-                    } else {
-                        *left = left.saturating_sub(1);
+                        self.phase = Phase::CHUNK_START;
                     }
                 }
                 Phase::Trailers { line } => {
@@ -253,27 +255,22 @@ impl Scanner {
             // What follows may not be HTTP at all.
             Phase::Off
         } else if encodings > 0 {
+            // Not chunked: hyper refuses it, and there is nothing to follow.
             if chunked {
-                Phase::ChunkSize {
-                    size: 0,
-                    digits: false,
-                    ext: false,
-                }
+                Phase::CHUNK_START
             } else {
                 Phase::Off
             }
         } else {
-            match length {
-                Some(0) | None if lengths == 0 => {
+            match (lengths, length) {
+                // No body.
+                (0, _) | (_, Some(0)) => {
                     self.index += 1;
                     Phase::Head
                 }
-                Some(0) => {
-                    self.index += 1;
-                    Phase::Head
-                }
-                Some(n) => Phase::Length(n),
-                None => Phase::Off,
+                (_, Some(n)) => Phase::Length(n),
+                // A malformed length: hyper refuses it.
+                (_, None) => Phase::Off,
             }
         };
     }

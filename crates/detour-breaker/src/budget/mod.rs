@@ -192,6 +192,17 @@ fn sum(buckets: &[AtomicU64; BUCKETS as usize], step: u64) -> u64 {
 }
 
 /// The window's step length, for tests.
+/// The engine deposits every client request and withdraws every retry.
+impl detour_core::RetryBudgetGate for RetryBudget {
+    fn deposit(&self) {
+        self.record_request();
+    }
+
+    fn try_withdraw(&self) -> bool {
+        RetryBudget::try_withdraw(self)
+    }
+}
+
 #[cfg(test)]
 fn step_len(b: &RetryBudget) -> std::time::Duration {
     std::time::Duration::from_nanos(b.step.divisor())

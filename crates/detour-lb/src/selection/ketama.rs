@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::Rng;
 use detour_core::Backend;
 
-use super::{coprime_stride, sweep, Seen, Selection, SEEN_MAX};
+use super::{sweep_rest, Seen, Selection, SEEN_MAX};
 use crate::hash::{mix64, write_addr, StableHasher, DOMAIN_RING};
 use crate::ConfigError;
 
@@ -166,17 +166,7 @@ impl Selection for Ketama {
             }
             pos += 1;
         }
-        if seen.len() >= n {
-            return None;
-        }
-        let h = mix64(key ^ SWEEP_SALT);
-        sweep(
-            backends,
-            h as usize % n,
-            coprime_stride(n, h >> 20),
-            &seen,
-            visit,
-        )
+        sweep_rest(backends, key, SWEEP_SALT, &seen, visit)
     }
 
     fn hashes_key(&self) -> bool {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use crate::Rng;
 use detour_core::Backend;
 
-use super::{coprime_stride, scale, sweep, Seen, Selection, SEEN_MAX};
+use super::{scale, sweep_rest, Seen, Selection, SEEN_MAX};
 use crate::hash::{mix64, write_addr, StableHasher, DOMAIN_MAGLEV_OFFSET, DOMAIN_MAGLEV_SKIP};
 use crate::ConfigError;
 
@@ -188,17 +188,7 @@ impl Selection for Maglev {
             }
             h = mix64(h ^ (j as u64 + 1));
         }
-        if seen.len() >= n {
-            return None;
-        }
-        let h = mix64(key ^ SWEEP_SALT);
-        sweep(
-            backends,
-            h as usize % n,
-            coprime_stride(n, h >> 20),
-            &seen,
-            visit,
-        )
+        sweep_rest(backends, key, SWEEP_SALT, &seen, visit)
     }
 
     fn hashes_key(&self) -> bool {

@@ -161,6 +161,31 @@ pub(crate) fn sweep<'a, R>(
     None
 }
 
+/// The end of a consistent-hash walk: when the ring or table offered fewer
+/// than all backends, sweep the rest in an order derived from `key` (salted
+/// per algorithm), so a retry still reaches every backend, deterministically.
+#[inline]
+pub(crate) fn sweep_rest<'a, R>(
+    backends: &'a [Arc<Backend>],
+    key: u64,
+    salt: u64,
+    seen: &Seen,
+    visit: impl FnMut(&'a Arc<Backend>) -> Option<R>,
+) -> Option<R> {
+    let n = backends.len();
+    if seen.len() >= n {
+        return None;
+    }
+    let h = crate::hash::mix64(key ^ salt);
+    sweep(
+        backends,
+        h as usize % n,
+        coprime_stride(n, h >> 20),
+        seen,
+        visit,
+    )
+}
+
 /// A stride in `1..n` coprime to `n` (1 when `n <= 2`), chosen from `seed`.
 #[inline]
 pub(crate) fn coprime_stride(n: usize, seed: u64) -> usize {

@@ -37,9 +37,11 @@ use detour_core::{
     PeerOptions, RemovalCap, RetryBudgetGate, RetryPolicy, Session,
 };
 use detour_health::{HealthChecker, HealthConfig, HealthEvent, OutlierConfig, OutlierDetector};
+use detour_lb::discovery::SystemResolver;
 use detour_lb::{
-    Algorithm, AnyLoadBalancer, BackendSpec, DnsDiscovery, DnsTarget, Failover, FileDiscovery,
-    HashKey, LbOptions, SlowStart,
+    run_discovery, Algorithm, AnyLoadBalancer, BackendSpec, DiscoveryError, DnsDiscovery,
+    DnsTarget, Failover, FileDiscovery, HashKey, LbOptions, ServiceDiscovery, SlowStart,
+    StaticDiscovery,
 };
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -200,29 +202,22 @@ impl UpstreamConfig {
             .clone()
             .validate()
             .map_err(|e| ConfigError::field(at(&format!("retry.{}", e.field)), e.reason.clone()))?;
-        budget_config(&self.retry)
-            .validate()
-            .map_err(|e| ConfigError::field(at(&format!("retry.{e}")), ""))
-            .map_err(strip_empty)?;
+        // The crates name their fields with their table ("health.rise",
+        // "breaker.open_for"); the budget's keys live in the retry table.
+        let health = |e: detour_health::InvalidConfig| ConfigError::field(at(e.field), e.reason);
+        let breaker =
+            |e: detour_breaker::InvalidConfig| ConfigError::field(at(e.field()), e.reason());
+        budget_config(&self.retry).validate().map_err(|e| {
+            let key = e.field().replace("budget.", "retry.budget_");
+            ConfigError::field(at(&key), e.reason())
+        })?;
         if let Some(h) = &self.health {
-            h.clone()
-                .validate()
-                .map_err(|e| ConfigError::field(at(&e.to_string()), ""))
-                .map_err(strip_empty)?;
+            h.clone().validate().map_err(health)?;
         }
-        self.outlier
-            .clone()
-            .validate()
-            .map_err(|e| ConfigError::field(at(&e.to_string()), ""))
-            .map_err(strip_empty)?;
-        self.breaker
-            .validate()
-            .map_err(|e| ConfigError::field(at(&e.to_string()), ""))
-            .map_err(strip_empty)?;
+        self.outlier.clone().validate().map_err(health)?;
+        self.breaker.validate().map_err(breaker)?;
         if let Some(c) = &self.concurrency {
-            c.validate()
-                .map_err(|e| ConfigError::field(at(&e.to_string()), ""))
-                .map_err(strip_empty)?;
+            c.validate().map_err(breaker)?;
         }
         Ok(())
     }
@@ -237,30 +232,41 @@ fn budget_config(policy: &RetryPolicy) -> BudgetConfig {
     b
 }
 
-/// The crates' own errors read "field: reason"; keep that as one message
-/// under the dotted field.
-fn strip_empty(mut e: ConfigError) -> ConfigError {
-    if let Some(field) = e.field.take() {
-        match field.split_once(": ") {
-            Some((f, reason)) => {
-                e.field = Some(f.to_string());
-                e.message = reason.to_string();
-            }
-            None => e.field = Some(field),
-        }
-    }
-    e
+/// Client-request metrics of one upstream (`detour_requests_total` by status
+/// class, `detour_request_duration_seconds`), as handles made once so that
+/// recording a request only bumps atomics.
+pub struct RequestMetrics {
+    by_class: [metrics::Counter; 5],
+    duration: metrics::Histogram,
 }
 
-/// What the engine needs from an upstream's retry budget.
-struct Budget(RetryBudget);
-
-impl RetryBudgetGate for Budget {
-    fn deposit(&self) {
-        self.0.record_request();
+impl std::fmt::Debug for RequestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestMetrics")
     }
-    fn try_withdraw(&self) -> bool {
-        self.0.try_withdraw()
+}
+
+impl RequestMetrics {
+    /// Handles labelled `upstream = name`.
+    pub fn new(name: &str) -> Self {
+        let class = |c: &'static str| metrics::counter!("detour_requests_total", "upstream" => name.to_string(), "status" => c);
+        RequestMetrics {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: metrics::histogram!("detour_request_duration_seconds", "upstream" => name.to_string()),
+        }
+    }
+
+    /// One client request answered with `status` after `elapsed`.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let i = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.by_class[i].increment(1);
+        self.duration.record(elapsed.as_secs_f64());
     }
 }
 
@@ -308,7 +314,8 @@ pub struct Upstream {
     policy: Arc<RetryPolicy>,
     options: PeerOptions,
     observer: Arc<dyn Observer>,
-    discovery: Option<DiscoveryConfig>,
+    discovery: Option<(Sources, Duration)>,
+    requests: RequestMetrics,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -431,15 +438,22 @@ impl Upstream {
         }
         let budget_on = config.retry.budget_ratio > 0.0 || config.retry.budget_min_per_second > 0;
         let budget: Option<Arc<dyn RetryBudgetGate>> = if budget_on {
-            Some(Arc::new(Budget(
+            Some(Arc::new(
                 RetryBudget::new(budget_config(&config.retry)).map_err(|e| bad("retry", &e))?,
-            )))
+            ))
         } else {
             None
         };
         let limit = match &config.concurrency {
             Some(c) => Some(Arc::new(
                 ConcurrencyLimit::new(c.clone()).map_err(|e| bad("concurrency", &e))?,
+            )),
+            None => None,
+        };
+        let discovery = match &config.discovery {
+            Some(d) => Some((
+                Sources::new(config, d).map_err(|e| bad("discovery.dns", &e))?,
+                d.interval,
             )),
             None => None,
         };
@@ -465,7 +479,8 @@ impl Upstream {
             policy: Arc::new(config.retry.clone()),
             options: config.timeouts.clone(),
             observer,
-            discovery: config.discovery.clone(),
+            discovery,
+            requests: RequestMetrics::new(name),
         })
     }
 
@@ -497,6 +512,11 @@ impl Upstream {
     /// The passive-removal ceiling shared by ejections and breakers.
     pub fn removal_cap(&self) -> &Arc<RemovalCap> {
         &self.cap
+    }
+
+    /// Where the client requests this upstream served are counted.
+    pub fn request_metrics(&self) -> &RequestMetrics {
+        &self.requests
     }
 
     /// The upstream's retry policy.
@@ -570,43 +590,13 @@ impl Upstream {
     /// the server does this before it opens its listeners. Also the first
     /// discovery round, so discovered backends are checked too.
     pub async fn first_round(&self) {
-        if let Some(d) = &self.discovery {
-            self.discover_once(d).await;
+        if let Some((sources, _)) = &self.discovery {
+            if let Err(e) = detour_lb::refresh(&self.lb, sources).await {
+                tracing::warn!(upstream = %self.name, error = %e, "discovery failed; keeping the current backends");
+            }
         }
         if let Some(h) = &self.health {
             h.first_round().await;
-        }
-    }
-
-    async fn discover_once(&self, d: &DiscoveryConfig) {
-        let mut all: Vec<Backend> = Vec::new();
-        let mut ok = true;
-        if !d.dns.is_empty() {
-            match dns(d) {
-                Ok(disc) => match detour_lb::ServiceDiscovery::discover(&disc).await {
-                    Ok(b) => all.extend(b),
-                    Err(e) => {
-                        ok = false;
-                        tracing::warn!(upstream = %self.name, error = %e, "DNS discovery failed");
-                    }
-                },
-                Err(e) => {
-                    ok = false;
-                    tracing::warn!(upstream = %self.name, error = %e, "DNS discovery unavailable");
-                }
-            }
-        }
-        if let Some(path) = &d.file {
-            match detour_lb::ServiceDiscovery::discover(&FileDiscovery::new(path)).await {
-                Ok(b) => all.extend(b),
-                Err(e) => {
-                    ok = false;
-                    tracing::warn!(upstream = %self.name, error = %e, "file discovery failed; keeping the current backends");
-                }
-            }
-        }
-        if ok {
-            self.lb.update(all);
         }
     }
 
@@ -621,31 +611,59 @@ impl Upstream {
             runtime.spawn(Arc::clone(h).run(until(stopped.clone())));
         }
         runtime.spawn(Arc::clone(&self.outlier).run(until(stopped.clone())));
-        if let Some(d) = self.discovery.clone() {
-            let me = Arc::downgrade(self);
-            let mut rx = stopped.clone();
+        if let Some((sources, interval)) = self.discovery.clone() {
+            let lb = Arc::clone(&self.lb);
+            let stop = until(stopped.clone());
             runtime.spawn(async move {
-                let mut tick = tokio::time::interval(d.interval);
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = rx.wait_for(|s| *s) => return,
-                    }
-                    let Some(up) = me.upgrade() else { return };
-                    up.discover_once(&d).await;
-                }
+                // The first round already ran (`first_round`): start one
+                // interval later, not with a second round at once.
+                tokio::time::sleep(interval).await;
+                run_discovery(lb, sources, interval, stop).await;
             });
         }
         Services { stop }
     }
 }
 
-fn dns(
-    d: &DiscoveryConfig,
-) -> Result<DnsDiscovery<detour_lb::discovery::SystemResolver>, detour_lb::DiscoveryError> {
-    let targets: Vec<DnsTarget> = d.dns.iter().filter_map(|t| t.parse().ok()).collect();
-    DnsDiscovery::system(targets)
+/// Every source an upstream's backends come from, asked together: the
+/// static list, DNS, a file. A round that fails anywhere changes nothing.
+#[derive(Clone)]
+struct Sources(Arc<SourcesInner>);
+
+struct SourcesInner {
+    fixed: StaticDiscovery,
+    dns: Option<DnsDiscovery<SystemResolver>>,
+    file: Option<FileDiscovery>,
+}
+
+impl Sources {
+    fn new(config: &UpstreamConfig, d: &DiscoveryConfig) -> Result<Self, DiscoveryError> {
+        let dns = if d.dns.is_empty() {
+            None
+        } else {
+            // Validated already: every target parses.
+            let targets: Vec<DnsTarget> = d.dns.iter().filter_map(|t| t.parse().ok()).collect();
+            Some(DnsDiscovery::system(targets)?)
+        };
+        Ok(Sources(Arc::new(SourcesInner {
+            fixed: StaticDiscovery::new(config.backends.iter().cloned()),
+            dns,
+            file: d.file.as_ref().map(FileDiscovery::new),
+        })))
+    }
+}
+
+impl ServiceDiscovery for Sources {
+    async fn discover(&self) -> Result<Vec<Backend>, DiscoveryError> {
+        let mut all = self.0.fixed.discover().await?;
+        if let Some(dns) = &self.0.dns {
+            all.extend(dns.discover().await?);
+        }
+        if let Some(file) = &self.0.file {
+            all.extend(file.discover().await?);
+        }
+        Ok(all)
+    }
 }
 
 /// An upstream's background work; dropping it stops everything.

@@ -7,4 +7,6 @@ pub(crate) mod pool;
 
 mod group;
 
-pub use group::{build_all, DiscoveryConfig, EventHook, Services, Upstream, UpstreamConfig};
+pub use group::{
+    build_all, DiscoveryConfig, EventHook, RequestMetrics, Services, Upstream, UpstreamConfig,
+};

@@ -74,7 +74,6 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     admin_stop: watch::Sender<bool>,
     draining: watch::Sender<bool>,
-    services: Vec<Services>,
     events: Option<EventHook>,
     config_path: Option<PathBuf>,
 }
@@ -135,7 +134,6 @@ pub fn start(
         admin_addr,
         admin_stop,
         draining,
-        services: Vec::new(),
         events,
         config_path: config_path.map(Path::to_path_buf),
     })
@@ -194,8 +192,6 @@ impl Running {
             let _ = r.await;
         }
         let services: Vec<Services> = new_ups.iter().map(|u| u.start_services(&rt)).collect();
-        // The previous generation's checks and sweeps stop.
-        drop(self.handle.replace_services(Vec::new()));
         for (up, addr) in self.app.maintenance_list() {
             if let Some(u) = state.upstreams.get(&up) {
                 if let Some(b) = u.backends().iter().find(|b| b.addr() == addr) {
@@ -204,9 +200,9 @@ impl Running {
             }
         }
         self.app.swap(state);
-        // The old generation's services stop; its backends stay alive while
-        // requests still hold them.
-        self.services = services;
+        // The server keeps the new generation's services; the old ones stop
+        // here (their backends stay alive while requests still hold them).
+        drop(self.handle.replace_services(services));
         tracing::info!(generation, "configuration reloaded");
         Ok(generation)
     }
@@ -216,11 +212,7 @@ impl Running {
         self.draining.send_replace(true);
         self.handle.stop(how);
         self.admin_stop.send_replace(true);
-        let Running {
-            handle, services, ..
-        } = self;
-        handle.join();
-        drop(services);
+        self.handle.join();
     }
 
     /// Serve until SIGTERM (drain), SIGINT (now); SIGHUP reloads.

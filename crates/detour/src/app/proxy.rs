@@ -9,6 +9,8 @@ use bytes::Bytes;
 use detour_core::{Error, ErrorKind, HttpPeer, ProxyHttp, Result, RetryPolicy, Session};
 use http::{response, Response, StatusCode};
 
+use detour_server::upstream::RequestMetrics;
+
 use super::routes::{self, Route};
 use super::state::{App, State};
 
@@ -51,16 +53,22 @@ pub struct Ctx {
 }
 
 /// The proxy behind the `detour` binary.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DetourProxy {
     app: Arc<App>,
     access_log: bool,
+    /// Requests no route took (upstream label `-`).
+    unrouted: RequestMetrics,
 }
 
 impl DetourProxy {
     /// Hooks over `app`; `access_log` turns the per-request line on.
     pub fn new(app: Arc<App>, access_log: bool) -> Self {
-        DetourProxy { app, access_log }
+        DetourProxy {
+            app,
+            access_log,
+            unrouted: RequestMetrics::new("-"),
+        }
     }
 }
 
@@ -182,17 +190,11 @@ impl ProxyHttp for DetourProxy {
 
     fn logging(&self, session: &mut Session, err: Option<&Error>, ctx: &mut Ctx) {
         let upstream = ctx.route.as_ref().map_or("-", |r| r.upstream.name());
-        let class = match ctx.status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        metrics::counter!("detour_requests_total", "upstream" => upstream.to_string(), "status" => class)
-            .increment(1);
-        metrics::histogram!("detour_request_duration_seconds", "upstream" => upstream.to_string())
-            .record(session.elapsed().as_secs_f64());
+        match &ctx.route {
+            Some(r) => r.upstream.request_metrics(),
+            None => &self.unrouted,
+        }
+        .record(ctx.status, session.elapsed());
         if !self.access_log {
             return;
         }
