@@ -86,9 +86,12 @@ impl std::fmt::Debug for HttpPeer {
 /// must be withdrawn; when the budget is spent the engine stops retrying.
 pub trait RetryBudgetGate: Send + Sync + 'static {
     /// A client request began (its first attempt).
-    fn deposit(&self);
+    ///
+    /// `now` is a time the engine already holds, so the hot path reads no
+    /// extra clock.
+    fn deposit(&self, now: tokio::time::Instant);
     /// May one more retry happen now? `true` spends it.
-    fn try_withdraw(&self) -> bool;
+    fn try_withdraw(&self, now: tokio::time::Instant) -> bool;
 }
 
 impl HttpPeer {

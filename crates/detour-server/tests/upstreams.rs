@@ -149,6 +149,7 @@ async fn a_killed_backend_stops_getting_traffic_within_the_check_bound_and_retur
     let slack = Duration::from_millis(150);
     if let Some(t) = last_while_down {
         let took = t - killed;
+        println!("last attempt to the dead backend {took:?} after the kill");
         assert!(
             took <= interval * fall + interval + slack,
             "a dead backend got attempts for {took:?}"
@@ -161,6 +162,7 @@ async fn a_killed_backend_stops_getting_traffic_within_the_check_bound_and_retur
         .min()
         .expect("the backend got traffic again");
     let took = first_after - back;
+    println!("first attempt to the returned backend {took:?} after its restart");
     assert!(
         took <= interval * rise + interval + slack,
         "traffic came back after {took:?}"

@@ -194,12 +194,12 @@ fn sum(buckets: &[AtomicU64; BUCKETS as usize], step: u64) -> u64 {
 /// The window's step length, for tests.
 /// The engine deposits every client request and withdraws every retry.
 impl detour_core::RetryBudgetGate for RetryBudget {
-    fn deposit(&self) {
-        self.record_request();
+    fn deposit(&self, now: Instant) {
+        self.record_request_at(now);
     }
 
-    fn try_withdraw(&self) -> bool {
-        RetryBudget::try_withdraw(self)
+    fn try_withdraw(&self, now: Instant) -> bool {
+        self.try_withdraw_at(now)
     }
 }
 

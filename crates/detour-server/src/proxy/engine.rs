@@ -225,7 +225,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         // The first peer's upstream budget pays for this request's retries.
         let budget = peer.budget().cloned();
         if let Some(b) = &budget {
-            b.deposit();
+            b.deposit(session.started());
         }
         loop {
             session.begin_attempt(peer.addr);
@@ -374,7 +374,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             // A stale connection's re-attempt is free; a real retry is paid
             // from the budget, and a spent budget ends the retries: the client
             // gets the held upstream answer as it was, or a 503.
-            if !stale && budget.as_ref().is_some_and(|b| !b.try_withdraw()) {
+            let ended = attempt_started + latency;
+            if !stale && budget.as_ref().is_some_and(|b| !b.try_withdraw(ended)) {
                 tracing::debug!("retry budget spent");
                 let last_err = last_err.map(|(_, name)| {
                     let err =

@@ -51,6 +51,21 @@ pub struct DemoSummary {
     pub retries: u64,
     /// Requests each backend answered.
     pub served_by: BTreeMap<String, u64>,
+    /// Client-side latency over the whole run: p50, p99, max.
+    pub latency: [Duration; 3],
+    /// Per failure injected: (what, time until the proxy marked the backend
+    /// out of service, time from its repair until it was back in service).
+    pub detection: Vec<(String, Option<Duration>, Option<Duration>)>,
+}
+
+/// p50, p99 and max of `samples` (sorted here).
+fn percentiles(samples: &mut [Duration]) -> [Duration; 3] {
+    if samples.is_empty() {
+        return [Duration::ZERO; 3];
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    [at(0.5), at(0.99), samples[samples.len() - 1]]
 }
 
 #[derive(Default)]
@@ -58,6 +73,9 @@ struct Counters {
     requests: AtomicU64,
     errors: AtomicU64,
     served: Mutex<BTreeMap<SocketAddr, u64>>,
+    /// Latencies since the last live line, and over the whole run.
+    recent: Mutex<Vec<Duration>>,
+    all: Mutex<Vec<Duration>>,
 }
 
 fn demo_config(backends: &[SocketAddr]) -> Config {
@@ -134,10 +152,18 @@ async fn client(addr: SocketAddr, counters: Arc<Counters>, pause: Duration, unti
         };
         let req = format!("GET /demo/{n} HTTP/1.1\r\nhost: demo\r\n\r\n");
         counters.requests.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
         let r = match c.send(req.as_bytes()).await {
             Ok(()) => c.read_response().await,
             Err(e) => Err(e),
         };
+        let took = sent.elapsed();
+        if let Ok(mut v) = counters.recent.lock() {
+            v.push(took);
+        }
+        if let Ok(mut v) = counters.all.lock() {
+            v.push(took);
+        }
         match r {
             Ok(r) if (200..300).contains(&r.status) => {
                 if let Some(up) = r.header("x-upstream").and_then(|u| u.parse().ok()) {
@@ -223,8 +249,37 @@ pub async fn run(
         ("A is healthy again: everything recovers", 4),
     ];
     let start = Instant::now();
+    // Samples, every 10 ms, whether each backend is in service (healthy and
+    // its breaker closed), and logs every change with its time.
+    let timeline: Arc<Mutex<Vec<(Duration, usize, bool)>>> = Arc::default();
+    let watcher = {
+        let (app, timeline, addrs) = (Arc::clone(&app), Arc::clone(&timeline), addrs.clone());
+        tokio::spawn(async move {
+            let mut was = [true; 3];
+            while Instant::now() < until {
+                if let Some(up) = app.current().upstreams.get("app") {
+                    for b in up.backends().iter() {
+                        let Some(i) = addrs.iter().position(|a| *a == b.addr()) else {
+                            continue;
+                        };
+                        let now = super::admin::health_word(&app, "app", b) == "healthy"
+                            && super::admin::breaker_word(b) == "closed";
+                        if now != was[i] {
+                            was[i] = now;
+                            if let Ok(mut t) = timeline.lock() {
+                                t.push((start.elapsed(), i, now));
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let mut phase_starts = Vec::new();
     let mut last = (0u64, 0u64, BTreeMap::new());
     for (title, step) in script {
+        phase_starts.push(start.elapsed());
         match step {
             1 => ups[1].kill().await,
             2 => {
@@ -241,7 +296,7 @@ pub async fn run(
         if opts.live {
             println!("== {:>4.1}s  {title}", start.elapsed().as_secs_f64());
             println!(
-                "   time   req/s  errors  retries | share of traffic, health/breaker per backend"
+                "   time   req/s  errors  p99 ms  retries | share of traffic, health/breaker per backend"
             );
         }
         let phase_end = Instant::now() + opts.phase;
@@ -255,6 +310,12 @@ pub async fn run(
                 .map(|s| s.clone())
                 .unwrap_or_default();
             let retries = metrics.as_ref().map_or(0, |m| retries_from(&m.render()));
+            let mut recent = counters
+                .recent
+                .lock()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default();
+            let p99 = percentiles(&mut recent)[1];
             if opts.live {
                 let state = app.current();
                 let mut cols = Vec::new();
@@ -278,10 +339,11 @@ pub async fn run(
                     }
                 }
                 println!(
-                    "  {:>5.1}s {:>6} {:>7} {:>8} | {}",
+                    "  {:>5.1}s {:>6} {:>7} {:>7.1} {:>8} | {}",
                     start.elapsed().as_secs_f64(),
                     reqs - last.0,
                     errs - last.1,
+                    p99.as_secs_f64() * 1e3,
                     retries,
                     cols.join("   ")
                 );
@@ -292,6 +354,35 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
+    let _ = watcher.await;
+    // (what, backend, broken at, repaired at)
+    let faults = [
+        ("B killed", 1, phase_starts[1], phase_starts[2]),
+        ("C blackholed", 2, phase_starts[2], phase_starts[3]),
+        ("A answering 503", 0, phase_starts[3], phase_starts[4]),
+    ];
+    let timeline = timeline.lock().map(|t| t.clone()).unwrap_or_default();
+    let detection = faults
+        .iter()
+        .map(|&(what, i, broken, repaired)| {
+            let first = |from: Duration, in_service: bool| {
+                timeline
+                    .iter()
+                    .find(|&&(t, j, s)| j == i && s == in_service && t >= from)
+                    .map(|&(t, ..)| t - from)
+            };
+            (
+                what.to_string(),
+                first(broken, false),
+                first(repaired, true),
+            )
+        })
+        .collect();
+    let mut all = counters
+        .all
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
     let served = counters
         .served
         .lock()
@@ -305,6 +396,8 @@ pub async fn run(
             .iter()
             .map(|(a, n)| (name_of(*a).to_string(), *n))
             .collect(),
+        latency: percentiles(&mut all),
+        detection,
     };
     tokio::task::spawn_blocking(move || running.stop(Stop::Graceful)).await?;
     if opts.live {
@@ -312,8 +405,24 @@ pub async fn run(
             "\nsummary: {} GETs, {} client-visible errors, {} retries/failovers by the proxy",
             summary.requests, summary.client_errors, summary.retries
         );
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        let [p50, p99, max] = summary.latency;
+        println!(
+            "client latency: p50 {}, p99 {}, max {}",
+            ms(p50),
+            ms(p99),
+            ms(max)
+        );
         for (name, n) in &summary.served_by {
             println!("  backend {name} answered {n}");
+        }
+        let opt = |d: Option<Duration>| d.map_or("not seen".to_string(), ms);
+        for (what, out, back) in &summary.detection {
+            println!(
+                "  {what}: out of service after {}, back in service {} after its repair",
+                opt(*out),
+                opt(*back)
+            );
         }
         if summary.client_errors == 0 {
             println!("every GET succeeded while backends died, hung and failed.");
