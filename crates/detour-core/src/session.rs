@@ -8,6 +8,51 @@ use tokio::time::Instant;
 
 use crate::error::ErrorKind;
 
+/// The distinct addresses a request has tried, oldest first: the first few
+/// inline (most requests make one or two attempts, and then need no
+/// allocation), the rest on the heap.
+#[derive(Debug, Clone)]
+enum Tried {
+    Inline(u8, [SocketAddr; INLINE_TRIED]),
+    Heap(Vec<SocketAddr>),
+}
+
+const INLINE_TRIED: usize = 3;
+
+impl Default for Tried {
+    fn default() -> Self {
+        Tried::Inline(0, [SocketAddr::from(([0, 0, 0, 0], 0)); INLINE_TRIED])
+    }
+}
+
+impl Tried {
+    fn as_slice(&self) -> &[SocketAddr] {
+        match self {
+            Tried::Inline(len, addrs) => &addrs[..usize::from(*len)],
+            Tried::Heap(v) => v,
+        }
+    }
+
+    /// Add `addr` unless it is there already.
+    fn insert(&mut self, addr: SocketAddr) {
+        if self.as_slice().contains(&addr) {
+            return;
+        }
+        match self {
+            Tried::Inline(len, addrs) if usize::from(*len) < INLINE_TRIED => {
+                addrs[usize::from(*len)] = addr;
+                *len += 1;
+            }
+            Tried::Inline(_, addrs) => {
+                let mut v = addrs.to_vec();
+                v.push(addr);
+                *self = Tried::Heap(v);
+            }
+            Tried::Heap(v) => v.push(addr),
+        }
+    }
+}
+
 /// The downstream request and the state of its attempts.
 ///
 /// Hooks read and change the request head through [`req`](Session::req) and
@@ -19,7 +64,7 @@ pub struct Session {
     started: Instant,
     deadline: Option<Instant>,
     attempt: u32,
-    tried: Vec<SocketAddr>,
+    tried: Tried,
     body_replayable: bool,
     last_error: Option<ErrorKind>,
     safe: bool,
@@ -34,7 +79,7 @@ impl Session {
             started,
             deadline: None,
             attempt: 0,
-            tried: Vec::new(),
+            tried: Tried::default(),
             body_replayable: true,
             last_error: None,
             safe: false,
@@ -123,12 +168,12 @@ impl Session {
 
     /// The addresses already tried for this request, oldest first.
     pub fn tried(&self) -> &[SocketAddr] {
-        &self.tried
+        self.tried.as_slice()
     }
 
     /// Whether `addr` was already tried for this request.
     pub fn was_tried(&self, addr: SocketAddr) -> bool {
-        self.tried.contains(&addr)
+        self.tried.as_slice().contains(&addr)
     }
 
     /// Whether the request body can still be sent again in full.
@@ -150,9 +195,7 @@ impl Session {
     #[doc(hidden)]
     pub fn begin_attempt(&mut self, addr: SocketAddr) {
         self.attempt += 1;
-        if !self.tried.contains(&addr) {
-            self.tried.push(addr);
-        }
+        self.tried.insert(addr);
     }
 
     /// Engine bookkeeping: the previous attempt failed with `kind`.
@@ -171,5 +214,27 @@ impl Session {
     #[doc(hidden)]
     pub fn set_safe(&mut self, safe: bool) {
         self.safe = safe;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tried_keeps_distinct_addresses_in_order_past_the_inline_ones() {
+        let req = http::Request::new(()).into_parts().0;
+        let mut s = Session::new(req, None, Instant::now());
+        let addrs: Vec<SocketAddr> = (1..=5)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect();
+        for a in &addrs {
+            s.begin_attempt(*a);
+            s.begin_attempt(addrs[0]); // a repeat is counted, not listed twice
+        }
+        assert_eq!(s.tried(), &addrs[..]);
+        assert_eq!(s.attempt(), 10);
+        assert!(s.was_tried(addrs[4]));
+        assert!(!s.was_tried(SocketAddr::from(([127, 0, 0, 1], 9))));
     }
 }

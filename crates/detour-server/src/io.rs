@@ -1,84 +1,47 @@
-//! A TCP stream shared between hyper and the worker.
+//! The `408 Request Timeout` for a client too slow to send its request head.
 //!
-//! hyper closes a connection whose request head is too slow without a word.
-//! Serving it a shared handle lets the worker still write `408 Request Timeout`
-//! before the socket closes, as RFC 9110 suggests.
+//! hyper closes such a connection without a word. The worker keeps a second
+//! file descriptor for the socket (a `dup`, never read from), so it can still
+//! write `408` after hyper has let go of the connection, as RFC 9110
+//! suggests. hyper owns the tokio stream itself and reads through tokio's own
+//! path: no zeroing of the read buffer, and a short read clears readiness, so
+//! no `EAGAIN` read follows each request.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::io::Write;
+use std::os::fd::AsFd;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-
-/// A `TcpStream` readable and writable through an `Arc`.
-#[derive(Debug, Clone)]
-pub(crate) struct SharedTcp(pub(crate) Arc<TcpStream>);
-
-impl AsyncRead for SharedTcp {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SharedTcp {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The socket closes (FIN) when the last handle drops, right after.
-        Poll::Ready(Ok(()))
-    }
-}
 
 /// The answer to a client too slow to send its request head.
 pub(crate) const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// A duplicate descriptor of a downstream socket, kept to write the 408.
+///
+/// While it is alive the socket stays open even after hyper drops its stream,
+/// so it must be dropped (or [`send`](Self::send) called) as soon as the
+/// connection is over.
+pub(crate) struct TimeoutNotice(Option<std::net::TcpStream>);
+
+impl TimeoutNotice {
+    /// Duplicate the descriptor of `stream`. When that fails (descriptor
+    /// limit), the connection is served all the same, only without the 408.
+    pub(crate) fn for_stream(stream: &TcpStream) -> Self {
+        TimeoutNotice(
+            stream
+                .as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(std::net::TcpStream::from),
+        )
+    }
+
+    /// Write the 408. Best effort: the socket is non-blocking (the flag is
+    /// shared with tokio's descriptor) and the send buffer of a connection
+    /// waiting for a request head has room.
+    pub(crate) fn send(self) {
+        if let Some(mut s) = self.0 {
+            let _ = s.write(REQUEST_TIMEOUT);
+        }
+    }
+}

@@ -24,7 +24,10 @@
 //! server.run_forever(HttpProxy::builder(One).config(server.config().clone()).build()).unwrap();
 //! ```
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod bench;
 pub mod config;
 mod framing;
 mod io;

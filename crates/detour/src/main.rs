@@ -10,6 +10,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc rather than glibc's allocator: a proxy allocates and frees the
+/// same few sizes per request from one thread, which mimalloc's per-thread
+/// free lists serve without the bin consolidation glibc spends time in
+/// (measured in docs/src/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use detour::app::{self, config::LogFormat, Config};
 
 /// A reverse proxy that routes around failed backends.
@@ -60,9 +67,35 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
+/// Bucket bounds, in seconds, of the latency histograms.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Install the Prometheus recorder. Histograms are exported with fixed
+/// buckets, and a background thread folds recorded samples into them every
+/// few seconds: the recorder keeps every sample until that happens, so
+/// without it memory would grow with every request between two scrapes.
 fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-        Ok(h) => Some(h),
+    let installed = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .and_then(|b| b.install_recorder());
+    match installed {
+        Ok(h) => {
+            let upkeep = h.clone();
+            // A plain OS thread outside any runtime: blocking sleep is right here.
+            #[allow(clippy::disallowed_methods)]
+            let spawned = std::thread::Builder::new()
+                .name("detour-metrics".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = spawned {
+                eprintln!("metrics: no upkeep thread ({e}); histograms fold in at scrape only");
+            }
+            Some(h)
+        }
         Err(e) => {
             eprintln!("metrics disabled: {e}");
             None

@@ -386,9 +386,12 @@ struct Streaming<P: ProxyHttp> {
     upstream: Incoming,
     /// The rest of the request body, when the response came first.
     upload: Option<Box<dyn Upload<P>>>,
-    idle: Pin<Box<Sleep>>,
+    /// The read-idle timer, made at the first wait: a body that arrives with
+    /// its head (most small responses) never needs one.
+    idle: Option<Pin<Box<Sleep>>>,
+    /// Whether `idle` is armed for the current wait; a frame disarms it.
+    waiting: bool,
     read_timeout: Duration,
-    last_activity: Instant,
     finish: Option<Finish<P>>,
 }
 
@@ -436,14 +439,13 @@ impl<P: ProxyHttp> ProxyBody<P> {
         finish: Finish<P>,
         upload: Option<Box<dyn Upload<P>>>,
     ) -> Self {
-        let now = Instant::now();
         ProxyBody {
             kind: Kind::Streaming(Box::new(Streaming {
                 upstream,
                 upload,
-                idle: Box::pin(tokio::time::sleep_until(now + read_timeout)),
+                idle: None,
+                waiting: false,
                 read_timeout,
-                last_activity: now,
                 finish: Some(finish),
             })),
         }
@@ -478,7 +480,7 @@ impl<P: ProxyHttp> Body for ProxyBody<P> {
         }
         match Pin::new(&mut s.upstream).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                s.last_activity = Instant::now();
+                s.waiting = false;
                 let end = s.upstream.is_end_stream();
                 let frame = match frame.into_data() {
                     Ok(mut data) => {
@@ -528,12 +530,20 @@ impl<P: ProxyHttp> Body for ProxyBody<P> {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                // Re-arm the idle timer lazily: only when it would fire early.
-                let due = s.last_activity + s.read_timeout;
-                if s.idle.deadline() != due {
-                    s.idle.as_mut().reset(due);
+                // The upstream is idle from now: arm the timer for this wait.
+                if !s.waiting {
+                    s.waiting = true;
+                    let due = Instant::now() + s.read_timeout;
+                    match s.idle.as_mut() {
+                        Some(t) => t.as_mut().reset(due),
+                        None => s.idle = Some(Box::pin(tokio::time::sleep_until(due))),
+                    }
                 }
-                if s.idle.as_mut().poll(cx).is_ready() {
+                let fired = s
+                    .idle
+                    .as_mut()
+                    .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                if fired {
                     let err = Error::upstream(ErrorKind::ReadTimeout)
                         .context("upstream body idle for longer than the read timeout");
                     if let Some(f) = s.finish.take() {

@@ -166,8 +166,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 let err = Error::downstream(ErrorKind::InvalidRequest)
                     .context(bad.reason)
                     .never_retry();
-                self.answer_error(session, ctx, err, None, Some(bad.status))
-                    .await
+                Box::pin(self.answer_error(session, ctx, err, None, Some(bad.status))).await
             }
         }
     }
@@ -187,16 +186,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let sh = &*self.shared;
         let proxy = &*sh.proxy;
         if let Err(e) = proxy.early_request_filter(&mut session, &mut ctx).await {
-            return self.answer_error(session, ctx, e, None, None).await;
+            return Box::pin(self.answer_error(session, ctx, e, None, None)).await;
         }
         match proxy.request_filter(&mut session, &mut ctx).await {
-            Ok(Some(resp)) => return self.answer_local(session, ctx, resp).await,
+            Ok(Some(resp)) => return Box::pin(self.answer_local(session, ctx, resp)).await,
             Ok(None) => {}
-            Err(e) => return self.answer_error(session, ctx, e, None, None).await,
+            Err(e) => return Box::pin(self.answer_error(session, ctx, e, None, None)).await,
         }
         let mut peer = match proxy.upstream_peer(&mut session, &mut ctx).await {
             Ok(p) => p,
-            Err(e) => return self.answer_error(session, ctx, e, None, None).await,
+            Err(e) => return Box::pin(self.answer_error(session, ctx, e, None, None)).await,
         };
         // The hook's choice, else the first peer's upstream's, else the server's.
         let policy = proxy
@@ -347,8 +346,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                         tracing::debug!(error = %err, commit = commit.as_str(), ?decision, "not retrying");
                         let name = Arc::clone(&peer.upstream);
                         drop(peer);
-                        return self
-                            .answer_error(session, ctx, err, Some(&name), None)
+                        return Box::pin(self.answer_error(session, ctx, err, Some(&name), None))
                             .await;
                     }
                     last_err = Some((err, Arc::clone(&peer.upstream)));
@@ -367,9 +365,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             let exhausted = session.retries().saturating_sub(stale_retries) >= policy.max_retries;
             let out_of_time = session.time_left().is_some_and(|t| t.is_zero());
             if exhausted || out_of_time {
-                return self
-                    .give_up(session, ctx, held, last_err, down_upgrade)
-                    .await;
+                return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade)).await;
             }
             // A stale connection's re-attempt is free; a real retry is paid
             // from the budget, and a spent budget ends the retries: the client
@@ -382,16 +378,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                         Error::internal(ErrorKind::BudgetExhausted).context("retry budget spent");
                     (err, name)
                 });
-                return self
-                    .give_up(session, ctx, held, last_err, down_upgrade)
-                    .await;
+                return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade)).await;
             }
             let next = match proxy.upstream_peer(&mut session, &mut ctx).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(error = %e, "no peer for a retry");
-                    return self
-                        .give_up(session, ctx, held, last_err, down_upgrade)
+                    return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade))
                         .await;
                 }
             };
@@ -418,17 +411,14 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     // Honoured, but never past max_delay (nor the deadline below):
                     // a longer wish ends the retries and passes the answer on.
                     if ra > policy.max_delay {
-                        return self
-                            .give_up(session, ctx, held, last_err, down_upgrade)
+                        return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade))
                             .await;
                     }
                     wait = wait.max(ra);
                 }
             }
             if session.time_left().is_some_and(|left| wait >= left) {
-                return self
-                    .give_up(session, ctx, held, last_err, down_upgrade)
-                    .await;
+                return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade)).await;
             }
             drop(held);
             if !wait.is_zero() {
@@ -451,12 +441,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         match (held, last_err) {
             (Some(h), _) => self.forward(session, ctx, h, true, down_upgrade).await,
             (None, Some((err, upstream))) => {
-                self.answer_error(session, ctx, err, Some(&upstream), None)
-                    .await
+                Box::pin(self.answer_error(session, ctx, err, Some(&upstream), None)).await
             }
             (None, None) => {
                 let err = Error::internal(ErrorKind::NoPeer);
-                self.answer_error(session, ctx, err, None, None).await
+                Box::pin(self.answer_error(session, ctx, err, None, None)).await
             }
         }
     }
@@ -523,8 +512,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             commit: CommitPoint::NotConnected,
             reused: false,
         };
-        let inner = self.attempt_inner(session, ctx, peer, body, mode, &mut progress);
-        match tokio::time::timeout_at(limit, inner).await {
+        // Built in place: a local holding the inner future would take its
+        // size a second time in this future's state.
+        let timed = tokio::time::timeout_at(
+            limit,
+            self.attempt_inner(session, ctx, peer, body, mode, &mut progress),
+        );
+        match timed.await {
             Ok(r) => r,
             Err(_) => {
                 let kind = if deadline_binds {
@@ -612,7 +606,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         progress.reused = reused;
         let mut sender = match pooled {
             Some(s) => s,
-            None => self.connect(peer).await?,
+            // Cold (the pool usually has a connection): boxed, so the
+            // handshake's state does not enlarge every request's future.
+            None => Box::pin(self.connect(peer)).await?,
         };
         progress.commit = CommitPoint::Connected;
         let at = |err, commit| AttemptErr::new(err, commit, reused);
@@ -650,11 +646,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             (Some(tx), Some(b)) => {
                 pump_done = false;
                 let write_timeout = peer.options.write_timeout;
-                let pump = b.pump(tx, write_timeout, |chunk, end| {
+                // Boxed: only requests with a body pay for the pump's state.
+                let mut pump = Box::pin(b.pump(tx, write_timeout, |chunk, end| {
                     proxy.request_body_filter(session, chunk, end, ctx)
-                });
+                }));
                 tokio::pin!(send);
-                tokio::pin!(pump);
                 loop {
                     tokio::select! {
                         biased;
@@ -742,17 +738,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             .upstream_response_filter(&mut session, &mut head, &mut ctx)
             .await
         {
-            return self
-                .answer_error(session, ctx, e, Some(&peer.upstream), None)
-                .await;
+            return Box::pin(self.answer_error(session, ctx, e, Some(&peer.upstream), None)).await;
         }
         if let Err(e) = proxy
             .response_filter(&mut session, &mut head, &mut ctx)
             .await
         {
-            return self
-                .answer_error(session, ctx, e, Some(&peer.upstream), None)
-                .await;
+            return Box::pin(self.answer_error(session, ctx, e, Some(&peer.upstream), None)).await;
         }
         if self.is_draining() && !switching {
             head.headers
@@ -773,9 +765,14 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 _ => {
                     let err = Error::upstream(ErrorKind::InvalidResponse)
                         .context("101 Switching Protocols to a request that asked for no upgrade");
-                    return self
-                        .answer_error(session, ctx, err, Some(&peer.upstream), None)
-                        .await;
+                    return Box::pin(self.answer_error(
+                        session,
+                        ctx,
+                        err,
+                        Some(&peer.upstream),
+                        None,
+                    ))
+                    .await;
                 }
             }
             proxy.logging(&mut session, None, &mut ctx);
@@ -816,7 +813,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             .response_filter(&mut session, &mut head, &mut ctx)
             .await
         {
-            return self.answer_error(session, ctx, e, None, None).await;
+            return Box::pin(self.answer_error(session, ctx, e, None, None)).await;
         }
         if self.is_draining() {
             head.headers
@@ -866,8 +863,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 .insert(sh.forwarding.request_id.clone(), id.clone());
         }
         if let Some(after) = err.retry_after_hint() {
-            // Whole seconds, rounded up: "come back in 0 s" would invite a storm.
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            // Whole seconds, rounded up ("come back in 0 s" would invite a
+            // storm), from whole milliseconds: breakers keep their open-until
+            // time to the millisecond, rounded up, and that sub-millisecond
+            // excess must not turn 20 s into 21.
+            let secs = u64::try_from(after.as_millis().div_ceil(1000)).unwrap_or(u64::MAX);
             head.headers
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }

@@ -39,26 +39,48 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Remove hop-by-hop headers and those the `Connection` header names. When
 /// `upgrade` is set, `Upgrade` and `Connection: upgrade` are kept so the next hop
 /// sees the upgrade request (or response).
+///
+/// One pass over the names (comparisons, no hashing) finds which of these
+/// headers are present; only those are then removed. Most messages carry none
+/// or only `Connection: keep-alive`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
+    let mut seen = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            seen |= 1 << i;
+        } else if name == header::UPGRADE {
+            seen |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if seen & 1 != 0 {
+        // `Connection` may name further headers; the usual tokens (keep-alive,
+        // close, upgrade) are handled without building names.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(upgrade && n == header::UPGRADE))
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !["keep-alive", "close", "upgrade"]
+                        .iter()
+                        .any(|k| t.eq_ignore_ascii_case(k))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if seen & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if seen & (1 << HOP_BY_HOP.len()) != 0 {
         headers.remove(header::UPGRADE);
     }
 }

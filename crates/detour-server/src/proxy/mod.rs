@@ -214,13 +214,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         client: Option<SocketAddr>,
         drain: watch::Receiver<bool>,
     ) {
-        let stream = Arc::new(stream);
-        let timed_out = self
-            .serve(crate::io::SharedTcp(Arc::clone(&stream)), client, drain)
-            .await;
-        if timed_out {
-            // Best effort: the send buffer of an idle connection has room.
-            let _ = stream.try_write(crate::io::REQUEST_TIMEOUT);
+        let notice = crate::io::TimeoutNotice::for_stream(&stream);
+        if self.serve(stream, client, drain).await {
+            notice.send();
         }
     }
 

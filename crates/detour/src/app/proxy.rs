@@ -49,6 +49,8 @@ pub struct Ctx {
     state: Arc<State>,
     route: Option<Arc<Route>>,
     attempts: Vec<AttemptLog>,
+    /// Whether `attempts` is kept: only the access log reads it.
+    log_attempts: bool,
     status: u16,
 }
 
@@ -72,7 +74,11 @@ impl DetourProxy {
     }
 }
 
+/// Note an attempt for the access log line (nothing to keep when it is off).
 fn record(ctx: &mut Ctx, session: &Session, backend: SocketAddr, outcome: Outcome) {
+    if !ctx.log_attempts {
+        return;
+    }
     ctx.attempts.push(AttemptLog {
         backend,
         outcome,
@@ -88,6 +94,7 @@ impl ProxyHttp for DetourProxy {
             state: self.app.current(),
             route: None,
             attempts: Vec::new(),
+            log_attempts: self.access_log,
             status: 0,
         }
     }

@@ -1,0 +1,134 @@
+//! Heap allocations per proxied keep-alive request, counted on the proxy's
+//! worker thread only, through an `Upstream` with its ordinary defaults
+//! (round robin, outlier detection, breakers, retry budget, metrics handles).
+//!
+//! The bound is what the engine needs today plus a little headroom; a change
+//! that adds allocations to the request path fails here.
+#![allow(clippy::unwrap_used)]
+#![allow(unsafe_code)] // the counting allocator below, and nothing else
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use detour_core::{HttpPeer, ProxyHttp, Result, Session};
+use detour_server::upstream::{Upstream, UpstreamConfig};
+use detour_server::{HttpProxy, Server, ServerConfig, Stop};
+use detour_testkit::client::RawConnection;
+use detour_testkit::{Behavior, Upstream as Backend};
+
+/// Allocations (and reallocations) made on threads marked as proxy workers.
+static PROXY_ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Set by the proxy's own hook, so only the worker thread is counted.
+    static WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+struct Counting;
+
+fn count() {
+    if WORKER.try_with(Cell::get).unwrap_or(false) {
+        PROXY_ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counter is an atomic and the thread-local a const-initialised `Cell`
+// without a destructor, so counting never allocates or re-enters.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+struct App {
+    up: Arc<Upstream>,
+}
+
+impl ProxyHttp for App {
+    type CTX = ();
+    fn new_ctx(&self) {
+        WORKER.with(|w| w.set(true));
+    }
+    async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> Result<HttpPeer> {
+        self.up.select(s).await
+    }
+}
+
+/// The most allocations one proxied keep-alive GET may cost. Measured: see
+/// docs/src/performance.md.
+const BOUND: f64 = 40.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_request_costs_a_bounded_number_of_allocations() {
+    let backend = Backend::start(Behavior::ok()).await.unwrap();
+    let cfg: UpstreamConfig =
+        toml::from_str(&format!("backends = [{{ addr = \"{}\" }}]", backend.addr())).unwrap();
+    let up = Arc::new(Upstream::from_config("app", &cfg).unwrap());
+    let mut server_cfg = ServerConfig::default();
+    server_cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let proxy = HttpProxy::builder(App {
+        up: Arc::clone(&up),
+    })
+    .config(server_cfg.clone())
+    .build();
+    let handle = Server::new(server_cfg)
+        .start_with(proxy, &[Arc::clone(&up)])
+        .unwrap();
+    let addr: SocketAddr = handle.addrs()[0];
+
+    let mut conn = RawConnection::connect(addr).await.unwrap();
+    let mut send = async |n: usize| {
+        for _ in 0..n {
+            conn.send(
+                b"GET /item HTTP/1.1\r\nhost: alloc.test\r\nuser-agent: t\r\naccept: */*\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let r = tokio::time::timeout(Duration::from_secs(5), conn.read_response())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.status, 200);
+        }
+    };
+    // Warm up: the upstream connection pooled, buffers grown, handles made.
+    send(200).await;
+    let before = PROXY_ALLOCS.load(Ordering::Relaxed);
+    const N: usize = 2000;
+    send(N).await;
+    let per_request = (PROXY_ALLOCS.load(Ordering::Relaxed) - before) as f64 / N as f64;
+    println!("allocations per proxied keep-alive request: {per_request:.2}");
+    assert!(
+        before > 0,
+        "the worker thread was never marked: nothing was counted"
+    );
+    assert!(
+        per_request <= BOUND,
+        "{per_request:.2} allocations per request, bound {BOUND}"
+    );
+
+    handle.stop(Stop::Immediate);
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap();
+}
