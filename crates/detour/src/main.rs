@@ -10,13 +10,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// mimalloc rather than glibc's allocator: a proxy allocates and frees the
-/// same few sizes per request from one thread, which mimalloc's per-thread
-/// free lists serve without the bin consolidation glibc spends time in
-/// (measured in docs/src/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use detour::app::{self, config::LogFormat, Config};
 
 /// A reverse proxy that routes around failed backends.
