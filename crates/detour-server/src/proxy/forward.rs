@@ -214,11 +214,17 @@ impl Forwarding {
         upgrade: bool,
     ) -> request::Parts {
         let mut headers = down.headers.clone();
+        // Room for what is added below (Host, X-Forwarded-*, Via, Connection):
+        // the map grows once here rather than insert by insert.
+        headers.reserve(6);
         strip_hop_by_hop(&mut headers, upgrade);
+        let present = Present::scan(&headers);
         // We answer `Expect: 100-continue` ourselves: the client's body is read
         // only once an upstream is connected.
-        headers.remove(header::EXPECT);
-        if !headers.contains_key(header::HOST) {
+        if present.expect {
+            headers.remove(header::EXPECT);
+        }
+        if !present.host {
             if let Some(auth) = down.uri.authority() {
                 if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
                     headers.insert(header::HOST, v);
@@ -226,7 +232,7 @@ impl Forwarding {
             }
         }
         if self.config.x_forwarded {
-            self.add_x_forwarded(&mut headers, down, client);
+            self.add_x_forwarded(&mut headers, down, client, present);
         }
         if self.config.via {
             headers.append(header::VIA, self.via.clone());
@@ -252,6 +258,7 @@ impl Forwarding {
         headers: &mut HeaderMap,
         down: &request::Parts,
         client: Option<SocketAddr>,
+        present: Present,
     ) {
         let Some(client) = client else { return };
         let ip = client.ip().to_canonical();
@@ -259,30 +266,86 @@ impl Forwarding {
         let xff = HeaderName::from_static("x-forwarded-for");
         let xfp = HeaderName::from_static("x-forwarded-proto");
         let xfh = HeaderName::from_static("x-forwarded-host");
-        let mut ipbuf = String::with_capacity(40);
-        use std::fmt::Write as _;
-        let _ = write!(ipbuf, "{ip}");
-        let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-            Some(prev) if trusted => format!("{prev}, {ipbuf}"),
-            _ => ipbuf,
+        let prev = if present.xff && trusted {
+            headers.get(&xff).and_then(|v| v.to_str().ok())
+        } else {
+            None
         };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        let value = match prev {
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {ip}")).ok(),
+            None => Some(client_ip_value(ip)),
+        };
+        if let Some(v) = value {
             headers.insert(xff, v);
         }
-        if !(trusted && headers.contains_key(&xfp)) {
+        if !(trusted && present.xfp) {
             headers.insert(xfp, HeaderValue::from_static("http"));
         }
-        if !(trusted && headers.contains_key(&xfh)) {
+        if !(trusted && present.xfh) {
             match down.headers.get(header::HOST) {
                 Some(h) => {
                     headers.insert(xfh, h.clone());
                 }
-                None => {
+                None if present.xfh => {
                     headers.remove(xfh);
                 }
+                None => {}
             }
         }
     }
+}
+
+/// Which of the headers the forwarding looks at a request carries, found in
+/// one pass over the names instead of one hash lookup each.
+#[derive(Debug, Clone, Copy, Default)]
+struct Present {
+    expect: bool,
+    host: bool,
+    xff: bool,
+    xfp: bool,
+    xfh: bool,
+}
+
+impl Present {
+    fn scan(headers: &HeaderMap) -> Present {
+        let mut p = Present::default();
+        for name in headers.keys() {
+            match name.as_str() {
+                "expect" => p.expect = true,
+                "host" => p.host = true,
+                "x-forwarded-for" => p.xff = true,
+                "x-forwarded-proto" => p.xfp = true,
+                "x-forwarded-host" => p.xfh = true,
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
+/// The `X-Forwarded-For` value naming one client address. Formatting an
+/// address costs more than the rest of the header work, and a connection's
+/// requests all come from one address: each worker thread keeps the last
+/// value and hands out cheap clones of it.
+fn client_ip_value(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, v)) = last.as_ref() {
+            if *cached == ip {
+                return v.clone();
+            }
+        }
+        // Invariant: an IP address formats to ASCII digits, dots, colons and
+        // hex letters, always a valid header value.
+        let v = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        *last = Some((ip, v.clone()));
+        v
+    })
 }
 
 #[cfg(test)]
