@@ -74,9 +74,11 @@ impl ProxyHttp for App {
     }
 }
 
-/// The most allocations one proxied keep-alive GET may cost. Measured: see
-/// docs/src/performance.md.
-const BOUND: f64 = 40.0;
+/// The most allocations one proxied keep-alive GET may cost. Measured: 15
+/// (docs/src/performance.md lists them); most are hyper's own (its header
+/// read timer, buffer splits, the body channel) and the header map copy sent
+/// upstream.
+const BOUND: f64 = 20.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_request_costs_a_bounded_number_of_allocations() {
