@@ -1,9 +1,16 @@
 //! Project automation: `cargo xtask <task>`.
 //!
 //! - `ci`: what `.ci/run` runs — format check, clippy with warnings denied, every test.
-//! - `chaos`, `bench`: failover and speed measured side by side (not written yet).
+//! - `chaos`: Detour, nginx and HAProxy through scripted backend failures under load
+//!   (`chaos/`, docs/src/chaos.md).
+//! - `bench`: speed measured side by side.
 
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+
+mod bench;
+mod chaos;
+mod sys;
 
 fn cargo(args: &[&str]) -> bool {
     println!("$ cargo {}", args.join(" "));
@@ -28,13 +35,30 @@ fn ci() -> bool {
         && cargo(&["test", "--workspace"])
 }
 
+/// The workspace root: xtask's manifest directory's parent.
+fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let ok = match task.as_str() {
         "ci" => ci(),
-        "chaos" | "bench" => {
-            eprintln!("`cargo xtask {task}` is not written yet (see the open issue for it)");
-            return ExitCode::from(2);
+        "bench" => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let run = bench::Options::parse(&args).and_then(|o| bench::run(&workspace_root(), &o));
+            match run {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("bench: {e}");
+                    false
+                }
+            }
+        }
+        "chaos" => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            return chaos::main(&args);
         }
         _ => {
             eprintln!("usage: cargo xtask <ci|chaos|bench>");

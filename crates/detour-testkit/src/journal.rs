@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::http1::{find_header, RequestHead};
 use crate::lock;
@@ -24,6 +25,9 @@ pub struct Recorded {
     /// [`answer_before_body`]: crate::Behavior::answer_before_body
     /// [`blackhole`]: crate::Behavior::blackhole
     pub body_len: u64,
+    /// When the upstream finished reading the head, so a test can tell when a backend
+    /// stopped or started getting traffic relative to a fault it injected.
+    pub at: Instant,
 }
 
 impl Recorded {
@@ -65,6 +69,7 @@ impl Journal {
                 path: head.target.clone(),
                 headers: head.headers.clone(),
                 body_len: 0,
+                at: Instant::now(),
             });
             received.len() - 1
         };

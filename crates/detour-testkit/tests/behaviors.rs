@@ -20,6 +20,7 @@ async fn connect(upstream: &Upstream) -> RawConnection {
 
 #[tokio::test]
 async fn ok_answers_with_its_address_and_keeps_the_connection() {
+    let started = Instant::now();
     let upstream = Upstream::start(Behavior::ok()).await.unwrap();
     let addr = upstream.addr().to_string();
     let mut conn = connect(&upstream).await;
@@ -43,6 +44,10 @@ async fn ok_answers_with_its_address_and_keeps_the_connection() {
         ("GET", "/a?b=1")
     );
     assert_eq!(seen[0].header("HOST"), Some("test"));
+    // Heads are stamped as they are read, in order.
+    assert!(seen[0].at >= started);
+    assert!(seen.windows(2).all(|w| w[0].at <= w[1].at));
+    assert!(seen[2].at <= Instant::now());
 }
 
 #[tokio::test]

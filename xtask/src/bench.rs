@@ -1,0 +1,881 @@
+//! `cargo xtask bench`: Detour, nginx and HAProxy side by side under wrk.
+//!
+//! One fast backend (nginx answering `return 200`) and three proxies in front of
+//! it, each on one worker thread. The load generator and the backend share one
+//! core, each proxy gets the other (when the machine has two or more). Every
+//! round runs every target at every connection count, in an order that rotates
+//! from round to round; the table shows medians over rounds.
+//!
+//! CPU time is read from `/proc/PID/task/TID/schedstat` (nanoseconds) for the
+//! proxy's processes and threads before and after each run, so CPU per request
+//! counts only the proxy's own work, whatever else the machine does. RSS is the
+//! highest `VmRSS` sampled every 100 ms during the run (all the proxy's
+//! processes added up).
+//!
+//! Results: a markdown table on stdout and in `target/bench/latest.md`, one row
+//! per target and connection count appended to `xtask/bench-history.tsv` (kept
+//! in the repository, so the next run compares Detour with its own last run),
+//! and the section between the `bench:start` and `bench:end` markers of
+//! `docs/src/performance.md` replaced with the new table.
+
+// A synchronous harness driving processes in real time: no tokio clock to pause.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::sys::{ensure_program, find_program, free_port, Guard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Options from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Rounds; the table shows the median of each figure.
+    pub rounds: usize,
+    /// Length of one wrk run.
+    pub duration: Duration,
+    /// Keep-alive connections, one set of runs each.
+    pub connections: Vec<usize>,
+    /// Targets to run (names as in the table, lower case).
+    pub only: Option<Vec<String>>,
+    /// Do not touch `docs/src/performance.md` or the history file.
+    pub dry: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rounds: 3,
+            duration: Duration::from_secs(10),
+            connections: vec![64, 256],
+            only: None,
+            dry: false,
+        }
+    }
+}
+
+impl Options {
+    /// Parse `--rounds N --secs N --conns 64,256 --only detour,nginx --dry`.
+    pub fn parse(args: &[String]) -> Result<Options, String> {
+        let mut o = Options::default();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{name} needs a value"))
+            };
+            match a.as_str() {
+                "--rounds" => o.rounds = parse_num(&value("--rounds")?, "--rounds")?,
+                "--secs" => {
+                    o.duration = Duration::from_secs(parse_num(&value("--secs")?, "--secs")? as u64)
+                }
+                "--conns" => {
+                    o.connections = value("--conns")?
+                        .split(',')
+                        .map(|c| parse_num(c, "--conns"))
+                        .collect::<Result<_, _>>()?
+                }
+                "--only" => {
+                    o.only = Some(
+                        value("--only")?
+                            .split(',')
+                            .map(|s| s.trim().to_ascii_lowercase())
+                            .collect(),
+                    )
+                }
+                "--dry" => o.dry = true,
+                other => return Err(format!("unknown option {other}")),
+            }
+        }
+        if o.rounds == 0 || o.connections.is_empty() || o.duration.is_zero() {
+            return Err("--rounds, --secs and --conns must be positive".into());
+        }
+        Ok(o)
+    }
+}
+
+fn parse_num(s: &str, name: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{name}: expected a positive number, got {s:?}"))
+}
+
+/// One wrk run against one target.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    cpu_us_per_req: Option<f64>,
+    rss_mb: Option<f64>,
+}
+
+/// What `wrk --latency` printed, reduced to the figures we keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct WrkOutput {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    errors: u64,
+}
+
+/// Parse wrk's text output.
+fn parse_wrk(out: &str) -> Option<WrkOutput> {
+    let mut w = WrkOutput::default();
+    let mut seen = (false, false, false);
+    for line in out.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            w.rps = v.trim().parse().ok()?;
+            seen.0 = true;
+        } else if let Some(v) = t.strip_prefix("50%") {
+            w.p50_ms = parse_duration_ms(v.trim())?;
+            seen.1 = true;
+        } else if let Some(v) = t.strip_prefix("99%") {
+            w.p99_ms = parse_duration_ms(v.trim())?;
+            seen.2 = true;
+        } else if t.contains("requests in") {
+            w.requests = t.split_whitespace().next()?.parse().ok()?;
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            w.errors += v.trim().parse::<u64>().ok()?;
+        } else if let Some(v) = t.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            for part in v.split(',') {
+                if let Some(n) = part.split_whitespace().nth(1) {
+                    w.errors += n.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    (seen.0 && seen.1 && seen.2).then_some(w)
+}
+
+/// "1.23ms", "812.00us", "1.02s" → milliseconds.
+fn parse_duration_ms(s: &str) -> Option<f64> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    num.trim().parse::<f64>().ok().map(|v| v * scale)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// A process and all its descendants (nginx's worker, the proxy under
+/// `timeout` and `taskset`).
+fn family(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        all.extend(children_of(all[i]));
+        i += 1;
+    }
+    all
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let p = t.path().join("children");
+        if let Ok(s) = fs::read_to_string(p) {
+            out.extend(s.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// CPU time of every thread of `pids`, in nanoseconds.
+fn cpu_ns(pids: &[u32]) -> u64 {
+    let mut total = 0;
+    for pid in pids {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            if let Ok(s) = fs::read_to_string(t.path().join("schedstat")) {
+                total += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// Resident memory of `pids` added up, in kB.
+fn rss_kb(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn wait_listening(port: u16, what: &str) -> Result<(), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{what} is not listening on {addr} after 15 s"))
+}
+
+/// Send one GET and check for a 200, so a target is known to work before it
+/// is measured.
+fn check_ok(port: u16, what: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf)?;
+            Ok(buf)
+        })();
+        match attempt {
+            Ok(r) if r.starts_with("HTTP/1.1 200") => return Ok(()),
+            Ok(r) => last = r.lines().next().unwrap_or("").to_string(),
+            Err(e) => last = e.to_string(),
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("{what} does not answer 200 on port {port}: {last}"))
+}
+
+/// `taskset -c CORE` in front of a command when pinning is possible.
+fn pinned(core: Option<usize>, program: &str) -> Command {
+    match core {
+        Some(c) if find_program("taskset").is_some() => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &c.to_string(), program]);
+            cmd
+        }
+        _ => Command::new(program),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Configurations
+
+fn nginx_backend_conf(dir: &Path, port: u16) -> String {
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/backend.pid;\nerror_log {d}/backend-error.log warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n\
+           client_body_temp_path {d}/b-body;\n  proxy_temp_path {d}/b-proxy;\n\
+           fastcgi_temp_path {d}/b-fcgi;\n  uwsgi_temp_path {d}/b-uwsgi;\n  scgi_temp_path {d}/b-scgi;\n\
+           server {{\n    listen 127.0.0.1:{port};\n\
+             location / {{ return 200 \"hello from the bench backend\\n\"; }}\n  }}\n}}\n",
+        d = dir.display()
+    )
+}
+
+/// nginx as its users run it in front of one backend: upstream keep-alive,
+/// retries on errors and timeouts (its default), passive health checks
+/// (`max_fails`), no access log, one worker.
+fn nginx_proxy_conf(dir: &Path, port: u16, backend: u16) -> String {
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/proxy.pid;\nerror_log {d}/proxy-error.log warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 10000000;\n\
+           client_body_temp_path {d}/p-body;\n  proxy_temp_path {d}/p-proxy;\n\
+           fastcgi_temp_path {d}/p-fcgi;\n  uwsgi_temp_path {d}/p-uwsgi;\n  scgi_temp_path {d}/p-scgi;\n\
+           upstream app {{\n    server 127.0.0.1:{backend} max_fails=3 fail_timeout=10s;\n\
+             keepalive 1024;\n    keepalive_requests 10000000;\n  }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+               proxy_pass http://app;\n      proxy_http_version 1.1;\n\
+               proxy_set_header Connection \"\";\n\
+               proxy_next_upstream error timeout http_502 http_503 http_504;\n\
+               proxy_next_upstream_tries 4;\n    }}\n  }}\n}}\n",
+        d = dir.display()
+    )
+}
+
+/// HAProxy as its users run it: one thread, active health checks, retries
+/// with redispatch, connection reuse, no log.
+fn haproxy_conf(port: u16, backend: u16) -> String {
+    format!(
+        "global\n  nbthread 1\n  maxconn 4096\n\n\
+         defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
+           option http-keep-alive\n  http-reuse safe\n  retries 3\n  option redispatch\n\
+           retry-on conn-failure empty-response response-timeout 502 503 504\n\n\
+         frontend fe\n  bind 127.0.0.1:{port}\n  default_backend app\n\n\
+         backend app\n  option httpchk GET /\n\
+           server b1 127.0.0.1:{backend} check inter 1s fall 3 rise 2\n"
+    )
+}
+
+/// Detour's ordinary configuration: one worker, retries, active health
+/// checks, outlier detection and breakers on (their defaults), no access log.
+fn detour_conf(port: u16, admin: u16, backend: u16) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 1\n\n\
+         [server.pool]\nmax_idle_per_peer = 1024\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
+         [log]\naccess_log = false\nlevel = \"warn\"\n\n\
+         [upstreams.app]\nbackends = [{{ addr = \"127.0.0.1:{backend}\" }}]\n\n\
+         [upstreams.app.health]\ninterval = \"1s\"\npath = \"/\"\nfall = 3\nrise = 2\n\n\
+         [[routes]]\nupstream = \"app\"\n"
+    )
+}
+
+// ---------------------------------------------------------------------------
+// The run
+
+/// A proxy (or the backend itself) that wrk is pointed at.
+struct Target {
+    name: &'static str,
+    port: u16,
+    /// `None` for the direct row: nothing in between to measure.
+    proc: Option<Guard>,
+}
+
+/// Start everything, measure, write the results. Returns whether it ran.
+pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
+    ensure_program("wrk", "wrk")?;
+    ensure_program("h2load", "nghttp2-client")?;
+    let nginx = ensure_program("nginx", "nginx")?;
+    let haproxy = ensure_program("haproxy", "haproxy")?;
+    let (nginx, haproxy) = (nginx.to_string_lossy(), haproxy.to_string_lossy());
+
+    println!("building the detour binary (release)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(&cargo)
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "detour",
+            "--bin",
+            "detour",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !built {
+        return Err("cargo build --release -p detour failed".into());
+    }
+    let detour_bin = root.join("target/release/detour");
+
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    // Load generator and backend on core 0, the proxy under test on core 1.
+    let (gen_core, proxy_core) = if cores >= 2 {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
+
+    let dir = root.join("target/bench/run");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let write = |name: &str, text: String| -> Result<PathBuf, String> {
+        let p = dir.join(name);
+        fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(p)
+    };
+
+    let backend_port = free_port()?;
+    let conf = write("backend.conf", nginx_backend_conf(&dir, backend_port))?;
+    // Every process ends with the run, or at the latest when this limit
+    // passes should the harness itself be killed.
+    let limit = Duration::from_secs(
+        (opts.rounds * opts.connections.len() * 4) as u64 * (opts.duration.as_secs() + 1) + 180,
+    );
+    let spawn =
+        |name: &str, cmd: Command| Guard::spawn(name, cmd, &dir.join(format!("{name}.log")), limit);
+    let mut cmd = pinned(gen_core, &nginx);
+    cmd.args(["-e", "stderr", "-c"]).arg(&conf);
+    let _backend = spawn("backend", cmd)?;
+    wait_listening(backend_port, "the backend")?;
+
+    let wanted = |name: &str| {
+        opts.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|n| n == &name.to_ascii_lowercase()))
+    };
+    let mut targets = Vec::new();
+    if wanted("direct") {
+        targets.push(Target {
+            name: "direct",
+            port: backend_port,
+            proc: None,
+        });
+    }
+    if wanted("detour") {
+        let port = free_port()?;
+        let admin = free_port()?;
+        let conf = write("detour.toml", detour_conf(port, admin, backend_port))?;
+        let mut cmd = pinned(proxy_core, &detour_bin.to_string_lossy());
+        cmd.arg("--config").arg(&conf);
+        let p = spawn("detour", cmd)?;
+        targets.push(Target {
+            name: "Detour",
+            port,
+            proc: Some(p),
+        });
+    }
+    if wanted("nginx") {
+        let port = free_port()?;
+        let conf = write("proxy.conf", nginx_proxy_conf(&dir, port, backend_port))?;
+        let mut cmd = pinned(proxy_core, &nginx);
+        cmd.args(["-e", "stderr", "-c"]).arg(&conf);
+        let p = spawn("nginx", cmd)?;
+        targets.push(Target {
+            name: "nginx",
+            port,
+            proc: Some(p),
+        });
+    }
+    if wanted("haproxy") {
+        let port = free_port()?;
+        let conf = write("haproxy.cfg", haproxy_conf(port, backend_port))?;
+        let mut cmd = pinned(proxy_core, &haproxy);
+        cmd.arg("-db").arg("-f").arg(&conf);
+        let p = spawn("haproxy", cmd)?;
+        targets.push(Target {
+            name: "HAProxy",
+            port,
+            proc: Some(p),
+        });
+    }
+    for t in &targets {
+        check_ok(t.port, t.name)?;
+    }
+
+    // Warm-up: connection pools filled, caches and allocator arenas grown.
+    for t in &targets {
+        wrk(gen_core, t, 256, Duration::from_secs(2))?;
+    }
+
+    let mut samples: BTreeMap<(usize, &'static str), Vec<Sample>> = BTreeMap::new();
+    for round in 0..opts.rounds {
+        for &conns in &opts.connections {
+            for i in 0..targets.len() {
+                let t = &targets[(i + round) % targets.len()];
+                let s = wrk(gen_core, t, conns, opts.duration)?;
+                println!(
+                    "round {} · {:>3} conns · {:<8} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {}  rss {}  errors {}",
+                    round + 1,
+                    conns,
+                    t.name,
+                    s.rps,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.cpu_us_per_req.map_or("-".into(), |c| format!("{c:.1} µs/req")),
+                    s.rss_mb.map_or("-".into(), |r| format!("{r:.1} MB")),
+                    s.errors
+                );
+                samples.entry((conns, t.name)).or_default().push(s);
+            }
+        }
+    }
+
+    let rows = summarize(&targets, &opts.connections, &samples);
+    let commit = git(root, &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = git(root, &["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.is_empty());
+    let commit = if dirty {
+        format!("{commit}+dirty")
+    } else {
+        commit
+    };
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let history_path = root.join("xtask/bench-history.tsv");
+    let history = fs::read_to_string(&history_path).unwrap_or_default();
+    let previous = last_detour_run(&history);
+    let table = render(&rows, opts, &commit, &date, cores, previous.as_ref());
+    println!("\n{table}");
+
+    let out = root.join("target/bench");
+    fs::write(out.join("latest.md"), &table).map_err(|e| e.to_string())?;
+    if !opts.dry {
+        append_history(&history_path, &history, &rows, &commit, &date)?;
+        update_doc(&root.join("docs/src/performance.md"), &table)?;
+        println!(
+            "wrote {}, docs/src/performance.md and target/bench/latest.md",
+            history_path.display()
+        );
+    }
+    Ok(())
+}
+
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    let o = Command::new("git")
+        .current_dir(root)
+        .args(args)
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// One wrk run, with the target's CPU time and peak RSS measured around it.
+fn wrk(core: Option<usize>, t: &Target, conns: usize, d: Duration) -> Result<Sample, String> {
+    let pids = t.proc.as_ref().map(|g| family(g.pid())).unwrap_or_default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = Arc::clone(&stop);
+        let pids = pids.clone();
+        thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) {
+                peak = peak.max(rss_kb(&pids));
+                thread::sleep(Duration::from_millis(100));
+            }
+            peak.max(rss_kb(&pids))
+        })
+    };
+    let cpu_before = cpu_ns(&pids);
+    let out = pinned(core, "wrk")
+        .args([
+            "-t1",
+            &format!("-c{conns}"),
+            &format!("-d{}s", d.as_secs()),
+            "--latency",
+            &format!("http://127.0.0.1:{}/", t.port),
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running wrk: {e}"))?;
+    let cpu_after = cpu_ns(&pids);
+    stop.store(true, Ordering::Relaxed);
+    let peak_kb = sampler.join().unwrap_or(0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let w = parse_wrk(&text).ok_or_else(|| format!("cannot read wrk's output:\n{text}"))?;
+    let measured = t.proc.is_some() && w.requests > 0;
+    Ok(Sample {
+        rps: w.rps,
+        p50_ms: w.p50_ms,
+        p99_ms: w.p99_ms,
+        errors: w.errors,
+        cpu_us_per_req: measured
+            .then(|| cpu_after.saturating_sub(cpu_before) as f64 / 1000.0 / w.requests as f64),
+        rss_mb: measured.then(|| peak_kb as f64 / 1024.0),
+    })
+}
+
+/// Medians per target and connection count.
+#[derive(Debug, Clone)]
+struct Row {
+    target: String,
+    conns: usize,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us: Option<f64>,
+    rss_mb: Option<f64>,
+    errors: u64,
+}
+
+fn summarize(
+    targets: &[Target],
+    connections: &[usize],
+    samples: &BTreeMap<(usize, &'static str), Vec<Sample>>,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &conns in connections {
+        for t in targets {
+            let Some(s) = samples.get(&(conns, t.name)) else {
+                continue;
+            };
+            let pick = |f: fn(&Sample) -> Option<f64>| median(s.iter().filter_map(f).collect());
+            rows.push(Row {
+                target: t.name.to_string(),
+                conns,
+                rps: pick(|s| Some(s.rps)).unwrap_or(0.0),
+                p50_ms: pick(|s| Some(s.p50_ms)).unwrap_or(0.0),
+                p99_ms: pick(|s| Some(s.p99_ms)).unwrap_or(0.0),
+                cpu_us: pick(|s| s.cpu_us_per_req),
+                rss_mb: pick(|s| s.rss_mb),
+                errors: s.iter().map(|s| s.errors).sum(),
+            });
+        }
+    }
+    rows
+}
+
+/// Detour's rows from the most recent run in the history: conns → (commit, rps, cpu µs).
+type Previous = BTreeMap<usize, (String, f64, f64)>;
+
+fn last_detour_run(history: &str) -> Option<Previous> {
+    let mut runs: Vec<(String, Previous)> = Vec::new();
+    for line in history.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split('\t').collect();
+        // date commit target conns rps p50 p99 cpu rss errors
+        if f.len() < 10 || f[2] != "Detour" {
+            continue;
+        }
+        let (Ok(conns), Ok(rps), Ok(cpu)) = (f[3].parse(), f[4].parse(), f[7].parse()) else {
+            continue;
+        };
+        let key = format!("{} {}", f[0], f[1]);
+        match runs.last_mut() {
+            Some((k, m)) if *k == key => {
+                m.insert(conns, (f[1].to_string(), rps, cpu));
+            }
+            _ => runs.push((key, BTreeMap::from([(conns, (f[1].to_string(), rps, cpu))]))),
+        }
+    }
+    runs.pop().map(|(_, m)| m)
+}
+
+fn append_history(
+    path: &Path,
+    existing: &str,
+    rows: &[Row],
+    commit: &str,
+    date: &str,
+) -> Result<(), String> {
+    let mut text = existing.to_string();
+    if text.is_empty() {
+        text.push_str(
+            "# date\tcommit\ttarget\tconns\trps\tp50_ms\tp99_ms\tcpu_us_per_req\trss_mb\terrors\n",
+        );
+    }
+    for r in rows {
+        let _ = writeln!(
+            text,
+            "{date}\t{commit}\t{}\t{}\t{:.0}\t{:.3}\t{:.3}\t{}\t{}\t{}",
+            r.target,
+            r.conns,
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_us.map_or("-".into(), |c| format!("{c:.2}")),
+            r.rss_mb.map_or("-".into(), |c| format!("{c:.1}")),
+            r.errors
+        );
+    }
+    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn render(
+    rows: &[Row],
+    opts: &Options,
+    commit: &str,
+    date: &str,
+    cores: usize,
+    previous: Option<&Previous>,
+) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Run {date}, commit `{commit}`, {cores} cores: `cargo xtask bench --rounds {} --secs {} --conns {}`; \
+         wrk `-t1 --latency`, HTTP/1.1 keep-alive, medians of {} rounds. \
+         Proxies pinned to core 1, wrk and the backend to core 0.\n",
+        opts.rounds,
+        opts.duration.as_secs(),
+        opts.connections
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        opts.rounds
+    );
+    let _ = writeln!(
+        t,
+        "| target | conns | req/s | p50 | p99 | CPU/req | RSS | errors | req/s vs nginx | CPU vs nginx | p99 vs nginx |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let nginx = rows
+            .iter()
+            .find(|n| n.target == "nginx" && n.conns == r.conns);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 && r.target != "nginx" && r.target != "direct" => {
+                format!("{:.2}×", a / b)
+            }
+            _ => "".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} | {} | {} | {} |",
+            r.target,
+            r.conns,
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_us.map_or("–".into(), |c| format!("{c:.1} µs")),
+            r.rss_mb.map_or("–".into(), |m| format!("{m:.1} MB")),
+            r.errors,
+            ratio(Some(r.rps), nginx.map(|n| n.rps)),
+            ratio(r.cpu_us, nginx.and_then(|n| n.cpu_us)),
+            ratio(Some(r.p99_ms), nginx.map(|n| n.p99_ms)),
+        );
+    }
+    if let Some(prev) = previous {
+        let _ = writeln!(t);
+        for r in rows.iter().filter(|r| r.target == "Detour") {
+            if let (Some((c, rps, cpu)), Some(now)) = (prev.get(&r.conns), r.cpu_us) {
+                let _ = writeln!(
+                    t,
+                    "- Detour at {} conns against its last run (`{c}`): req/s {:+.1} %, CPU/req {:+.1} %{}",
+                    r.conns,
+                    (r.rps / rps - 1.0) * 100.0,
+                    (now / cpu - 1.0) * 100.0,
+                    if now > cpu * 1.05 {
+                        " — **regression**"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    t
+}
+
+/// Replace the text between the bench markers of the performance page.
+fn update_doc(path: &Path, table: &str) -> Result<(), String> {
+    const START: &str = "<!-- bench:start -->";
+    const END: &str = "<!-- bench:end -->";
+    let doc = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (Some(a), Some(b)) = (doc.find(START), doc.find(END)) else {
+        return Err(format!("{}: missing {START} / {END}", path.display()));
+    };
+    let new = format!(
+        "{}{START}\n{table}{END}{}",
+        &doc[..a],
+        &doc[b + END.len()..]
+    );
+    fs::write(path, new).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 10s test @ http://127.0.0.1:18082/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.23ms  300.00us   9.80ms   90.00%
+    Req/Sec    52.10k     1.20k   54.00k    70.00%
+  Latency Distribution
+     50%    1.19ms
+     75%    1.30ms
+     90%    1.45ms
+     99%  812.00us
+  521000 requests in 10.00s, 80.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  52100.00
+Transfer/sec:      8.00MB
+";
+
+    #[test]
+    fn wrk_output_is_read() {
+        let w = parse_wrk(WRK).expect("parsed");
+        assert_eq!(w.rps, 52100.0);
+        assert!((w.p50_ms - 1.19).abs() < 1e-9);
+        assert!((w.p99_ms - 0.812).abs() < 1e-9);
+        assert_eq!(w.requests, 521000);
+        assert_eq!(w.errors, 7);
+        assert!(parse_wrk("garbage").is_none());
+    }
+
+    #[test]
+    fn durations_and_medians() {
+        assert_eq!(parse_duration_ms("2.00s"), Some(2000.0));
+        assert_eq!(parse_duration_ms("1.50m"), Some(90_000.0));
+        assert_eq!(parse_duration_ms("x"), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let o = Options::parse(&args("--rounds 5 --secs 3 --conns 64,128 --only detour")).unwrap();
+        assert_eq!((o.rounds, o.duration.as_secs()), (5, 3));
+        assert_eq!(o.connections, vec![64, 128]);
+        assert_eq!(o.only, Some(vec!["detour".to_string()]));
+        assert!(Options::parse(&args("--rounds 0")).is_err());
+        assert!(Options::parse(&args("--conns")).is_err());
+        assert!(Options::parse(&args("--bogus")).is_err());
+    }
+
+    #[test]
+    fn the_last_detour_run_is_found() {
+        let h = "# header\n\
+                 2026-01-01T00:00:00Z\taaa\tDetour\t64\t40000\t1\t2\t24.00\t9.0\t0\n\
+                 2026-01-01T00:00:00Z\taaa\tnginx\t64\t50000\t1\t2\t18.00\t5.0\t0\n\
+                 2026-01-02T00:00:00Z\tbbb\tDetour\t64\t45000\t1\t2\t20.00\t9.0\t0\n\
+                 2026-01-02T00:00:00Z\tbbb\tDetour\t256\t44000\t1\t2\t21.00\t12.0\t0\n";
+        let p = last_detour_run(h).unwrap();
+        assert_eq!(p.get(&64), Some(&("bbb".to_string(), 45000.0, 20.0)));
+        assert_eq!(p.get(&256).map(|v| v.2), Some(21.0));
+        assert!(last_detour_run("").is_none());
+    }
+
+    #[test]
+    fn the_doc_section_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("perf.md");
+        fs::write(
+            &p,
+            "# P\n<!-- bench:start -->\nold\n<!-- bench:end -->\ntail\n",
+        )
+        .unwrap();
+        update_doc(&p, "new\n").unwrap();
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            "# P\n<!-- bench:start -->\nnew\n<!-- bench:end -->\ntail\n"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

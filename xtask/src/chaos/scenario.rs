@@ -1,0 +1,383 @@
+//! The scripted faults: which backend breaks how and when, and the windows of
+//! time that follow from the script (when each backend was broken, when none
+//! was healthy).
+//!
+//! Every scenario has the same shape, in eighths of its length `L`: a healthy
+//! lead-in until `2L/8`, the fault until `5L/8`, then the repair and `3L/8` to
+//! see the backend come back. The exceptions are said where they are defined.
+
+use std::time::Duration;
+
+use detour_testkit::Behavior;
+
+/// Backends behind every proxy, always three, named A, B and C in the tables.
+pub(crate) const BACKENDS: usize = 3;
+
+/// How long a slow backend waits before answering: well past every proxy's
+/// 400 ms per-try timeout, so a proxy that waits for it is visibly slow.
+pub(crate) const SLOW_DELAY: Duration = Duration::from_secs(1);
+
+/// What a scripted step does to one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Stop listening and reset every open connection (`Upstream::kill`):
+    /// connection attempts are refused by the kernel from then on.
+    Kill,
+    /// Listen again on the same port after a kill (`Upstream::restart`).
+    Restart,
+    /// Accept connections, read requests, never answer (`Behavior::hang`).
+    Hang,
+    /// Answer `503 Service Unavailable` to everything.
+    Unavailable,
+    /// Answer `200` after [`SLOW_DELAY`].
+    Slow,
+    /// Read the whole request, then reset the connection.
+    ResetAfterRequest,
+    /// Answer `200` at once again.
+    Heal,
+}
+
+impl Action {
+    /// The behavior this step installs, for the steps that change behavior
+    /// rather than the listener.
+    pub(crate) fn behavior(self) -> Option<Behavior> {
+        match self {
+            Action::Kill | Action::Restart => None,
+            Action::Hang => Some(Behavior::hang()),
+            Action::Unavailable => Some(Behavior::status(503)),
+            Action::Slow => Some(Behavior::slow(SLOW_DELAY)),
+            Action::ResetAfterRequest => Some(Behavior::reset_after_request()),
+            Action::Heal => Some(Behavior::ok()),
+        }
+    }
+
+    /// Whether the backend is broken after this step.
+    fn breaks(self) -> bool {
+        !matches!(self, Action::Restart | Action::Heal)
+    }
+}
+
+/// One step of a script: at `at` after the load started, do `action` to
+/// backend `backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Step {
+    /// Time since the load started.
+    pub(crate) at: Duration,
+    /// Index of the backend (0 = A).
+    pub(crate) backend: usize,
+    /// What happens to it.
+    pub(crate) action: Action,
+}
+
+/// A named script of faults under steady load.
+#[derive(Debug, Clone)]
+pub(crate) struct Scenario {
+    /// Short name, used by `--scenario`.
+    pub(crate) name: &'static str,
+    /// One line saying what happens, with times.
+    pub(crate) summary: String,
+    /// Backends killed before the proxy starts.
+    pub(crate) dead_at_start: Vec<usize>,
+    /// The faults and repairs, in time order.
+    pub(crate) steps: Vec<Step>,
+    /// How long the load runs.
+    pub(crate) length: Duration,
+}
+
+/// Every scenario's name, in the order they run.
+pub(crate) const NAMES: [&str; 8] = [
+    "killed",
+    "blackholed",
+    "503",
+    "flapping",
+    "slow",
+    "all-down",
+    "comes-back",
+    "post-reset",
+];
+
+/// The scenario called `name`, for a load of `length`.
+pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
+    let e = length / 8;
+    let (fault, repair) = (2 * e, 5 * e);
+    let step = |at: Duration, backend: usize, action: Action| Step {
+        at,
+        backend,
+        action,
+    };
+    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    let one =
+        |broken: Action, healed: Action| vec![step(fault, 1, broken), step(repair, 1, healed)];
+    let (summary, dead_at_start, steps) = match name {
+        "killed" => (
+            format!(
+                "B is killed (refuses connections, open ones reset) at {}, restarted at {}",
+                secs(fault),
+                secs(repair)
+            ),
+            vec![],
+            one(Action::Kill, Action::Restart),
+        ),
+        "blackholed" => (
+            format!(
+                "B accepts and reads requests but never answers from {} to {}",
+                secs(fault),
+                secs(repair)
+            ),
+            vec![],
+            one(Action::Hang, Action::Heal),
+        ),
+        "503" => (
+            format!(
+                "B answers 503 to everything from {} to {}",
+                secs(fault),
+                secs(repair)
+            ),
+            vec![],
+            one(Action::Unavailable, Action::Heal),
+        ),
+        "flapping" => (
+            format!(
+                "B is killed at {}, back at {}, killed at {}, back at {}",
+                secs(fault),
+                secs(3 * e),
+                secs(4 * e),
+                secs(repair)
+            ),
+            vec![],
+            vec![
+                step(fault, 1, Action::Kill),
+                step(3 * e, 1, Action::Restart),
+                step(4 * e, 1, Action::Kill),
+                step(repair, 1, Action::Restart),
+            ],
+        ),
+        "slow" => (
+            format!(
+                "B answers after {} (beyond the 400 ms per-try timeout) from {} to {}",
+                secs(SLOW_DELAY),
+                secs(fault),
+                secs(repair)
+            ),
+            vec![],
+            one(Action::Slow, Action::Heal),
+        ),
+        "all-down" => (
+            format!(
+                "A, B and C are killed at {}, all restarted at {}",
+                secs(fault),
+                secs(repair)
+            ),
+            vec![],
+            (0..BACKENDS)
+                .map(|b| step(fault, b, Action::Kill))
+                .chain((0..BACKENDS).map(|b| step(repair, b, Action::Restart)))
+                .collect(),
+        ),
+        // The proxy starts with B already dead, and it comes back at the
+        // usual fault time, leaving 6/8 of the run to see traffic return.
+        "comes-back" => (
+            format!(
+                "B is dead before the proxy starts and comes back at {}",
+                secs(fault)
+            ),
+            vec![1],
+            vec![step(fault, 1, Action::Restart)],
+        ),
+        "post-reset" => (
+            format!(
+                "B reads each request, then resets the connection, from {} to {}",
+                secs(fault),
+                secs(repair)
+            ),
+            vec![],
+            one(Action::ResetAfterRequest, Action::Heal),
+        ),
+        _ => return None,
+    };
+    Some(Scenario {
+        name: NAMES.iter().find(|n| **n == name)?,
+        summary,
+        dead_at_start,
+        steps,
+        length,
+    })
+}
+
+/// A stretch of time during which one backend was broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// Index of the backend.
+    pub(crate) backend: usize,
+    /// When it broke (zero if it was dead before the load started).
+    pub(crate) from: Duration,
+    /// When it was repaired; `None` if it stayed broken to the end.
+    pub(crate) to: Option<Duration>,
+    /// Killed: connection attempts are refused by the kernel, so the backend
+    /// cannot see (nor count) the attempts a proxy still makes.
+    pub(crate) refuses: bool,
+    /// Broken since before the proxy started.
+    pub(crate) from_start: bool,
+}
+
+impl Scenario {
+    /// The windows during which each backend was broken, from the script.
+    pub(crate) fn windows(&self) -> Vec<Window> {
+        let mut open: [Option<Window>; BACKENDS] = [None; BACKENDS];
+        for &b in &self.dead_at_start {
+            if let Some(slot) = open.get_mut(b) {
+                *slot = Some(Window {
+                    backend: b,
+                    from: Duration::ZERO,
+                    to: None,
+                    refuses: true,
+                    from_start: true,
+                });
+            }
+        }
+        let mut done = Vec::new();
+        let mut steps = self.steps.clone();
+        steps.sort_by_key(|s| s.at);
+        for s in steps {
+            let Some(slot) = open.get_mut(s.backend) else {
+                continue;
+            };
+            // A new fault on a broken backend ends the old window first.
+            if let Some(mut w) = slot.take() {
+                w.to = Some(s.at);
+                done.push(w);
+            }
+            if s.action.breaks() {
+                *slot = Some(Window {
+                    backend: s.backend,
+                    from: s.at,
+                    to: None,
+                    refuses: s.action == Action::Kill,
+                    from_start: false,
+                });
+            }
+        }
+        done.extend(open.into_iter().flatten());
+        done.sort_by_key(|w| (w.from, w.backend));
+        done
+    }
+}
+
+/// The intervals, within `[0, end)`, during which all `backends` were broken
+/// at once: the only time a client error is excused.
+pub(crate) fn all_down(
+    windows: &[Window],
+    backends: usize,
+    end: Duration,
+) -> Vec<(Duration, Duration)> {
+    let mut cuts: Vec<Duration> = vec![Duration::ZERO, end];
+    for w in windows {
+        cuts.push(w.from.min(end));
+        cuts.push(w.to.unwrap_or(end).min(end));
+    }
+    cuts.sort();
+    cuts.dedup();
+    let broken_at = |t: Duration, b: usize| {
+        windows
+            .iter()
+            .any(|w| w.backend == b && w.from <= t && w.to.is_none_or(|to| t < to))
+    };
+    let mut out: Vec<(Duration, Duration)> = Vec::new();
+    for pair in cuts.windows(2) {
+        let (a, z) = (pair[0], pair[1]);
+        // Between two cuts nothing changes, so its start speaks for it.
+        if (0..backends).all(|b| broken_at(a, b)) {
+            match out.last_mut() {
+                Some(last) if last.1 == a => last.1 = z,
+                _ => out.push((a, z)),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Duration = Duration::from_secs(8);
+
+    fn s(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn every_name_has_a_scenario() {
+        for name in NAMES {
+            let Some(sc) = scenario(name, L) else {
+                panic!("no scenario {name}");
+            };
+            assert_eq!(sc.name, name);
+            assert!(sc.steps.iter().all(|st| st.at < L && st.backend < BACKENDS));
+        }
+        assert!(scenario("nonsense", L).is_none());
+    }
+
+    #[test]
+    fn a_fault_and_its_repair_make_one_window() {
+        let w = scenario("503", L)
+            .map(|sc| sc.windows())
+            .unwrap_or_default();
+        assert_eq!(
+            w,
+            [Window {
+                backend: 1,
+                from: s(2),
+                to: Some(s(5)),
+                refuses: false,
+                from_start: false
+            }]
+        );
+    }
+
+    #[test]
+    fn flapping_makes_two_refusing_windows() {
+        let w = scenario("flapping", L)
+            .map(|sc| sc.windows())
+            .unwrap_or_default();
+        let spans: Vec<_> = w.iter().map(|w| (w.from, w.to, w.refuses)).collect();
+        assert_eq!(spans, [(s(2), Some(s(3)), true), (s(4), Some(s(5)), true)]);
+    }
+
+    #[test]
+    fn dead_at_start_opens_a_window_at_zero() {
+        let w = scenario("comes-back", L)
+            .map(|sc| sc.windows())
+            .unwrap_or_default();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].from_start && w[0].refuses);
+        assert_eq!((w[0].from, w[0].to), (Duration::ZERO, Some(s(2))));
+    }
+
+    #[test]
+    fn all_down_is_where_every_backend_is_broken() {
+        let sc = scenario("all-down", L);
+        let w = sc.map(|sc| sc.windows()).unwrap_or_default();
+        assert_eq!(all_down(&w, BACKENDS, L), [(s(2), s(5))]);
+        // One backend down never leaves none healthy.
+        let one = scenario("killed", L)
+            .map(|sc| sc.windows())
+            .unwrap_or_default();
+        assert!(all_down(&one, BACKENDS, L).is_empty());
+    }
+
+    #[test]
+    fn overlapping_windows_intersect() {
+        let w = |backend, from, to| Window {
+            backend,
+            from: s(from),
+            to,
+            refuses: true,
+            from_start: false,
+        };
+        let windows = [w(0, 1, Some(s(4))), w(1, 2, Some(s(6))), w(1, 7, None)];
+        assert_eq!(all_down(&windows, 2, L), [(s(2), s(4))]);
+        let tail = [w(0, 6, None), w(1, 7, None)];
+        assert_eq!(all_down(&tail, 2, L), [(s(7), L)]);
+    }
+}
