@@ -1,7 +1,9 @@
-//! [`HttpProxy`]: serves downstream HTTP/1.1 with hyper and drives the user's
-//! [`ProxyHttp`] hooks, the upstream pool and the retry loop.
+//! [`HttpProxy`]: serves downstream HTTP/1.1 and HTTP/2 (cleartext or TLS)
+//! with hyper and drives the user's [`ProxyHttp`] hooks, the upstream pool
+//! and the retry loop.
 
 pub(crate) mod body;
+mod conn;
 pub(crate) mod engine;
 pub(crate) mod forward;
 mod tunnel;
@@ -21,7 +23,7 @@ use tokio::sync::watch;
 
 pub use body::{ProxyBody, UpstreamBody};
 
-use crate::config::{LimitsConfig, PoolConfig, ServerConfig};
+use crate::config::{Http2Config, LimitsConfig, PoolConfig, ServerConfig};
 use crate::upstream::pool::Pool;
 use crate::upstream::{Connect, TcpConnector};
 use forward::{Forwarding, RequestIds};
@@ -35,6 +37,7 @@ pub(crate) struct Shared<P, C> {
     pub(crate) forwarding: Forwarding,
     pub(crate) proxy_name: Arc<str>,
     pub(crate) limits: LimitsConfig,
+    pub(crate) http2: Http2Config,
     pub(crate) pool_config: PoolConfig,
     pub(crate) ids: RequestIds,
     pub(crate) draining: AtomicBool,
@@ -130,6 +133,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
                 forwarding: Forwarding::new(c.forwarding, &c.proxy_name),
                 proxy_name: c.proxy_name.into(),
                 limits: c.limits,
+                http2: c.http2,
                 pool_config: c.pool,
                 ids: RequestIds::new(),
                 draining: AtomicBool::new(false),
