@@ -332,6 +332,14 @@ impl std::fmt::Debug for TlsClient {
 }
 
 impl TlsClient {
+    /// The TLS a peer carries: this configuration and `server_name` (SNI).
+    pub fn peer_tls(&self, server_name: Arc<str>) -> detour_core::PeerTls {
+        detour_core::PeerTls {
+            server_name,
+            client: Arc::clone(&self.config) as Arc<dyn std::any::Any + Send + Sync>,
+        }
+    }
+
     /// Build from `tls` (fields named under `at`); ALPN offers `h2` first when
     /// `http2`, and `http/1.1` always.
     ///
@@ -370,4 +378,10 @@ impl TlsClient {
             config: Arc::new(config),
         })
     }
+}
+/// Check an upstream `sni` value, naming `at` when it is no server name.
+pub(crate) fn check_sni(sni: &str, at: &str) -> Result<(), ConfigError> {
+    ServerName::try_from(sni)
+        .map(|_| ())
+        .map_err(|_| ConfigError::field(at, format!("{sni:?} is not a DNS name or IP address")))
 }

@@ -21,12 +21,12 @@ use http::{response, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::{Finish, ProxyBody, PumpError, RequestBody, Rest, UpFrame, Upload, UpstreamBody};
 use super::forward::{self, strip_hop_by_hop};
 use super::{tunnel, HttpProxy};
+use crate::upstream::dial::{self, Conn};
 use crate::upstream::pool::{keep_alive_limit, Sender};
 use crate::upstream::Connect;
 
@@ -34,15 +34,22 @@ use crate::upstream::Connect;
 pub(crate) fn classify_hyper(e: hyper::Error) -> Error {
     let mut io_kind = None;
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    let mut h2_kind = None;
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             io_kind = Some(io.kind());
+            break;
+        }
+        if let Some(k) = dial::h2_kind(s) {
+            h2_kind = Some(k);
             break;
         }
         src = s.source();
     }
     let kind = if e.is_parse() || e.is_parse_status() {
         ErrorKind::InvalidResponse
+    } else if let Some(k) = h2_kind {
+        k
     } else if let Some(k) = io_kind {
         ErrorKind::from_io(k)
     } else if e.is_timeout() {
@@ -82,7 +89,9 @@ fn proxy_status(proxy: &str, detail: &str, upstream: Option<&str>) -> Option<Hea
 pub(crate) struct AttemptOk {
     head: response::Parts,
     body: Incoming,
-    sender: Sender,
+    /// The HTTP/1.1 connection to pool once the body is read (an HTTP/2
+    /// connection stays in its own pool all along).
+    sender: Option<Sender>,
     reused: bool,
     /// The response head came before the whole request body went up: the
     /// channel that still needs the rest of it.
@@ -545,7 +554,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
     }
 
-    async fn connect(&self, peer: &HttpPeer) -> Result<Sender, AttemptErr> {
+    async fn connect(&self, peer: &HttpPeer) -> Result<Conn, AttemptErr> {
         let failed = |err: Error| AttemptErr {
             err,
             commit: CommitPoint::NotConnected,
@@ -568,16 +577,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             }
             Ok(Ok(io)) => io,
         };
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| failed(classify_hyper(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::trace!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        let conn = dial::handshake(io, peer).await.map_err(failed)?;
+        if let Conn::H2(s) = &conn {
+            self.h2pool.insert(peer.addr, s);
+        }
+        Ok(conn)
     }
 
     async fn attempt_inner<B>(
@@ -599,12 +603,15 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         // used just now, so a backend's idle close cannot race it.
         let window = (!session.is_safe()).then_some(sh.pool_config.unsafe_max_idle);
         let mut pooled = None;
-        while let Some(mut s) = (!mode.fresh)
+        if peer.http2 && !mode.fresh {
+            pooled = self.h2pool.checkout(peer.addr).map(Conn::H2);
+        }
+        while let Some(mut s) = (!mode.fresh && pooled.is_none())
             .then(|| self.pool.checkout(peer.addr, window))
             .flatten()
         {
             if s.ready().await.is_ok() {
-                pooled = Some(s);
+                pooled = Some(Conn::H1(s));
                 break;
             }
         }
@@ -637,7 +644,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             }
             None => (UpstreamBody::empty(), None),
         };
-        let send = sender.try_send_request(Request::from_parts(head, up_body));
+        sender.adapt_head(&mut head, peer);
+        let send = sender.send(Request::from_parts(head, up_body));
         // From here bytes may be on the wire: only hyper handing the request
         // back proves it unsent. A timeout from now on is not "never sent".
         progress.commit = if tx.is_some() {
@@ -690,7 +698,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 Ok(AttemptOk {
                     head,
                     body,
-                    sender,
+                    sender: sender.into_h1(),
                     reused,
                     upload: if pump_done { None } else { tx },
                 })
@@ -782,7 +790,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             return Response::from_parts(head, ProxyBody::full(Bytes::new()));
         }
 
-        let pool = (!upstream_closes).then(|| (Arc::clone(&self.pool), sender, keep_for));
+        let pool = sender
+            .filter(|_| !upstream_closes)
+            .map(|sender| (Arc::clone(&self.pool), sender, keep_for));
         if body.is_end_stream() {
             // Nothing to stream: the connection is free now.
             if let Some((pool, sender, keep_for)) = pool {

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 pub use body::{ProxyBody, UpstreamBody};
 
 use crate::config::{Http2Config, LimitsConfig, PoolConfig, ServerConfig};
+use crate::upstream::h2pool::H2Pool;
 use crate::upstream::pool::Pool;
 use crate::upstream::{Connect, TcpConnector};
 use forward::{Forwarding, RequestIds};
@@ -54,6 +55,7 @@ pub(crate) struct Shared<P, C> {
 pub struct HttpProxy<P, C = TcpConnector> {
     pub(crate) shared: Arc<Shared<P, C>>,
     pub(crate) pool: Arc<Pool>,
+    pub(crate) h2pool: Arc<H2Pool>,
 }
 
 impl<P, C> Clone for HttpProxy<P, C> {
@@ -61,6 +63,7 @@ impl<P, C> Clone for HttpProxy<P, C> {
         HttpProxy {
             shared: Arc::clone(&self.shared),
             pool: Arc::clone(&self.pool),
+            h2pool: Arc::clone(&self.h2pool),
         }
     }
 }
@@ -125,6 +128,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
         let (hard_stop, _) = watch::channel(false);
         HttpProxy {
             pool: Arc::new(Pool::new(c.pool.max_idle_per_peer)),
+            h2pool: Arc::new(H2Pool::default()),
             shared: Arc::new(Shared {
                 proxy: Arc::new(self.proxy),
                 connector: self.connector,
@@ -156,6 +160,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         HttpProxy {
             shared: Arc::clone(&self.shared),
             pool: Arc::new(Pool::new(self.shared.pool_config.max_idle_per_peer)),
+            h2pool: Arc::new(H2Pool::default()),
         }
     }
 
