@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::body::{Finish, ProxyBody, PumpError, RequestBody, Rest, UpFrame, Upload, UpstreamBody};
 use super::forward::{self, strip_hop_by_hop};
-use super::{tunnel, HttpProxy};
+use super::{grpc, tunnel, HttpProxy};
 use crate::upstream::dial::{self, Conn};
 use crate::upstream::pool::{keep_alive_limit, Sender};
 use crate::upstream::Connect;
@@ -96,6 +96,8 @@ pub(crate) struct AttemptOk {
     /// The response head came before the whole request body went up: the
     /// channel that still needs the rest of it.
     upload: Option<tokio::sync::mpsc::Sender<UpFrame>>,
+    /// A gRPC answer whose outcome waits for its trailers.
+    grpc: Option<grpc::Pending>,
 }
 
 /// An attempt failed, having got as far as `commit`.
@@ -217,6 +219,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         if let Some(d) = policy.deadline {
             session.set_deadline(session.started() + d);
         }
+        // gRPC rides on HTTP/2 only: the HTTP/1.1 path pays one comparison.
+        let grpc_call = grpc::is_call(session.req());
+        if grpc_call {
+            if let Some(t) = grpc::timeout(session.req()) {
+                let at = session.started() + t;
+                if session.deadline().is_none_or(|d| at < d) {
+                    session.set_deadline(at);
+                }
+            }
+        }
         let mut body = (!body.is_end_stream()).then(|| {
             RequestBody::new(
                 body,
@@ -255,8 +267,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             // body carries it on (full duplex), so it cannot be replayed.
             let mut rest: Option<Box<dyn Upload<P>>> = None;
             if let Ok(ok) = &mut result {
-                if let (Some(tx), Some(b)) = (ok.upload.take(), body.take()) {
-                    rest = Some(Box::new(Rest::new(b, tx)));
+                // Only take the body when an upload is really unfinished: a
+                // tuple pattern would take (and drop) it in any case, and a
+                // retry would then go out without its body.
+                if let Some(tx) = ok.upload.take() {
+                    if let Some(b) = body.take() {
+                        rest = Some(Box::new(Rest::new(b, tx)));
+                    }
                 }
             }
             let replay_intact = rest.is_none() && body.as_ref().is_none_or(|b| b.replayable());
@@ -267,8 +284,12 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             let mut held = None;
             let mut last_err = None;
             match result {
-                Ok(ok) => {
-                    let status = ok.head.status.as_u16();
+                Ok(mut ok) => {
+                    let status = if grpc_call {
+                        grpc::effective_status(&ok.head)
+                    } else {
+                        ok.head.status.as_u16()
+                    };
                     let policy_says = policy.retries_status(status);
                     // Every 5xx is reported as the backend's failure, and so is
                     // a status the policy retries; breakers and outlier
@@ -278,14 +299,23 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     } else {
                         OutcomeClass::Success
                     };
-                    self.report(
-                        &peer,
-                        class,
-                        Some(status),
-                        latency,
-                        CommitPoint::ResponseStarted,
-                        &session,
-                    );
+                    if grpc_call && grpc::outcome_in_trailers(&ok.head) {
+                        // Reported when the trailers arrive (see grpc.rs).
+                        ok.grpc = Some(grpc::Pending {
+                            observers: sh.observers.clone(),
+                            latency,
+                            attempt: session.attempt(),
+                        });
+                    } else {
+                        self.report(
+                            &peer,
+                            class,
+                            Some(status),
+                            latency,
+                            CommitPoint::ResponseStarted,
+                            &session,
+                        );
+                    }
                     let wants = status != 101
                         && proxy.should_retry_response(&session, &ok.head, policy_says, &mut ctx);
                     if !wants {
@@ -701,6 +731,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     sender: sender.into_h1(),
                     reused,
                     upload: if pump_done { None } else { tx },
+                    grpc: None,
                 })
             }
             Err(mut e) => {
@@ -731,6 +762,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             mut head,
             body,
             sender,
+            grpc: grpc_pending,
             ..
         } = ok;
         let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -798,6 +830,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             if let Some((pool, sender, keep_for)) = pool {
                 pool.checkin(peer.addr, sender, keep_for);
             }
+            if let Some(p) = grpc_pending {
+                p.report(&peer, None, None);
+            }
             drop(peer);
             proxy.logging(&mut session, None, &mut ctx);
             return Response::from_parts(head, ProxyBody::full(Bytes::new()));
@@ -809,6 +844,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             ctx,
             peer,
             pool,
+            grpc: grpc_pending,
         };
         Response::from_parts(head, ProxyBody::streaming(body, read_timeout, finish, rest))
     }
@@ -864,9 +900,14 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let mut head = Response::new(()).into_parts().0;
         head.status = status;
         let reason = status.canonical_reason().unwrap_or("");
-        let text = Bytes::from(format!("{} {}\n", status.as_u16(), reason));
+        let mut text = Bytes::from(format!("{} {}\n", status.as_u16(), reason));
         head.headers
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        if grpc::is_call(session.req()) {
+            // A gRPC client reads grpc-status, not a page.
+            grpc::shape_error(&mut head, &err);
+            text = Bytes::new();
+        }
         let detail = format!("error={}", err.kind().proxy_status_type());
         if let Some(v) = proxy_status(&sh.proxy_name, &detail, upstream) {
             head.headers.insert("proxy-status", v);

@@ -193,6 +193,16 @@ impl Forwarding {
     ) -> request::Parts {
         let mut headers = down.headers.clone();
         strip_hop_by_hop(&mut headers, upgrade);
+        // `TE: trailers` is end to end in practice: gRPC servers want it.
+        // Only HTTP/2 clients (gRPC) are looked at, so HTTP/1.1 pays nothing.
+        if down.version == Version::HTTP_2
+            && down
+                .headers
+                .get(header::TE)
+                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         // We answer `Expect: 100-continue` ourselves: the client's body is read
         // only once an upstream is connected.
         headers.remove(header::EXPECT);

@@ -6,6 +6,7 @@ pub(crate) mod body;
 mod conn;
 pub(crate) mod engine;
 pub(crate) mod forward;
+mod grpc;
 mod tunnel;
 
 use std::convert::Infallible;

@@ -32,6 +32,8 @@ pub enum Mode {
     GrpcInHeaders(u32),
     /// gRPC: a message, then this status in the trailers.
     GrpcInTrailers(u32),
+    /// gRPC: wait, then answer OK (status 0 in the trailers).
+    GrpcSlow(Duration),
 }
 
 /// One request as the backend saw it.
@@ -217,6 +219,18 @@ async fn handle(
                 .unwrap();
             resp.headers_mut().extend(grpc(status));
             let _ = respond.send_response(resp, true);
+        }
+        Mode::GrpcSlow(delay) => {
+            tokio::time::sleep(delay).await;
+            let resp = Response::builder()
+                .status(200)
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            if let Ok(mut s) = respond.send_response(resp, false) {
+                let _ = s.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+                let _ = s.send_trailers(grpc(0));
+            }
         }
         Mode::GrpcInTrailers(status) => {
             let resp = Response::builder()
