@@ -316,3 +316,38 @@ async fn curl_over_tls_h2_and_http11_when_installed() {
         assert_eq!(text, format!("via curl\n{want} 200"), "{flag}");
     }
 }
+
+/// Runs h2load (nghttp2) against `url`; `None` when it is not installed.
+async fn h2load(url: &str, extra: &[&str]) -> Option<String> {
+    let out = tokio::process::Command::new("h2load")
+        .args(["-n", "4000", "-c", "4", "-m", "16"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .await
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2load_through_the_proxy_over_h2c_and_tls() {
+    let backend = Upstream::start(Behavior::ok()).await.unwrap();
+    let cert = TestCert::new(&["localhost"]);
+    let c = listener_config(vec![
+        ListenerConfig::new(local()).with_protocols(&[AppProtocol::H2]),
+        ListenerConfig::new(local()).with_tls(&cert.cert, &cert.key),
+    ]);
+    let p = start(&[backend.addr()], c);
+    let (h2c, tls) = (p.handle.addrs()[0], p.handle.addrs()[1]);
+    let Some(out) = h2load(&format!("http://{h2c}/"), &[]).await else {
+        eprintln!("h2load not installed: skipped");
+        return;
+    };
+    assert!(out.contains("4000 succeeded, 0 failed, 0 errored"), "{out}");
+    let out = h2load(&format!("https://localhost:{}/", tls.port()), &[])
+        .await
+        .unwrap();
+    // h2load does not verify certificates; it negotiates h2 by ALPN.
+    assert!(out.contains("Application protocol: h2"), "{out}");
+    assert!(out.contains("4000 succeeded, 0 failed, 0 errored"), "{out}");
+}

@@ -649,7 +649,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         progress.reused = reused;
         let mut sender = match pooled {
             Some(s) => s,
-            None => self.connect(peer).await?,
+            // Boxed: dialing (TLS handshake included) is a large future that
+            // would otherwise make every request's future bigger, and it only
+            // runs for a new connection.
+            None => Box::pin(self.connect(peer)).await?,
         };
         progress.commit = CommitPoint::Connected;
         let at = |err, commit| AttemptErr::new(err, commit, reused);
