@@ -86,7 +86,8 @@ impl std::fmt::Debug for ServerHandle {
 }
 
 impl ServerHandle {
-    /// The addresses the server listens on (ports resolved when 0 was asked).
+    /// The addresses the server listens on (ports resolved when 0 was asked):
+    /// the `listen` addresses, then the `[[server.listeners]]`, in order.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }

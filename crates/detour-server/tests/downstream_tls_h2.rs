@@ -351,3 +351,40 @@ async fn h2load_through_the_proxy_over_h2c_and_tls() {
     assert!(out.contains("Application protocol: h2"), "{out}");
     assert!(out.contains("4000 succeeded, 0 failed, 0 errored"), "{out}");
 }
+
+#[tokio::test]
+async fn upgrades_still_tunnel_over_tls_http11() {
+    let backend = Upstream::start(Behavior::upgrade()).await.unwrap();
+    let cert = TestCert::new(&["localhost"]);
+    let c = listener_config(vec![
+        ListenerConfig::new(local()).with_tls(&cert.cert, &cert.key)
+    ]);
+    let p = start(&[backend.addr()], c);
+    let mut tls = tls_connect(
+        p.addr(),
+        "localhost",
+        client_config(&[&cert.der], &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: h\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tls.write_all(b"ping over tls").await.unwrap();
+    let mut echoed = [0u8; 13];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"ping over tls");
+}

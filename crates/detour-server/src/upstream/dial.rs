@@ -2,7 +2,9 @@
 //! ALPN) when the peer asks for it, then an HTTP/1.1 or HTTP/2 handshake.
 //!
 //! The result is a [`Conn`]: an enum, not a boxed trait object, so the
-//! HTTP/1.1 path pays one match per request and nothing else.
+//! HTTP/1.1 path pays one match per request and nothing else. HTTP/1.1
+//! connections, TLS or not, go back to the idle pool keyed by address alone:
+//! one backend address is spoken to one way.
 
 use std::future::Future;
 use std::pin::Pin;

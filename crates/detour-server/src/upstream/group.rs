@@ -229,6 +229,16 @@ impl UpstreamConfig {
         if let Some(c) = &self.concurrency {
             c.validate().map_err(breaker)?;
         }
+        // Active HTTP checks speak cleartext HTTP/1.1: against TLS or h2c
+        // backends every check would fail and take them all out of service.
+        if let Some(h) = &self.health {
+            if h.kind == detour_health::CheckKind::Http && (self.tls.is_some() || self.http2) {
+                return Err(ConfigError::field(
+                    at("health.kind"),
+                    "HTTP checks speak cleartext HTTP/1.1; with tls or http2 use kind = \"tcp\"",
+                ));
+            }
+        }
         if let Some(t) = &self.tls {
             if let Some(sni) = &t.sni {
                 crate::tls::check_sni(sni, &at("tls.sni"))?;
