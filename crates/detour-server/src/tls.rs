@@ -3,7 +3,7 @@
 //! Downstream: a listener's certificates come from PEM files; with several,
 //! the one whose names match the client's SNI is served (the first when none
 //! match or no name was sent). The `rustls::ServerConfig` sits behind an
-//! `ArcSwap`, so [`ServerTls::reload`] swaps certificates for new
+//! `ArcSwap`, so a reload (`ServerHandle::reload_tls`) swaps certificates for new
 //! connections without a restart while the ones already open carry on.
 //!
 //! Upstream: [`TlsClient`] is one client configuration per upstream (roots,

@@ -388,3 +388,22 @@ async fn upgrades_still_tunnel_over_tls_http11() {
         .unwrap();
     assert_eq!(&echoed, b"ping over tls");
 }
+
+#[tokio::test]
+async fn the_stream_limit_is_advertised_to_clients() {
+    let backend = Upstream::start(Behavior::ok()).await.unwrap();
+    let mut c = ServerConfig::default();
+    c.listen = Vec::new();
+    c.listeners = vec![ListenerConfig::new(local()).with_protocols(&[AppProtocol::H2])];
+    c.http2.max_concurrent_streams = 7;
+    let p = start(&[backend.addr()], c.validate().unwrap());
+    let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    let (client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    // Drive the connection until the server's SETTINGS arrived.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while conn.max_concurrent_send_streams() != 7 && tokio::time::Instant::now() < deadline {
+        let _ = tokio::time::timeout(Duration::from_millis(20), &mut conn).await;
+    }
+    assert_eq!(conn.max_concurrent_send_streams(), 7);
+    drop(client);
+}
