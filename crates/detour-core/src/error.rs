@@ -26,6 +26,9 @@ pub enum ErrorKind {
     ConnectionReset,
     /// The peer closed the connection before the exchange completed.
     ConnectionClosed,
+    /// The upstream refused the request unprocessed: an HTTP/2 stream reset
+    /// with `REFUSED_STREAM`, or above the last stream id of a `GOAWAY`.
+    StreamRefused,
     /// No byte arrived within the read timeout (or the per-try timeout ran out
     /// while waiting for response headers).
     ReadTimeout,
@@ -62,6 +65,7 @@ impl ErrorKind {
             ErrorKind::ConnectTimeout => "connection_timeout",
             ErrorKind::TlsHandshake => "tls_protocol_error",
             ErrorKind::ConnectionReset | ErrorKind::ConnectionClosed => "connection_terminated",
+            ErrorKind::StreamRefused => "connection_refused",
             ErrorKind::ReadTimeout => "connection_read_timeout",
             ErrorKind::WriteTimeout => "connection_write_timeout",
             ErrorKind::InvalidResponse => "http_protocol_error",
@@ -79,7 +83,10 @@ impl ErrorKind {
     pub fn never_reached_upstream(self) -> bool {
         matches!(
             self,
-            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshake
+            ErrorKind::ConnectRefused
+                | ErrorKind::ConnectTimeout
+                | ErrorKind::TlsHandshake
+                | ErrorKind::StreamRefused
         )
     }
 
@@ -158,6 +165,7 @@ impl fmt::Display for ErrorKind {
                     ErrorKind::TlsHandshake => "TLS handshake failed",
                     ErrorKind::ConnectionReset => "connection reset",
                     ErrorKind::ConnectionClosed => "connection closed",
+                    ErrorKind::StreamRefused => "stream refused",
                     ErrorKind::ReadTimeout => "read timeout",
                     ErrorKind::WriteTimeout => "write timeout",
                     ErrorKind::InvalidResponse => "invalid response",

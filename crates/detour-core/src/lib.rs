@@ -46,7 +46,7 @@ pub use backend::{AdmissionGate, Backend, BackendState, GateState, Permit, Remov
 pub use commit::CommitPoint;
 pub use error::{BoxError, Error, ErrorKind, ErrorSide, Result, RetryHint};
 pub use observe::{AttemptOutcome, Observer, OutcomeClass};
-pub use peer::{HttpPeer, PeerOptions, RetryBudgetGate};
+pub use peer::{HttpPeer, PeerOptions, PeerTls, RetryBudgetGate};
 pub use proxy::ProxyHttp;
 pub use retry::{RetryDecision, RetryPolicy};
 pub use session::Session;

@@ -53,6 +53,29 @@ impl Default for PeerOptions {
     }
 }
 
+/// TLS to a peer: the server name to send (SNI) and verify, and the client
+/// configuration to handshake with.
+///
+/// The configuration is opaque to this crate (which does no I/O of its own):
+/// `detour-server`'s `tls::TlsClient::peer_tls` makes one, built once per
+/// upstream, so a peer only carries two reference counts.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// The name sent as SNI and checked against the certificate (a DNS name
+    /// or an IP address).
+    pub server_name: Arc<str>,
+    /// The TLS client configuration (a `rustls::ClientConfig`).
+    pub client: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The destination of one attempt.
 pub struct HttpPeer {
     /// Address to connect to.
@@ -61,6 +84,12 @@ pub struct HttpPeer {
     pub upstream: Arc<str>,
     /// Timeouts and options.
     pub options: PeerOptions,
+    /// TLS to the peer; cleartext when `None`.
+    pub tls: Option<PeerTls>,
+    /// Speak HTTP/2: with TLS, offer `h2` first in ALPN (the peer may still
+    /// choose HTTP/1.1); in cleartext, HTTP/2 by prior knowledge (h2c).
+    /// HTTP/2 connections are shared by concurrent requests.
+    pub http2: bool,
     backend: Option<Arc<Backend>>,
     permit: Option<Permit>,
     budget: Option<Arc<dyn RetryBudgetGate>>,
@@ -75,6 +104,8 @@ impl std::fmt::Debug for HttpPeer {
             .field("addr", &self.addr)
             .field("upstream", &self.upstream)
             .field("options", &self.options)
+            .field("tls", &self.tls)
+            .field("http2", &self.http2)
             .field("admitted", &self.permit.is_some())
             .field("budget", &self.budget.is_some())
             .finish_non_exhaustive()
@@ -101,6 +132,8 @@ impl HttpPeer {
             addr,
             upstream: upstream.into(),
             options: PeerOptions::default(),
+            tls: None,
+            http2: false,
             backend: None,
             permit: None,
             budget: None,
@@ -118,6 +151,8 @@ impl HttpPeer {
             addr: backend.addr(),
             upstream: upstream.into(),
             options: PeerOptions::default(),
+            tls: None,
+            http2: false,
             backend: Some(backend),
             permit: Some(permit),
             budget: None,
@@ -133,6 +168,8 @@ impl HttpPeer {
             addr: backend.addr(),
             upstream: upstream.into(),
             options: PeerOptions::default(),
+            tls: None,
+            http2: false,
             backend: Some(backend),
             permit: None,
             budget: None,
@@ -140,6 +177,18 @@ impl HttpPeer {
             policy: None,
             guard: None,
         }
+    }
+
+    /// Speak TLS to the peer.
+    pub fn with_tls(mut self, tls: PeerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Speak HTTP/2 to the peer (see [`HttpPeer::http2`]).
+    pub fn with_http2(mut self, http2: bool) -> Self {
+        self.http2 = http2;
+        self
     }
 
     /// Replace the options.

@@ -322,8 +322,9 @@ impl RetryDecision {
 ///
 /// * response bytes went downstream → never;
 /// * the replay buffer no longer holds the whole body → never;
-/// * the request provably did not reach the upstream (not connected, or
-///   connected with nothing written) → yes, any method, if the kind is retriable;
+/// * the request provably did not reach the upstream (not connected,
+///   connected with nothing written, or an HTTP/2 stream the upstream
+///   refused) → yes, any method, if the kind is retriable;
 /// * otherwise → only a safe request whose body is still replayable, and only
 ///   for a retriable kind or status.
 ///
@@ -345,7 +346,11 @@ pub fn decide(policy: &RetryPolicy, f: &AttemptFacts) -> RetryDecision {
         // are gone: the retry would carry a truncated body.
         return RetryDecision::Stop(NoRetry::BodyNotReplayable);
     }
-    if f.commit.request_unsent() {
+    // An HTTP/2 stream the upstream refused (REFUSED_STREAM, or above a
+    // GOAWAY's last stream id) was provably not processed, however far the
+    // bytes got.
+    let refused = f.kind.never_reached_upstream() && f.commit < CommitPoint::ResponseStarted;
+    if f.commit.request_unsent() || refused {
         // Nothing was written: the upstream cannot have acted on the request.
         if stale || policy.retries_kind(f.kind) || f.kind.never_reached_upstream() {
             return RetryDecision::Retry {
@@ -401,6 +406,7 @@ mod tests {
                             ErrorKind::InvalidResponse,
                             ErrorKind::HttpStatus(503),
                             ErrorKind::HttpStatus(500),
+                            ErrorKind::StreamRefused,
                         ] {
                             let f = AttemptFacts {
                                 kind,
@@ -418,8 +424,10 @@ mod tests {
                                 RetryDecision::Stop(NoRetry::Committed)
                             } else if !replay_intact {
                                 RetryDecision::Stop(NoRetry::BodyNotReplayable)
-                            } else if commit <= Connected {
-                                if kind_ok || kind == ErrorKind::ConnectRefused {
+                            } else if commit <= Connected
+                                || (kind.never_reached_upstream() && commit < ResponseStarted)
+                            {
+                                if kind_ok || kind.never_reached_upstream() {
                                     RetryDecision::Retry {
                                         stale_connection: stale,
                                     }
@@ -455,6 +463,13 @@ mod tests {
         };
         // A POST that never reached the upstream is retried.
         assert!(decide(&p, &facts(ErrorKind::ConnectRefused, NotConnected, false)).is_retry());
+        // A POST on an HTTP/2 stream the upstream refused is retried…
+        assert!(decide(&p, &facts(ErrorKind::StreamRefused, RequestSent, false)).is_retry());
+        // …but a POST whose bytes were written and then reset is not.
+        assert_eq!(
+            decide(&p, &facts(ErrorKind::ConnectionReset, RequestSent, false)),
+            RetryDecision::Stop(NoRetry::NotSafe)
+        );
         // A POST whose bytes were written is never retried.
         assert_eq!(
             decide(&p, &facts(ErrorKind::ConnectionReset, RequestSent, false)),

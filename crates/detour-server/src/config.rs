@@ -72,8 +72,14 @@ pub enum RuntimeModel {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Addresses to listen on. Default `["127.0.0.1:8080"]`.
+    /// Plain HTTP/1.1 addresses to listen on. Default `["127.0.0.1:8080"]`
+    /// when no `[[server.listeners]]` are given either, else none.
+    #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// Listeners with TLS or HTTP/2 (`[[server.listeners]]`). Default none.
+    pub listeners: Vec<ListenerConfig>,
+    /// Downstream HTTP/2 settings (`[server.http2]`).
+    pub http2: Http2Config,
     /// Worker threads. Default 1.
     pub threads: usize,
     /// How workers run. Default `per_worker`.
@@ -96,7 +102,9 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            listen: vec![default_listen()],
+            listeners: Vec::new(),
+            http2: Http2Config::default(),
             threads: 1,
             runtime: RuntimeModel::PerWorker,
             grace_period: Duration::from_secs(10),
@@ -105,6 +113,144 @@ impl Default for ServerConfig {
             pool: PoolConfig::default(),
             forwarding: ForwardingConfig::default(),
             retry: RetryPolicy::default(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// An application protocol a listener speaks (named as in ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AppProtocol {
+    /// `"http/1.1"`.
+    Http11,
+    /// `"h2"`: HTTP/2 (over TLS by ALPN; on a cleartext listener, by prior
+    /// knowledge).
+    H2,
+}
+
+impl<'de> Deserialize<'de> for AppProtocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "http/1.1" => Ok(AppProtocol::Http11),
+            "h2" => Ok(AppProtocol::H2),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown protocol {other:?} (expected \"h2\" or \"http/1.1\")"
+            ))),
+        }
+    }
+}
+
+/// One `[[server.listeners]]` entry: an address with its protocols and,
+/// optionally, TLS.
+///
+/// ```toml
+/// [[server.listeners]]
+/// addr = "0.0.0.0:8443"
+/// tls = { cert = "site.pem", key = "site.key" }
+/// protocols = ["h2", "http/1.1"]   # ALPN order; the default with TLS
+///
+/// [[server.listeners]]
+/// addr = "127.0.0.1:8081"
+/// protocols = ["h2"]               # cleartext HTTP/2 (prior knowledge)
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ListenerConfig {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Certificates: `{ cert, key }` or a list of them chosen by SNI.
+    /// Cleartext when absent.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ListenerTls>,
+    /// Protocols in order of preference. Default `["h2", "http/1.1"]` with
+    /// TLS, `["http/1.1"]` without. On a cleartext listener `["h2"]` means
+    /// HTTP/2 by prior knowledge, and both means either (told apart by the
+    /// HTTP/2 preface).
+    #[serde(default)]
+    pub protocols: Vec<AppProtocol>,
+}
+
+impl ListenerConfig {
+    /// A cleartext HTTP/1.1 listener at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        ListenerConfig {
+            addr,
+            tls: None,
+            protocols: Vec::new(),
+        }
+    }
+
+    /// Serve TLS with this certificate and key (PEM files).
+    pub fn with_tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        let pair = crate::tls::CertKeyFiles {
+            cert: cert.into(),
+            key: key.into(),
+        };
+        match &mut self.tls {
+            Some(t) => t.certs.push(pair),
+            None => {
+                self.tls = Some(crate::tls::ListenerTls { certs: vec![pair] });
+            }
+        }
+        self
+    }
+
+    /// Speak these protocols, in order of preference.
+    pub fn with_protocols(mut self, protocols: &[AppProtocol]) -> Self {
+        self.protocols = protocols.to_vec();
+        self
+    }
+
+    /// The protocols in effect (the default when none were listed).
+    pub fn effective_protocols(&self) -> Vec<AppProtocol> {
+        if !self.protocols.is_empty() {
+            self.protocols.clone()
+        } else if self.tls.is_some() {
+            vec![AppProtocol::H2, AppProtocol::Http11]
+        } else {
+            vec![AppProtocol::Http11]
+        }
+    }
+}
+
+/// Downstream HTTP/2 (`[server.http2]`): stream limits and the protection
+/// against rapid-reset floods (CVE-2023-44487).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Http2Config {
+    /// Streams one client connection may have open at once. Default 128.
+    pub max_concurrent_streams: u32,
+    /// Streams a client may reset before the server has even taken them up;
+    /// past this the connection is closed with GOAWAY (`ENHANCE_YOUR_CALM`):
+    /// the rapid-reset defence. Default 20.
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the server may have to reset because of the client's errors
+    /// before it closes the connection with GOAWAY. Default 1024.
+    pub max_local_error_reset_streams: usize,
+    /// Send a PING this often on an idle connection (off when absent).
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_interval: Option<Duration>,
+    /// Close the connection when a PING is not answered within this.
+    /// Default 20 s.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: 128,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            keep_alive_interval: None,
+            keep_alive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -259,10 +405,34 @@ impl ServerConfig {
     /// # Errors
     /// A [`ConfigError`] naming the first field whose value makes no sense.
     pub fn validate(mut self) -> Result<Self, ConfigError> {
-        if self.listen.is_empty() {
+        if self.listen.is_empty() && self.listeners.is_empty() {
+            self.listen.push(default_listen());
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = format!("server.listeners[{i}]");
+            let protocols = l.effective_protocols();
+            for (j, p) in protocols.iter().enumerate() {
+                if protocols[..j].contains(p) {
+                    return Err(ConfigError::field(
+                        format!("{at}.protocols"),
+                        format!("{p:?} is listed twice"),
+                    ));
+                }
+            }
+            if let Some(tls) = &l.tls {
+                crate::tls::ServerTls::load(tls, &format!("{at}.tls"), Vec::new())?;
+            }
+        }
+        if self.http2.max_concurrent_streams == 0 {
             return Err(ConfigError::field(
-                "server.listen",
-                "at least one address is needed",
+                "server.http2.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if self.http2.keep_alive_timeout.is_zero() {
+            return Err(ConfigError::field(
+                "server.http2.keep_alive_timeout",
+                "must be longer than zero",
             ));
         }
         if self.threads == 0 || self.threads > 1024 {

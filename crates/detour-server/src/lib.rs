@@ -3,9 +3,11 @@
 //!
 //! # Layout
 //! - [`server`]: [`Server`] — config file + command line, workers, signals.
-//! - [`proxy`]: [`HttpProxy`] — serves downstream HTTP/1.1 and runs the hooks.
+//! - [`proxy`]: [`HttpProxy`] — serves downstream HTTP/1.1 and HTTP/2 (cleartext
+//!   or TLS) and runs the hooks.
 //! - [`upstream`]: the [`Connect`] trait and the per-worker connection pool.
 //! - [`config`]: [`ServerConfig`], validated at load with the field named.
+//! - [`tls`]: certificates for TLS listeners (reloadable) and TLS to upstreams.
 //!
 //! ```no_run
 //! use detour_core::{HttpPeer, ProxyHttp, Result, Session};
@@ -31,11 +33,13 @@ pub mod bench;
 pub mod config;
 mod framing;
 mod io;
+mod listener;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
-pub use config::{ConfigError, ServerConfig};
+pub use config::{AppProtocol, ConfigError, Http2Config, ListenerConfig, ServerConfig};
 pub use proxy::{HttpProxy, HttpProxyBuilder, ProxyBody};
 pub use server::{Opt, Server, ServerHandle, Stop};
 pub use upstream::{Connect, TcpConnector};

@@ -16,7 +16,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::{ConfigError, RuntimeModel, ServerConfig};
+use crate::listener::ListenSpec;
 use crate::proxy::HttpProxy;
+use crate::tls::ServerTls;
 use crate::upstream::{Connect, Services, Upstream};
 
 /// The command line every Detour server understands.
@@ -70,6 +72,8 @@ pub struct ServerHandle {
     /// the server.
     services: Vec<Services>,
     services_rt: Option<tokio::runtime::Runtime>,
+    /// TLS listeners' certificates by `[[server.listeners]]` index.
+    tls: Vec<(usize, Arc<ServerTls>)>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -82,7 +86,8 @@ impl std::fmt::Debug for ServerHandle {
 }
 
 impl ServerHandle {
-    /// The addresses the server listens on (ports resolved when 0 was asked).
+    /// The addresses the server listens on (ports resolved when 0 was asked):
+    /// the `listen` addresses, then the `[[server.listeners]]`, in order.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
@@ -112,6 +117,34 @@ impl ServerHandle {
     /// Keep `services` running until the server stops.
     pub fn keep_services(&mut self, services: Services) {
         self.services.push(services);
+    }
+
+    /// Re-read the certificate files of every TLS listener as `config` names
+    /// them (listener `i` of `[[server.listeners]]` takes the files of entry
+    /// `i`). New connections get the new certificates; open ones keep theirs.
+    /// All files are read before any is swapped in, so a bad file changes
+    /// nothing. Returns how many listeners were reloaded.
+    ///
+    /// # Errors
+    /// A missing or bad file, or a listener that lost its TLS: the field is
+    /// named (listeners themselves are not added or removed by a reload).
+    pub fn reload_tls(&self, config: &ServerConfig) -> Result<usize, ConfigError> {
+        let mut fresh = Vec::with_capacity(self.tls.len());
+        for (i, tls) in &self.tls {
+            let at = format!("server.listeners[{i}].tls");
+            let files = config
+                .listeners
+                .get(*i)
+                .and_then(|l| l.tls.as_ref())
+                .ok_or_else(|| {
+                    ConfigError::field(&at, "a running TLS listener cannot lose its TLS on reload")
+                })?;
+            fresh.push((tls, tls.prepare(files, &at)?));
+        }
+        for (tls, config) in &fresh {
+            tls.install(Arc::clone(config));
+        }
+        Ok(fresh.len())
     }
 
     /// Wait until every worker has ended, then stop the background services.
@@ -244,6 +277,21 @@ impl Server {
             RuntimeModel::WorkStealing => (1, false),
         };
         let mut addrs = self.config.listen.clone();
+        let mut specs: Vec<Arc<ListenSpec>> = addrs
+            .iter()
+            .map(|_| Arc::new(ListenSpec::plain_http1()))
+            .collect();
+        let mut tls = Vec::new();
+        for (i, l) in self.config.listeners.iter().enumerate() {
+            let spec = ListenSpec::from_config(l, i).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+            })?;
+            if let Some(t) = &spec.tls {
+                tls.push((i, Arc::clone(t)));
+            }
+            addrs.push(l.addr);
+            specs.push(Arc::new(spec));
+        }
         for w in 0..workers {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let worker_proxy = if per_worker {
@@ -252,6 +300,7 @@ impl Server {
                 proxy.clone()
             };
             let bind = addrs.clone();
+            let specs = specs.clone();
             let stop_rx = stop_rx.clone();
             let limit = Arc::clone(&limit);
             let threads_n = self.config.threads;
@@ -288,6 +337,7 @@ impl Server {
                             .filter_map(|l| l.local_addr().ok())
                             .collect();
                         let _ = ready_tx.send(Ok(bound));
+                        let listeners = listeners.into_iter().zip(specs).collect();
                         worker(listeners, worker_proxy, stop_rx, limit, grace).await;
                     });
                 })?;
@@ -311,6 +361,7 @@ impl Server {
             threads,
             services: Vec::new(),
             services_rt: None,
+            tls,
         })
     }
 
@@ -392,7 +443,7 @@ fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
 }
 
 async fn worker<P: ProxyHttp, C: Connect>(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Arc<ListenSpec>)>,
     proxy: HttpProxy<P, C>,
     mut stop: watch::Receiver<Stop>,
     limit: Arc<Semaphore>,
@@ -402,7 +453,7 @@ async fn worker<P: ProxyHttp, C: Connect>(
     let mut conns = tokio::task::JoinSet::new();
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
     let mut accept_tasks = Vec::new();
-    for listener in listeners {
+    for (listener, spec) in listeners {
         let conn_tx = conn_tx.clone();
         let limit = Arc::clone(&limit);
         accept_tasks.push(tokio::spawn(async move {
@@ -413,7 +464,8 @@ async fn worker<P: ProxyHttp, C: Connect>(
                 };
                 match listener.accept().await {
                     Ok((stream, peer)) => {
-                        if conn_tx.send((stream, peer, permit)).await.is_err() {
+                        let spec = Arc::clone(&spec);
+                        if conn_tx.send((stream, peer, permit, spec)).await.is_err() {
                             return;
                         }
                     }
@@ -430,11 +482,11 @@ async fn worker<P: ProxyHttp, C: Connect>(
     loop {
         tokio::select! {
             c = conn_rx.recv() => {
-                let Some((stream, peer, permit)) = c else { break };
+                let Some((stream, peer, permit, spec)) = c else { break };
                 let proxy = proxy.clone();
                 let drain = drain_rx.clone();
                 conns.spawn(async move {
-                    proxy.serve_tcp(stream, Some(peer), drain).await;
+                    proxy.serve_accepted(stream, Some(peer), drain, &spec).await;
                     drop(permit);
                 });
             }

@@ -18,8 +18,8 @@ use detour::app::{self, config::LogFormat, Config};
 /// upstreams with their backends, load balancing, retries, health checks,
 /// outlier detection and breakers, and routes. SIGTERM drains in-flight
 /// requests within the grace period, SIGINT stops at once, SIGHUP reloads
-/// the configuration (an invalid file is refused and the old one keeps
-/// serving).
+/// the configuration and the TLS certificates (an invalid file is refused
+/// and the old one keeps serving).
 #[derive(Debug, Parser)]
 #[command(name = "detour", version, about, long_about)]
 struct Cli {

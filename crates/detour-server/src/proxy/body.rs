@@ -369,10 +369,15 @@ pub(crate) struct Finish<P: ProxyHttp> {
     /// The peer (and its admission permit) stays held while the body streams.
     pub(crate) peer: HttpPeer,
     pub(crate) pool: Option<(Arc<Pool>, Sender, Duration)>,
+    /// A gRPC outcome still to report (from the trailers, or at the end).
+    pub(crate) grpc: Option<super::grpc::Pending>,
 }
 
 impl<P: ProxyHttp> Finish<P> {
     fn complete(mut self, err: Option<&Error>) {
+        if let Some(p) = self.grpc.take() {
+            p.report(&self.peer, None, err);
+        }
         if err.is_none() {
             if let Some((pool, sender, keep_for)) = self.pool.take() {
                 pool.checkin(self.peer.addr, sender, keep_for);
@@ -499,7 +504,14 @@ impl<P: ProxyHttp> Body for ProxyBody<P> {
                         }
                         Frame::data(data)
                     }
-                    Err(frame) => frame,
+                    Err(frame) => {
+                        if let (Some(t), Some(f)) = (frame.trailers_ref(), s.finish.as_mut()) {
+                            if let Some(p) = f.grpc.take() {
+                                p.report(&f.peer, Some(t), None);
+                            }
+                        }
+                        frame
+                    }
                 };
                 if end {
                     if let Some(mut f) = s.finish.take() {

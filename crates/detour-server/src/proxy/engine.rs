@@ -21,12 +21,12 @@ use http::{response, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::{Finish, ProxyBody, PumpError, RequestBody, Rest, UpFrame, Upload, UpstreamBody};
 use super::forward::{self, strip_hop_by_hop};
-use super::{tunnel, HttpProxy};
+use super::{grpc, tunnel, HttpProxy};
+use crate::upstream::dial::{self, Conn};
 use crate::upstream::pool::{keep_alive_limit, Sender};
 use crate::upstream::Connect;
 
@@ -34,15 +34,22 @@ use crate::upstream::Connect;
 pub(crate) fn classify_hyper(e: hyper::Error) -> Error {
     let mut io_kind = None;
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    let mut h2_kind = None;
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             io_kind = Some(io.kind());
+            break;
+        }
+        if let Some(k) = dial::h2_kind(s) {
+            h2_kind = Some(k);
             break;
         }
         src = s.source();
     }
     let kind = if e.is_parse() || e.is_parse_status() {
         ErrorKind::InvalidResponse
+    } else if let Some(k) = h2_kind {
+        k
     } else if let Some(k) = io_kind {
         ErrorKind::from_io(k)
     } else if e.is_timeout() {
@@ -82,11 +89,15 @@ fn proxy_status(proxy: &str, detail: &str, upstream: Option<&str>) -> Option<Hea
 pub(crate) struct AttemptOk {
     head: response::Parts,
     body: Incoming,
-    sender: Sender,
+    /// The HTTP/1.1 connection to pool once the body is read (an HTTP/2
+    /// connection stays in its own pool all along).
+    sender: Option<Sender>,
     reused: bool,
     /// The response head came before the whole request body went up: the
     /// channel that still needs the rest of it.
     upload: Option<tokio::sync::mpsc::Sender<UpFrame>>,
+    /// A gRPC answer whose outcome waits for its trailers.
+    grpc: Option<grpc::Pending>,
 }
 
 /// An attempt failed, having got as far as `commit`.
@@ -207,6 +218,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         if let Some(d) = policy.deadline {
             session.set_deadline(session.started() + d);
         }
+        // gRPC rides on HTTP/2 only: the HTTP/1.1 path pays one comparison.
+        let grpc_call = grpc::is_call(session.req());
+        if grpc_call {
+            if let Some(t) = grpc::timeout(session.req()) {
+                let at = session.started() + t;
+                if session.deadline().is_none_or(|d| at < d) {
+                    session.set_deadline(at);
+                }
+            }
+        }
         let mut body = (!body.is_end_stream()).then(|| {
             RequestBody::new(
                 body,
@@ -245,8 +266,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             // body carries it on (full duplex), so it cannot be replayed.
             let mut rest: Option<Box<dyn Upload<P>>> = None;
             if let Ok(ok) = &mut result {
-                if let (Some(tx), Some(b)) = (ok.upload.take(), body.take()) {
-                    rest = Some(Box::new(Rest::new(b, tx)));
+                // Only take the body when an upload is really unfinished: a
+                // tuple pattern would take (and drop) it in any case, and a
+                // retry would then go out without its body.
+                if let Some(tx) = ok.upload.take() {
+                    if let Some(b) = body.take() {
+                        rest = Some(Box::new(Rest::new(b, tx)));
+                    }
                 }
             }
             let replay_intact = rest.is_none() && body.as_ref().is_none_or(|b| b.replayable());
@@ -257,8 +283,12 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             let mut held = None;
             let mut last_err = None;
             match result {
-                Ok(ok) => {
-                    let status = ok.head.status.as_u16();
+                Ok(mut ok) => {
+                    let status = if grpc_call {
+                        grpc::effective_status(&ok.head)
+                    } else {
+                        ok.head.status.as_u16()
+                    };
                     let policy_says = policy.retries_status(status);
                     // Every 5xx is reported as the backend's failure, and so is
                     // a status the policy retries; breakers and outlier
@@ -268,14 +298,23 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     } else {
                         OutcomeClass::Success
                     };
-                    self.report(
-                        &peer,
-                        class,
-                        Some(status),
-                        latency,
-                        CommitPoint::ResponseStarted,
-                        &session,
-                    );
+                    if grpc_call && grpc::outcome_in_trailers(&ok.head) {
+                        // Reported when the trailers arrive (see grpc.rs).
+                        ok.grpc = Some(grpc::Pending {
+                            observers: sh.observers.clone(),
+                            latency,
+                            attempt: session.attempt(),
+                        });
+                    } else {
+                        self.report(
+                            &peer,
+                            class,
+                            Some(status),
+                            latency,
+                            CommitPoint::ResponseStarted,
+                            &session,
+                        );
+                    }
                     let wants = status != 101
                         && proxy.should_retry_response(&session, &ok.head, policy_says, &mut ctx);
                     if !wants {
@@ -539,7 +578,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
     }
 
-    async fn connect(&self, peer: &HttpPeer) -> Result<Sender, AttemptErr> {
+    async fn connect(&self, peer: &HttpPeer) -> Result<Conn, AttemptErr> {
         let failed = |err: Error| AttemptErr {
             err,
             commit: CommitPoint::NotConnected,
@@ -562,16 +601,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             }
             Ok(Ok(io)) => io,
         };
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| failed(classify_hyper(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::trace!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        let conn = dial::handshake(io, peer).await.map_err(failed)?;
+        if let Conn::H2(s) = &conn {
+            self.h2pool.insert(peer.addr, s);
+        }
+        Ok(conn)
     }
 
     async fn attempt_inner<B>(
@@ -593,12 +627,15 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         // used just now, so a backend's idle close cannot race it.
         let window = (!session.is_safe()).then_some(sh.pool_config.unsafe_max_idle);
         let mut pooled = None;
-        while let Some(mut s) = (!mode.fresh)
+        if peer.http2 && !mode.fresh {
+            pooled = self.h2pool.checkout(peer.addr).map(Conn::H2);
+        }
+        while let Some(mut s) = (!mode.fresh && pooled.is_none())
             .then(|| self.pool.checkout(peer.addr, window))
             .flatten()
         {
             if s.ready().await.is_ok() {
-                pooled = Some(s);
+                pooled = Some(Conn::H1(s));
                 break;
             }
         }
@@ -606,8 +643,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         progress.reused = reused;
         let mut sender = match pooled {
             Some(s) => s,
-            // Cold (the pool usually has a connection): boxed, so the
-            // handshake's state does not enlarge every request's future.
+            // Boxed: dialing (TLS handshake included) is a large future that
+            // would otherwise make every request's future bigger, and it only
+            // runs for a new connection.
             None => Box::pin(self.connect(peer)).await?,
         };
         progress.commit = CommitPoint::Connected;
@@ -633,7 +671,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             }
             None => (UpstreamBody::empty(), None),
         };
-        let send = sender.try_send_request(Request::from_parts(head, up_body));
+        sender.adapt_head(&mut head, peer);
+        let send = sender.send(Request::from_parts(head, up_body));
         // From here bytes may be on the wire: only hyper handing the request
         // back proves it unsent. A timeout from now on is not "never sent".
         progress.commit = if tx.is_some() {
@@ -686,9 +725,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 Ok(AttemptOk {
                     head,
                     body,
-                    sender,
+                    sender: sender.into_h1(),
                     reused,
                     upload: if pump_done { None } else { tx },
+                    grpc: None,
                 })
             }
             Err(mut e) => {
@@ -719,6 +759,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             mut head,
             body,
             sender,
+            grpc: grpc_pending,
             ..
         } = ok;
         let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -779,11 +820,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             return Response::from_parts(head, ProxyBody::full(Bytes::new()));
         }
 
-        let pool = (!upstream_closes).then(|| (Arc::clone(&self.pool), sender, keep_for));
+        let pool = sender
+            .filter(|_| !upstream_closes)
+            .map(|sender| (Arc::clone(&self.pool), sender, keep_for));
         if body.is_end_stream() {
             // Nothing to stream: the connection is free now.
             if let Some((pool, sender, keep_for)) = pool {
                 pool.checkin(peer.addr, sender, keep_for);
+            }
+            if let Some(p) = grpc_pending {
+                p.report(&peer, None, None);
             }
             drop(peer);
             proxy.logging(&mut session, None, &mut ctx);
@@ -796,6 +842,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             ctx,
             peer,
             pool,
+            grpc: grpc_pending,
         };
         Response::from_parts(head, ProxyBody::streaming(body, read_timeout, finish, rest))
     }
@@ -851,9 +898,14 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let mut head = Response::new(()).into_parts().0;
         head.status = status;
         let reason = status.canonical_reason().unwrap_or("");
-        let text = Bytes::from(format!("{} {}\n", status.as_u16(), reason));
+        let mut text = Bytes::from(format!("{} {}\n", status.as_u16(), reason));
         head.headers
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        if grpc::is_call(session.req()) {
+            // A gRPC client reads grpc-status, not a page.
+            grpc::shape_error(&mut head, &err);
+            text = Bytes::new();
+        }
         let detail = format!("error={}", err.kind().proxy_status_type());
         if let Some(v) = proxy_status(&sh.proxy_name, &detail, upstream) {
             head.headers.insert("proxy-status", v);

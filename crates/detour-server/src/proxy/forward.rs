@@ -218,6 +218,16 @@ impl Forwarding {
         // the map grows once here rather than insert by insert.
         headers.reserve(6);
         strip_hop_by_hop(&mut headers, upgrade);
+        // `TE: trailers` is end to end in practice: gRPC servers want it.
+        // Only HTTP/2 clients (gRPC) are looked at, so HTTP/1.1 pays nothing.
+        if down.version == Version::HTTP_2
+            && down
+                .headers
+                .get(header::TE)
+                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         let present = Present::scan(&headers);
         // We answer `Expect: 100-continue` ourselves: the client's body is read
         // only once an upstream is connected.

@@ -1,9 +1,12 @@
-//! [`HttpProxy`]: serves downstream HTTP/1.1 with hyper and drives the user's
-//! [`ProxyHttp`] hooks, the upstream pool and the retry loop.
+//! [`HttpProxy`]: serves downstream HTTP/1.1 and HTTP/2 (cleartext or TLS)
+//! with hyper and drives the user's [`ProxyHttp`] hooks, the upstream pool
+//! and the retry loop.
 
 pub(crate) mod body;
+mod conn;
 pub(crate) mod engine;
 pub(crate) mod forward;
+mod grpc;
 mod tunnel;
 
 use std::convert::Infallible;
@@ -21,7 +24,8 @@ use tokio::sync::watch;
 
 pub use body::{ProxyBody, UpstreamBody};
 
-use crate::config::{LimitsConfig, PoolConfig, ServerConfig};
+use crate::config::{Http2Config, LimitsConfig, PoolConfig, ServerConfig};
+use crate::upstream::h2pool::H2Pool;
 use crate::upstream::pool::Pool;
 use crate::upstream::{Connect, TcpConnector};
 use forward::{Forwarding, RequestIds};
@@ -35,6 +39,7 @@ pub(crate) struct Shared<P, C> {
     pub(crate) forwarding: Forwarding,
     pub(crate) proxy_name: Arc<str>,
     pub(crate) limits: LimitsConfig,
+    pub(crate) http2: Http2Config,
     pub(crate) pool_config: PoolConfig,
     pub(crate) ids: RequestIds,
     pub(crate) draining: AtomicBool,
@@ -51,6 +56,7 @@ pub(crate) struct Shared<P, C> {
 pub struct HttpProxy<P, C = TcpConnector> {
     pub(crate) shared: Arc<Shared<P, C>>,
     pub(crate) pool: Arc<Pool>,
+    pub(crate) h2pool: Arc<H2Pool>,
 }
 
 impl<P, C> Clone for HttpProxy<P, C> {
@@ -58,6 +64,7 @@ impl<P, C> Clone for HttpProxy<P, C> {
         HttpProxy {
             shared: Arc::clone(&self.shared),
             pool: Arc::clone(&self.pool),
+            h2pool: Arc::clone(&self.h2pool),
         }
     }
 }
@@ -122,6 +129,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
         let (hard_stop, _) = watch::channel(false);
         HttpProxy {
             pool: Arc::new(Pool::new(c.pool.max_idle_per_peer)),
+            h2pool: Arc::new(H2Pool::default()),
             shared: Arc::new(Shared {
                 proxy: Arc::new(self.proxy),
                 connector: self.connector,
@@ -130,6 +138,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
                 forwarding: Forwarding::new(c.forwarding, &c.proxy_name),
                 proxy_name: c.proxy_name.into(),
                 limits: c.limits,
+                http2: c.http2,
                 pool_config: c.pool,
                 ids: RequestIds::new(),
                 draining: AtomicBool::new(false),
@@ -152,6 +161,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         HttpProxy {
             shared: Arc::clone(&self.shared),
             pool: Arc::new(Pool::new(self.shared.pool_config.max_idle_per_peer)),
+            h2pool: Arc::new(H2Pool::default()),
         }
     }
 

@@ -48,6 +48,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::ConfigError;
+use crate::tls::{TlsClient, UpstreamTlsConfig};
 use crate::upstream::TcpConnector;
 
 /// One `[upstreams.NAME]` table.
@@ -87,6 +88,13 @@ pub struct UpstreamConfig {
     pub breaker: BreakerConfig,
     /// Concurrency limit for the whole upstream; none when absent.
     pub concurrency: Option<LimitConfig>,
+    /// TLS to the backends (`tls = { sni, verify, ca }`); cleartext when
+    /// absent.
+    pub tls: Option<UpstreamTlsConfig>,
+    /// Speak HTTP/2 to the backends: with TLS, ALPN offers `h2` first (a
+    /// backend may still choose HTTP/1.1); in cleartext, HTTP/2 by prior
+    /// knowledge. Requests share one connection per backend. Default false.
+    pub http2: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -105,6 +113,8 @@ impl Default for UpstreamConfig {
             outlier: OutlierConfig::default(),
             breaker: BreakerConfig::default(),
             concurrency: None,
+            tls: None,
+            http2: false,
         }
     }
 }
@@ -219,6 +229,22 @@ impl UpstreamConfig {
         if let Some(c) = &self.concurrency {
             c.validate().map_err(breaker)?;
         }
+        // Active HTTP checks speak cleartext HTTP/1.1: against TLS or h2c
+        // backends every check would fail and take them all out of service.
+        if let Some(h) = &self.health {
+            if h.kind == detour_health::CheckKind::Http && (self.tls.is_some() || self.http2) {
+                return Err(ConfigError::field(
+                    at("health.kind"),
+                    "HTTP checks speak cleartext HTTP/1.1; with tls or http2 use kind = \"tcp\"",
+                ));
+            }
+        }
+        if let Some(t) = &self.tls {
+            if let Some(sni) = &t.sni {
+                crate::tls::check_sni(sni, &at("tls.sni"))?;
+            }
+            TlsClient::new(t, self.http2, &at("tls"))?;
+        }
         Ok(())
     }
 }
@@ -316,6 +342,8 @@ pub struct Upstream {
     observer: Arc<dyn Observer>,
     discovery: Option<(Sources, Duration)>,
     requests: RequestMetrics,
+    tls: Option<(TlsClient, Option<Arc<str>>)>,
+    http2: bool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -457,6 +485,20 @@ impl Upstream {
             )),
             None => None,
         };
+        let tls = match &config.tls {
+            Some(t) => {
+                if !t.verify {
+                    tracing::warn!(
+                        upstream = name,
+                        "TLS certificate verification is OFF for this upstream (tls.verify = false): \
+                         any certificate is accepted, so anyone on the path can impersonate its backends"
+                    );
+                }
+                let client = TlsClient::new(t, config.http2, &format!("upstreams.{name}.tls"))?;
+                Some((client, t.sni.as_deref().map(Arc::from)))
+            }
+            None => None,
+        };
         let label = name.to_string();
         let observer: Arc<dyn Observer> = Arc::new(UpstreamObserver {
             breakers: breakers.clone(),
@@ -481,6 +523,8 @@ impl Upstream {
             observer,
             discovery,
             requests: RequestMetrics::new(name),
+            tls,
+            http2: config.http2,
         })
     }
 
@@ -563,7 +607,16 @@ impl Upstream {
         if let Some(g) = guard {
             peer = peer.with_guard(g);
         }
-        Ok(peer)
+        if let Some((client, sni)) = &self.tls {
+            // Without a configured name, the backend's IP address is the
+            // name verified (and no SNI is sent, as TLS wants for addresses).
+            let name = match sni {
+                Some(n) => Arc::clone(n),
+                None => Arc::from(peer.addr.ip().to_string()),
+            };
+            peer = peer.with_tls(client.peer_tls(name));
+        }
+        Ok(peer.with_http2(self.http2))
     }
 
     fn why_none(&self) -> Error {

@@ -1,8 +1,11 @@
 //! The upstream side: how connections are made ([`Connect`], [`TcpConnector`])
-//! and kept (the per-worker pool).
+//! and kept (the per-worker pools: HTTP/1.1 idle connections, and shared
+//! HTTP/2 connections), with TLS and ALPN when a peer asks for them.
 
 pub use detour_core::connect::{Connect, TcpConnector};
 
+pub(crate) mod dial;
+pub(crate) mod h2pool;
 pub(crate) mod pool;
 
 mod group;

@@ -12,6 +12,9 @@ use detour_core::{
 use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
 use detour_testkit::client::{RawConnection, RawResponse};
 
+pub mod h2backend;
+pub mod tls;
+
 /// Round robin over the backends, skipping those already tried for the
 /// request while others remain.
 pub struct RoundRobin {

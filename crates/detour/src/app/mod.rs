@@ -146,8 +146,10 @@ impl Running {
     }
 
     /// Re-read the configuration file and swap in what it says: backends,
-    /// routes and policies. Requests in flight finish on the old generation.
-    /// Listeners, workers and `[server]` settings are not reloaded.
+    /// routes and policies, and the TLS listeners' certificates (re-read from
+    /// the files the new configuration names; new connections get them, open
+    /// ones keep theirs). Requests in flight finish on the old generation.
+    /// Listeners, workers and the other `[server]` settings are not reloaded.
     ///
     /// # Errors
     /// The new file is invalid: nothing changes and the old one keeps serving.
@@ -167,6 +169,12 @@ impl Running {
     pub async fn reload_from(&mut self, config: &Config) -> Result<u64, ConfigError> {
         let generation = self.app.current().generation + 1;
         let state = build_state(config, generation, self.events.clone())?;
+        // Every certificate file is read before any is swapped in: a bad one
+        // refuses the whole reload.
+        let certs = self.handle.reload_tls(&config.server)?;
+        if certs > 0 {
+            tracing::info!(listeners = certs, "TLS certificates reloaded");
+        }
         let rt = self
             .handle
             .services_runtime()

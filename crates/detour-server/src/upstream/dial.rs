@@ -1,0 +1,239 @@
+//! Speaking to an upstream over a fresh transport: TLS (SNI, verification,
+//! ALPN) when the peer asks for it, then an HTTP/1.1 or HTTP/2 handshake.
+//!
+//! The result is a [`Conn`]: an enum, not a boxed trait object, so the
+//! HTTP/1.1 path pays one match per request and nothing else. HTTP/1.1
+//! connections, TLS or not, go back to the idle pool keyed by address alone:
+//! one backend address is spoken to one way.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use detour_core::{Error, ErrorKind, HttpPeer};
+use http::header::{self, HeaderValue};
+use http::{request, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::proxy::body::UpstreamBody;
+use crate::tls::ALPN_H2;
+use crate::upstream::pool::Sender;
+
+/// An HTTP/2 request sender; clones share one connection.
+pub(crate) type H2Sender = hyper::client::conn::http2::SendRequest<UpstreamBody>;
+
+/// A connection to an upstream, ready to take a request.
+pub(crate) enum Conn {
+    /// HTTP/1.1: one request at a time; back to the idle pool afterwards.
+    H1(Sender),
+    /// HTTP/2: a handle on a multiplexed connection that stays in the
+    /// HTTP/2 pool while it lives.
+    H2(H2Sender),
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of either protocol (no boxing).
+    #[project = SendingProj]
+    pub(crate) enum Sending<A, B> {
+        /// HTTP/1.1.
+        H1 { #[pin] f: A },
+        /// HTTP/2.
+        H2 { #[pin] f: B },
+    }
+}
+
+impl<A, B, T> Future for Sending<A, B>
+where
+    A: Future<Output = T>,
+    B: Future<Output = T>,
+{
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.project() {
+            SendingProj::H1 { f } => f.poll(cx),
+            SendingProj::H2 { f } => f.poll(cx),
+        }
+    }
+}
+
+/// What sending a request gives back.
+pub(crate) type SendResult = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>;
+
+impl Conn {
+    /// Send `req`. A request hyper never wrote comes back in the error.
+    pub(crate) fn send(&mut self, req: Request<UpstreamBody>) -> impl Future<Output = SendResult> {
+        match self {
+            Conn::H1(s) => Sending::H1 {
+                f: s.try_send_request(req),
+            },
+            Conn::H2(s) => Sending::H2 {
+                f: s.try_send_request(req),
+            },
+        }
+    }
+
+    /// The HTTP/1.1 sender to pool after the response, if this is one.
+    pub(crate) fn into_h1(self) -> Option<Sender> {
+        match self {
+            Conn::H1(s) => Some(s),
+            Conn::H2(_) => None,
+        }
+    }
+
+    /// Shape a request head built for HTTP/1.1 for this connection: over
+    /// HTTP/2 the target is absolute (`:scheme` and `:authority` from the
+    /// `Host` header, which then goes), and `TE` may only say `trailers`.
+    pub(crate) fn adapt_head(&self, head: &mut request::Parts, peer: &HttpPeer) {
+        if let Conn::H2(_) = self {
+            to_http2(head, peer);
+        }
+    }
+}
+
+fn to_http2(head: &mut request::Parts, peer: &HttpPeer) {
+    head.version = Version::HTTP_2;
+    if head.uri.scheme().is_none() {
+        let scheme = if peer.tls.is_some() { "https" } else { "http" };
+        let authority = match head.headers.remove(header::HOST) {
+            Some(h) => h.to_str().map(str::to_owned).ok(),
+            None => None,
+        }
+        .unwrap_or_else(|| peer.addr.to_string());
+        let pq = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        if let Ok(uri) = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(pq)
+            .build()
+        {
+            head.uri = uri;
+        }
+    } else {
+        head.headers.remove(header::HOST);
+    }
+    if head
+        .headers
+        .get(header::TE)
+        .is_some_and(|te| te != HeaderValue::from_static("trailers"))
+    {
+        head.headers.remove(header::TE);
+    }
+}
+
+/// Whether `alpn` names HTTP/2.
+fn is_h2(alpn: Option<&[u8]>) -> bool {
+    alpn == Some(ALPN_H2)
+}
+
+/// Handshake over `io`: TLS first when the peer wants it (bounded by the
+/// peer's TLS timeout), then HTTP/1.1 or HTTP/2.
+///
+/// # Errors
+/// `TlsHandshake` for a failed or slow TLS handshake (the request never left,
+/// so any method may be retried), otherwise as the HTTP handshake failed.
+pub(crate) async fn handshake<I>(io: I, peer: &HttpPeer) -> Result<Conn, Error>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Some(tls) = &peer.tls else {
+        return if peer.http2 {
+            http2(io).await
+        } else {
+            http1(io).await
+        };
+    };
+    let config = Arc::clone(&tls.client)
+        .downcast::<rustls::ClientConfig>()
+        .map_err(|_| {
+            Error::upstream(ErrorKind::TlsHandshake)
+                .context("the peer's TLS client is not a rustls::ClientConfig")
+                .never_retry()
+        })?;
+    let name = ServerName::try_from(tls.server_name.to_string()).map_err(|e| {
+        Error::upstream(ErrorKind::TlsHandshake)
+            .context("bad TLS server name")
+            .cause(e)
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let stream =
+        match tokio::time::timeout(peer.options.tls_timeout, connector.connect(name, io)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(Error::upstream(ErrorKind::TlsHandshake)
+                    .context("TLS handshake with the upstream failed")
+                    .cause(e))
+            }
+            Err(_) => {
+                return Err(Error::upstream(ErrorKind::TlsHandshake)
+                    .context("TLS handshake with the upstream took longer than tls_timeout"))
+            }
+        };
+    if is_h2(stream.get_ref().1.alpn_protocol()) {
+        http2(stream).await
+    } else {
+        http1(stream).await
+    }
+}
+
+async fn http1<I>(io: I) -> Result<Conn, Error>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(crate::proxy::engine::classify_hyper)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::trace!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(Conn::H1(sender))
+}
+
+async fn http2<I>(io: I) -> Result<Conn, Error>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(crate::proxy::engine::classify_hyper)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::trace!(error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(Conn::H2(sender))
+}
+
+/// The kind of an HTTP/2 failure found in an error's source chain.
+///
+/// A stream the upstream refused (`REFUSED_STREAM`), and one above the last
+/// stream id of the upstream's `GOAWAY` (or opened after it), were provably
+/// not processed: [`ErrorKind::StreamRefused`], retried whatever the method.
+/// Any other reset is [`ErrorKind::ConnectionReset`], retried only for safe
+/// requests, as on HTTP/1.1.
+pub(crate) fn h2_kind(err: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
+    let e = err.downcast_ref::<h2::Error>()?;
+    if e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        return Some(ErrorKind::StreamRefused);
+    }
+    if e.is_go_away() && e.is_remote() {
+        return Some(ErrorKind::StreamRefused);
+    }
+    if e.is_reset() || e.is_go_away() {
+        return Some(ErrorKind::ConnectionReset);
+    }
+    if e.is_io() {
+        return e.get_io().map(|io| ErrorKind::from_io(io.kind()));
+    }
+    None
+}

@@ -1,0 +1,373 @@
+//! Upstream TLS and HTTP/2 through real sockets: SNI and verification
+//! (configured CA, off), ALPN choosing h2 or http/1.1, many streams over one
+//! pooled connection, and HTTP/2 failover: refused streams are retried for
+//! any method, other resets only for safe requests, GOAWAY drains a
+//! connection without failing its streams.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use detour_core::{HttpPeer, ProxyHttp, Result, Session};
+use detour_server::upstream::{Upstream, UpstreamConfig};
+use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use support::h2backend::{H2Backend, Mode};
+use support::send;
+use support::tls::TestCert;
+
+struct App {
+    up: Arc<Upstream>,
+}
+
+impl ProxyHttp for App {
+    type CTX = ();
+    fn new_ctx(&self) {}
+    async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> Result<HttpPeer> {
+        self.up.select(s).await
+    }
+}
+
+fn upstream(backends: &[SocketAddr], extra: &str) -> Arc<Upstream> {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\" }}"))
+        .collect();
+    let text = format!("backends = [{}]\n{extra}", list.join(", "));
+    let cfg: UpstreamConfig = toml::from_str(&text).unwrap();
+    Arc::new(Upstream::from_config("app", &cfg).unwrap())
+}
+
+fn serve(up: &Arc<Upstream>) -> ServerHandle {
+    let mut cfg = ServerConfig::default();
+    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let proxy = HttpProxy::builder(App { up: Arc::clone(up) })
+        .config(cfg.clone())
+        .build();
+    Server::new(cfg).start(proxy).unwrap()
+}
+
+fn server_tls(cert: &TestCert, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    let certs = vec![cert.der.clone()];
+    let key = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key).unwrap()
+    };
+    let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(c)
+}
+
+/// An HTTP/1.1-only TLS backend (ALPN offers http/1.1 alone); counts requests.
+async fn tls_h1_backend(cert: &TestCert) -> (SocketAddr, Arc<AtomicUsize>) {
+    let config = server_tls(cert, &[b"http/1.1"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&count);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config));
+            let c = Arc::clone(&c);
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let v = format!("{:?}", req.version());
+                        async move {
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(v))))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+fn get(path: &str, id: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nx-request-id: {id}\r\n\r\n")
+}
+
+fn post(path: &str, id: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\nx-request-id: {id}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn tls_h2_upstream_multiplexes_many_requests_over_one_connection() {
+    let cert = TestCert::new(&["backend.test"]);
+    let backend =
+        H2Backend::start_with(Mode::Ok, Some(server_tls(&cert, &[b"h2", b"http/1.1"]))).await;
+    let extra = format!(
+        "http2 = true\ntls = {{ sni = \"backend.test\", ca = {:?} }}",
+        cert.cert.display().to_string()
+    );
+    let up = upstream(&[backend.addr()], &extra);
+    let h = serve(&up);
+    let r = send(h.addr(), &get("/warm", "w")).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"h2 ok");
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let addr = h.addr();
+        tasks.push(tokio::spawn(async move {
+            send(addr, &get("/many", &format!("m{i}")))
+                .await
+                .unwrap()
+                .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(backend.seen().len(), 51);
+    assert_eq!(backend.connections(), 1, "one multiplexed connection");
+    // The backend saw an HTTP/2 request with :authority from Host, no Host.
+    let s = &backend.seen()[0];
+    assert!(s.headers.get("host").is_none());
+}
+
+#[tokio::test]
+async fn alpn_falls_back_to_http11_when_the_backend_only_speaks_it() {
+    let cert = TestCert::new(&["localhost"]);
+    let (addr, count) = tls_h1_backend(&cert).await;
+    let extra = format!(
+        "http2 = true\ntls = {{ sni = \"localhost\", ca = {:?} }}",
+        cert.cert.display().to_string()
+    );
+    let up = upstream(&[addr], &extra);
+    let h = serve(&up);
+    for i in 0..3 {
+        let r = send(h.addr(), &get("/", &format!("a{i}"))).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"HTTP/1.1");
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn verification_refuses_an_unknown_certificate_unless_turned_off() {
+    let cert = TestCert::new(&["localhost"]);
+    let other = TestCert::new(&["localhost"]);
+    let (addr, count) = tls_h1_backend(&cert).await;
+    // Trusting another CA: the handshake fails, nothing reaches the backend,
+    // and the client gets 502 naming a TLS error.
+    let extra = format!(
+        "tls = {{ sni = \"localhost\", ca = {:?} }}\nretry = {{ max_retries = 1 }}",
+        other.cert.display().to_string()
+    );
+    let h = serve(&upstream(&[addr], &extra));
+    let r = send(h.addr(), &get("/", "v1")).await.unwrap();
+    assert_eq!(r.status, 502);
+    assert!(
+        r.header("proxy-status")
+            .unwrap()
+            .contains("tls_protocol_error"),
+        "{:?}",
+        r.header("proxy-status")
+    );
+    // The right CA but the wrong name: refused too.
+    let extra = format!(
+        "tls = {{ sni = \"elsewhere.test\", ca = {:?} }}",
+        cert.cert.display().to_string()
+    );
+    let h = serve(&upstream(&[addr], &extra));
+    assert_eq!(send(h.addr(), &get("/", "v2")).await.unwrap().status, 502);
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+    // verify = false accepts it.
+    let h = serve(&upstream(&[addr], "tls = { verify = false }"));
+    assert_eq!(send(h.addr(), &get("/", "v3")).await.unwrap().status, 200);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn h2c_upstream_by_prior_knowledge() {
+    let backend = H2Backend::start(Mode::Ok).await;
+    let h = serve(&upstream(&[backend.addr()], "http2 = true"));
+    let r = send(h.addr(), &post("/up", "p1", "payload")).await.unwrap();
+    assert_eq!(r.status, 200);
+    let s = backend.seen();
+    assert_eq!(s.len(), 1);
+    assert_eq!(&s[0].body[..], b"payload");
+    assert_eq!(s[0].method, "POST");
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_retried_whatever_the_method_and_delivered_once() {
+    let refusing = H2Backend::start(Mode::Refuse).await;
+    let good = H2Backend::start(Mode::Ok).await;
+    let h = serve(&upstream(&[refusing.addr(), good.addr()], "http2 = true"));
+    for i in 0..6 {
+        let id = format!("post-{i}");
+        let r = send(h.addr(), &post("/pay", &id, "once")).await.unwrap();
+        assert_eq!(r.status, 200, "{id}");
+        assert_eq!(good.count_for(&id), 1, "{id} delivered exactly once");
+    }
+    assert!(
+        refusing.refused() >= 1,
+        "round robin sent some to the refusing backend"
+    );
+    assert!(refusing.seen().is_empty());
+}
+
+#[tokio::test]
+async fn another_reset_retries_only_safe_requests() {
+    let resetting = H2Backend::start(Mode::ResetAfterBody(h2::Reason::INTERNAL_ERROR)).await;
+    let good = H2Backend::start(Mode::Ok).await;
+    // One backend at a time, the resetting one first.
+    let h = serve(&upstream(&[resetting.addr()], "http2 = true"));
+    let r = send(h.addr(), &post("/pay", "np", "x")).await.unwrap();
+    assert_eq!(
+        r.status, 502,
+        "a POST whose stream was reset is not retried"
+    );
+    assert_eq!(resetting.count_for("np"), 1);
+    let both = upstream(&[resetting.addr(), good.addr()], "http2 = true");
+    let h = serve(&both);
+    for i in 0..4 {
+        let id = format!("get-{i}");
+        let r = send(h.addr(), &get("/read", &id)).await.unwrap();
+        assert_eq!(r.status, 200, "a GET is retried on the other backend");
+        assert_eq!(good.count_for(&id), 1);
+    }
+    for i in 0..4 {
+        let id = format!("post-{i}");
+        let r = send(h.addr(), &post("/pay", &id, "x")).await.unwrap();
+        let total = good.count_for(&id) + resetting.count_for(&id);
+        assert_eq!(total, 1, "{id} reached exactly one backend");
+        if resetting.count_for(&id) == 1 {
+            assert_eq!(r.status, 502);
+        }
+    }
+}
+
+#[tokio::test]
+async fn goaway_drains_the_connection_without_failing_streams_in_flight() {
+    let backend = H2Backend::start(Mode::GoAwayAt {
+        n: 3,
+        delay: Duration::from_millis(300),
+    })
+    .await;
+    let h = serve(&upstream(&[backend.addr()], "http2 = true"));
+    assert_eq!(
+        send(h.addr(), &get("/warm", "w")).await.unwrap().status,
+        200
+    );
+    // Concurrent POSTs: the third triggers GOAWAY and answers late; the
+    // others either finished, or were refused (above the last stream id)
+    // and retried on a fresh connection. None fails, none is doubled.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let addr = h.addr();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("g{i}");
+            (send(addr, &post("/p", &id, "b")).await.unwrap().status, id)
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        let (status, id) = t.await.unwrap();
+        assert_eq!(status, 200, "{id}");
+        assert_eq!(backend.count_for(&id), 1, "{id}");
+    }
+    // The connection that sent GOAWAY left the pool: later requests went on
+    // a new one.
+    assert!(backend.connections() >= 2, "{}", backend.connections());
+    assert_eq!(
+        send(h.addr(), &get("/after", "a")).await.unwrap().status,
+        200
+    );
+}
+
+/// A hand-made HTTP/2 backend: it answers each request's HEADERS with
+/// `GOAWAY(last_stream_id = 0)`, so every stream is above the last one it
+/// will process. Counts the streams it saw.
+async fn goaway_zero_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // Our SETTINGS (empty).
+                let _ = tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                loop {
+                    let mut head = [0u8; 9];
+                    if tcp.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = (usize::from(head[0]) << 16)
+                        | (usize::from(head[1]) << 8)
+                        | usize::from(head[2]);
+                    let mut payload = vec![0u8; len];
+                    if tcp.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    match head[3] {
+                        // SETTINGS without ACK: acknowledge.
+                        4 if head[4] & 1 == 0 => {
+                            let _ = tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                        }
+                        // HEADERS: GOAWAY, last stream 0, NO_ERROR.
+                        1 => {
+                            s.fetch_add(1, Ordering::SeqCst);
+                            let _ = tcp
+                                .write_all(&[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+                                .await;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_stream_above_goaway_last_stream_id_is_retried_for_a_post() {
+    let (going, streams) = goaway_zero_backend().await;
+    let good = H2Backend::start(Mode::Ok).await;
+    let h = serve(&upstream(&[going, good.addr()], "http2 = true"));
+    for i in 0..4 {
+        let id = format!("post-{i}");
+        let r = send(h.addr(), &post("/pay", &id, "once")).await.unwrap();
+        assert_eq!(r.status, 200, "{id}");
+        assert_eq!(good.count_for(&id), 1, "{id} delivered exactly once");
+    }
+    assert!(
+        streams.load(Ordering::SeqCst) >= 1,
+        "some went to the GOAWAY backend first"
+    );
+}
