@@ -320,7 +320,8 @@ fn nginx_backend_conf(dir: &Path, port: u16) -> String {
 /// nginx as its users run it in front of one backend: upstream keep-alive,
 /// retries on errors and timeouts (its default), passive health checks
 /// (`max_fails`), no access log, one worker.
-fn nginx_proxy_conf(dir: &Path, port: u16, backend: u16) -> String {
+fn nginx_proxy_conf(dir: &Path, ports: Ports, backend: u16) -> String {
+    let Ports { h1: port, h2c, tls } = ports;
     format!(
         "worker_processes 1;\ndaemon off;\npid {d}/proxy.pid;\nerror_log {d}/proxy-error.log warn;\n\
          events {{ worker_connections 8192; }}\n\
@@ -329,7 +330,9 @@ fn nginx_proxy_conf(dir: &Path, port: u16, backend: u16) -> String {
            fastcgi_temp_path {d}/p-fcgi;\n  uwsgi_temp_path {d}/p-uwsgi;\n  scgi_temp_path {d}/p-scgi;\n\
            upstream app {{\n    server 127.0.0.1:{backend} max_fails=3 fail_timeout=10s;\n\
              keepalive 1024;\n    keepalive_requests 10000000;\n  }}\n\
-           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+           server {{\n    listen 127.0.0.1:{port};\n    listen 127.0.0.1:{h2c} http2;\n\
+             listen 127.0.0.1:{tls} ssl http2;\n    ssl_certificate {d}/cert.pem;\n\
+             ssl_certificate_key {d}/key.pem;\n    location / {{\n\
                proxy_pass http://app;\n      proxy_http_version 1.1;\n\
                proxy_set_header Connection \"\";\n\
                proxy_next_upstream error timeout http_502 http_503 http_504;\n\
@@ -340,30 +343,92 @@ fn nginx_proxy_conf(dir: &Path, port: u16, backend: u16) -> String {
 
 /// HAProxy as its users run it: one thread, active health checks, retries
 /// with redispatch, connection reuse, no log.
-fn haproxy_conf(port: u16, backend: u16) -> String {
+fn haproxy_conf(dir: &Path, ports: Ports, backend: u16) -> String {
+    let Ports { h1: port, h2c, tls } = ports;
     format!(
         "global\n  nbthread 1\n  maxconn 4096\n\n\
          defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
            option http-keep-alive\n  http-reuse safe\n  retries 3\n  option redispatch\n\
            retry-on conn-failure empty-response response-timeout 502 503 504\n\n\
-         frontend fe\n  bind 127.0.0.1:{port}\n  default_backend app\n\n\
+         frontend fe\n  bind 127.0.0.1:{port}\n  bind 127.0.0.1:{h2c} proto h2\n\
+           bind 127.0.0.1:{tls} ssl crt {d}/combined.pem alpn h2,http/1.1\n  default_backend app\n\n\
          backend app\n  option httpchk GET /\n\
-           server b1 127.0.0.1:{backend} check inter 1s fall 3 rise 2\n"
+           server b1 127.0.0.1:{backend} check inter 1s fall 3 rise 2\n",
+        d = dir.display()
     )
 }
 
 /// Detour's ordinary configuration: one worker, retries, active health
 /// checks, outlier detection and breakers on (their defaults), no access log.
-fn detour_conf(port: u16, admin: u16, backend: u16) -> String {
+fn detour_conf(dir: &Path, ports: Ports, admin: u16, backend: u16) -> String {
+    let Ports { h1: port, h2c, tls } = ports;
     format!(
         "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 1\n\n\
+         [[server.listeners]]\naddr = \"127.0.0.1:{h2c}\"\nprotocols = [\"h2\"]\n\n\
+         [[server.listeners]]\naddr = \"127.0.0.1:{tls}\"\n\
+         tls = {{ cert = \"{d}/cert.pem\", key = \"{d}/key.pem\" }}\nprotocols = [\"h2\", \"http/1.1\"]\n\n\
          [server.pool]\nmax_idle_per_peer = 1024\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
          [log]\naccess_log = false\nlevel = \"warn\"\n\n\
          [upstreams.app]\nbackends = [{{ addr = \"127.0.0.1:{backend}\" }}]\n\n\
          [upstreams.app.health]\ninterval = \"1s\"\npath = \"/\"\nfall = 3\nrise = 2\n\n\
-         [[routes]]\nupstream = \"app\"\n"
+         [[routes]]\nupstream = \"app\"\n",
+        d = dir.display()
     )
+}
+
+/// A proxy's listening ports: HTTP/1.1, HTTP/2 by prior knowledge, TLS.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    h1: u16,
+    h2c: u16,
+    tls: u16,
+}
+
+impl Ports {
+    fn free() -> Result<Ports, String> {
+        Ok(Ports {
+            h1: free_port()?,
+            h2c: free_port()?,
+            tls: free_port()?,
+        })
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, by openssl:
+/// `cert.pem`, `key.pem` and both in `combined.pem` (HAProxy's form).
+fn make_certificate(dir: &Path) -> Result<(), String> {
+    let ok = Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return Err("openssl could not make a test certificate".into());
+    }
+    let read = |f: &str| fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"));
+    let combined = format!("{}{}", read("cert.pem")?, read("key.pem")?);
+    fs::write(dir.join("combined.pem"), combined).map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -373,8 +438,23 @@ fn detour_conf(port: u16, admin: u16, backend: u16) -> String {
 struct Target {
     name: &'static str,
     port: u16,
+    /// HTTP/2 by prior knowledge, and HTTP/2 over TLS (not for `direct`).
+    h2c_port: Option<u16>,
+    tls_port: Option<u16>,
     /// `None` for the direct row: nothing in between to measure.
     proc: Option<Guard>,
+}
+
+impl Target {
+    fn proxy(name: &'static str, ports: Ports, proc: Guard) -> Target {
+        Target {
+            name,
+            port: ports.h1,
+            h2c_port: Some(ports.h2c),
+            tls_port: Some(ports.tls),
+            proc: Some(proc),
+        }
+    }
 }
 
 /// Start everything, measure, write the results. Returns whether it ran.
@@ -422,12 +502,15 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         Ok(p)
     };
 
+    ensure_program("openssl", "openssl")?;
+    make_certificate(&dir)?;
     let backend_port = free_port()?;
     let conf = write("backend.conf", nginx_backend_conf(&dir, backend_port))?;
     // Every process ends with the run, or at the latest when this limit
     // passes should the harness itself be killed.
     let limit = Duration::from_secs(
-        (opts.rounds * opts.connections.len() * 4) as u64 * (opts.duration.as_secs() + 1) + 180,
+        (opts.rounds * (opts.connections.len() * 4 + 6)) as u64 * (opts.duration.as_secs() + 1)
+            + 180,
     );
     let spawn =
         |name: &str, cmd: Command| Guard::spawn(name, cmd, &dir.join(format!("{name}.log")), limit);
@@ -446,45 +529,35 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         targets.push(Target {
             name: "direct",
             port: backend_port,
+            h2c_port: None,
+            tls_port: None,
             proc: None,
         });
     }
     if wanted("detour") {
-        let port = free_port()?;
+        let ports = Ports::free()?;
         let admin = free_port()?;
-        let conf = write("detour.toml", detour_conf(port, admin, backend_port))?;
+        let conf = write("detour.toml", detour_conf(&dir, ports, admin, backend_port))?;
         let mut cmd = pinned(proxy_core, &detour_bin.to_string_lossy());
         cmd.arg("--config").arg(&conf);
         let p = spawn("detour", cmd)?;
-        targets.push(Target {
-            name: "Detour",
-            port,
-            proc: Some(p),
-        });
+        targets.push(Target::proxy("Detour", ports, p));
     }
     if wanted("nginx") {
-        let port = free_port()?;
-        let conf = write("proxy.conf", nginx_proxy_conf(&dir, port, backend_port))?;
+        let ports = Ports::free()?;
+        let conf = write("proxy.conf", nginx_proxy_conf(&dir, ports, backend_port))?;
         let mut cmd = pinned(proxy_core, &nginx);
         cmd.args(["-e", "stderr", "-c"]).arg(&conf);
         let p = spawn("nginx", cmd)?;
-        targets.push(Target {
-            name: "nginx",
-            port,
-            proc: Some(p),
-        });
+        targets.push(Target::proxy("nginx", ports, p));
     }
     if wanted("haproxy") {
-        let port = free_port()?;
-        let conf = write("haproxy.cfg", haproxy_conf(port, backend_port))?;
+        let ports = Ports::free()?;
+        let conf = write("haproxy.cfg", haproxy_conf(&dir, ports, backend_port))?;
         let mut cmd = pinned(proxy_core, &haproxy);
         cmd.arg("-db").arg("-f").arg(&conf);
         let p = spawn("haproxy", cmd)?;
-        targets.push(Target {
-            name: "HAProxy",
-            port,
-            proc: Some(p),
-        });
+        targets.push(Target::proxy("HAProxy", ports, p));
     }
     for t in &targets {
         check_ok(t.port, t.name)?;
@@ -518,7 +591,34 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         }
     }
 
+    // HTTP/2: 10 connections × 100 streams, cleartext and TLS, same rounds.
+    let mut h2_samples: BTreeMap<(H2, &'static str), Vec<Sample>> = BTreeMap::new();
+    for round in 0..opts.rounds {
+        for mode in [H2::Clear, H2::Tls] {
+            for i in 0..targets.len() {
+                let t = &targets[(i + round) % targets.len()];
+                let Some(s) = h2load(gen_core, t, mode, opts.duration)? else {
+                    continue;
+                };
+                println!(
+                    "round {} · {:<6} · {:<8} {:>9.0} req/s  mean {:>6.2} ms  max {:>7.2} ms  cpu {}  rss {}  errors {}",
+                    round + 1,
+                    mode.label(),
+                    t.name,
+                    s.rps,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.cpu_us_per_req.map_or("-".into(), |c| format!("{c:.1} µs/req")),
+                    s.rss_mb.map_or("-".into(), |r| format!("{r:.1} MB")),
+                    s.errors
+                );
+                h2_samples.entry((mode, t.name)).or_default().push(s);
+            }
+        }
+    }
+
     let rows = summarize(&targets, &opts.connections, &samples);
+    let h2_rows = summarize_h2(&targets, &h2_samples);
     let commit = git(root, &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty = git(root, &["status", "--porcelain", "--untracked-files=no"])
         .is_some_and(|s| !s.is_empty());
@@ -535,13 +635,15 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     let history_path = root.join("xtask/bench-history.tsv");
     let history = fs::read_to_string(&history_path).unwrap_or_default();
     let previous = last_detour_run(&history);
-    let table = render(&rows, opts, &commit, &date, cores, previous.as_ref());
+    let mut table = render(&rows, opts, &commit, &date, cores, previous.as_ref());
+    table.push_str(&render_h2(&h2_rows));
     println!("\n{table}");
 
     let out = root.join("target/bench");
     fs::write(out.join("latest.md"), &table).map_err(|e| e.to_string())?;
     if !opts.dry {
-        append_history(&history_path, &history, &rows, &commit, &date)?;
+        let all: Vec<Row> = rows.iter().chain(&h2_rows).cloned().collect();
+        append_history(&history_path, &history, &all, &commit, &date)?;
         update_doc(&root.join("docs/src/performance.md"), &table)?;
         println!(
             "wrote {}, docs/src/performance.md and target/bench/latest.md",
@@ -562,8 +664,9 @@ fn git(root: &Path, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
-/// One wrk run, with the target's CPU time and peak RSS measured around it.
-fn wrk(core: Option<usize>, t: &Target, conns: usize, d: Duration) -> Result<Sample, String> {
+/// Run a load generator against `t`, with the target's CPU time (ns) and
+/// peak RSS (kB) measured around it. Returns the generator's stdout.
+fn measured(t: &Target, mut cmd: Command, what: &str) -> Result<(String, u64, u64), String> {
     let pids = t.proc.as_ref().map(|g| family(g.pid())).unwrap_or_default();
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -579,32 +682,142 @@ fn wrk(core: Option<usize>, t: &Target, conns: usize, d: Duration) -> Result<Sam
         })
     };
     let cpu_before = cpu_ns(&pids);
-    let out = pinned(core, "wrk")
-        .args([
-            "-t1",
-            &format!("-c{conns}"),
-            &format!("-d{}s", d.as_secs()),
-            "--latency",
-            &format!("http://127.0.0.1:{}/", t.port),
-        ])
+    let out = cmd
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("running wrk: {e}"))?;
+        .map_err(|e| format!("running {what}: {e}"));
     let cpu_after = cpu_ns(&pids);
     stop.store(true, Ordering::Relaxed);
     let peak_kb = sampler.join().unwrap_or(0);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = out?;
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        cpu_after.saturating_sub(cpu_before),
+        peak_kb,
+    ))
+}
+
+/// CPU per request and RSS, for a proxy that served `requests`.
+fn per_request(t: &Target, requests: u64, cpu_ns: u64, peak_kb: u64) -> (Option<f64>, Option<f64>) {
+    let measured = t.proc.is_some() && requests > 0;
+    (
+        measured.then(|| cpu_ns as f64 / 1000.0 / requests as f64),
+        measured.then(|| peak_kb as f64 / 1024.0),
+    )
+}
+
+/// One wrk run (HTTP/1.1 keep-alive).
+fn wrk(core: Option<usize>, t: &Target, conns: usize, d: Duration) -> Result<Sample, String> {
+    let mut cmd = pinned(core, "wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{conns}"),
+        &format!("-d{}s", d.as_secs()),
+        "--latency",
+        &format!("http://127.0.0.1:{}/", t.port),
+    ]);
+    let (text, cpu, peak) = measured(t, cmd, "wrk")?;
     let w = parse_wrk(&text).ok_or_else(|| format!("cannot read wrk's output:\n{text}"))?;
-    let measured = t.proc.is_some() && w.requests > 0;
+    let (cpu_us_per_req, rss_mb) = per_request(t, w.requests, cpu, peak);
     Ok(Sample {
         rps: w.rps,
         p50_ms: w.p50_ms,
         p99_ms: w.p99_ms,
         errors: w.errors,
-        cpu_us_per_req: measured
-            .then(|| cpu_after.saturating_sub(cpu_before) as f64 / 1000.0 / w.requests as f64),
-        rss_mb: measured.then(|| peak_kb as f64 / 1024.0),
+        cpu_us_per_req,
+        rss_mb,
     })
+}
+
+/// The HTTP/2 loads: 10 connections with 100 concurrent streams each, in
+/// cleartext (prior knowledge) and over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum H2 {
+    Clear,
+    Tls,
+}
+
+impl H2 {
+    fn label(self) -> &'static str {
+        match self {
+            H2::Clear => "h2c",
+            H2::Tls => "h2 TLS",
+        }
+    }
+}
+
+/// One h2load run. h2load reports no percentiles: the sample's `p50_ms` is
+/// the mean time per request and `p99_ms` the slowest.
+fn h2load(
+    core: Option<usize>,
+    t: &Target,
+    mode: H2,
+    d: Duration,
+) -> Result<Option<Sample>, String> {
+    let url = match (mode, t.h2c_port, t.tls_port) {
+        (H2::Clear, Some(p), _) => format!("http://127.0.0.1:{p}/"),
+        (H2::Tls, _, Some(p)) => format!("https://127.0.0.1:{p}/"),
+        _ => return Ok(None),
+    };
+    let mut cmd = pinned(core, "h2load");
+    cmd.args(["-c10", "-m100", "-t1", "-D", &d.as_secs().to_string(), &url]);
+    let (text, cpu, peak) = measured(t, cmd, "h2load")?;
+    let h = parse_h2load(&text).ok_or_else(|| format!("cannot read h2load's output:\n{text}"))?;
+    let (cpu_us_per_req, rss_mb) = per_request(t, h.requests, cpu, peak);
+    Ok(Some(Sample {
+        rps: h.rps,
+        p50_ms: h.mean_ms,
+        p99_ms: h.max_ms,
+        errors: h.errors,
+        cpu_us_per_req,
+        rss_mb,
+    }))
+}
+
+/// What h2load printed, reduced to the figures we keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct H2loadOutput {
+    rps: f64,
+    requests: u64,
+    errors: u64,
+    mean_ms: f64,
+    max_ms: f64,
+}
+
+fn parse_h2load(out: &str) -> Option<H2loadOutput> {
+    let mut h = H2loadOutput::default();
+    let (mut rps, mut reqs, mut times) = (false, false, false);
+    for line in out.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("finished in") {
+            // "finished in 10.00s, 31234.50 req/s, 1.23MB/s"
+            let v = rest.split(',').nth(1)?.trim().strip_suffix("req/s")?;
+            h.rps = v.trim().parse().ok()?;
+            rps = true;
+        } else if let Some(rest) = t.strip_prefix("requests:") {
+            // "312 total, 312 started, 312 done, 310 succeeded, 2 failed, 0 errored, 0 timeout"
+            for part in rest.split(',') {
+                let mut w = part.split_whitespace();
+                let (Some(n), Some(what)) = (w.next(), w.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().ok()?;
+                match what {
+                    "succeeded" => h.requests = n,
+                    "failed" | "errored" | "timeout" => h.errors += n,
+                    _ => {}
+                }
+            }
+            reqs = true;
+        } else if let Some(rest) = t.strip_prefix("time for request:") {
+            // min max mean sd +/-sd
+            let v: Vec<&str> = rest.split_whitespace().collect();
+            h.max_ms = parse_duration_ms(v.get(1)?)?;
+            h.mean_ms = parse_duration_ms(v.get(2)?)?;
+            times = true;
+        }
+    }
+    (rps && reqs && times).then_some(h)
 }
 
 /// Medians per target and connection count.
@@ -612,6 +825,8 @@ fn wrk(core: Option<usize>, t: &Target, conns: usize, d: Duration) -> Result<Sam
 struct Row {
     target: String,
     conns: usize,
+    /// `None` for HTTP/1.1 rows (`conns` says the load); the HTTP/2 load otherwise.
+    h2: Option<H2>,
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -635,6 +850,7 @@ fn summarize(
             rows.push(Row {
                 target: t.name.to_string(),
                 conns,
+                h2: None,
                 rps: pick(|s| Some(s.rps)).unwrap_or(0.0),
                 p50_ms: pick(|s| Some(s.p50_ms)).unwrap_or(0.0),
                 p99_ms: pick(|s| Some(s.p99_ms)).unwrap_or(0.0),
@@ -645,6 +861,73 @@ fn summarize(
         }
     }
     rows
+}
+
+/// Medians per target for the HTTP/2 loads.
+fn summarize_h2(
+    targets: &[Target],
+    samples: &BTreeMap<(H2, &'static str), Vec<Sample>>,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for mode in [H2::Clear, H2::Tls] {
+        for t in targets {
+            let Some(s) = samples.get(&(mode, t.name)) else {
+                continue;
+            };
+            let pick = |f: fn(&Sample) -> Option<f64>| median(s.iter().filter_map(f).collect());
+            rows.push(Row {
+                target: t.name.to_string(),
+                conns: 1000,
+                h2: Some(mode),
+                rps: pick(|s| Some(s.rps)).unwrap_or(0.0),
+                p50_ms: pick(|s| Some(s.p50_ms)).unwrap_or(0.0),
+                p99_ms: pick(|s| Some(s.p99_ms)).unwrap_or(0.0),
+                cpu_us: pick(|s| s.cpu_us_per_req),
+                rss_mb: pick(|s| s.rss_mb),
+                errors: s.iter().map(|s| s.errors).sum(),
+            });
+        }
+    }
+    rows
+}
+
+/// The HTTP/2 table: h2load reports a mean and a maximum, no percentiles.
+fn render_h2(rows: &[Row]) -> String {
+    let mut t = String::new();
+    if rows.is_empty() {
+        return t;
+    }
+    let _ = writeln!(
+        t,
+        "\nHTTP/2 (`h2load -c10 -m100 -t1`: 10 connections × 100 streams; to the backend every proxy speaks HTTP/1.1):\n"
+    );
+    let _ = writeln!(
+        t,
+        "| target | load | req/s | mean | max | CPU/req | RSS | errors | req/s vs nginx | CPU vs nginx |"
+    );
+    let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let nginx = rows.iter().find(|n| n.target == "nginx" && n.h2 == r.h2);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 && r.target != "nginx" => format!("{:.2}×", a / b),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} | {} | {} |",
+            r.target,
+            r.h2.map_or("", H2::label),
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_us.map_or("–".into(), |c| format!("{c:.1} µs")),
+            r.rss_mb.map_or("–".into(), |m| format!("{m:.1} MB")),
+            r.errors,
+            ratio(Some(r.rps), nginx.map(|n| n.rps)),
+            ratio(r.cpu_us, nginx.and_then(|n| n.cpu_us)),
+        );
+    }
+    t
 }
 
 /// Detour's rows from the most recent run in the history: conns → (commit, rps, cpu µs).
@@ -690,7 +973,7 @@ fn append_history(
             text,
             "{date}\t{commit}\t{}\t{}\t{:.0}\t{:.3}\t{:.3}\t{}\t{}\t{}",
             r.target,
-            r.conns,
+            r.h2.map_or_else(|| r.conns.to_string(), |m| m.label().replace(' ', "-")),
             r.rps,
             r.p50_ms,
             r.p99_ms,
@@ -824,6 +1107,22 @@ Transfer/sec:      8.00MB
         assert_eq!(w.requests, 521000);
         assert_eq!(w.errors, 7);
         assert!(parse_wrk("garbage").is_none());
+    }
+
+    #[test]
+    fn h2load_output_is_read() {
+        let out = "finished in 10.00s, 31234.50 req/s, 1.23MB/s
+requests: 312345 total, 312345 started, 312345 done, 312300 succeeded, 40 failed, 5 errored, 0 timeout
+status codes: 312300 2xx, 0 3xx, 0 4xx, 45 5xx
+time for request:      1.23ms     12.34ms      3.21ms       1.11ms    70.00%
+";
+        let h = parse_h2load(out).expect("parsed");
+        assert_eq!(h.rps, 31234.5);
+        assert_eq!(h.requests, 312300);
+        assert_eq!(h.errors, 45);
+        assert!((h.mean_ms - 3.21).abs() < 1e-9);
+        assert!((h.max_ms - 12.34).abs() < 1e-9);
+        assert!(parse_h2load("finished in 1s").is_none());
     }
 
     #[test]
