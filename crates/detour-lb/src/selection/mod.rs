@@ -14,7 +14,7 @@
 //! | weighted random | [`WeightedRandom`] | alias table, O(1) | a pseudo-random sweep |
 //! | least request, P2C | [`LeastRequest`] | less loaded of two weighted draws | the other draw, then a sweep |
 //! | peak EWMA, P2C | [`PeakEwma`] | lower latency × load of two draws | the other draw, then a sweep |
-//! | Ketama ring | [`Ketama`] | binary search on the ring, O(log points) | next distinct owners clockwise, then a sweep |
+//! | Ketama ring | [`Ketama`] | bucket index, then a search of a few points, O(1) expected | next distinct owners clockwise, then a sweep |
 //! | Maglev | [`Maglev`] | one table lookup, O(1) | rehashed lookups, then a sweep |
 //!
 //! The "sweep" visits the remaining backends in the order
