@@ -64,5 +64,5 @@ pub use breaker::{
     FailureRate, GateTaken, OwnedAdmission, SlowCall, Transition, TransitionReason, Window,
 };
 pub use budget::{BudgetConfig, RetryBudget};
-pub use error::InvalidConfig;
+pub use detour_core::InvalidConfig;
 pub use limit::{ConcurrencyLimit, LimitConfig, LimitPermit, Overloaded};

@@ -5,7 +5,6 @@
 //! whether another attempt is allowed at all. Within it, the engine still checks the
 //! retry count, the deadline, the retry budget and the backends already tried.
 
-use std::fmt;
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
@@ -13,6 +12,7 @@ use serde::Deserialize;
 
 use crate::commit::CommitPoint;
 use crate::error::ErrorKind;
+use crate::InvalidConfig;
 
 /// An error kind a policy may list as retriable (the config names are snake_case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -146,23 +146,6 @@ impl Default for RetryPolicy {
     }
 }
 
-/// A retry policy field holding a value that makes no sense.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InvalidPolicy {
-    /// The field at fault, as named in config.
-    pub field: &'static str,
-    /// Why the value was refused.
-    pub reason: String,
-}
-
-impl fmt::Display for InvalidPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "retry.{}: {}", self.field, self.reason)
-    }
-}
-
-impl std::error::Error for InvalidPolicy {}
-
 impl RetryPolicy {
     /// A policy that never retries.
     pub fn none() -> Self {
@@ -175,9 +158,9 @@ impl RetryPolicy {
     /// Check every field.
     ///
     /// # Errors
-    /// [`InvalidPolicy`] naming the first field whose value makes no sense.
-    pub fn validate(self) -> Result<Self, InvalidPolicy> {
-        let bad = |field, reason: String| Err(InvalidPolicy { field, reason });
+    /// [`InvalidConfig`] naming the first field whose value makes no sense.
+    pub fn validate(self) -> Result<Self, InvalidConfig> {
+        let bad = |field, reason: String| Err(InvalidConfig { field, reason });
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
             return bad(
                 "multiplier",

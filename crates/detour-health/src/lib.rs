@@ -62,7 +62,6 @@
 #![warn(missing_docs)]
 
 pub mod active;
-mod error;
 pub mod event;
 pub mod outlier;
 
@@ -70,7 +69,7 @@ pub use active::{
     BackendHealth, BoxHealthCheck, CheckFailure, CheckKind, ConfiguredCheck, FailureKind,
     HealthCheck, HealthChecker, HealthConfig, HttpCheck, StatusRange, TcpCheck, Verdict,
 };
-pub use error::InvalidConfig;
+pub use detour_core::InvalidConfig;
 pub use event::{EjectCause, EventCallback, EventKind, HealthEvent};
 pub use outlier::{
     FailurePercentageConfig, OutlierConfig, OutlierDetector, OutlierStatus, SuccessRateConfig,

@@ -16,7 +16,7 @@ use crate::hash::mix64;
 use crate::rng::RngSource;
 use crate::selection::{Algorithm, Selection};
 use crate::set::{BackendSet, Group, HealthParams, HealthView, FULL};
-use crate::ConfigError;
+use crate::InvalidConfig;
 
 /// Keeps the tier pick of a hashing algorithm apart from its ring position.
 const TIER_SALT: u64 = 0x7f4a_7c15_9e37_79b9;
@@ -115,9 +115,9 @@ impl<S: Selection> LoadBalancer<S> {
     /// An empty load balancer with `options`.
     ///
     /// # Errors
-    /// A [`ConfigError`] when the algorithm's parameters or the options make
+    /// A [`InvalidConfig`] when the algorithm's parameters or the options make
     /// no sense.
-    pub fn try_new(selection: S, options: LbOptions) -> Result<Self, ConfigError> {
+    pub fn try_new(selection: S, options: LbOptions) -> Result<Self, InvalidConfig> {
         selection.validate()?;
         options.validate()?;
         Ok(LoadBalancer {

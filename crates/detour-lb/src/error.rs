@@ -4,40 +4,6 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-/// A configuration value that makes no sense, named by its field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            field,
-            reason: reason.into(),
-        }
-    }
-
-    /// The offending field, e.g. `"slow_start.window"`.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// Why the value was refused.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid `{}`: {}", self.field, self.reason)
-    }
-}
-
-impl StdError for ConfigError {}
-
 /// What kind of discovery failure happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -65,7 +65,7 @@ use detour_core::Backend;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::ConfigError;
+use crate::InvalidConfig;
 
 /// Envoy's default overprovisioning factor.
 pub const DEFAULT_OVERPROVISIONING: f64 = 1.4;
@@ -207,20 +207,20 @@ impl Failover {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), InvalidConfig> {
         let factor_ok = |f: f64| f.is_finite() && f >= 1.0;
         match self {
             Failover::ActiveActive => Ok(()),
-            Failover::Priority(p) if !factor_ok(p.overprovisioning) => Err(ConfigError::new(
+            Failover::Priority(p) if !factor_ok(p.overprovisioning) => Err(InvalidConfig::new(
                 "failover.overprovisioning",
                 "must be a finite number ≥ 1.0",
             )),
             Failover::Priority(_) => Ok(()),
-            Failover::Locality(l) if !factor_ok(l.overprovisioning) => Err(ConfigError::new(
+            Failover::Locality(l) if !factor_ok(l.overprovisioning) => Err(InvalidConfig::new(
                 "failover.overprovisioning",
                 "must be a finite number ≥ 1.0",
             )),
-            Failover::Locality(l) if l.local.is_empty() => Err(ConfigError::new(
+            Failover::Locality(l) if l.local.is_empty() => Err(InvalidConfig::new(
                 "failover.local",
                 "must name this proxy's locality",
             )),
@@ -291,18 +291,21 @@ impl SlowStart {
             .min(1.0)
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), InvalidConfig> {
         if self.window.is_zero() {
-            return Err(ConfigError::new("slow_start.window", "must be above zero"));
+            return Err(InvalidConfig::new(
+                "slow_start.window",
+                "must be above zero",
+            ));
         }
         if !(self.min_factor > 0.0 && self.min_factor <= 1.0) {
-            return Err(ConfigError::new(
+            return Err(InvalidConfig::new(
                 "slow_start.min_factor",
                 "must be in (0, 1]",
             ));
         }
         if !(self.aggression.is_finite() && self.aggression > 0.0) {
-            return Err(ConfigError::new(
+            return Err(InvalidConfig::new(
                 "slow_start.aggression",
                 "must be above zero",
             ));
@@ -372,10 +375,10 @@ impl LbOptions {
     /// Reject nonsense.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the field.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// A [`InvalidConfig`] naming the field.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.panic_threshold > 100 {
-            return Err(ConfigError::new(
+            return Err(InvalidConfig::new(
                 "panic_threshold",
                 "is a percentage: 0 to 100",
             ));
@@ -455,7 +458,7 @@ mod tests {
                 .unwrap()
                 .validate()
                 .unwrap_err()
-                .field()
+                .field
         };
         assert_eq!(bad("panic_threshold = 101"), "panic_threshold");
         assert_eq!(

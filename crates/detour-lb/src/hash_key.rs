@@ -10,7 +10,7 @@ use http::HeaderName;
 use serde::{Deserialize, Deserializer};
 
 use crate::hash::{StableHasher, DOMAIN_KEY};
-use crate::ConfigError;
+use crate::InvalidConfig;
 
 /// The part of a request whose hash picks the backend, parsed from strings
 /// such as `"header:x-user"`.
@@ -161,10 +161,10 @@ fn strip_port(host: &[u8]) -> &[u8] {
 }
 
 impl FromStr for HashKey {
-    type Err = ConfigError;
+    type Err = InvalidConfig;
 
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let bad = |why: &str| ConfigError::new("hash_key", format!("{s:?}: {why}"));
+    fn from_str(s: &str) -> Result<Self, InvalidConfig> {
+        let bad = |why: &str| InvalidConfig::new("hash_key", format!("{s:?}: {why}"));
         if let Some((kind, name)) = s.split_once(':') {
             if name.is_empty() {
                 return Err(bad("the name after ':' is empty"));
@@ -276,7 +276,7 @@ mod tests {
     fn bad_keys_are_refused_with_the_field_named() {
         for bad in ["header:", "header:bad header", "body", "cookie", "tls:sni"] {
             let err = bad.parse::<HashKey>().unwrap_err();
-            assert_eq!(err.field(), "hash_key", "{bad}");
+            assert_eq!(err.field, "hash_key", "{bad}");
         }
     }
 

@@ -57,11 +57,12 @@ pub mod selection;
 mod set;
 
 pub use balancer::{AnyLoadBalancer, Changes, LoadBalancer};
+pub use detour_core::InvalidConfig;
 pub use discovery::{
     refresh, run_discovery, BackendSpec, DnsDiscovery, DnsTarget, FileDiscovery, ServiceDiscovery,
     StaticDiscovery,
 };
-pub use error::{ConfigError, DiscoveryError, DiscoveryErrorKind};
+pub use error::{DiscoveryError, DiscoveryErrorKind};
 pub use failover::{Failover, LbOptions, LocalityOrder, PriorityTiers, SlowStart};
 pub use hash::hash_bytes;
 pub use hash_key::HashKey;

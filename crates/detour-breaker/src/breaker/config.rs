@@ -7,7 +7,8 @@ use detour_core::ErrorKind;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::error::{bad, InvalidConfig};
+use crate::error::bad;
+use detour_core::InvalidConfig;
 
 /// The largest count window: one byte per call is kept.
 pub const MAX_WINDOW_CALLS: u32 = 10_000;
@@ -522,7 +523,7 @@ mod tests {
 
     #[test]
     fn validate_names_the_field() {
-        let field = |c: BreakerConfig| c.validate().unwrap_err().field();
+        let field = |c: BreakerConfig| c.validate().unwrap_err().field;
         let mut c = BreakerConfig {
             open_for: Duration::ZERO,
             ..Default::default()

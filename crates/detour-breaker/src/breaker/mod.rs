@@ -50,8 +50,8 @@ use self::state::{state_name, Mode, Word};
 pub use self::state::{Transition, TransitionReason};
 use self::window::RateWindow;
 use crate::clock::{duration_nanos, Epoch};
-use crate::error::InvalidConfig;
 use crate::pad::Padded;
+use detour_core::InvalidConfig;
 
 /// The gauge of breakers that are open or half-open.
 const OPEN_GAUGE: &str = "detour_breakers_open";

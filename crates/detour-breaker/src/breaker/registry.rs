@@ -13,7 +13,7 @@ use detour_core::{AdmissionGate, AttemptOutcome, Backend, Observer, OutcomeClass
 use super::config::BreakerConfig;
 use super::state::Transition;
 use super::{BreakerSnapshot, CircuitBreaker, Listeners};
-use crate::error::InvalidConfig;
+use detour_core::InvalidConfig;
 
 /// The circuit breakers of an upstream's backends, keyed by address.
 ///

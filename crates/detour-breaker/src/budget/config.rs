@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::{bad, InvalidConfig};
+use crate::error::bad;
+use detour_core::InvalidConfig;
 
 /// The shortest window: it is kept in 10 steps of at least 1 ms.
 const MIN_WINDOW: Duration = Duration::from_millis(10);
@@ -92,9 +93,9 @@ mod tests {
             "budget.ratio: must be a number >= 0.0, got -1"
         );
         c.ratio = f64::NAN;
-        assert_eq!(c.validate().unwrap_err().field(), "budget.ratio");
+        assert_eq!(c.validate().unwrap_err().field, "budget.ratio");
         c.ratio = 0.0;
         c.window = Duration::ZERO;
-        assert_eq!(c.validate().unwrap_err().field(), "budget.window");
+        assert_eq!(c.validate().unwrap_err().field, "budget.window");
     }
 }

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 
 pub use self::config::BudgetConfig;
 use crate::clock::{duration_nanos, Divider, Epoch};
-use crate::error::InvalidConfig;
 use crate::pad::Padded;
+use detour_core::InvalidConfig;
 
 /// Buckets of the window.
 const BUCKETS: u64 = 10;

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::{bad, InvalidConfig};
+use crate::error::bad;
+use detour_core::InvalidConfig;
 
 /// How many requests a [`ConcurrencyLimit`](crate::ConcurrencyLimit) lets run
 /// and wait.
@@ -80,7 +81,7 @@ mod tests {
             max_wait: Duration::ZERO,
             ..Default::default()
         };
-        assert_eq!(no_wait.validate().unwrap_err().field(), "limit.max_wait");
+        assert_eq!(no_wait.validate().unwrap_err().field, "limit.max_wait");
         let never_waits = LimitConfig {
             max_pending: 0,
             max_wait: Duration::ZERO,

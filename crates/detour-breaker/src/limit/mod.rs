@@ -12,7 +12,7 @@ use detour_core::{Error, ErrorKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use self::config::LimitConfig;
-use crate::error::InvalidConfig;
+use detour_core::InvalidConfig;
 
 /// Why a [`ConcurrencyLimit`] refused a request. Answer it with 503
 /// (`From<Overloaded> for detour_core::Error` gives

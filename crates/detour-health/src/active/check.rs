@@ -14,7 +14,7 @@ use detour_core::{Backend, ErrorKind};
 use super::config::{CheckKind, HealthConfig};
 use super::http::HttpCheck;
 use super::tcp::TcpCheck;
-use crate::error::InvalidConfig;
+use detour_core::InvalidConfig;
 
 /// One probe of one backend: passes with `Ok(())`, fails with the reason.
 ///

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 
 use super::check::{CheckFailure, ConfiguredCheck, FailureKind, HealthCheck};
 use super::config::HealthConfig;
-use crate::error::InvalidConfig;
 use crate::event::{EventCallback, EventKind, Events, HealthEvent};
+use detour_core::InvalidConfig;
 
 type BackendList = Box<dyn Fn() -> Vec<Arc<Backend>> + Send + Sync>;
 

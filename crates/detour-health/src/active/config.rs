@@ -8,7 +8,7 @@ use http::{HeaderValue, Method};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::error::InvalidConfig;
+use detour_core::InvalidConfig;
 
 /// Which active check runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

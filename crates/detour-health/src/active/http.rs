@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::check::{CheckFailure, FailureKind, HealthCheck};
 use super::config::{HealthConfig, StatusRange};
 use super::tcp::connect_failure;
-use crate::error::InvalidConfig;
+use detour_core::InvalidConfig;
 
 /// How much of a body is searched for `body_contains`.
 const BODY_LIMIT: usize = 64 * 1024;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::InvalidConfig;
+use detour_core::InvalidConfig;
 
 /// Passive outlier detection for one upstream (`[upstreams.<name>.outlier]`),
 /// modelled on Envoy's.

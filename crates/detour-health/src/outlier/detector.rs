@@ -17,8 +17,8 @@ use tokio::time::Instant;
 
 use super::config::OutlierConfig;
 use super::stats::{failure_percentage_outliers, success_rate_outliers, Sample};
-use crate::error::InvalidConfig;
 use crate::event::{EjectCause, EventCallback, EventKind, Events, HealthEvent};
+use detour_core::InvalidConfig;
 
 /// Passive outlier detection for one upstream.
 ///

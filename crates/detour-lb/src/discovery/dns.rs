@@ -10,7 +10,7 @@ use detour_core::Backend;
 use hickory_resolver::TokioResolver;
 
 use super::{BackendSpec, ServiceDiscovery};
-use crate::{ConfigError, DiscoveryError, DiscoveryErrorKind};
+use crate::{DiscoveryError, DiscoveryErrorKind, InvalidConfig};
 
 /// One SRV record, as [`Resolve::lookup_srv`] returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,24 +214,24 @@ impl fmt::Display for DnsTarget {
 
 /// `srv:NAME` or `HOST:PORT` (`[v6]:PORT` for an IPv6 literal).
 impl FromStr for DnsTarget {
-    type Err = ConfigError;
+    type Err = InvalidConfig;
 
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
+    fn from_str(s: &str) -> Result<Self, InvalidConfig> {
         if let Some(name) = s.strip_prefix("srv:") {
             if name.is_empty() {
-                return Err(ConfigError::new("dns", "srv: needs a name"));
+                return Err(InvalidConfig::new("dns", "srv: needs a name"));
             }
             return Ok(DnsTarget::srv(name));
         }
         let (host, port) = s.rsplit_once(':').ok_or_else(|| {
-            ConfigError::new("dns", format!("{s:?}: expected HOST:PORT or srv:NAME"))
+            InvalidConfig::new("dns", format!("{s:?}: expected HOST:PORT or srv:NAME"))
         })?;
         let port = port
             .parse()
-            .map_err(|_| ConfigError::new("dns", format!("{s:?}: bad port")))?;
+            .map_err(|_| InvalidConfig::new("dns", format!("{s:?}: bad port")))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
-            return Err(ConfigError::new("dns", format!("{s:?}: empty host")));
+            return Err(InvalidConfig::new("dns", format!("{s:?}: empty host")));
         }
         Ok(DnsTarget::host(host, port))
     }

@@ -13,7 +13,7 @@ use super::{
     Ketama, KetamaTable, LeastRequest, LeastRequestTable, Maglev, MaglevTable, PeakEwma,
     PeakEwmaTable, RoundRobin, RoundRobinTable, Selection, WeightedRandom, WeightedRandomTable,
 };
-use crate::ConfigError;
+use crate::InvalidConfig;
 
 /// One of the built-in algorithms, chosen at run time.
 ///
@@ -79,9 +79,9 @@ impl fmt::Display for Algorithm {
 }
 
 impl FromStr for Algorithm {
-    type Err = ConfigError;
+    type Err = InvalidConfig;
 
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
+    fn from_str(s: &str) -> Result<Self, InvalidConfig> {
         Ok(match s {
             "round_robin" => Algorithm::RoundRobin(RoundRobin),
             "random" => Algorithm::Random(WeightedRandom),
@@ -90,7 +90,7 @@ impl FromStr for Algorithm {
             "consistent_hash" | "ketama" => Algorithm::ConsistentHash(Ketama::default()),
             "maglev" => Algorithm::Maglev(Maglev::default()),
             other => {
-                return Err(ConfigError::new(
+                return Err(InvalidConfig::new(
                     "lb",
                     format!(
                         "unknown algorithm {other:?} (expected round_robin, random, \
@@ -156,7 +156,7 @@ macro_rules! each_algorithm {
                 }
             }
 
-            fn validate(&self) -> Result<(), ConfigError> {
+            fn validate(&self) -> Result<(), InvalidConfig> {
                 match self {
                     $(Algorithm::$variant(a) => a.validate(),)*
                 }
@@ -191,6 +191,6 @@ mod tests {
             assert_eq!(name.parse::<Algorithm>().unwrap().name(), name);
         }
         let err = "fastest".parse::<Algorithm>().unwrap_err();
-        assert_eq!(err.field(), "lb");
+        assert_eq!(err.field, "lb");
     }
 }

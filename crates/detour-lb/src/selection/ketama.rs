@@ -48,7 +48,7 @@ use detour_core::Backend;
 
 use super::{sweep_rest, Seen, Selection, SEEN_MAX};
 use crate::hash::{mix64, write_addr, StableHasher, DOMAIN_RING};
-use crate::ConfigError;
+use crate::InvalidConfig;
 
 /// Points walked at most before the walk falls back to the sweep.
 const RING_STEPS: usize = 64 * SEEN_MAX;
@@ -267,15 +267,15 @@ impl Selection for Ketama {
         true
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), InvalidConfig> {
         if self.points_per_backend == 0 {
-            return Err(ConfigError::new(
+            return Err(InvalidConfig::new(
                 "ketama.points_per_backend",
                 "must be at least 1",
             ));
         }
         if self.max_points == 0 || self.max_points > MAX_RING_POINTS {
-            return Err(ConfigError::new(
+            return Err(InvalidConfig::new(
                 "ketama.max_points",
                 format!("must be between 1 and {MAX_RING_POINTS}"),
             ));

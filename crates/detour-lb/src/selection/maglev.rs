@@ -30,7 +30,7 @@ use detour_core::Backend;
 
 use super::{scale, sweep_rest, Seen, Selection, SEEN_MAX};
 use crate::hash::{mix64, write_addr, StableHasher, DOMAIN_MAGLEV_OFFSET, DOMAIN_MAGLEV_SKIP};
-use crate::ConfigError;
+use crate::InvalidConfig;
 
 /// The smallest default table (a prime, 2^16 + 1).
 pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
@@ -195,9 +195,9 @@ impl Selection for Maglev {
         true
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), InvalidConfig> {
         match self.table_size {
-            Some(m) if m < 3 || !is_prime(u64::from(m)) => Err(ConfigError::new(
+            Some(m) if m < 3 || !is_prime(u64::from(m)) => Err(InvalidConfig::new(
                 "maglev.table_size",
                 format!(
                     "{m} is not a prime (try {})",

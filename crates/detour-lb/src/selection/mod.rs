@@ -36,7 +36,7 @@ use std::sync::Arc;
 use crate::Rng;
 use detour_core::Backend;
 
-use crate::ConfigError;
+use crate::InvalidConfig;
 
 pub use algorithm::{Algorithm, AlgorithmTable};
 pub use ketama::{Ketama, KetamaTable};
@@ -84,8 +84,8 @@ pub trait Selection: Send + Sync + 'static {
     /// Reject nonsense parameters.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the parameter.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// A [`InvalidConfig`] naming the parameter.
+    fn validate(&self) -> Result<(), InvalidConfig> {
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use detour_core::Backend;
 
 use super::least_request::p2c_walk;
 use super::{Sampler, Selection};
-use crate::ConfigError;
+use crate::InvalidConfig;
 
 /// Peak EWMA, power of two choices (see the [module docs](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,9 +81,9 @@ impl Selection for PeakEwma {
         })
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), InvalidConfig> {
         if self.default_rtt.is_zero() {
-            return Err(ConfigError::new(
+            return Err(InvalidConfig::new(
                 "peak_ewma.default_rtt",
                 "must be above zero",
             ));

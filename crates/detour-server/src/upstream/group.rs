@@ -33,8 +33,8 @@ use detour_breaker::{
     BreakerConfig, BreakerRegistry, BudgetConfig, ConcurrencyLimit, LimitConfig, RetryBudget,
 };
 use detour_core::{
-    AttemptOutcome, Backend, Error, ErrorKind, GateState, HttpPeer, Observer, OutcomeClass,
-    PeerOptions, RemovalCap, RetryBudgetGate, RetryPolicy, Session,
+    AttemptOutcome, Backend, Error, ErrorKind, GateState, HttpPeer, InvalidConfig, Observer,
+    OutcomeClass, PeerOptions, RemovalCap, RetryBudgetGate, RetryPolicy, Session,
 };
 use detour_health::{HealthChecker, HealthConfig, HealthEvent, OutlierConfig, OutlierDetector};
 use detour_lb::discovery::SystemResolver;
@@ -205,29 +205,26 @@ impl UpstreamConfig {
                 ));
             }
         }
-        self.lb_options()
-            .validate()
-            .map_err(|e| ConfigError::field(at(e.field()), e.reason()))?;
+        // The crates name their fields with their table ("health.rise",
+        // "breaker.open_for"); the retry policy's and the budget's keys live in
+        // the retry table.
+        let bad = |e: InvalidConfig| ConfigError::field(at(e.field), e.reason);
+        self.lb_options().validate().map_err(bad)?;
         self.retry
             .clone()
             .validate()
-            .map_err(|e| ConfigError::field(at(&format!("retry.{}", e.field)), e.reason.clone()))?;
-        // The crates name their fields with their table ("health.rise",
-        // "breaker.open_for"); the budget's keys live in the retry table.
-        let health = |e: detour_health::InvalidConfig| ConfigError::field(at(e.field), e.reason);
-        let breaker =
-            |e: detour_breaker::InvalidConfig| ConfigError::field(at(e.field()), e.reason());
+            .map_err(|e| ConfigError::field(at(&format!("retry.{}", e.field)), e.reason))?;
         budget_config(&self.retry).validate().map_err(|e| {
-            let key = e.field().replace("budget.", "retry.budget_");
-            ConfigError::field(at(&key), e.reason())
+            let key = e.field.replace("budget.", "retry.budget_");
+            ConfigError::field(at(&key), e.reason)
         })?;
         if let Some(h) = &self.health {
-            h.clone().validate().map_err(health)?;
+            h.clone().validate().map_err(bad)?;
         }
-        self.outlier.clone().validate().map_err(health)?;
-        self.breaker.validate().map_err(breaker)?;
+        self.outlier.clone().validate().map_err(bad)?;
+        self.breaker.validate().map_err(bad)?;
         if let Some(c) = &self.concurrency {
-            c.validate().map_err(breaker)?;
+            c.validate().map_err(bad)?;
         }
         // Active HTTP checks speak cleartext HTTP/1.1: against TLS or h2c
         // backends every check would fail and take them all out of service.
