@@ -568,42 +568,29 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         wrk(gen_core, t, 256, Duration::from_secs(2))?;
     }
 
-    let mut samples: BTreeMap<(usize, &'static str), Vec<Sample>> = BTreeMap::new();
+    let loads: Vec<Load> = opts
+        .connections
+        .iter()
+        .map(|&c| Load::H1(c))
+        .chain([Load::H2(H2::Clear), Load::H2(H2::Tls)])
+        .collect();
+    let mut samples: BTreeMap<(Load, &'static str), Vec<Sample>> = BTreeMap::new();
     for round in 0..opts.rounds {
-        for &conns in &opts.connections {
+        for &load in &loads {
             for i in 0..targets.len() {
                 let t = &targets[(i + round) % targets.len()];
-                let s = wrk(gen_core, t, conns, opts.duration)?;
-                println!(
-                    "round {} · {:>3} conns · {:<8} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {}  rss {}  errors {}",
-                    round + 1,
-                    conns,
-                    t.name,
-                    s.rps,
-                    s.p50_ms,
-                    s.p99_ms,
-                    s.cpu_us_per_req.map_or("-".into(), |c| format!("{c:.1} µs/req")),
-                    s.rss_mb.map_or("-".into(), |r| format!("{r:.1} MB")),
-                    s.errors
-                );
-                samples.entry((conns, t.name)).or_default().push(s);
-            }
-        }
-    }
-
-    // HTTP/2: 10 connections × 100 streams, cleartext and TLS, same rounds.
-    let mut h2_samples: BTreeMap<(H2, &'static str), Vec<Sample>> = BTreeMap::new();
-    for round in 0..opts.rounds {
-        for mode in [H2::Clear, H2::Tls] {
-            for i in 0..targets.len() {
-                let t = &targets[(i + round) % targets.len()];
-                let Some(s) = h2load(gen_core, t, mode, opts.duration)? else {
-                    continue;
+                let s = match load {
+                    Load::H1(conns) => wrk(gen_core, t, conns, opts.duration)?,
+                    Load::H2(mode) => match h2load(gen_core, t, mode, opts.duration)? {
+                        Some(s) => s,
+                        None => continue,
+                    },
                 };
+                let (fast, slow) = load.latency_names();
                 println!(
-                    "round {} · {:<6} · {:<8} {:>9.0} req/s  mean {:>6.2} ms  max {:>7.2} ms  cpu {}  rss {}  errors {}",
+                    "round {} · {:>6} · {:<8} {:>9.0} req/s  {fast} {:>6.2} ms  {slow} {:>7.2} ms  cpu {}  rss {}  errors {}",
                     round + 1,
-                    mode.label(),
+                    load.key(),
                     t.name,
                     s.rps,
                     s.p50_ms,
@@ -612,13 +599,12 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
                     s.rss_mb.map_or("-".into(), |r| format!("{r:.1} MB")),
                     s.errors
                 );
-                h2_samples.entry((mode, t.name)).or_default().push(s);
+                samples.entry((load, t.name)).or_default().push(s);
             }
         }
     }
 
-    let rows = summarize(&targets, &opts.connections, &samples);
-    let h2_rows = summarize_h2(&targets, &h2_samples);
+    let rows = summarize(&targets, &loads, &samples);
     let commit = git(root, &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty = git(root, &["status", "--porcelain", "--untracked-files=no"])
         .is_some_and(|s| !s.is_empty());
@@ -635,15 +621,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     let history_path = root.join("xtask/bench-history.tsv");
     let history = fs::read_to_string(&history_path).unwrap_or_default();
     let previous = last_detour_run(&history);
-    let mut table = render(&rows, opts, &commit, &date, cores, previous.as_ref());
-    table.push_str(&render_h2(&h2_rows));
+    let table = render(&rows, opts, &commit, &date, cores, previous.as_ref());
     println!("\n{table}");
 
     let out = root.join("target/bench");
     fs::write(out.join("latest.md"), &table).map_err(|e| e.to_string())?;
     if !opts.dry {
-        let all: Vec<Row> = rows.iter().chain(&h2_rows).cloned().collect();
-        append_history(&history_path, &history, &all, &commit, &date)?;
+        append_history(&history_path, &history, &rows, &commit, &date)?;
         update_doc(&root.join("docs/src/performance.md"), &table)?;
         println!(
             "wrote {}, docs/src/performance.md and target/bench/latest.md",
@@ -746,6 +730,33 @@ impl H2 {
     }
 }
 
+/// One measured load: wrk over HTTP/1.1 keep-alive with this many
+/// connections, or h2load over HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Load {
+    H1(usize),
+    H2(H2),
+}
+
+impl Load {
+    /// The load as the tables and the history file name it: `64`, `h2c`, `h2-TLS`.
+    fn key(self) -> String {
+        match self {
+            Load::H1(conns) => conns.to_string(),
+            Load::H2(mode) => mode.label().replace(' ', "-"),
+        }
+    }
+
+    /// What the two latency figures are: wrk gives percentiles, h2load a
+    /// mean and a maximum.
+    fn latency_names(self) -> (&'static str, &'static str) {
+        match self {
+            Load::H1(_) => ("p50", "p99"),
+            Load::H2(_) => ("mean", "max"),
+        }
+    }
+}
+
 /// One h2load run. h2load reports no percentiles: the sample's `p50_ms` is
 /// the mean time per request and `p99_ms` the slowest.
 fn h2load(
@@ -820,13 +831,11 @@ fn parse_h2load(out: &str) -> Option<H2loadOutput> {
     (rps && reqs && times).then_some(h)
 }
 
-/// Medians per target and connection count.
+/// Medians per target and load.
 #[derive(Debug, Clone)]
 struct Row {
     target: String,
-    conns: usize,
-    /// `None` for HTTP/1.1 rows (`conns` says the load); the HTTP/2 load otherwise.
-    h2: Option<H2>,
+    load: Load,
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -837,20 +846,19 @@ struct Row {
 
 fn summarize(
     targets: &[Target],
-    connections: &[usize],
-    samples: &BTreeMap<(usize, &'static str), Vec<Sample>>,
+    loads: &[Load],
+    samples: &BTreeMap<(Load, &'static str), Vec<Sample>>,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
-    for &conns in connections {
+    for &load in loads {
         for t in targets {
-            let Some(s) = samples.get(&(conns, t.name)) else {
+            let Some(s) = samples.get(&(load, t.name)) else {
                 continue;
             };
             let pick = |f: fn(&Sample) -> Option<f64>| median(s.iter().filter_map(f).collect());
             rows.push(Row {
                 target: t.name.to_string(),
-                conns,
-                h2: None,
+                load,
                 rps: pick(|s| Some(s.rps)).unwrap_or(0.0),
                 p50_ms: pick(|s| Some(s.p50_ms)).unwrap_or(0.0),
                 p99_ms: pick(|s| Some(s.p99_ms)).unwrap_or(0.0),
@@ -863,93 +871,26 @@ fn summarize(
     rows
 }
 
-/// Medians per target for the HTTP/2 loads.
-fn summarize_h2(
-    targets: &[Target],
-    samples: &BTreeMap<(H2, &'static str), Vec<Sample>>,
-) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for mode in [H2::Clear, H2::Tls] {
-        for t in targets {
-            let Some(s) = samples.get(&(mode, t.name)) else {
-                continue;
-            };
-            let pick = |f: fn(&Sample) -> Option<f64>| median(s.iter().filter_map(f).collect());
-            rows.push(Row {
-                target: t.name.to_string(),
-                conns: 1000,
-                h2: Some(mode),
-                rps: pick(|s| Some(s.rps)).unwrap_or(0.0),
-                p50_ms: pick(|s| Some(s.p50_ms)).unwrap_or(0.0),
-                p99_ms: pick(|s| Some(s.p99_ms)).unwrap_or(0.0),
-                cpu_us: pick(|s| s.cpu_us_per_req),
-                rss_mb: pick(|s| s.rss_mb),
-                errors: s.iter().map(|s| s.errors).sum(),
-            });
-        }
-    }
-    rows
-}
-
-/// The HTTP/2 table: h2load reports a mean and a maximum, no percentiles.
-fn render_h2(rows: &[Row]) -> String {
-    let mut t = String::new();
-    if rows.is_empty() {
-        return t;
-    }
-    let _ = writeln!(
-        t,
-        "\nHTTP/2 (`h2load -c10 -m100 -t1`: 10 connections × 100 streams; to the backend every proxy speaks HTTP/1.1):\n"
-    );
-    let _ = writeln!(
-        t,
-        "| target | load | req/s | mean | max | CPU/req | RSS | errors | req/s vs nginx | CPU vs nginx |"
-    );
-    let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        let nginx = rows.iter().find(|n| n.target == "nginx" && n.h2 == r.h2);
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 && r.target != "nginx" => format!("{:.2}×", a / b),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            t,
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} | {} | {} |",
-            r.target,
-            r.h2.map_or("", H2::label),
-            r.rps,
-            r.p50_ms,
-            r.p99_ms,
-            r.cpu_us.map_or("–".into(), |c| format!("{c:.1} µs")),
-            r.rss_mb.map_or("–".into(), |m| format!("{m:.1} MB")),
-            r.errors,
-            ratio(Some(r.rps), nginx.map(|n| n.rps)),
-            ratio(r.cpu_us, nginx.and_then(|n| n.cpu_us)),
-        );
-    }
-    t
-}
-
-/// Detour's rows from the most recent run in the history: conns → (commit, rps, cpu µs).
-type Previous = BTreeMap<usize, (String, f64, f64)>;
+/// Detour's rows from the most recent run in the history: load key → (commit, rps, cpu µs).
+type Previous = BTreeMap<String, (String, f64, f64)>;
 
 fn last_detour_run(history: &str) -> Option<Previous> {
     let mut runs: Vec<(String, Previous)> = Vec::new();
     for line in history.lines().filter(|l| !l.starts_with('#')) {
         let f: Vec<&str> = line.split('\t').collect();
-        // date commit target conns rps p50 p99 cpu rss errors
+        // date commit target load rps p50 p99 cpu rss errors
         if f.len() < 10 || f[2] != "Detour" {
             continue;
         }
-        let (Ok(conns), Ok(rps), Ok(cpu)) = (f[3].parse(), f[4].parse(), f[7].parse()) else {
+        let (load, Ok(rps), Ok(cpu)) = (f[3].to_string(), f[4].parse(), f[7].parse()) else {
             continue;
         };
         let key = format!("{} {}", f[0], f[1]);
         match runs.last_mut() {
             Some((k, m)) if *k == key => {
-                m.insert(conns, (f[1].to_string(), rps, cpu));
+                m.insert(load, (f[1].to_string(), rps, cpu));
             }
-            _ => runs.push((key, BTreeMap::from([(conns, (f[1].to_string(), rps, cpu))]))),
+            _ => runs.push((key, BTreeMap::from([(load, (f[1].to_string(), rps, cpu))]))),
         }
     }
     runs.pop().map(|(_, m)| m)
@@ -973,7 +914,7 @@ fn append_history(
             text,
             "{date}\t{commit}\t{}\t{}\t{:.0}\t{:.3}\t{:.3}\t{}\t{}\t{}",
             r.target,
-            r.h2.map_or_else(|| r.conns.to_string(), |m| m.label().replace(' ', "-")),
+            r.load.key(),
             r.rps,
             r.p50_ms,
             r.p99_ms,
@@ -1008,45 +949,26 @@ fn render(
             .join(","),
         opts.rounds
     );
-    let _ = writeln!(
-        t,
-        "| target | conns | req/s | p50 | p99 | CPU/req | RSS | errors | req/s vs nginx | CPU vs nginx | p99 vs nginx |"
-    );
-    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        let nginx = rows
-            .iter()
-            .find(|n| n.target == "nginx" && n.conns == r.conns);
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 && r.target != "nginx" && r.target != "direct" => {
-                format!("{:.2}×", a / b)
-            }
-            _ => "".into(),
-        };
+    let (h1, h2): (Vec<Row>, Vec<Row>) = rows
+        .iter()
+        .cloned()
+        .partition(|r| matches!(r.load, Load::H1(_)));
+    table(&mut t, &h1, "conns", ("p50", "p99"));
+    if !h2.is_empty() {
         let _ = writeln!(
             t,
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} | {} | {} | {} |",
-            r.target,
-            r.conns,
-            r.rps,
-            r.p50_ms,
-            r.p99_ms,
-            r.cpu_us.map_or("–".into(), |c| format!("{c:.1} µs")),
-            r.rss_mb.map_or("–".into(), |m| format!("{m:.1} MB")),
-            r.errors,
-            ratio(Some(r.rps), nginx.map(|n| n.rps)),
-            ratio(r.cpu_us, nginx.and_then(|n| n.cpu_us)),
-            ratio(Some(r.p99_ms), nginx.map(|n| n.p99_ms)),
+            "\nHTTP/2 (`h2load -c10 -m100 -t1`: 10 connections × 100 streams; to the backend every proxy speaks HTTP/1.1; h2load gives a mean and a maximum, no percentiles):\n"
         );
+        table(&mut t, &h2, "load", ("mean", "max"));
     }
     if let Some(prev) = previous {
         let _ = writeln!(t);
         for r in rows.iter().filter(|r| r.target == "Detour") {
-            if let (Some((c, rps, cpu)), Some(now)) = (prev.get(&r.conns), r.cpu_us) {
+            if let (Some((c, rps, cpu)), Some(now)) = (prev.get(&r.load.key()), r.cpu_us) {
                 let _ = writeln!(
                     t,
-                    "- Detour at {} conns against its last run (`{c}`): req/s {:+.1} %, CPU/req {:+.1} %{}",
-                    r.conns,
+                    "- Detour at {} against its last run (`{c}`): req/s {:+.1} %, CPU/req {:+.1} %{}",
+                    r.load.key(),
                     (r.rps / rps - 1.0) * 100.0,
                     (now / cpu - 1.0) * 100.0,
                     if now > cpu * 1.05 {
@@ -1059,6 +981,44 @@ fn render(
         }
     }
     t
+}
+
+/// One markdown table of `rows`, with ratios to nginx's row of the same load.
+fn table(t: &mut String, rows: &[Row], load: &str, (fast, slow): (&str, &str)) {
+    let _ = writeln!(
+        t,
+        "| target | {load} | req/s | {fast} | {slow} | CPU/req | RSS | errors | req/s vs nginx | CPU vs nginx | {slow} vs nginx |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let nginx = rows
+            .iter()
+            .find(|n| n.target == "nginx" && n.load == r.load);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 && r.target != "nginx" && r.target != "direct" => {
+                format!("{:.2}×", a / b)
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} | {} | {} | {} |",
+            r.target,
+            match r.load {
+                Load::H1(c) => c.to_string(),
+                Load::H2(m) => m.label().to_string(),
+            },
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_us.map_or("–".into(), |c| format!("{c:.1} µs")),
+            r.rss_mb.map_or("–".into(), |m| format!("{m:.1} MB")),
+            r.errors,
+            ratio(Some(r.rps), nginx.map(|n| n.rps)),
+            ratio(r.cpu_us, nginx.and_then(|n| n.cpu_us)),
+            ratio(Some(r.p99_ms), nginx.map(|n| n.p99_ms)),
+        );
+    }
 }
 
 /// Replace the text between the bench markers of the performance page.
@@ -1155,8 +1115,8 @@ time for request:      1.23ms     12.34ms      3.21ms       1.11ms    70.00%
                  2026-01-02T00:00:00Z\tbbb\tDetour\t64\t45000\t1\t2\t20.00\t9.0\t0\n\
                  2026-01-02T00:00:00Z\tbbb\tDetour\t256\t44000\t1\t2\t21.00\t12.0\t0\n";
         let p = last_detour_run(h).unwrap();
-        assert_eq!(p.get(&64), Some(&("bbb".to_string(), 45000.0, 20.0)));
-        assert_eq!(p.get(&256).map(|v| v.2), Some(21.0));
+        assert_eq!(p.get("64"), Some(&("bbb".to_string(), 45000.0, 20.0)));
+        assert_eq!(p.get("256").map(|v| v.2), Some(21.0));
         assert!(last_detour_run("").is_none());
     }
 
