@@ -5,17 +5,8 @@
 //! This file is its own test binary, so its allocator counts nothing else.
 //! Counts are per thread, so tests running in parallel do not disturb each
 //! other.
-
-// A `GlobalAlloc` can only be implemented with `unsafe impl`. The crate's
-// `unsafe_code` lint is `deny` (not the workspace's `forbid`, see its
-// Cargo.toml) exactly so that this file, and only this file, may allow it;
-// the library keeps `#![forbid(unsafe_code)]`. The unsafe code below only
-// forwards to `System`, whose contract it inherits unchanged.
-#![allow(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,59 +18,21 @@ use detour_breaker::{
 use detour_core::{
     AdmissionGate, AttemptOutcome, Backend, CommitPoint, ErrorKind, Observer, OutcomeClass,
 };
+use detour_testkit::alloc;
 use tokio::time::Instant;
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: the allocator may run while the thread is being torn down.
-    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments, so
-// `System`'s guarantees hold; counting touches only a thread-local `Cell`,
-// which neither allocates nor unwinds.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged (see above).
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: alloc::Counting = alloc::Counting;
 
 /// Allocations `f` made on this thread, after one warm-up call (first uses
 /// may initialise lazily: tracing call sites, the clock).
 fn allocations(mut f: impl FnMut()) -> u64 {
     f();
-    let before = ALLOCATIONS.with(Cell::get);
+    let before = alloc::on_this_thread();
     for _ in 0..1_000 {
         f();
     }
-    ALLOCATIONS.with(Cell::get) - before
+    alloc::on_this_thread() - before
 }
 
 /// A breaker with every policy on, none of which trips in these loops.

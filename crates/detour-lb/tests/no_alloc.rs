@@ -1,16 +1,8 @@
 //! Selection allocates nothing: every algorithm, every failover strategy,
 //! slow start, panic mode, health rescans and hash keys, counted by a global
 //! allocator.
-// A counting `GlobalAlloc` is an `unsafe impl`. The workspace forbids unsafe
-// code; `crates/detour-lb/Cargo.toml` lowers that to "deny" for this crate's
-// targets (the library keeps `#![forbid(unsafe_code)]` in `src/lib.rs`) so
-// that this test binary alone can allow it. The impl only forwards to
-// `System` and bumps a thread-local counter.
-#![allow(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -19,55 +11,17 @@ use detour_lb::{
     Algorithm, Failover, HashKey, Ketama, LbOptions, LeastRequest, LoadBalancer, Maglev, PeakEwma,
     RoundRobin, SlowStart, WeightedRandom,
 };
+use detour_testkit::alloc;
 use tokio::time::Instant;
 
-thread_local! {
-    // Const-initialized, no destructor: touching it never allocates.
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-struct Counting;
-
-fn count() {
-    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments, so
-// `System`'s guarantees carry over unchanged; counting touches no memory the
-// allocator hands out.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: `ptr` came from this allocator, i.e. from `System`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator, i.e. from `System`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: alloc::Counting = alloc::Counting;
 
 /// Allocations made by this thread while `f` runs.
 fn allocations_in(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.with(Cell::get);
+    let before = alloc::on_this_thread();
     f();
-    ALLOCATIONS.with(Cell::get) - before
+    alloc::on_this_thread() - before
 }
 
 fn addr(i: usize) -> SocketAddr {

@@ -5,60 +5,20 @@
 //! The bound is what the engine needs today plus a little headroom; a change
 //! that adds allocations to the request path fails here.
 #![allow(clippy::unwrap_used)]
-#![allow(unsafe_code)] // the counting allocator below, and nothing else
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use detour_core::{HttpPeer, ProxyHttp, Result, Session};
 use detour_server::upstream::{Upstream, UpstreamConfig};
 use detour_server::{HttpProxy, Server, ServerConfig, Stop};
+use detour_testkit::alloc;
 use detour_testkit::client::RawConnection;
 use detour_testkit::{Behavior, Upstream as Backend};
 
-/// Allocations (and reallocations) made on threads marked as proxy workers.
-static PROXY_ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Set by the proxy's own hook, so only the worker thread is counted.
-    static WORKER: Cell<bool> = const { Cell::new(false) };
-}
-
-struct Counting;
-
-fn count() {
-    if WORKER.try_with(Cell::get).unwrap_or(false) {
-        PROXY_ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// counter is an atomic and the thread-local a const-initialised `Cell`
-// without a destructor, so counting never allocates or re-enters.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: alloc::Counting = alloc::Counting;
 
 struct App {
     up: Arc<Upstream>,
@@ -67,7 +27,8 @@ struct App {
 impl ProxyHttp for App {
     type CTX = ();
     fn new_ctx(&self) {
-        WORKER.with(|w| w.set(true));
+        // Only the worker thread's allocations are counted.
+        alloc::watch_this_thread();
     }
     async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> Result<HttpPeer> {
         self.up.select(s).await
@@ -115,10 +76,10 @@ async fn a_keep_alive_request_costs_a_bounded_number_of_allocations() {
     };
     // Warm up: the upstream connection pooled, buffers grown, handles made.
     send(200).await;
-    let before = PROXY_ALLOCS.load(Ordering::Relaxed);
+    let before = alloc::on_watched_threads();
     const N: usize = 2000;
     send(N).await;
-    let per_request = (PROXY_ALLOCS.load(Ordering::Relaxed) - before) as f64 / N as f64;
+    let per_request = (alloc::on_watched_threads() - before) as f64 / N as f64;
     println!("allocations per proxied keep-alive request: {per_request:.2}");
     assert!(
         before > 0,
