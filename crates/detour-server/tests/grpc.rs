@@ -12,35 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use detour_core::{HttpPeer, Observer, ProxyHttp, Result, Session};
-use detour_server::upstream::{Upstream, UpstreamConfig};
+use detour_core::Observer;
+use detour_server::upstream::Upstream;
 use detour_server::{AppProtocol, HttpProxy, ListenerConfig, Server, ServerConfig, ServerHandle};
 use http_body_util::Full;
 use support::h2backend::{H2Backend, Mode};
 use support::tls::{Answer, H2Client};
-use support::Recorder;
+use support::{Recorder, Selecting};
 use tokio::time::Instant;
 
-struct App {
-    up: Arc<Upstream>,
-}
-
-impl ProxyHttp for App {
-    type CTX = ();
-    fn new_ctx(&self) {}
-    async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> Result<HttpPeer> {
-        self.up.select(s).await
-    }
-}
-
 fn upstream(backends: &[SocketAddr], extra: &str) -> Arc<Upstream> {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|a| format!("{{ addr = \"{a}\" }}"))
-        .collect();
-    let text = format!("http2 = true\nbackends = [{}]\n{extra}", list.join(", "));
-    let cfg: UpstreamConfig = toml::from_str(&text).unwrap();
-    Arc::new(Upstream::from_config("grpc", &cfg).unwrap())
+    support::upstream("grpc", backends, &format!("http2 = true\n{extra}"))
 }
 
 fn serve(up: &Arc<Upstream>, recorder: &Arc<Recorder>) -> ServerHandle {
@@ -50,7 +32,7 @@ fn serve(up: &Arc<Upstream>, recorder: &Arc<Recorder>) -> ServerHandle {
         ListenerConfig::new("127.0.0.1:0".parse().unwrap()).with_protocols(&[AppProtocol::H2])
     ];
     let cfg = cfg.validate().unwrap();
-    let proxy = HttpProxy::builder(App { up: Arc::clone(up) })
+    let proxy = HttpProxy::builder(Selecting { up: Arc::clone(up) })
         .config(cfg.clone())
         .observer(Arc::clone(recorder) as Arc<dyn Observer>)
         .build();

@@ -14,41 +14,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use detour_core::{HttpPeer, ProxyHttp, Result, Session};
-use detour_server::upstream::{Upstream, UpstreamConfig};
+use detour_server::upstream::Upstream;
 use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use support::h2backend::{H2Backend, Mode};
-use support::send;
 use support::tls::TestCert;
-
-struct App {
-    up: Arc<Upstream>,
-}
-
-impl ProxyHttp for App {
-    type CTX = ();
-    fn new_ctx(&self) {}
-    async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> Result<HttpPeer> {
-        self.up.select(s).await
-    }
-}
-
-fn upstream(backends: &[SocketAddr], extra: &str) -> Arc<Upstream> {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|a| format!("{{ addr = \"{a}\" }}"))
-        .collect();
-    let text = format!("backends = [{}]\n{extra}", list.join(", "));
-    let cfg: UpstreamConfig = toml::from_str(&text).unwrap();
-    Arc::new(Upstream::from_config("app", &cfg).unwrap())
-}
+use support::{send, upstream, Selecting};
 
 fn serve(up: &Arc<Upstream>) -> ServerHandle {
     let mut cfg = ServerConfig::default();
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    let proxy = HttpProxy::builder(App { up: Arc::clone(up) })
+    let proxy = HttpProxy::builder(Selecting { up: Arc::clone(up) })
         .config(cfg.clone())
         .build();
     Server::new(cfg).start(proxy).unwrap()
@@ -125,7 +102,7 @@ async fn tls_h2_upstream_multiplexes_many_requests_over_one_connection() {
         "http2 = true\ntls = {{ sni = \"backend.test\", ca = {:?} }}",
         cert.cert.display().to_string()
     );
-    let up = upstream(&[backend.addr()], &extra);
+    let up = upstream("app", &[backend.addr()], &extra);
     let h = serve(&up);
     let r = send(h.addr(), &get("/warm", "w")).await.unwrap();
     assert_eq!(r.status, 200);
@@ -158,7 +135,7 @@ async fn alpn_falls_back_to_http11_when_the_backend_only_speaks_it() {
         "http2 = true\ntls = {{ sni = \"localhost\", ca = {:?} }}",
         cert.cert.display().to_string()
     );
-    let up = upstream(&[addr], &extra);
+    let up = upstream("app", &[addr], &extra);
     let h = serve(&up);
     for i in 0..3 {
         let r = send(h.addr(), &get("/", &format!("a{i}"))).await.unwrap();
@@ -179,7 +156,7 @@ async fn verification_refuses_an_unknown_certificate_unless_turned_off() {
         "tls = {{ sni = \"localhost\", ca = {:?} }}\nretry = {{ max_retries = 1 }}",
         other.cert.display().to_string()
     );
-    let h = serve(&upstream(&[addr], &extra));
+    let h = serve(&upstream("app", &[addr], &extra));
     let r = send(h.addr(), &get("/", "v1")).await.unwrap();
     assert_eq!(r.status, 502);
     assert!(
@@ -194,11 +171,11 @@ async fn verification_refuses_an_unknown_certificate_unless_turned_off() {
         "tls = {{ sni = \"elsewhere.test\", ca = {:?} }}",
         cert.cert.display().to_string()
     );
-    let h = serve(&upstream(&[addr], &extra));
+    let h = serve(&upstream("app", &[addr], &extra));
     assert_eq!(send(h.addr(), &get("/", "v2")).await.unwrap().status, 502);
     assert_eq!(count.load(Ordering::SeqCst), 0);
     // verify = false accepts it.
-    let h = serve(&upstream(&[addr], "tls = { verify = false }"));
+    let h = serve(&upstream("app", &[addr], "tls = { verify = false }"));
     assert_eq!(send(h.addr(), &get("/", "v3")).await.unwrap().status, 200);
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
@@ -206,7 +183,7 @@ async fn verification_refuses_an_unknown_certificate_unless_turned_off() {
 #[tokio::test]
 async fn h2c_upstream_by_prior_knowledge() {
     let backend = H2Backend::start(Mode::Ok).await;
-    let h = serve(&upstream(&[backend.addr()], "http2 = true"));
+    let h = serve(&upstream("app", &[backend.addr()], "http2 = true"));
     let r = send(h.addr(), &post("/up", "p1", "payload")).await.unwrap();
     assert_eq!(r.status, 200);
     let s = backend.seen();
@@ -219,7 +196,11 @@ async fn h2c_upstream_by_prior_knowledge() {
 async fn a_refused_stream_is_retried_whatever_the_method_and_delivered_once() {
     let refusing = H2Backend::start(Mode::Refuse).await;
     let good = H2Backend::start(Mode::Ok).await;
-    let h = serve(&upstream(&[refusing.addr(), good.addr()], "http2 = true"));
+    let h = serve(&upstream(
+        "app",
+        &[refusing.addr(), good.addr()],
+        "http2 = true",
+    ));
     for i in 0..6 {
         let id = format!("post-{i}");
         let r = send(h.addr(), &post("/pay", &id, "once")).await.unwrap();
@@ -238,14 +219,14 @@ async fn another_reset_retries_only_safe_requests() {
     let resetting = H2Backend::start(Mode::ResetAfterBody(h2::Reason::INTERNAL_ERROR)).await;
     let good = H2Backend::start(Mode::Ok).await;
     // One backend at a time, the resetting one first.
-    let h = serve(&upstream(&[resetting.addr()], "http2 = true"));
+    let h = serve(&upstream("app", &[resetting.addr()], "http2 = true"));
     let r = send(h.addr(), &post("/pay", "np", "x")).await.unwrap();
     assert_eq!(
         r.status, 502,
         "a POST whose stream was reset is not retried"
     );
     assert_eq!(resetting.count_for("np"), 1);
-    let both = upstream(&[resetting.addr(), good.addr()], "http2 = true");
+    let both = upstream("app", &[resetting.addr(), good.addr()], "http2 = true");
     let h = serve(&both);
     for i in 0..4 {
         let id = format!("get-{i}");
@@ -271,7 +252,7 @@ async fn goaway_drains_the_connection_without_failing_streams_in_flight() {
         delay: Duration::from_millis(300),
     })
     .await;
-    let h = serve(&upstream(&[backend.addr()], "http2 = true"));
+    let h = serve(&upstream("app", &[backend.addr()], "http2 = true"));
     assert_eq!(
         send(h.addr(), &get("/warm", "w")).await.unwrap().status,
         200
@@ -359,7 +340,7 @@ async fn goaway_zero_backend() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn a_stream_above_goaway_last_stream_id_is_retried_for_a_post() {
     let (going, streams) = goaway_zero_backend().await;
     let good = H2Backend::start(Mode::Ok).await;
-    let h = serve(&upstream(&[going, good.addr()], "http2 = true"));
+    let h = serve(&upstream("app", &[going, good.addr()], "http2 = true"));
     for i in 0..4 {
         let id = format!("post-{i}");
         let r = send(h.addr(), &post("/pay", &id, "once")).await.unwrap();

@@ -2,28 +2,19 @@
 //! health checks under load, breakers, the retry budget.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use detour_core::{AttemptOutcome, HttpPeer, Observer, ProxyHttp, Result, Session};
-use detour_server::upstream::{Upstream, UpstreamConfig};
+use detour_core::{AttemptOutcome, Observer};
+use detour_server::upstream::Upstream;
 use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle, Stop};
 use detour_testkit::client::{RawConnection, RawResponse};
 use detour_testkit::{Behavior, Upstream as Backend};
+use support::{upstream, Selecting};
 use tokio::time::Instant;
-
-struct App {
-    up: Arc<Upstream>,
-}
-
-impl ProxyHttp for App {
-    type CTX = ();
-    fn new_ctx(&self) {}
-    async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> Result<HttpPeer> {
-        self.up.select(s).await
-    }
-}
 
 /// Every attempt: when, where.
 #[derive(Default)]
@@ -35,20 +26,10 @@ impl Observer for Attempts {
     }
 }
 
-fn upstream(backends: &[SocketAddr], extra: &str) -> Arc<Upstream> {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|a| format!("{{ addr = \"{a}\" }}"))
-        .collect();
-    let text = format!("backends = [{}]\n{extra}", list.join(", "));
-    let cfg: UpstreamConfig = toml::from_str(&text).unwrap();
-    Arc::new(Upstream::from_config("app", &cfg).unwrap())
-}
-
 fn serve(up: &Arc<Upstream>, attempts: &Arc<Attempts>) -> ServerHandle {
     let mut cfg = ServerConfig::default();
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    let proxy = HttpProxy::builder(App { up: Arc::clone(up) })
+    let proxy = HttpProxy::builder(Selecting { up: Arc::clone(up) })
         .config(cfg.clone())
         .observer(Arc::clone(attempts) as Arc<dyn Observer>)
         .build();
@@ -79,7 +60,7 @@ async fn a_consistent_hash_retry_reaches_a_different_backend() {
         Backend::start(Behavior::ok()).await.unwrap(),
     ];
     let addrs: Vec<_> = bs.iter().map(Backend::addr).collect();
-    let up = upstream(
+    let up = upstream("app", 
         &addrs,
         "lb = \"maglev\"\nhash_key = \"header:x-user\"\n[retry]\nbase_delay = \"1ms\"\n[outlier]\nconsecutive_5xx = 1000\nconsecutive_gateway_failure = 1000\n[breaker]\nenabled = false",
     );
@@ -113,7 +94,7 @@ async fn a_killed_backend_stops_getting_traffic_within_the_check_bound_and_retur
     let a = Backend::start(Behavior::ok()).await.unwrap();
     let b = Backend::start(Behavior::ok()).await.unwrap();
     let (interval, fall, rise) = (Duration::from_millis(200), 2u32, 2u32);
-    let up = upstream(
+    let up = upstream("app", 
         &[a.addr(), b.addr()],
         "[retry]\nbase_delay = \"1ms\"\n[health]\nkind = \"http\"\npath = \"/\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nfall = 2\nrise = 2\nfast_interval = \"200ms\"",
     );
@@ -174,7 +155,7 @@ async fn a_killed_backend_stops_getting_traffic_within_the_check_bound_and_retur
 async fn a_failing_backend_trips_its_breaker_gets_probes_then_full_traffic() {
     let a = Backend::start(Behavior::ok()).await.unwrap();
     let b = Backend::start(Behavior::status(503)).await.unwrap();
-    let up = upstream(
+    let up = upstream("app", 
         &[a.addr(), b.addr()],
         "[retry]\nmax_retries = 0\n[outlier]\nconsecutive_5xx = 1000\nconsecutive_gateway_failure = 1000\n[breaker]\nconsecutive_failures = 5\nopen_for = \"400ms\"\njitter = 0.0\nhalf_open_successes = 3",
     );
@@ -222,7 +203,7 @@ async fn the_retry_budget_bounds_attempts_when_everything_fails() {
         Backend::start(Behavior::status(503)).await.unwrap(),
     ];
     let addrs: Vec<_> = bs.iter().map(Backend::addr).collect();
-    let up = upstream(
+    let up = upstream("app", 
         &addrs,
         "[retry]\nmax_retries = 3\nbase_delay = \"1ms\"\nmax_delay = \"2ms\"\nbudget_ratio = 0.2\nbudget_min_per_second = 1\nbudget_window = \"1s\"\n[outlier]\nconsecutive_5xx = 100000\nconsecutive_gateway_failure = 100000\nsuccess_rate = { enabled = false }\n[breaker]\nenabled = false",
     );
@@ -264,7 +245,7 @@ async fn every_breaker_open_answers_503_with_retry_after() {
     let addrs: Vec<_> = bs.iter().map(Backend::addr).collect();
     // Panic mode and the removal ceiling would (rightly) keep traffic flowing;
     // both off, every breaker may open.
-    let up = upstream(
+    let up = upstream("app", 
         &addrs,
         "panic_threshold = 0\n[retry]\nmax_retries = 0\n[outlier]\nmax_ejection_percent = 100\nconsecutive_5xx = 1000\nconsecutive_gateway_failure = 1000\n[breaker]\nconsecutive_failures = 2\nopen_for = \"20s\"\njitter = 0.0",
     );

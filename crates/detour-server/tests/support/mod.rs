@@ -9,11 +9,38 @@ use std::sync::{Arc, Mutex};
 use detour_core::{
     AttemptOutcome, Backend, Error, ErrorKind, HttpPeer, Observer, ProxyHttp, Result, Session,
 };
+use detour_server::upstream::{Upstream, UpstreamConfig};
 use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
 use detour_testkit::client::{RawConnection, RawResponse};
 
 pub mod h2backend;
 pub mod tls;
+
+/// A proxy whose every peer comes from one [`Upstream`]: its load balancing,
+/// health, breakers and retry policy.
+pub struct Selecting {
+    pub up: Arc<Upstream>,
+}
+
+impl ProxyHttp for Selecting {
+    type CTX = ();
+    fn new_ctx(&self) {}
+    async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> Result<HttpPeer> {
+        self.up.select(s).await
+    }
+}
+
+/// An [`Upstream`] named `name` over `backends`, with `extra` TOML lines of
+/// its config.
+pub fn upstream(name: &str, backends: &[SocketAddr], extra: &str) -> Arc<Upstream> {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\" }}"))
+        .collect();
+    let text = format!("backends = [{}]\n{extra}", list.join(", "));
+    let cfg: UpstreamConfig = toml::from_str(&text).unwrap();
+    Arc::new(Upstream::from_config(name, &cfg).unwrap())
+}
 
 /// Round robin over the backends, skipping those already tried for the
 /// request while others remain.
