@@ -2,9 +2,11 @@
 //! refused), drain on SIGTERM.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+mod support;
+
+use support::signal;
+
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use detour::testkit::client::RawConnection;
@@ -29,14 +31,6 @@ upstream = "app"
     )
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
 async fn answered_by(addr: SocketAddr) -> String {
     let mut c = RawConnection::connect(addr).await.unwrap();
     c.send(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
@@ -56,28 +50,12 @@ async fn serves_reloads_on_sighup_and_drains_on_sigterm() {
     let file = dir.join("detour.toml");
     std::fs::write(&file, config(a.addr())).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_detour"))
-        .args(["--config", file.to_str().unwrap()])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    // The "detour serving" line names the address.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr: SocketAddr = loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let support::Detour {
+        mut child,
+        pid,
+        addr,
+        ..
+    } = support::start(&file);
     assert_eq!(answered_by(addr).await, a.addr().to_string());
 
     // A broken file is refused on SIGHUP; the old configuration keeps serving.

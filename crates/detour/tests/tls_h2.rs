@@ -4,10 +4,12 @@
 //! SIGHUP without a restart.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+mod support;
+
+use support::signal;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,14 +222,6 @@ async fn h2_get(
     (served, status)
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_h2_over_tls_and_reloads_certificates_on_sighup() {
     let backend = Upstream::start(Behavior::ok()).await.unwrap();
@@ -243,27 +237,12 @@ async fn the_binary_serves_h2_over_tls_and_reloads_certificates_on_sighup() {
         backend.addr()
     );
     std::fs::write(&file, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_detour"))
-        .args(["--config", file.to_str().unwrap()])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr: SocketAddr = loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let support::Detour {
+        mut child,
+        pid,
+        addr,
+        ..
+    } = support::start(&file);
     let (served, status) = h2_get(addr, &first).await;
     assert_eq!((served, status), (first.clone(), 200));
 

@@ -1,0 +1,61 @@
+//! The `detour` binary as a process, for the tests that drive it with files
+//! and signals.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+/// A running `detour --config FILE`.
+pub struct Detour {
+    pub child: Child,
+    pub pid: u32,
+    /// Where it serves, from its "detour serving" line.
+    pub addr: SocketAddr,
+    /// Its further stdout lines.
+    pub lines: Receiver<String>,
+}
+
+/// Start the binary on `file` and wait (30 s at most) for the line naming
+/// its address.
+pub fn start(file: &Path) -> Detour {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_detour"))
+        .args(["--config", file.to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr: SocketAddr = loop {
+        let line = lines.recv_timeout(Duration::from_secs(30)).unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    Detour {
+        child,
+        pid,
+        addr,
+        lines,
+    }
+}
+
+/// Send `sig` (`-HUP`, `-TERM`) to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
