@@ -32,6 +32,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod addr_hash;
 pub mod backend;
 pub mod commit;
 pub mod connect;
@@ -43,6 +44,7 @@ pub mod proxy;
 pub mod retry;
 pub mod session;
 
+pub use addr_hash::{AddrHash, AddrHasher, AddrMap};
 pub use backend::{AdmissionGate, Backend, BackendState, GateState, Permit, Removal, RemovalCap};
 pub use commit::CommitPoint;
 pub use error::{BoxError, Error, ErrorKind, ErrorSide, Result, RetryHint};

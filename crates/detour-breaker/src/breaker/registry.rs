@@ -1,14 +1,12 @@
 //! One breaker per backend, fed by the engine's outcomes.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use detour_core::{AdmissionGate, AttemptOutcome, Backend, Observer, OutcomeClass};
+use detour_core::{AddrMap, AdmissionGate, AttemptOutcome, Backend, Observer, OutcomeClass};
 
 use super::config::BreakerConfig;
 use super::state::Transition;
@@ -50,56 +48,7 @@ pub struct BreakerRegistry {
     listeners: Arc<Listeners>,
 }
 
-type Map = HashMap<SocketAddr, Arc<CircuitBreaker>, AddrHash>;
-
-/// A cheap multiply-rotate hash for the registry's keys. SipHash's defence
-/// against collision attacks is not needed here: the keys are the
-/// upstream's backends, from config or discovery, never from clients.
-#[derive(Debug, Clone, Copy, Default)]
-struct AddrHash;
-
-impl BuildHasher for AddrHash {
-    type Hasher = AddrHasher;
-    fn build_hasher(&self) -> AddrHasher {
-        AddrHasher(0)
-    }
-}
-
-struct AddrHasher(u64);
-
-impl AddrHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-impl Hasher for AddrHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-    fn write_u8(&mut self, n: u8) {
-        self.add(u64::from(n));
-    }
-    fn write_u16(&mut self, n: u16) {
-        self.add(u64::from(n));
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.add(u64::from(n));
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+type Map = AddrMap<Arc<CircuitBreaker>>;
 
 impl fmt::Debug for BreakerRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,7 +1,6 @@
 //! [`OutlierDetector`]: ejects backends that are up but failing, from the
 //! engine's stream of attempt outcomes.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -10,7 +9,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use detour_core::{
-    AttemptOutcome, Backend, ErrorKind, Observer, OutcomeClass, Removal, RemovalCap,
+    AddrHash, AddrMap, AttemptOutcome, Backend, ErrorKind, Observer, OutcomeClass, Removal,
+    RemovalCap,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -55,7 +55,7 @@ pub struct OutlierDetector {
     config: OutlierConfig,
     max_multiplier: u32,
     cap: Arc<RemovalCap>,
-    slots: ArcSwap<HashMap<SocketAddr, Arc<Slot>>>,
+    slots: ArcSwap<AddrMap<Arc<Slot>>>,
     /// Serialises `attach` (membership changes are rare).
     attaching: Mutex<()>,
     events: Events,
@@ -216,7 +216,7 @@ impl OutlierDetector {
             max_multiplier: config.max_multiplier(),
             cap: Arc::new(RemovalCap::new(config.max_ejection_percent)),
             config,
-            slots: ArcSwap::from_pointee(HashMap::new()),
+            slots: ArcSwap::from_pointee(AddrMap::default()),
             attaching: Mutex::new(()),
             events: Events::new("default".into()),
             filter: None,
@@ -274,7 +274,7 @@ impl OutlierDetector {
         let _serial = self.attaching.lock().unwrap_or_else(|e| e.into_inner());
         self.cap.attach(backends);
         let old = self.slots.load_full();
-        let mut map = HashMap::with_capacity(backends.len());
+        let mut map = AddrMap::with_capacity_and_hasher(backends.len(), AddrHash);
         for b in backends {
             let slot = old
                 .get(&b.addr())

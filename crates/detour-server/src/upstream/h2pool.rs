@@ -7,16 +7,17 @@
 //! stops taking new requests on it while the streams in flight finish, and
 //! the next request opens a fresh connection.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+
+use detour_core::AddrMap;
 
 use crate::upstream::dial::H2Sender;
 
 /// Live HTTP/2 connections keyed by peer address.
 #[derive(Default)]
 pub(crate) struct H2Pool {
-    conns: Mutex<HashMap<SocketAddr, H2Sender>>,
+    conns: Mutex<AddrMap<H2Sender>>,
 }
 
 impl H2Pool {

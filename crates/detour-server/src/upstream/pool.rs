@@ -5,11 +5,12 @@
 //! is closed, older than its idle limit, or — for a request that is not safe to
 //! repeat — idle for longer than the unsafe-reuse window.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use detour_core::AddrMap;
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
@@ -24,16 +25,17 @@ struct Idle {
     expires: Instant,
 }
 
-/// Idle connections keyed by peer address.
+/// Idle connections keyed by peer address, oldest at the front of each
+/// queue and freshest at the back.
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<AddrMap<VecDeque<Idle>>>,
     max_idle_per_peer: usize,
 }
 
 impl Pool {
     pub(crate) fn new(max_idle_per_peer: usize) -> Self {
         Pool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(AddrMap::default()),
             max_idle_per_peer,
         }
     }
@@ -45,13 +47,13 @@ impl Pool {
         // Short critical section, never held across an await.
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&addr)?;
-        while let Some(conn) = list.pop() {
+        while let Some(conn) = list.pop_back() {
             if conn.sender.is_closed() || conn.expires <= now {
                 continue;
             }
             if max_idle.is_some_and(|d| now.duration_since(conn.since) >= d) {
                 // Older ones lie below: keep this one for safe requests.
-                list.push(conn);
+                list.push_back(conn);
                 return None;
             }
             return Some(conn.sender);
@@ -68,11 +70,19 @@ impl Pool {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(addr).or_default();
-        list.retain(|c| !c.sender.is_closed() && c.expires > now);
-        if list.len() >= self.max_idle_per_peer {
-            list.remove(0);
+        // Prune from the old end only, so a check-in costs O(1) however many
+        // connections are idle; closed ones further in are skipped (and
+        // dropped) by `checkout`.
+        while list
+            .front()
+            .is_some_and(|c| c.expires <= now || c.sender.is_closed())
+        {
+            list.pop_front();
         }
-        list.push(Idle {
+        if list.len() >= self.max_idle_per_peer {
+            list.pop_front();
+        }
+        list.push_back(Idle {
             sender,
             since: now,
             expires: now + keep_for,
