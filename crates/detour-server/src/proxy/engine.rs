@@ -6,6 +6,7 @@
 //! immediate; backoff applies only when the next attempt goes back to a backend
 //! already tried, and no wait runs past the deadline.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,288 +183,330 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
     }
 
-    async fn run<B>(
+    /// Written as a function returning an `async move` block rather than an
+    /// `async fn`: an `async fn` keeps each argument twice in its state (the
+    /// argument, and the binding its body moves it into), and this future
+    /// lives in every connection's in-flight slot and is moved into it per
+    /// request.
+    // Deliberately not `async fn`: see the note above.
+    #[allow(clippy::manual_async_fn)]
+    fn run<B>(
         &self,
         mut session: Session,
         mut ctx: P::CTX,
         body: B,
         content_length: Option<u64>,
         down_upgrade: Option<OnUpgrade>,
-    ) -> Response<ProxyBody<P>>
+    ) -> impl Future<Output = Response<ProxyBody<P>>> + '_
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let sh = &*self.shared;
-        let proxy = &*sh.proxy;
-        if let Err(e) = proxy.early_request_filter(&mut session, &mut ctx).await {
-            return Box::pin(self.answer_error(session, ctx, e, None, None)).await;
-        }
-        match proxy.request_filter(&mut session, &mut ctx).await {
-            Ok(Some(resp)) => return Box::pin(self.answer_local(session, ctx, resp)).await,
-            Ok(None) => {}
-            Err(e) => return Box::pin(self.answer_error(session, ctx, e, None, None)).await,
-        }
-        let mut peer = match proxy.upstream_peer(&mut session, &mut ctx).await {
-            Ok(p) => p,
-            Err(e) => return Box::pin(self.answer_error(session, ctx, e, None, None)).await,
-        };
-        // The hook's choice, else the first peer's upstream's, else the server's.
-        let policy = proxy
-            .retry_policy(&session, &ctx)
-            .or_else(|| peer.policy().cloned())
-            .unwrap_or_else(|| Arc::clone(&sh.policy));
-        let safe = policy.is_safe(session.method(), session.headers());
-        session.set_safe(safe);
-        if let Some(d) = policy.deadline {
-            session.set_deadline(session.started() + d);
-        }
-        // gRPC rides on HTTP/2 only: the HTTP/1.1 path pays one comparison.
-        let grpc_call = grpc::is_call(session.req());
-        if grpc_call {
-            if let Some(t) = grpc::timeout(session.req()) {
-                let at = session.started() + t;
-                if session.deadline().is_none_or(|d| at < d) {
-                    session.set_deadline(at);
-                }
+        async move {
+            let sh = &*self.shared;
+            let proxy = &*sh.proxy;
+            if let Err(e) = proxy.early_request_filter(&mut session, &mut ctx).await {
+                return Box::pin(self.answer_error(session, ctx, e, None, None)).await;
             }
-        }
-        let mut body = (!body.is_end_stream()).then(|| {
-            RequestBody::new(
-                body,
-                policy.replay_buffer_limit,
-                sh.limits.max_body_size,
-                content_length,
-            )
-        });
-        let upgrade = down_upgrade.is_some();
-        let mut rng: Option<fastrand::Rng> = None;
-        // Set after a stale pooled connection: the next attempt connects afresh.
-        let mut fresh = false;
-        let mut stale_retries = 0u32;
-
-        // The first peer's upstream budget pays for this request's retries.
-        let budget = peer.budget().cloned();
-        if let Some(b) = &budget {
-            b.deposit(session.started());
-        }
-        loop {
-            session.begin_attempt(peer.addr);
-            let attempt_started = Instant::now();
-            let result = self
-                .attempt(
-                    &mut session,
-                    &mut ctx,
-                    &peer,
-                    body.as_mut(),
-                    &policy,
-                    Mode { upgrade, fresh },
-                )
-                .await;
-            let latency = attempt_started.elapsed();
-            let mut result = result;
-            // An upload still going when the response head came: the response
-            // body carries it on (full duplex), so it cannot be replayed.
-            let mut rest: Option<Box<dyn Upload<P>>> = None;
-            if let Ok(ok) = &mut result {
-                // Only take the body when an upload is really unfinished: a
-                // tuple pattern would take (and drop) it in any case, and a
-                // retry would then go out without its body.
-                if let Some(tx) = ok.upload.take() {
-                    if let Some(b) = body.take() {
-                        rest = Some(Box::new(Rest::new(b, tx)));
-                    }
-                }
+            match proxy.request_filter(&mut session, &mut ctx).await {
+                Ok(Some(resp)) => return Box::pin(self.answer_local(session, ctx, resp)).await,
+                Ok(None) => {}
+                Err(e) => return Box::pin(self.answer_error(session, ctx, e, None, None)).await,
             }
-            let replay_intact = rest.is_none() && body.as_ref().is_none_or(|b| b.replayable());
-            session.set_body_replayable(replay_intact);
-
-            let mut retry_after = None;
-            let mut stale = false;
-            let mut held = None;
-            let mut last_err = None;
-            match result {
-                Ok(mut ok) => {
-                    let status = if grpc_call {
-                        grpc::effective_status(&ok.head)
-                    } else {
-                        ok.head.status.as_u16()
-                    };
-                    let policy_says = policy.retries_status(status);
-                    // Every 5xx is reported as the backend's failure, and so is
-                    // a status the policy retries; breakers and outlier
-                    // detection filter by their own status lists.
-                    let class = if policy_says || status >= 500 {
-                        OutcomeClass::BackendFailure(ErrorKind::HttpStatus(status))
-                    } else {
-                        OutcomeClass::Success
-                    };
-                    if grpc_call && grpc::outcome_in_trailers(&ok.head) {
-                        // Reported when the trailers arrive (see grpc.rs).
-                        ok.grpc = Some(grpc::Pending {
-                            observers: sh.observers.clone(),
-                            latency,
-                            attempt: session.attempt(),
-                        });
-                    } else {
-                        self.report(
-                            &peer,
-                            class,
-                            Some(status),
-                            latency,
-                            CommitPoint::ResponseStarted,
-                            &session,
-                        );
+            // A block, so that the loop's locals (the peer, the request body,
+            // the policy) end with it and `forward`'s state can reuse their space.
+            let (answer, retriable_status) = {
+                let mut peer = match proxy.upstream_peer(&mut session, &mut ctx).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Box::pin(self.answer_error(session, ctx, e, None, None)).await
                     }
-                    let wants = status != 101
-                        && proxy.should_retry_response(&session, &ok.head, policy_says, &mut ctx);
-                    if !wants {
-                        return self
-                            .forward(session, ctx, Held { ok, peer, rest }, false, down_upgrade)
-                            .await;
-                    }
-                    let facts = AttemptFacts {
-                        kind: ErrorKind::HttpStatus(status),
-                        commit: CommitPoint::ResponseStarted,
-                        safe,
-                        replay_intact,
-                        reused: ok.reused,
-                    };
-                    if !decide(&policy, &facts).is_retry() {
-                        return self
-                            .forward(session, ctx, Held { ok, peer, rest }, true, down_upgrade)
-                            .await;
-                    }
-                    if policy.honour_retry_after {
-                        retry_after = ok
-                            .head
-                            .headers
-                            .get(header::RETRY_AFTER)
-                            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-                    }
-                    session.set_last_error(Some(ErrorKind::HttpStatus(status)));
-                    held = Some(Held { ok, peer, rest });
-                }
-                Err(fail) => {
-                    let AttemptErr {
-                        err,
-                        commit,
-                        reused,
-                        connecting,
-                    } = fail;
-                    let err = if connecting {
-                        proxy.fail_to_connect(&mut session, &peer, &mut ctx, err)
-                    } else {
-                        proxy.error_while_proxying(&mut session, &peer, &mut ctx, err)
-                    };
-                    let facts = AttemptFacts {
-                        kind: err.kind(),
-                        commit,
-                        safe,
-                        replay_intact,
-                        reused,
-                    };
-                    let decision = if err.retry_hint() == RetryHint::Never {
-                        RetryDecision::Stop(detour_core::retry::NoRetry::NotRetriable)
-                    } else {
-                        decide(&policy, &facts)
-                    };
-                    stale = matches!(
-                        decision,
-                        RetryDecision::Retry {
-                            stale_connection: true
-                        }
-                    );
-                    let class = if stale || !err.caused_by_backend() {
-                        OutcomeClass::Local(err.kind())
-                    } else {
-                        OutcomeClass::BackendFailure(err.kind())
-                    };
-                    self.report(&peer, class, None, latency, commit, &session);
-                    session.set_last_error(Some(err.kind()));
-                    if !decision.is_retry() {
-                        tracing::debug!(error = %err, commit = commit.as_str(), ?decision, "not retrying");
-                        let name = Arc::clone(&peer.upstream);
-                        drop(peer);
-                        return Box::pin(self.answer_error(session, ctx, err, Some(&name), None))
-                            .await;
-                    }
-                    last_err = Some((err, Arc::clone(&peer.upstream)));
-                    drop(peer);
-                }
-            }
-
-            // The ceiling allows another attempt; do the limits?
-            // A stale pooled connection says nothing about the backend: it costs
-            // no retry, and the next attempt opens a fresh connection (so at most
-            // one stale retry in a row).
-            fresh = stale;
-            if stale {
-                stale_retries += 1;
-            }
-            let exhausted = session.retries().saturating_sub(stale_retries) >= policy.max_retries;
-            let out_of_time = session.time_left().is_some_and(|t| t.is_zero());
-            if exhausted || out_of_time {
-                return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade)).await;
-            }
-            // A stale connection's re-attempt is free; a real retry is paid
-            // from the budget, and a spent budget ends the retries: the client
-            // gets the held upstream answer as it was, or a 503.
-            let ended = attempt_started + latency;
-            if !stale && budget.as_ref().is_some_and(|b| !b.try_withdraw(ended)) {
-                tracing::debug!("retry budget spent");
-                let last_err = last_err.map(|(_, name)| {
-                    let err =
-                        Error::internal(ErrorKind::BudgetExhausted).context("retry budget spent");
-                    (err, name)
-                });
-                return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade)).await;
-            }
-            let next = match proxy.upstream_peer(&mut session, &mut ctx).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(error = %e, "no peer for a retry");
-                    return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade))
-                        .await;
-                }
-            };
-            let again = session.was_tried(next.addr);
-            if !stale {
-                let reason = match session.last_error() {
-                    Some(ErrorKind::HttpStatus(code)) => format!("status_{code}"),
-                    Some(kind) => kind.proxy_status_type().to_string(),
-                    None => "unknown".to_string(),
                 };
-                metrics::counter!(
-                    "detour_retries_total",
-                    "upstream" => next.upstream.to_string(),
-                    "reason" => reason,
-                    "kind" => if again { "retry" } else { "failover" },
-                )
-                .increment(1);
-            }
-            let mut wait = Duration::ZERO;
-            if again && !stale {
-                let rng = rng.get_or_insert_with(fastrand::Rng::new);
-                wait = policy.backoff(session.retries() + 1, rng);
-                if let Some(ra) = retry_after {
-                    // Honoured, but never past max_delay (nor the deadline below):
-                    // a longer wish ends the retries and passes the answer on.
-                    if ra > policy.max_delay {
+                // The hook's choice, else the first peer's upstream's, else the server's.
+                let policy = proxy
+                    .retry_policy(&session, &ctx)
+                    .or_else(|| peer.policy().cloned())
+                    .unwrap_or_else(|| Arc::clone(&sh.policy));
+                let safe = policy.is_safe(session.method(), session.headers());
+                session.set_safe(safe);
+                if let Some(d) = policy.deadline {
+                    session.set_deadline(session.started() + d);
+                }
+                // gRPC rides on HTTP/2 only: the HTTP/1.1 path pays one comparison.
+                let grpc_call = grpc::is_call(session.req());
+                if grpc_call {
+                    if let Some(t) = grpc::timeout(session.req()) {
+                        let at = session.started() + t;
+                        if session.deadline().is_none_or(|d| at < d) {
+                            session.set_deadline(at);
+                        }
+                    }
+                }
+                let mut body = (!body.is_end_stream()).then(|| {
+                    RequestBody::new(
+                        body,
+                        policy.replay_buffer_limit,
+                        sh.limits.max_body_size,
+                        content_length,
+                    )
+                });
+                let upgrade = down_upgrade.is_some();
+                let mut rng: Option<fastrand::Rng> = None;
+                // Set after a stale pooled connection: the next attempt connects afresh.
+                let mut fresh = false;
+                let mut stale_retries = 0u32;
+
+                // The first peer's upstream budget pays for this request's retries.
+                let budget = peer.budget().cloned();
+                if let Some(b) = &budget {
+                    b.deposit(session.started());
+                }
+                // The loop ends with the answer to pass on; `forward` runs after it,
+                // so its state shares space with the loop's instead of adding to it.
+                loop {
+                    session.begin_attempt(peer.addr);
+                    let attempt_started = Instant::now();
+                    let result = self
+                        .attempt(
+                            &mut session,
+                            &mut ctx,
+                            &peer,
+                            body.as_mut(),
+                            &policy,
+                            Mode { upgrade, fresh },
+                        )
+                        .await;
+                    let latency = attempt_started.elapsed();
+                    let mut result = result;
+                    // An upload still going when the response head came: the response
+                    // body carries it on (full duplex), so it cannot be replayed.
+                    let mut rest: Option<Box<dyn Upload<P>>> = None;
+                    if let Ok(ok) = &mut result {
+                        // Only take the body when an upload is really unfinished: a
+                        // tuple pattern would take (and drop) it in any case, and a
+                        // retry would then go out without its body.
+                        if let Some(tx) = ok.upload.take() {
+                            if let Some(b) = body.take() {
+                                rest = Some(Box::new(Rest::new(b, tx)));
+                            }
+                        }
+                    }
+                    let replay_intact =
+                        rest.is_none() && body.as_ref().is_none_or(|b| b.replayable());
+                    session.set_body_replayable(replay_intact);
+
+                    let mut retry_after = None;
+                    let mut stale = false;
+                    let mut held = None;
+                    let mut last_err = None;
+                    match result {
+                        Ok(mut ok) => {
+                            let status = if grpc_call {
+                                grpc::effective_status(&ok.head)
+                            } else {
+                                ok.head.status.as_u16()
+                            };
+                            let policy_says = policy.retries_status(status);
+                            // Every 5xx is reported as the backend's failure, and so is
+                            // a status the policy retries; breakers and outlier
+                            // detection filter by their own status lists.
+                            let class = if policy_says || status >= 500 {
+                                OutcomeClass::BackendFailure(ErrorKind::HttpStatus(status))
+                            } else {
+                                OutcomeClass::Success
+                            };
+                            if grpc_call && grpc::outcome_in_trailers(&ok.head) {
+                                // Reported when the trailers arrive (see grpc.rs).
+                                ok.grpc = Some(grpc::Pending {
+                                    observers: sh.observers.clone(),
+                                    latency,
+                                    attempt: session.attempt(),
+                                });
+                            } else {
+                                self.report(
+                                    &peer,
+                                    class,
+                                    Some(status),
+                                    latency,
+                                    CommitPoint::ResponseStarted,
+                                    &session,
+                                );
+                            }
+                            let wants = status != 101
+                                && proxy.should_retry_response(
+                                    &session,
+                                    &ok.head,
+                                    policy_says,
+                                    &mut ctx,
+                                );
+                            if !wants {
+                                break (Held { ok, peer, rest }, false);
+                            }
+                            let facts = AttemptFacts {
+                                kind: ErrorKind::HttpStatus(status),
+                                commit: CommitPoint::ResponseStarted,
+                                safe,
+                                replay_intact,
+                                reused: ok.reused,
+                            };
+                            if !decide(&policy, &facts).is_retry() {
+                                break (Held { ok, peer, rest }, true);
+                            }
+                            if policy.honour_retry_after {
+                                retry_after =
+                                    ok.head.headers.get(header::RETRY_AFTER).and_then(|v| {
+                                        parse_retry_after(v, std::time::SystemTime::now())
+                                    });
+                            }
+                            session.set_last_error(Some(ErrorKind::HttpStatus(status)));
+                            held = Some(Held { ok, peer, rest });
+                        }
+                        Err(fail) => {
+                            let AttemptErr {
+                                err,
+                                commit,
+                                reused,
+                                connecting,
+                            } = fail;
+                            let err = if connecting {
+                                proxy.fail_to_connect(&mut session, &peer, &mut ctx, err)
+                            } else {
+                                proxy.error_while_proxying(&mut session, &peer, &mut ctx, err)
+                            };
+                            let facts = AttemptFacts {
+                                kind: err.kind(),
+                                commit,
+                                safe,
+                                replay_intact,
+                                reused,
+                            };
+                            let decision = if err.retry_hint() == RetryHint::Never {
+                                RetryDecision::Stop(detour_core::retry::NoRetry::NotRetriable)
+                            } else {
+                                decide(&policy, &facts)
+                            };
+                            stale = matches!(
+                                decision,
+                                RetryDecision::Retry {
+                                    stale_connection: true
+                                }
+                            );
+                            let class = if stale || !err.caused_by_backend() {
+                                OutcomeClass::Local(err.kind())
+                            } else {
+                                OutcomeClass::BackendFailure(err.kind())
+                            };
+                            self.report(&peer, class, None, latency, commit, &session);
+                            session.set_last_error(Some(err.kind()));
+                            if !decision.is_retry() {
+                                tracing::debug!(error = %err, commit = commit.as_str(), ?decision, "not retrying");
+                                let name = Arc::clone(&peer.upstream);
+                                drop(peer);
+                                return Box::pin(self.answer_error(
+                                    session,
+                                    ctx,
+                                    err,
+                                    Some(&name),
+                                    None,
+                                ))
+                                .await;
+                            }
+                            last_err = Some((err, Arc::clone(&peer.upstream)));
+                            drop(peer);
+                        }
+                    }
+
+                    // The ceiling allows another attempt; do the limits?
+                    // A stale pooled connection says nothing about the backend: it costs
+                    // no retry, and the next attempt opens a fresh connection (so at most
+                    // one stale retry in a row).
+                    fresh = stale;
+                    if stale {
+                        stale_retries += 1;
+                    }
+                    let exhausted =
+                        session.retries().saturating_sub(stale_retries) >= policy.max_retries;
+                    let out_of_time = session.time_left().is_some_and(|t| t.is_zero());
+                    if exhausted || out_of_time {
                         return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade))
                             .await;
                     }
-                    wait = wait.max(ra);
+                    // A stale connection's re-attempt is free; a real retry is paid
+                    // from the budget, and a spent budget ends the retries: the client
+                    // gets the held upstream answer as it was, or a 503.
+                    let ended = attempt_started + latency;
+                    if !stale && budget.as_ref().is_some_and(|b| !b.try_withdraw(ended)) {
+                        tracing::debug!("retry budget spent");
+                        let last_err = last_err.map(|(_, name)| {
+                            let err = Error::internal(ErrorKind::BudgetExhausted)
+                                .context("retry budget spent");
+                            (err, name)
+                        });
+                        return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade))
+                            .await;
+                    }
+                    let next = match proxy.upstream_peer(&mut session, &mut ctx).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no peer for a retry");
+                            return Box::pin(self.give_up(
+                                session,
+                                ctx,
+                                held,
+                                last_err,
+                                down_upgrade,
+                            ))
+                            .await;
+                        }
+                    };
+                    let again = session.was_tried(next.addr);
+                    if !stale {
+                        let reason = match session.last_error() {
+                            Some(ErrorKind::HttpStatus(code)) => format!("status_{code}"),
+                            Some(kind) => kind.proxy_status_type().to_string(),
+                            None => "unknown".to_string(),
+                        };
+                        metrics::counter!(
+                            "detour_retries_total",
+                            "upstream" => next.upstream.to_string(),
+                            "reason" => reason,
+                            "kind" => if again { "retry" } else { "failover" },
+                        )
+                        .increment(1);
+                    }
+                    let mut wait = Duration::ZERO;
+                    if again && !stale {
+                        let rng = rng.get_or_insert_with(fastrand::Rng::new);
+                        wait = policy.backoff(session.retries() + 1, rng);
+                        if let Some(ra) = retry_after {
+                            // Honoured, but never past max_delay (nor the deadline below):
+                            // a longer wish ends the retries and passes the answer on.
+                            if ra > policy.max_delay {
+                                return Box::pin(self.give_up(
+                                    session,
+                                    ctx,
+                                    held,
+                                    last_err,
+                                    down_upgrade,
+                                ))
+                                .await;
+                            }
+                            wait = wait.max(ra);
+                        }
+                    }
+                    if session.time_left().is_some_and(|left| wait >= left) {
+                        return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade))
+                            .await;
+                    }
+                    drop(held);
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    peer = next;
                 }
-            }
-            if session.time_left().is_some_and(|left| wait >= left) {
-                return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade)).await;
-            }
-            drop(held);
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            peer = next;
+            };
+            self.forward(session, ctx, answer, retriable_status, down_upgrade)
+                .await
         }
     }
 
@@ -743,108 +786,116 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
     }
 
-    /// Pass an upstream response on to the client.
-    async fn forward(
+    /// Pass an upstream response on to the client. (An `async move` block
+    /// for the reason given at [`Self::run`].)
+    // Deliberately not `async fn`: see the note above.
+    #[allow(clippy::manual_async_fn)]
+    fn forward(
         &self,
         mut session: Session,
         mut ctx: P::CTX,
         answer: Held<P>,
         retriable_status: bool,
         down_upgrade: Option<OnUpgrade>,
-    ) -> Response<ProxyBody<P>> {
-        let sh = &*self.shared;
-        let proxy = &*sh.proxy;
-        let Held { ok, peer, rest } = answer;
-        let AttemptOk {
-            mut head,
-            body,
-            sender,
-            grpc: grpc_pending,
-            ..
-        } = ok;
-        let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
-        let keep_for = keep_alive_limit(peer.options.idle_timeout, &head.headers);
-        let upstream_closes = forward::connection_has(&head.headers, "close");
-        strip_hop_by_hop(&mut head.headers, switching);
-        if sh.forwarding.config.via {
-            head.headers.append(header::VIA, sh.forwarding.via.clone());
-        }
-        if retriable_status {
-            let detail = format!("received-status={}", head.status.as_u16());
-            if let Some(v) = proxy_status(&sh.proxy_name, &detail, Some(&peer.upstream)) {
-                head.headers.insert("proxy-status", v);
+    ) -> impl Future<Output = Response<ProxyBody<P>>> + '_ {
+        async move {
+            let sh = &*self.shared;
+            let proxy = &*sh.proxy;
+            let Held { ok, peer, rest } = answer;
+            let AttemptOk {
+                mut head,
+                body,
+                sender,
+                grpc: grpc_pending,
+                ..
+            } = ok;
+            let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+            let keep_for = keep_alive_limit(peer.options.idle_timeout, &head.headers);
+            let upstream_closes = forward::connection_has(&head.headers, "close");
+            strip_hop_by_hop(&mut head.headers, switching);
+            if sh.forwarding.config.via {
+                head.headers.append(header::VIA, sh.forwarding.via.clone());
             }
-        }
-        if let Err(e) = proxy
-            .upstream_response_filter(&mut session, &mut head, &mut ctx)
-            .await
-        {
-            return Box::pin(self.answer_error(session, ctx, e, Some(&peer.upstream), None)).await;
-        }
-        if let Err(e) = proxy
-            .response_filter(&mut session, &mut head, &mut ctx)
-            .await
-        {
-            return Box::pin(self.answer_error(session, ctx, e, Some(&peer.upstream), None)).await;
-        }
-        if self.is_draining() && !switching {
-            head.headers
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-
-        if switching {
-            match (down_upgrade, head.extensions.remove::<OnUpgrade>()) {
-                (Some(down), Some(up)) => {
-                    let idle = peer.options.idle_timeout.max(peer.options.read_timeout);
-                    let live = tunnel::Live::new(&sh.tunnels);
-                    let hard_stop = sh.hard_stop.subscribe();
-                    tokio::spawn(async move {
-                        tunnel::run(down, up, idle, hard_stop).await;
-                        drop(live);
-                    });
+            if retriable_status {
+                let detail = format!("received-status={}", head.status.as_u16());
+                if let Some(v) = proxy_status(&sh.proxy_name, &detail, Some(&peer.upstream)) {
+                    head.headers.insert("proxy-status", v);
                 }
-                _ => {
-                    let err = Error::upstream(ErrorKind::InvalidResponse)
-                        .context("101 Switching Protocols to a request that asked for no upgrade");
-                    return Box::pin(self.answer_error(
-                        session,
-                        ctx,
-                        err,
-                        Some(&peer.upstream),
-                        None,
-                    ))
+            }
+            if let Err(e) = proxy
+                .upstream_response_filter(&mut session, &mut head, &mut ctx)
+                .await
+            {
+                return Box::pin(self.answer_error(session, ctx, e, Some(&peer.upstream), None))
                     .await;
-                }
             }
-            proxy.logging(&mut session, None, &mut ctx);
-            return Response::from_parts(head, ProxyBody::full(Bytes::new()));
-        }
+            if let Err(e) = proxy
+                .response_filter(&mut session, &mut head, &mut ctx)
+                .await
+            {
+                return Box::pin(self.answer_error(session, ctx, e, Some(&peer.upstream), None))
+                    .await;
+            }
+            if self.is_draining() && !switching {
+                head.headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
 
-        let pool = sender
-            .filter(|_| !upstream_closes)
-            .map(|sender| (Arc::clone(&self.pool), sender, keep_for));
-        if body.is_end_stream() {
-            // Nothing to stream: the connection is free now.
-            if let Some((pool, sender, keep_for)) = pool {
-                pool.checkin(peer.addr, sender, keep_for);
+            if switching {
+                match (down_upgrade, head.extensions.remove::<OnUpgrade>()) {
+                    (Some(down), Some(up)) => {
+                        let idle = peer.options.idle_timeout.max(peer.options.read_timeout);
+                        let live = tunnel::Live::new(&sh.tunnels);
+                        let hard_stop = sh.hard_stop.subscribe();
+                        tokio::spawn(async move {
+                            tunnel::run(down, up, idle, hard_stop).await;
+                            drop(live);
+                        });
+                    }
+                    _ => {
+                        let err = Error::upstream(ErrorKind::InvalidResponse).context(
+                            "101 Switching Protocols to a request that asked for no upgrade",
+                        );
+                        return Box::pin(self.answer_error(
+                            session,
+                            ctx,
+                            err,
+                            Some(&peer.upstream),
+                            None,
+                        ))
+                        .await;
+                    }
+                }
+                proxy.logging(&mut session, None, &mut ctx);
+                return Response::from_parts(head, ProxyBody::full(Bytes::new()));
             }
-            if let Some(p) = grpc_pending {
-                p.report(&peer, None, None);
+
+            let pool = sender
+                .filter(|_| !upstream_closes)
+                .map(|sender| (Arc::clone(&self.pool), sender, keep_for));
+            if body.is_end_stream() {
+                // Nothing to stream: the connection is free now.
+                if let Some((pool, sender, keep_for)) = pool {
+                    pool.checkin(peer.addr, sender, keep_for);
+                }
+                if let Some(p) = grpc_pending {
+                    p.report(&peer, None, None);
+                }
+                drop(peer);
+                proxy.logging(&mut session, None, &mut ctx);
+                return Response::from_parts(head, ProxyBody::full(Bytes::new()));
             }
-            drop(peer);
-            proxy.logging(&mut session, None, &mut ctx);
-            return Response::from_parts(head, ProxyBody::full(Bytes::new()));
+            let read_timeout = peer.options.read_timeout;
+            let finish = Finish {
+                proxy: Arc::clone(&sh.proxy),
+                session,
+                ctx,
+                peer,
+                pool,
+                grpc: grpc_pending,
+            };
+            Response::from_parts(head, ProxyBody::streaming(body, read_timeout, finish, rest))
         }
-        let read_timeout = peer.options.read_timeout;
-        let finish = Finish {
-            proxy: Arc::clone(&sh.proxy),
-            session,
-            ctx,
-            peer,
-            pool,
-            grpc: grpc_pending,
-        };
-        Response::from_parts(head, ProxyBody::streaming(body, read_timeout, finish, rest))
     }
 
     /// Answer with a response a hook made.
