@@ -465,25 +465,25 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     let haproxy = ensure_program("haproxy", "haproxy")?;
     let (nginx, haproxy) = (nginx.to_string_lossy(), haproxy.to_string_lossy());
 
-    println!("building the detour binary (release)");
+    println!("building the detour binary and the hyper floor (release)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(&cargo)
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "detour",
-            "--bin",
-            "detour",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !built {
-        return Err("cargo build --release -p detour failed".into());
+    for (package, kind, name) in [
+        ("detour", "--bin", "detour"),
+        ("detour-server", "--example", "hyper_floor"),
+    ] {
+        let built = Command::new(&cargo)
+            .current_dir(root)
+            .args(["build", "--release", "--quiet", "-p", package, kind, name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !built {
+            return Err(format!(
+                "cargo build --release -p {package} {kind} {name} failed"
+            ));
+        }
     }
     let detour_bin = root.join("target/release/detour");
+    let floor_bin = root.join("target/release/examples/hyper_floor");
 
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     // Load generator and backend on core 0, the proxy under test on core 1.
@@ -542,6 +542,22 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         cmd.arg("--config").arg(&conf);
         let p = spawn("detour", cmd)?;
         targets.push(Target::proxy("Detour", ports, p));
+    }
+    if wanted("floor") {
+        // hyper's server and client with nothing in between: what any proxy
+        // built on them costs at least (crates/detour-server/examples).
+        let port = free_port()?;
+        let mut cmd = pinned(proxy_core, &floor_bin.to_string_lossy());
+        cmd.arg(format!("127.0.0.1:{port}"))
+            .arg(format!("127.0.0.1:{backend_port}"));
+        let p = spawn("floor", cmd)?;
+        targets.push(Target {
+            name: "hyper floor",
+            port,
+            h2c_port: None,
+            tls_port: None,
+            proc: Some(p),
+        });
     }
     if wanted("nginx") {
         let ports = Ports::free()?;
