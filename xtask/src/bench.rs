@@ -591,8 +591,11 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         .chain([Load::H2(H2::Clear), Load::H2(H2::Tls)])
         .collect();
     let mut samples: BTreeMap<(Load, &'static str), Vec<Sample>> = BTreeMap::new();
-    for round in 0..opts.rounds {
-        for &load in &loads {
+    // Every round of one load before the next load: RSS only grows, so an
+    // HTTP/1.1 row measured after an HTTP/2 round (a thousand streams in
+    // flight) would report that load's memory, not its own.
+    for &load in &loads {
+        for round in 0..opts.rounds {
             for i in 0..targets.len() {
                 let t = &targets[(i + round) % targets.len()];
                 let s = match load {
