@@ -357,6 +357,62 @@ impl std::error::Error for Error {
     }
 }
 
+/// An error kind that says something about the backend's transport: what a
+/// retry policy may list as retriable (`retry_on`) and what a breaker may count
+/// as a failure (`failure_kinds`). Config names are snake_case. Statuses and
+/// the errors Detour raises itself have no failure kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// [`ErrorKind::ConnectRefused`].
+    ConnectRefused,
+    /// [`ErrorKind::ConnectTimeout`].
+    ConnectTimeout,
+    /// [`ErrorKind::TlsHandshake`].
+    TlsHandshake,
+    /// [`ErrorKind::ConnectionReset`] (includes a broken pipe).
+    ConnectionReset,
+    /// [`ErrorKind::ConnectionClosed`].
+    ConnectionClosed,
+    /// [`ErrorKind::ReadTimeout`] (includes the per-try timeout).
+    ReadTimeout,
+    /// [`ErrorKind::WriteTimeout`].
+    WriteTimeout,
+    /// [`ErrorKind::InvalidResponse`].
+    InvalidResponse,
+}
+
+impl FailureKind {
+    /// Every kind.
+    pub const ALL: [FailureKind; 8] = [
+        FailureKind::ConnectRefused,
+        FailureKind::ConnectTimeout,
+        FailureKind::TlsHandshake,
+        FailureKind::ConnectionReset,
+        FailureKind::ConnectionClosed,
+        FailureKind::ReadTimeout,
+        FailureKind::WriteTimeout,
+        FailureKind::InvalidResponse,
+    ];
+
+    /// The failure kind of an error kind; `None` for statuses and for the
+    /// errors Detour raises itself, which never count against a backend.
+    pub fn of(kind: ErrorKind) -> Option<FailureKind> {
+        Some(match kind {
+            ErrorKind::ConnectRefused => FailureKind::ConnectRefused,
+            ErrorKind::ConnectTimeout => FailureKind::ConnectTimeout,
+            ErrorKind::TlsHandshake => FailureKind::TlsHandshake,
+            ErrorKind::ConnectionReset => FailureKind::ConnectionReset,
+            ErrorKind::ConnectionClosed => FailureKind::ConnectionClosed,
+            ErrorKind::ReadTimeout => FailureKind::ReadTimeout,
+            ErrorKind::WriteTimeout => FailureKind::WriteTimeout,
+            ErrorKind::InvalidResponse => FailureKind::InvalidResponse,
+            _ => return None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,7 +47,7 @@ pub mod session;
 pub use addr_hash::{AddrHash, AddrHasher, AddrMap};
 pub use backend::{AdmissionGate, Backend, BackendState, GateState, Permit, Removal, RemovalCap};
 pub use commit::CommitPoint;
-pub use error::{BoxError, Error, ErrorKind, ErrorSide, Result, RetryHint};
+pub use error::{BoxError, Error, ErrorKind, ErrorSide, FailureKind, Result, RetryHint};
 pub use invalid::InvalidConfig;
 pub use observe::{AttemptOutcome, Observer, OutcomeClass};
 pub use peer::{HttpPeer, PeerOptions, PeerTls, RetryBudgetGate};

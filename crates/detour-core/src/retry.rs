@@ -11,47 +11,12 @@ use http::{HeaderMap, Method};
 use serde::Deserialize;
 
 use crate::commit::CommitPoint;
-use crate::error::ErrorKind;
+use crate::error::{ErrorKind, FailureKind};
 use crate::InvalidConfig;
 
-/// An error kind a policy may list as retriable (the config names are snake_case).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum RetryOn {
-    /// [`ErrorKind::ConnectRefused`].
-    ConnectRefused,
-    /// [`ErrorKind::ConnectTimeout`].
-    ConnectTimeout,
-    /// [`ErrorKind::TlsHandshake`].
-    TlsHandshake,
-    /// [`ErrorKind::ConnectionReset`] (includes a broken pipe).
-    ConnectionReset,
-    /// [`ErrorKind::ConnectionClosed`].
-    ConnectionClosed,
-    /// [`ErrorKind::ReadTimeout`] (includes the per-try timeout).
-    ReadTimeout,
-    /// [`ErrorKind::WriteTimeout`].
-    WriteTimeout,
-    /// [`ErrorKind::InvalidResponse`].
-    InvalidResponse,
-}
-
-impl RetryOn {
-    fn of(kind: ErrorKind) -> Option<RetryOn> {
-        Some(match kind {
-            ErrorKind::ConnectRefused => RetryOn::ConnectRefused,
-            ErrorKind::ConnectTimeout => RetryOn::ConnectTimeout,
-            ErrorKind::TlsHandshake => RetryOn::TlsHandshake,
-            ErrorKind::ConnectionReset => RetryOn::ConnectionReset,
-            ErrorKind::ConnectionClosed => RetryOn::ConnectionClosed,
-            ErrorKind::ReadTimeout => RetryOn::ReadTimeout,
-            ErrorKind::WriteTimeout => RetryOn::WriteTimeout,
-            ErrorKind::InvalidResponse => RetryOn::InvalidResponse,
-            _ => return None,
-        })
-    }
-}
+/// An error kind a policy may list as retriable (the config names are
+/// snake_case): the same kinds a breaker may count as failures.
+pub type RetryOn = FailureKind;
 
 /// The default retriable errors: refused, reset (and broken pipe), closed, and
 /// every timeout — the list users know from the failover seed.

@@ -350,62 +350,13 @@ impl<'de> Deserialize<'de> for Window {
     }
 }
 
-/// A backend error that may count as a breaker failure (config names are
-/// snake_case, as in the retry policy's `retry_on`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum FailureKind {
-    /// [`ErrorKind::ConnectRefused`].
-    ConnectRefused,
-    /// [`ErrorKind::ConnectTimeout`].
-    ConnectTimeout,
-    /// [`ErrorKind::TlsHandshake`].
-    TlsHandshake,
-    /// [`ErrorKind::ConnectionReset`] (includes a broken pipe).
-    ConnectionReset,
-    /// [`ErrorKind::ConnectionClosed`].
-    ConnectionClosed,
-    /// [`ErrorKind::ReadTimeout`] (includes the per-try timeout).
-    ReadTimeout,
-    /// [`ErrorKind::WriteTimeout`].
-    WriteTimeout,
-    /// [`ErrorKind::InvalidResponse`].
-    InvalidResponse,
-}
+/// A backend error that may count as a breaker failure: the same kinds a retry
+/// policy's `retry_on` lists (config names are snake_case).
+pub use detour_core::FailureKind;
 
-impl FailureKind {
-    /// Every kind: the default of [`BreakerConfig::failure_kinds`].
-    pub const ALL: [FailureKind; 8] = [
-        FailureKind::ConnectRefused,
-        FailureKind::ConnectTimeout,
-        FailureKind::TlsHandshake,
-        FailureKind::ConnectionReset,
-        FailureKind::ConnectionClosed,
-        FailureKind::ReadTimeout,
-        FailureKind::WriteTimeout,
-        FailureKind::InvalidResponse,
-    ];
-
-    /// The failure kind of an error kind; `None` for statuses and for the
-    /// errors Detour raises itself, which never count against a backend.
-    pub fn of(kind: ErrorKind) -> Option<FailureKind> {
-        Some(match kind {
-            ErrorKind::ConnectRefused => FailureKind::ConnectRefused,
-            ErrorKind::ConnectTimeout => FailureKind::ConnectTimeout,
-            ErrorKind::TlsHandshake => FailureKind::TlsHandshake,
-            ErrorKind::ConnectionReset => FailureKind::ConnectionReset,
-            ErrorKind::ConnectionClosed => FailureKind::ConnectionClosed,
-            ErrorKind::ReadTimeout => FailureKind::ReadTimeout,
-            ErrorKind::WriteTimeout => FailureKind::WriteTimeout,
-            ErrorKind::InvalidResponse => FailureKind::InvalidResponse,
-            _ => return None,
-        })
-    }
-
-    fn bit(self) -> u16 {
-        1 << (self as u16)
-    }
+/// The bit of a failure kind in [`BreakerConfig`]'s kind set.
+fn bit(kind: FailureKind) -> u16 {
+    1 << (kind as u16)
 }
 
 /// What counts as a failure, precomputed from the config so that classifying
@@ -432,7 +383,7 @@ impl FailureSet {
             statuses: [0; 10],
         };
         for k in &cfg.failure_kinds {
-            set.kinds |= k.bit();
+            set.kinds |= bit(*k);
         }
         for &s in &cfg.failure_statuses {
             if let Some(word) = set.statuses.get_mut(usize::from(s / 64)) {
@@ -456,7 +407,7 @@ impl FailureSet {
             ErrorKind::HttpStatus(s) if self.has_status(s) => Verdict::Failure,
             ErrorKind::HttpStatus(_) => Verdict::Success,
             k => match FailureKind::of(k) {
-                Some(f) if self.kinds & f.bit() != 0 => Verdict::Failure,
+                Some(f) if self.kinds & bit(f) != 0 => Verdict::Failure,
                 _ => Verdict::Ignore,
             },
         }
