@@ -86,6 +86,18 @@ fn record(ctx: &mut Ctx, session: &Session, backend: SocketAddr, outcome: Outcom
     });
 }
 
+/// Note a failed attempt for the access log and hand the error back unchanged:
+/// what both failure hooks do.
+fn record_error(ctx: &mut Ctx, session: &Session, peer: &HttpPeer, err: Error) -> Error {
+    record(
+        ctx,
+        session,
+        peer.addr,
+        Outcome::Error(err.kind().proxy_status_type()),
+    );
+    err
+}
+
 impl ProxyHttp for DetourProxy {
     type CTX = Ctx;
 
@@ -160,13 +172,7 @@ impl ProxyHttp for DetourProxy {
         ctx: &mut Ctx,
         err: Error,
     ) -> Error {
-        record(
-            ctx,
-            session,
-            peer.addr,
-            Outcome::Error(err.kind().proxy_status_type()),
-        );
-        err
+        record_error(ctx, session, peer, err)
     }
 
     fn error_while_proxying(
@@ -176,13 +182,7 @@ impl ProxyHttp for DetourProxy {
         ctx: &mut Ctx,
         err: Error,
     ) -> Error {
-        record(
-            ctx,
-            session,
-            peer.addr,
-            Outcome::Error(err.kind().proxy_status_type()),
-        );
-        err
+        record_error(ctx, session, peer, err)
     }
 
     async fn response_filter(
