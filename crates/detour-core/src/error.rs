@@ -50,6 +50,10 @@ pub enum ErrorKind {
     DownstreamClosed,
     /// The downstream request was malformed (answered with a 4xx).
     InvalidRequest,
+    /// The downstream client was too slow: its request body stalled or
+    /// trickled below the minimum rate, or it stopped reading the response.
+    /// The client's fault, answered `408` (or a close once a response began).
+    ClientTimeout,
     /// The upstream answered with this status and a hook or policy treated it as
     /// a failure (for example a retriable 503).
     HttpStatus(u16),
@@ -73,6 +77,7 @@ impl ErrorKind {
             ErrorKind::BudgetExhausted | ErrorKind::Overloaded => "proxy_internal_response",
             ErrorKind::DeadlineExceeded => "connection_timeout",
             ErrorKind::DownstreamClosed | ErrorKind::InvalidRequest => "proxy_internal_response",
+            ErrorKind::ClientTimeout => "http_request_error",
             ErrorKind::HttpStatus(_) => "http_response_status",
             ErrorKind::Custom => "proxy_internal_error",
         }
@@ -102,6 +107,7 @@ impl ErrorKind {
                 | ErrorKind::DeadlineExceeded
                 | ErrorKind::DownstreamClosed
                 | ErrorKind::InvalidRequest
+                | ErrorKind::ClientTimeout
                 | ErrorKind::Custom
         )
     }
@@ -122,7 +128,7 @@ impl ErrorKind {
     ///
     /// refused / reset / invalid response → 502; any timeout → 504; no backend,
     /// breaker open, budget spent, overload → 503; a bad request or a client
-    /// body that broke off → 400.
+    /// body that broke off → 400; a client too slow to send its body → 408.
     pub fn default_status(self) -> u16 {
         match self {
             k if k.is_timeout() => 504,
@@ -131,6 +137,7 @@ impl ErrorKind {
             | ErrorKind::BudgetExhausted
             | ErrorKind::Overloaded => 503,
             ErrorKind::InvalidRequest | ErrorKind::DownstreamClosed => 400,
+            ErrorKind::ClientTimeout => 408,
             ErrorKind::HttpStatus(s) if (100..600).contains(&s) => s,
             ErrorKind::Custom => 500,
             _ => 502,
@@ -176,6 +183,7 @@ impl fmt::Display for ErrorKind {
                     ErrorKind::DeadlineExceeded => "deadline exceeded",
                     ErrorKind::DownstreamClosed => "downstream closed",
                     ErrorKind::InvalidRequest => "invalid request",
+                    ErrorKind::ClientTimeout => "client too slow",
                     ErrorKind::Custom => "error",
                     ErrorKind::HttpStatus(_) => unreachable!("handled above"),
                 };

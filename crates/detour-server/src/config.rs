@@ -255,7 +255,8 @@ impl Default for Http2Config {
     }
 }
 
-/// Downstream limits (`[server.limits]`).
+/// Downstream limits (`[server.limits]`): what one client may hold, and for
+/// how long, before the exchange is ended as the client's fault.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -266,13 +267,38 @@ pub struct LimitsConfig {
     /// Largest request head in bytes (request line + headers); larger → 431.
     /// Default 64 KiB (at least 8 KiB).
     pub max_header_size: usize,
+    /// Largest request target (the URI as sent) in bytes; longer → 414.
+    /// Default 8 KiB; at most `max_header_size`.
+    pub max_uri_size: usize,
     /// Largest request body in bytes; larger → 413. 0 means unlimited (bodies
     /// stream through in constant memory). Default 0.
     pub max_body_size: u64,
-    /// Time a client has to send a complete request head, and the longest idle
-    /// time of a keep-alive connection between requests; → 408. Default 30 s.
+    /// Time a client has to send a complete request head once it started
+    /// one; → 408. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Longest quiet time of a keep-alive connection between requests; then
+    /// it is closed without a word. Default 75 s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Longest time bytes wait to be written to a client that takes none of
+    /// them (a client that stopped reading). HTTP/1.1 connections and tunnels
+    /// are closed; on HTTP/2 the stuck stream is reset. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Longest wait for the next piece of a request body; → 408 (or a close
+    /// once the response began). Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub client_body_timeout: Duration,
+    /// Slowest request body accepted, in bytes per second, measured over
+    /// `client_body_min_rate_window` of time spent waiting for the client (time
+    /// spent waiting for the backend to take the body does not count);
+    /// slower → 408. 0 turns the check off. Default 500.
+    pub client_body_min_rate: u64,
+    /// The window of `client_body_min_rate`: how far behind the rate a body
+    /// may fall before it is cut. Default 20 s.
+    #[serde(with = "humantime_serde")]
+    pub client_body_min_rate_window: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -280,9 +306,45 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: 10_000,
             max_header_size: 64 * 1024,
+            max_uri_size: 8 * 1024,
             max_body_size: 0,
             header_read_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            client_body_min_rate: 500,
+            client_body_min_rate_window: Duration::from_secs(20),
         }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let nonzero = [
+            ("header_read_timeout", self.header_read_timeout),
+            ("keepalive_timeout", self.keepalive_timeout),
+            ("send_timeout", self.send_timeout),
+            ("client_body_timeout", self.client_body_timeout),
+            ("client_body_min_rate_window", self.client_body_min_rate_window),
+        ];
+        for (name, d) in nonzero {
+            if d.is_zero() {
+                return Err(ConfigError::field(
+                    format!("server.limits.{name}"),
+                    "must be longer than zero",
+                ));
+            }
+        }
+        if self.max_uri_size < 16 || self.max_uri_size > self.max_header_size {
+            return Err(ConfigError::field(
+                "server.limits.max_uri_size",
+                format!(
+                    "must be between 16 bytes and max_header_size ({}), got {}",
+                    self.max_header_size, self.max_uri_size
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -467,12 +529,7 @@ impl ServerConfig {
                 ),
             ));
         }
-        if self.limits.header_read_timeout.is_zero() {
-            return Err(ConfigError::field(
-                "server.limits.header_read_timeout",
-                "must be longer than zero",
-            ));
-        }
+        self.limits.validate()?;
         if http::HeaderName::from_bytes(self.forwarding.request_id_header.as_bytes()).is_err() {
             return Err(ConfigError::field(
                 "server.forwarding.request_id_header",

@@ -35,6 +35,7 @@ mod framing;
 mod io;
 mod listener;
 pub mod proxy;
+mod send_timeout;
 pub mod server;
 pub mod tls;
 pub mod upstream;

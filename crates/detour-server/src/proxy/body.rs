@@ -11,6 +11,7 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
+use crate::config::LimitsConfig;
 use crate::upstream::pool::{Pool, Sender};
 
 /// A frame on its way upstream; `None` marks the end of the body. A channel
@@ -106,6 +108,157 @@ pub(crate) enum PumpError {
     Filter(Error),
 }
 
+/// How long the client may keep its request body waiting (from
+/// `[server.limits]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientLimits {
+    /// Longest wait for the next piece of the body.
+    timeout: Duration,
+    /// Slowest rate accepted, bytes per second of waiting (0: no check).
+    min_rate: u64,
+    /// How far behind that rate the body may fall, as time.
+    window: Duration,
+}
+
+impl ClientLimits {
+    pub(crate) fn new(limits: &LimitsConfig) -> Self {
+        ClientLimits {
+            timeout: limits.client_body_timeout,
+            min_rate: limits.client_body_min_rate,
+            window: limits.client_body_min_rate_window,
+        }
+    }
+}
+
+/// Time an attempt spent waiting for the client's body, shared between the
+/// body pump (which starts and stops it) and the attempt's timer (which
+/// leaves it out: per-try timers measure the backend, not the client).
+#[derive(Debug)]
+pub(crate) struct ClientClock {
+    base: Instant,
+    /// Nanoseconds of finished waits.
+    waited: AtomicU64,
+    /// Nanoseconds from `base` to the start of the wait in progress, plus one
+    /// (0: not waiting).
+    since: AtomicU64,
+}
+
+impl ClientClock {
+    pub(crate) fn new(base: Instant) -> Self {
+        ClientClock {
+            base,
+            waited: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn start(&self, at: Instant) {
+        self.since
+            .store(self.nanos(at).saturating_add(1), Ordering::Relaxed);
+    }
+
+    fn stop(&self, at: Instant) {
+        let since = self.since.swap(0, Ordering::Relaxed);
+        if since != 0 {
+            let waited = self.nanos(at).saturating_sub(since - 1);
+            self.waited.fetch_add(waited, Ordering::Relaxed);
+        }
+    }
+
+    /// All the time spent waiting for the client up to `now`.
+    pub(crate) fn client_time(&self, now: Instant) -> Duration {
+        let mut ns = self.waited.load(Ordering::Relaxed);
+        let since = self.since.load(Ordering::Relaxed);
+        if since != 0 {
+            ns = ns.saturating_add(self.nanos(now).saturating_sub(since - 1));
+        }
+        Duration::from_nanos(ns)
+    }
+}
+
+/// The client's side of reading a request body: the stall timer and the
+/// minimum-rate allowance.
+///
+/// The rate is a leaky bucket of time, like Apache's `RequestReadTimeout`
+/// `MinRate`: the body starts with `window` of allowance; every moment spent
+/// waiting for the client drains it, every byte received refills
+/// `1 / min_rate` seconds of it (up to `window`). A body slower than the rate
+/// runs dry and is cut; a fast one never comes near. Time spent waiting for the
+/// backend to take the body is not waiting for the client and costs nothing.
+struct ClientWait {
+    limits: ClientLimits,
+    allowance: Duration,
+    since: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl ClientWait {
+    fn new(limits: ClientLimits) -> Self {
+        ClientWait {
+            limits,
+            allowance: limits.window,
+            since: None,
+            timer: None,
+        }
+    }
+
+    /// The client has nothing for us yet: `Ready` with the error once it kept
+    /// us waiting too long.
+    fn waiting(&mut self, cx: &mut Context<'_>, clock: Option<&ClientClock>) -> Poll<Error> {
+        if self.since.is_none() {
+            let now = Instant::now();
+            self.since = Some(now);
+            if let Some(c) = clock {
+                c.start(now);
+            }
+            let mut allowed = self.limits.timeout;
+            if self.limits.min_rate != 0 {
+                allowed = allowed.min(self.allowance);
+            }
+            let due = now + allowed;
+            match self.timer.as_mut() {
+                Some(t) => t.as_mut().reset(due),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+            }
+        }
+        let fired = self
+            .timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+        if !fired {
+            return Poll::Pending;
+        }
+        let stalled = self
+            .since
+            .is_some_and(|s| s.elapsed() >= self.limits.timeout);
+        let why = if stalled {
+            "request body stalled for longer than client_body_timeout"
+        } else {
+            "request body slower than client_body_min_rate"
+        };
+        Poll::Ready(Error::downstream(ErrorKind::ClientTimeout).context(why))
+    }
+
+    /// The client answered (with `bytes` of body, or an end or error).
+    fn answered(&mut self, bytes: usize, clock: Option<&ClientClock>) {
+        if let Some(since) = self.since.take() {
+            let now = Instant::now();
+            self.allowance = self.allowance.saturating_sub(now - since);
+            if let Some(c) = clock {
+                c.stop(now);
+            }
+        }
+        if self.limits.min_rate != 0 && bytes != 0 {
+            let earned = Duration::from_secs_f64(bytes as f64 / self.limits.min_rate as f64);
+            self.allowance = (self.allowance + earned).min(self.limits.window);
+        }
+    }
+}
+
 /// The client's request body with its replay buffer.
 ///
 /// Each attempt feeds its upstream body from here: first the buffered prefix
@@ -132,6 +285,7 @@ pub(crate) struct RequestBody<B> {
     /// Per attempt: trailers and the end mark have been produced.
     trailers_sent: bool,
     finished: bool,
+    client: ClientWait,
 }
 
 impl<B> RequestBody<B>
@@ -140,8 +294,15 @@ where
     B::Error: Into<detour_core::BoxError>,
 {
     /// `limit`: replay buffer size; `max`: largest body (0 = unlimited);
-    /// `len`: the declared Content-Length, if any.
-    pub(crate) fn new(body: B, limit: usize, max: u64, len: Option<u64>) -> Self {
+    /// `len`: the declared Content-Length, if any; `client`: how long the
+    /// client may keep the body waiting.
+    pub(crate) fn new(
+        body: B,
+        limit: usize,
+        max: u64,
+        len: Option<u64>,
+        client: ClientLimits,
+    ) -> Self {
         RequestBody {
             downstream: Some(body),
             buffer: Vec::new(),
@@ -156,6 +317,7 @@ where
             in_hand: None,
             trailers_sent: false,
             finished: false,
+            client: ClientWait::new(client),
         }
     }
 
@@ -176,10 +338,12 @@ where
 
     /// Make sure a frame is in hand: `Ready(Ok(false))` once this attempt's
     /// body (end mark included) has been handed over entirely.
+    /// `clock` (during an attempt) learns how long the client kept it waiting.
     fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
         filter: &mut dyn FnMut(&mut Bytes, bool) -> Result<(), Error>,
+        clock: Option<&ClientClock>,
     ) -> Poll<Result<bool, PumpError>> {
         if self.in_hand.is_some() {
             return Poll::Ready(Ok(true));
@@ -190,7 +354,25 @@ where
             return Poll::Ready(Ok(true));
         }
         while let Some(down) = self.downstream.as_mut() {
-            let frame = match std::task::ready!(Pin::new(&mut *down).poll_frame(cx)) {
+            let polled = match Pin::new(&mut *down).poll_frame(cx) {
+                Poll::Pending => {
+                    return match self.client.waiting(cx, clock) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(err) => {
+                            self.downstream = None;
+                            self.intact = false;
+                            Poll::Ready(Err(PumpError::Downstream(err)))
+                        }
+                    };
+                }
+                Poll::Ready(polled) => polled,
+            };
+            let bytes = match &polled {
+                Some(Ok(f)) => f.data_ref().map_or(0, Bytes::len),
+                _ => 0,
+            };
+            self.client.answered(bytes, clock);
+            let frame = match polled {
                 None => {
                     self.downstream = None;
                     break;
@@ -258,7 +440,8 @@ where
     }
 
     /// Feed one attempt's upstream body through `filter`, each hand-over
-    /// bounded by `write_timeout`.
+    /// bounded by `write_timeout` (the backend's share) while the client's
+    /// waits are bounded by its [`ClientLimits`] and told to `clock`.
     ///
     /// # Cancel safety
     /// Cancel-safe: a frame leaves `in_hand` only once the channel has taken
@@ -267,10 +450,12 @@ where
         &mut self,
         tx: &mpsc::Sender<UpFrame>,
         write_timeout: Duration,
+        clock: &ClientClock,
         mut filter: impl FnMut(&mut Bytes, bool) -> Result<(), Error>,
     ) -> Result<(), PumpError> {
         loop {
-            let more = std::future::poll_fn(|cx| self.poll_fill(cx, &mut filter)).await?;
+            let more =
+                std::future::poll_fn(|cx| self.poll_fill(cx, &mut filter, Some(clock))).await?;
             if !more {
                 return Ok(());
             }
@@ -340,7 +525,7 @@ where
         let mut filter =
             |chunk: &mut Bytes, end: bool| proxy.request_body_filter(session, chunk, end, ctx);
         loop {
-            if !std::task::ready!(self.body.poll_fill(cx, &mut filter))? {
+            if !std::task::ready!(self.body.poll_fill(cx, &mut filter, None))? {
                 return Poll::Ready(Ok(()));
             }
             // A boxed reservation per chunk: this path only runs for uploads
@@ -465,6 +650,33 @@ impl<P: ProxyHttp> Body for ProxyBody<P> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let r = self.poll_next(cx);
+        // For the HTTP/2 stream watch (see `send_timeout`): whether hyper now
+        // holds bytes it must send before it asks again.
+        match &r {
+            Poll::Ready(Some(Ok(f))) if f.is_data() => crate::send_timeout::body_gave_frame(),
+            _ => crate::send_timeout::body_idle(),
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Streaming(s) => s.finish.is_none() || s.upstream.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Streaming(s) => s.upstream.size_hint(),
+        }
+    }
+}
+
+impl<P: ProxyHttp> ProxyBody<P> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let s = match &mut self.kind {
             Kind::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Streaming(s) => s,
@@ -568,17 +780,4 @@ impl<P: ProxyHttp> Body for ProxyBody<P> {
         }
     }
 
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(b) => b.is_none(),
-            Kind::Streaming(s) => s.finish.is_none() || s.upstream.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Streaming(s) => s.upstream.size_hint(),
-        }
-    }
 }

@@ -19,7 +19,7 @@ use detour_core::ProxyHttp;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use super::HttpProxy;
 use crate::listener::ListenSpec;
+use crate::send_timeout::{SendTimeout, StreamExec};
 use crate::tls::ALPN_H2;
 use crate::upstream::Connect;
 
@@ -109,8 +110,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         drain: watch::Receiver<bool>,
         spec: &ListenSpec,
     ) {
+        // Every connection, under TLS too, ends when its client stops taking
+        // bytes for the send timeout.
+        let stream = SendTimeout::new(stream, self.shared.limits.send_timeout);
         match (&spec.tls, spec.h1, spec.h2) {
-            // The plain HTTP/1.1 path stays exactly what it was.
             (None, true, false) => self.serve_tcp(stream, client, drain).await,
             (None, false, _) => self.serve_h2(stream, client, drain).await,
             (None, true, true) => self.serve_auto(stream, client, drain).await,
@@ -139,14 +142,20 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
     }
 
+    /// The executor of downstream HTTP/2 streams (watches each for a client
+    /// that stopped reading it).
+    fn stream_exec(&self) -> StreamExec {
+        StreamExec::new(self.shared.limits.send_timeout)
+    }
+
     /// The downstream HTTP/2 settings for this proxy.
-    fn http2_builder(&self) -> http2::Builder<TokioExecutor> {
-        let mut b = http2::Builder::new(TokioExecutor::new());
+    fn http2_builder(&self) -> http2::Builder<StreamExec> {
+        let mut b = http2::Builder::new(self.stream_exec());
         self.apply_http2(&mut b);
         b
     }
 
-    fn apply_http2(&self, b: &mut http2::Builder<TokioExecutor>) {
+    fn apply_http2(&self, b: &mut http2::Builder<StreamExec>) {
         let c = &self.shared.http2;
         let header_list = u32::try_from(self.shared.limits.max_header_size).unwrap_or(u32::MAX);
         b.timer(TokioTimer::new())
@@ -177,12 +186,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// Serve a cleartext connection that may be HTTP/1.1 or HTTP/2 (prior
     /// knowledge): hyper-util tells them apart by the preface. HTTP/1.1 keeps
     /// its framing guard and upgrades.
-    async fn serve_auto(
-        &self,
-        stream: TcpStream,
-        client: Option<SocketAddr>,
-        drain: watch::Receiver<bool>,
-    ) {
+    async fn serve_auto<I>(&self, stream: I, client: Option<SocketAddr>, drain: watch::Receiver<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let proxy = self.clone();
         let verdicts = crate::framing::Verdicts::new();
         let io = crate::framing::FramingGuard::new(
@@ -202,7 +209,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             }
             async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(self.stream_exec());
         let limits = &self.shared.limits;
         builder
             .http1()

@@ -24,7 +24,10 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
-use super::body::{Finish, ProxyBody, PumpError, RequestBody, Rest, UpFrame, Upload, UpstreamBody};
+use super::body::{
+    ClientClock, ClientLimits, Finish, ProxyBody, PumpError, RequestBody, Rest, UpFrame, Upload,
+    UpstreamBody,
+};
 use super::forward::{self, strip_hop_by_hop};
 use super::{grpc, tunnel, HttpProxy};
 use crate::upstream::dial::{self, Conn};
@@ -86,6 +89,30 @@ fn proxy_status(proxy: &str, detail: &str, upstream: Option<&str>) -> Option<Hea
     HeaderValue::from_str(&v).ok()
 }
 
+/// `fut`, unless it is still running at `limit` plus the time `clock` says
+/// was spent waiting for the client (`None` then).
+async fn within<F: Future>(fut: F, limit: Instant, clock: &ClientClock) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(limit));
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(v));
+        }
+        // While the client is being waited for, the limit keeps moving: each
+        // time the timer fires, it is set again to where the limit now is.
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let due = limit + clock.client_time(now);
+            if due <= now {
+                return std::task::Poll::Ready(None);
+            }
+            timer.as_mut().reset(due);
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 /// A response head arrived.
 pub(crate) struct AttemptOk {
     head: response::Parts,
@@ -131,9 +158,11 @@ struct Mode {
 }
 
 /// How far the attempt in progress got, readable after it was cut by a timeout.
-struct Progress {
+struct Progress<'c> {
     commit: CommitPoint,
     reused: bool,
+    /// Told how long the attempt waited for the client's body.
+    clock: &'c ClientClock,
 }
 
 /// An upstream response with its peer and any unfinished upload: kept back
@@ -248,6 +277,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                         policy.replay_buffer_limit,
                         sh.limits.max_body_size,
                         content_length,
+                        ClientLimits::new(&sh.limits),
                     )
                 });
                 let upgrade = down_upgrade.is_some();
@@ -567,7 +597,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     }
 
     /// One attempt, bounded by the per-try timeout, the read timeout (until
-    /// response headers) and the overall deadline.
+    /// response headers) and the overall deadline. All three measure the
+    /// backend: time spent waiting for the client's request body is left out
+    /// (the client's own limits, `client_body_timeout` and
+    /// `client_body_min_rate`, govern it), and the deadline moves on by it.
     async fn attempt<B>(
         &self,
         session: &mut Session,
@@ -590,19 +623,27 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         if let Some(d) = session.deadline() {
             limit = limit.min(d);
         }
+        let clock = ClientClock::new(start);
         let mut progress = Progress {
             commit: CommitPoint::NotConnected,
             reused: false,
+            clock: &clock,
         };
         // Built in place: a local holding the inner future would take its
         // size a second time in this future's state.
-        let timed = tokio::time::timeout_at(
-            limit,
+        let timed = within(
             self.attempt_inner(session, ctx, peer, body, mode, &mut progress),
-        );
-        match timed.await {
-            Ok(r) => r,
-            Err(_) => {
+            limit,
+            &clock,
+        )
+        .await;
+        let client_time = clock.client_time(Instant::now());
+        if let (false, Some(d)) = (client_time.is_zero(), session.deadline()) {
+            session.set_deadline(d + client_time);
+        }
+        match timed {
+            Some(r) => r,
+            None => {
                 let kind = if deadline_binds {
                     ErrorKind::DeadlineExceeded
                 } else if progress.commit == CommitPoint::NotConnected {
@@ -658,7 +699,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         peer: &HttpPeer,
         body: Option<&mut RequestBody<B>>,
         mode: Mode,
-        progress: &mut Progress,
+        progress: &mut Progress<'_>,
     ) -> Result<AttemptOk, AttemptErr>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -729,7 +770,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 pump_done = false;
                 let write_timeout = peer.options.write_timeout;
                 // Boxed: only requests with a body pay for the pump's state.
-                let mut pump = Box::pin(b.pump(tx, write_timeout, |chunk, end| {
+                let clock = progress.clock;
+                let mut pump = Box::pin(b.pump(tx, write_timeout, clock, |chunk, end| {
                     proxy.request_body_filter(session, chunk, end, ctx)
                 }));
                 tokio::pin!(send);

@@ -103,7 +103,10 @@ pub(crate) fn timeout(req: &request::Parts) -> Option<Duration> {
 pub(crate) fn status_for(kind: ErrorKind) -> u32 {
     match kind {
         k if k.is_timeout() => DEADLINE_EXCEEDED,
-        ErrorKind::InvalidRequest | ErrorKind::DownstreamClosed | ErrorKind::Custom => INTERNAL,
+        ErrorKind::InvalidRequest
+        | ErrorKind::DownstreamClosed
+        | ErrorKind::ClientTimeout
+        | ErrorKind::Custom => INTERNAL,
         _ => UNAVAILABLE,
     }
 }

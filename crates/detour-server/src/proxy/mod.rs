@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 pub use body::{ProxyBody, UpstreamBody};
 
+use crate::send_timeout::SendTimeout;
 use crate::config::{Http2Config, LimitsConfig, PoolConfig, ServerConfig};
 use crate::upstream::h2pool::H2Pool;
 use crate::upstream::pool::Pool;
@@ -202,7 +203,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         b
     }
 
-    /// Serve one downstream connection until it closes. When `drain` turns
+    /// Serve one downstream connection until it closes (a client that takes
+    /// no bytes for `[server.limits] send_timeout` loses it). When `drain` turns
     /// true the connection finishes the request in flight, answers it with
     /// `Connection: close`, and closes.
     pub async fn serve_connection<I>(
@@ -213,6 +215,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let io = SendTimeout::new(io, self.shared.limits.send_timeout);
         self.serve(io, client, drain).await;
     }
 
@@ -220,11 +223,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// `408 Request Timeout` before the connection closes.
     pub(crate) async fn serve_tcp(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: SendTimeout<tokio::net::TcpStream>,
         client: Option<SocketAddr>,
         drain: watch::Receiver<bool>,
     ) {
-        let notice = crate::io::TimeoutNotice::for_stream(&stream);
+        let notice = crate::io::TimeoutNotice::for_stream(stream.get_ref());
         if self.serve(stream, client, drain).await {
             notice.send();
         }
