@@ -224,6 +224,7 @@ struct Inner {
     context: Option<Cow<'static, str>>,
     cause: Option<BoxError>,
     retry_after: Option<std::time::Duration>,
+    proxy_status: Option<&'static str>,
 }
 
 /// Detour's error: a [`kind`](Error::kind) to match on, the [`side`](Error::side)
@@ -245,6 +246,7 @@ impl Error {
                 context: None,
                 cause: None,
                 retry_after: None,
+                proxy_status: None,
             }),
         }
     }
@@ -286,6 +288,21 @@ impl Error {
     /// When the client may come back, if known.
     pub fn retry_after_hint(&self) -> Option<std::time::Duration> {
         self.inner.retry_after
+    }
+
+    /// Name the failure more precisely in `Proxy-Status` than the kind's
+    /// [`proxy_status_type`](ErrorKind::proxy_status_type) does (an RFC 9209
+    /// error type such as `http_response_transfer_coding`).
+    pub fn proxy_status(mut self, error_type: &'static str) -> Self {
+        self.inner.proxy_status = Some(error_type);
+        self
+    }
+
+    /// The RFC 9209 error type that names this error in `Proxy-Status`.
+    pub fn proxy_status_type(&self) -> &'static str {
+        self.inner
+            .proxy_status
+            .unwrap_or_else(|| self.inner.kind.proxy_status_type())
     }
 
     /// Forbid any retry after this error.

@@ -68,6 +68,7 @@ pub struct Session {
     body_replayable: bool,
     last_error: Option<ErrorKind>,
     safe: bool,
+    tls: bool,
 }
 
 impl Session {
@@ -83,7 +84,19 @@ impl Session {
             body_replayable: true,
             last_error: None,
             safe: false,
+            tls: false,
         }
+    }
+
+    /// Whether the client connected over TLS (the request's scheme is
+    /// `https`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Record that the client connected over TLS (set by the server).
+    pub fn set_tls(&mut self, tls: bool) {
+        self.tls = tls;
     }
 
     /// The downstream request head.

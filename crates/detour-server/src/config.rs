@@ -299,6 +299,9 @@ pub struct LimitsConfig {
     /// may fall before it is cut. Default 20 s.
     #[serde(with = "humantime_serde")]
     pub client_body_min_rate_window: Duration,
+    /// Forward `TRACE` requests (they echo the request, cookies included,
+    /// back to whoever sent it). Default false: `TRACE` gets 405.
+    pub allow_trace: bool,
 }
 
 impl Default for LimitsConfig {
@@ -314,6 +317,7 @@ impl Default for LimitsConfig {
             client_body_timeout: Duration::from_secs(60),
             client_body_min_rate: 500,
             client_body_min_rate_window: Duration::from_secs(20),
+            allow_trace: false,
         }
     }
 }
@@ -325,7 +329,10 @@ impl LimitsConfig {
             ("keepalive_timeout", self.keepalive_timeout),
             ("send_timeout", self.send_timeout),
             ("client_body_timeout", self.client_body_timeout),
-            ("client_body_min_rate_window", self.client_body_min_rate_window),
+            (
+                "client_body_min_rate_window",
+                self.client_body_min_rate_window,
+            ),
         ];
         for (name, d) in nonzero {
             if d.is_zero() {
@@ -448,6 +455,11 @@ pub struct ForwardingConfig {
     pub via: bool,
     /// The request-id header, generated when absent. Default `x-request-id`.
     pub request_id_header: String,
+    /// Protocols a client may upgrade to (`Upgrade:` tokens, compared
+    /// without case and version). Others are removed from the request, which
+    /// then goes on as plain HTTP/1.1. `h2c` is never forwarded. Default
+    /// `["websocket"]`.
+    pub upgrade_protocols: Vec<String>,
 }
 
 impl Default for ForwardingConfig {
@@ -457,6 +469,7 @@ impl Default for ForwardingConfig {
             x_forwarded: true,
             via: true,
             request_id_header: "x-request-id".into(),
+            upgrade_protocols: vec!["websocket".into()],
         }
     }
 }
@@ -538,6 +551,17 @@ impl ServerConfig {
                     self.forwarding.request_id_header
                 ),
             ));
+        }
+        for (i, p) in self.forwarding.upgrade_protocols.iter().enumerate() {
+            let token = !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token || p.eq_ignore_ascii_case("h2c") {
+                return Err(ConfigError::field(
+                    format!("server.forwarding.upgrade_protocols[{i}]"),
+                    format!("{p:?} cannot be forwarded (a protocol name token; h2c never is)"),
+                ));
+            }
         }
         self.retry = self
             .retry

@@ -232,7 +232,9 @@ where
                     BodyEvent::Untouched => {}
                 }
                 if timer.expired(cx) {
-                    tracing::debug!("HTTP/2 client took no bytes of a stream within send_timeout; resetting it");
+                    tracing::debug!(
+                        "HTTP/2 client took no bytes of a stream within send_timeout; resetting it"
+                    );
                     return Poll::Ready(());
                 }
                 Poll::Pending

@@ -54,7 +54,9 @@ fn no_jitter() -> RetryPolicy {
 }
 
 async fn get(p: &HttpProxy<InOrder, MemoryConnector>) -> (u16, http::HeaderMap, String) {
+    // An HTTP/1.1 request carries Host, absolute-form target or not.
     let req = http::Request::get("http://example/x")
+        .header("host", "example")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = p.handle(req, None).await;

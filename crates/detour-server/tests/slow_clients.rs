@@ -73,7 +73,10 @@ async fn clients_that_stop_reading_lose_their_slots_within_the_send_timeout() {
     }
     // The stuck clients' exchanges ended as their own fault.
     let failures = p.recorder.0.lock().unwrap().iter().filter(|o| o.1).count();
-    assert_eq!(failures, 0, "a client that stopped reading is not the backend's fault");
+    assert_eq!(
+        failures, 0,
+        "a client that stopped reading is not the backend's fault"
+    );
     drop(stuck);
 }
 

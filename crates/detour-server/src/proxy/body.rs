@@ -779,5 +779,4 @@ impl<P: ProxyHttp> ProxyBody<P> {
             }
         }
     }
-
 }

@@ -115,7 +115,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let stream = SendTimeout::new(stream, self.shared.limits.send_timeout);
         match (&spec.tls, spec.h1, spec.h2) {
             (None, true, false) => self.serve_tcp(stream, client, drain).await,
-            (None, false, _) => self.serve_h2(stream, client, drain).await,
+            (None, false, _) => self.serve_h2(stream, client, false, drain).await,
             (None, true, true) => self.serve_auto(stream, client, drain).await,
             (Some(tls), _, _) => {
                 let handshake = tls.acceptor().accept(stream);
@@ -134,9 +134,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
                 // Without ALPN a client speaks HTTP/1.1 if the listener does.
                 if alpn_h2 || !spec.h1 {
-                    self.serve_h2(tls_stream, client, drain).await;
+                    self.serve_h2(tls_stream, client, true, drain).await;
                 } else {
-                    self.serve(tls_stream, client, drain).await;
+                    self.serve(tls_stream, client, true, drain).await;
                 }
             }
         }
@@ -168,14 +168,19 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     }
 
     /// Serve HTTP/2 on `io` (after ALPN, or by prior knowledge).
-    async fn serve_h2<I>(&self, io: I, client: Option<SocketAddr>, drain: watch::Receiver<bool>)
-    where
+    async fn serve_h2<I>(
+        &self,
+        io: I,
+        client: Option<SocketAddr>,
+        tls: bool,
+        drain: watch::Receiver<bool>,
+    ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let proxy = self.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+            async move { Ok::<_, Infallible>(proxy.handle_from(req, client, tls).await) }
         });
         let conn = self
             .http2_builder()
@@ -186,8 +191,12 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// Serve a cleartext connection that may be HTTP/1.1 or HTTP/2 (prior
     /// knowledge): hyper-util tells them apart by the preface. HTTP/1.1 keeps
     /// its framing guard and upgrades.
-    async fn serve_auto<I>(&self, stream: I, client: Option<SocketAddr>, drain: watch::Receiver<bool>)
-    where
+    async fn serve_auto<I>(
+        &self,
+        stream: I,
+        client: Option<SocketAddr>,
+        drain: watch::Receiver<bool>,
+    ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let proxy = self.clone();

@@ -151,8 +151,6 @@ impl AttemptErr {
 /// How one attempt is made.
 #[derive(Clone, Copy)]
 struct Mode {
-    /// The client asked for a protocol upgrade.
-    upgrade: bool,
     /// Open a fresh connection rather than take a pooled one.
     fresh: bool,
 }
@@ -188,18 +186,30 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        self.handle_from(req, client, false).await
+    }
+
+    /// [`handle`](Self::handle) for a client that came over TLS when `tls`.
+    pub(crate) async fn handle_from<B>(
+        &self,
+        req: Request<B>,
+        client: Option<SocketAddr>,
+        tls: bool,
+    ) -> Response<ProxyBody<P>>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let started = Instant::now();
         let sh = &*self.shared;
         let (mut parts, body) = req.into_parts();
-        let checked = forward::check_request(&parts, sh.limits.max_body_size);
-        let upgrade = forward::is_upgrade_request(&parts.headers);
+        let checked = forward::check_request(&parts, &sh.limits);
+        let upgrade =
+            forward::filter_upgrade(&mut parts.headers, &sh.forwarding.config.upgrade_protocols);
         let down_upgrade = parts.extensions.remove::<OnUpgrade>().filter(|_| upgrade);
-        if !parts.headers.contains_key(&sh.forwarding.request_id) {
-            parts
-                .headers
-                .insert(sh.forwarding.request_id.clone(), sh.ids.next());
-        }
-        let session = Session::new(parts, client, started);
+        self.prepare_head(&mut parts, upgrade);
+        let mut session = Session::new(parts, client, started);
+        session.set_tls(tls);
         let ctx = sh.proxy.new_ctx();
         match checked {
             Ok(len) => self.run(session, ctx, body, len, down_upgrade).await,
@@ -207,8 +217,39 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 let err = Error::downstream(ErrorKind::InvalidRequest)
                     .context(bad.reason)
                     .never_retry();
-                Box::pin(self.answer_error(session, ctx, err, None, Some(bad.status))).await
+                let mut resp =
+                    Box::pin(self.answer_error(session, ctx, err, None, Some(bad.status))).await;
+                if bad.status == StatusCode::METHOD_NOT_ALLOWED {
+                    let allow = forward::allowed_methods(&sh.limits);
+                    resp.headers_mut().insert(header::ALLOW, allow);
+                }
+                resp
             }
+        }
+    }
+
+    /// The downstream head as hooks and the upstream see it: one `Host`
+    /// (the target's authority when it has one), hop-by-hop headers removed
+    /// before Detour adds its own (so `Connection` cannot name those away),
+    /// and a request id.
+    fn prepare_head(&self, parts: &mut http::request::Parts, upgrade: bool) {
+        forward::host_from_authority(parts);
+        // `TE: trailers` is end to end in practice: gRPC servers want it.
+        // Only HTTP/2 clients (gRPC) are looked at, so HTTP/1.1 pays nothing.
+        let te_trailers = parts.version == http::Version::HTTP_2
+            && parts
+                .headers
+                .get(header::TE)
+                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        let id = &self.shared.forwarding.request_id;
+        if !parts.headers.contains_key(id) {
+            parts.headers.insert(id.clone(), self.shared.ids.next());
         }
     }
 
@@ -280,7 +321,6 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                         ClientLimits::new(&sh.limits),
                     )
                 });
-                let upgrade = down_upgrade.is_some();
                 let mut rng: Option<fastrand::Rng> = None;
                 // Set after a stale pooled connection: the next attempt connects afresh.
                 let mut fresh = false;
@@ -303,7 +343,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                             &peer,
                             body.as_mut(),
                             &policy,
-                            Mode { upgrade, fresh },
+                            Mode { fresh },
                         )
                         .await;
                     let latency = attempt_started.elapsed();
@@ -741,7 +781,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             .map_err(|e| at(e, CommitPoint::Connected))?;
         let mut head =
             sh.forwarding
-                .upstream_head(session.req(), session.client_addr(), mode.upgrade);
+                .upstream_head(session.req(), session.client_addr(), session.is_tls());
         proxy
             .upstream_request_filter(session, &mut head, ctx)
             .await
@@ -755,7 +795,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             }
             None => (UpstreamBody::empty(), None),
         };
-        sender.adapt_head(&mut head, peer);
+        sender.adapt_head(&mut head, peer, tx.is_some());
         let send = sender.send(Request::from_parts(head, up_body));
         // From here bytes may be on the wire: only hyper handing the request
         // back proves it unsent. A timeout from now on is not "never sent".
@@ -806,7 +846,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         match result {
             Ok(resp) => {
                 progress.commit = CommitPoint::ResponseStarted;
-                let (head, body) = resp.into_parts();
+                let (mut head, body) = resp.into_parts();
+                forward::check_response_framing(&mut head.headers)
+                    .map_err(|e| at(e, CommitPoint::ResponseStarted))?;
                 Ok(AttemptOk {
                     head,
                     body,
@@ -852,6 +894,12 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 ..
             } = ok;
             let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+            // Detour speaks its own version to its client (RFC 9110 §6.2): an
+            // HTTP/1.0 backend must not turn a keep-alive client into one
+            // connection per request.
+            if session.req().version == http::Version::HTTP_11 {
+                head.version = http::Version::HTTP_11;
+            }
             let keep_for = keep_alive_limit(peer.options.idle_timeout, &head.headers);
             let upstream_closes = forward::connection_has(&head.headers, "close");
             strip_hop_by_hop(&mut head.headers, switching);
@@ -884,8 +932,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             }
 
             if switching {
+                let offered = forward::upgrade_was_offered(session.headers(), &head.headers);
                 match (down_upgrade, head.extensions.remove::<OnUpgrade>()) {
-                    (Some(down), Some(up)) => {
+                    (Some(down), Some(up)) if offered => {
                         let idle = peer.options.idle_timeout.max(peer.options.read_timeout);
                         let live = tunnel::Live::new(&sh.tunnels);
                         let hard_stop = sh.hard_stop.subscribe();
@@ -896,7 +945,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     }
                     _ => {
                         let err = Error::upstream(ErrorKind::InvalidResponse).context(
-                            "101 Switching Protocols to a request that asked for no upgrade",
+                            "101 Switching Protocols to a protocol the request did not offer",
                         );
                         return Box::pin(self.answer_error(
                             session,
@@ -999,7 +1048,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             grpc::shape_error(&mut head, &err);
             text = Bytes::new();
         }
-        let detail = format!("error={}", err.kind().proxy_status_type());
+        let detail = format!("error={}", err.proxy_status_type());
         if let Some(v) = proxy_status(&sh.proxy_name, &detail, upstream) {
             head.headers.insert("proxy-status", v);
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, StatusCode, Uri, Version};
 
-use crate::config::ForwardingConfig;
+use crate::config::{ForwardingConfig, LimitsConfig};
 
 /// Headers that describe one hop and never travel further (RFC 9110 §7.6.1),
 /// plus the old `Proxy-Connection`.
@@ -21,9 +21,61 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Whether the request asks for a protocol upgrade (WebSocket and friends).
-pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+/// The protocol name of an `Upgrade` token (`websocket` of `WebSocket/13`).
+fn protocol_name(token: &str) -> &str {
+    token.split('/').next().unwrap_or("").trim()
+}
+
+/// Narrow a request's `Upgrade` to the protocols in `allowed` (never `h2c`,
+/// RFC 9113 §3.1). Returns whether an upgrade is still asked for; when not,
+/// the request goes on as plain HTTP (hop-by-hop stripping then removes
+/// `Upgrade`). A narrowed list is written back in the client's order.
+pub(crate) fn filter_upgrade(headers: &mut HeaderMap, allowed: &[String]) -> bool {
+    let Some(offered) = headers.get(header::UPGRADE) else {
+        return false;
+    };
+    if !connection_has(headers, "upgrade") {
+        return false;
+    }
+    let Ok(offered) = offered.to_str() else {
+        return false;
+    };
+    let ok = |t: &&str| {
+        let name = protocol_name(t);
+        !name.eq_ignore_ascii_case("h2c") && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+    };
+    let tokens: Vec<&str> = offered
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    let kept: Vec<&str> = tokens.iter().copied().filter(|t| ok(t)).collect();
+    if kept.is_empty() {
+        return false;
+    }
+    if kept.len() != tokens.len() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+            headers.insert(header::UPGRADE, v);
+        }
+    }
+    true
+}
+
+/// Whether a `101`'s `Upgrade` names a protocol the request offered (RFC
+/// 9110 §7.8: a server may only switch to one of those).
+pub(crate) fn upgrade_was_offered(request: &HeaderMap, response: &HeaderMap) -> bool {
+    let (Some(Ok(offered)), Some(Ok(chosen))) = (
+        request.get(header::UPGRADE).map(HeaderValue::to_str),
+        response.get(header::UPGRADE).map(HeaderValue::to_str),
+    ) else {
+        return false;
+    };
+    chosen.split(',').map(protocol_name).all(|c| {
+        !c.is_empty()
+            && offered
+                .split(',')
+                .any(|o| protocol_name(o).eq_ignore_ascii_case(c))
+    })
 }
 
 /// Whether a `Connection` header lists `token` (case-insensitive).
@@ -62,8 +114,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|t| {
+                // The message's own routing and framing are never a client's to
+                // remove: `Connection: host` or `content-length` is ignored.
                 !t.is_empty()
-                    && !["keep-alive", "close", "upgrade"]
+                    && !["keep-alive", "close", "upgrade", "host", "content-length"]
                         .iter()
                         .any(|k| t.eq_ignore_ascii_case(k))
             })
@@ -85,6 +139,36 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// The framing of an upstream response as Detour can pass it on: with a
+/// `Transfer-Encoding`, any `Content-Length` is dropped (RFC 9112 §6.3: the
+/// coding wins, and the length would cut the body short); a coding other
+/// than `chunked` (which hyper removes) is refused, since Detour would have
+/// to deliver coded bytes with the coding's name dropped.
+///
+/// # Errors
+/// `InvalidResponse` (`Proxy-Status: …; error=http_response_transfer_coding`)
+/// for a transfer coding other than `chunked`.
+pub(crate) fn check_response_framing(headers: &mut HeaderMap) -> Result<(), detour_core::Error> {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if te.peek().is_none() {
+        return Ok(());
+    }
+    let only_chunked = te
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .all(|c| c.is_empty() || c.eq_ignore_ascii_case(b"chunked"));
+    headers.remove(header::CONTENT_LENGTH);
+    if only_chunked {
+        Ok(())
+    } else {
+        Err(
+            detour_core::Error::upstream(detour_core::ErrorKind::InvalidResponse)
+                .context("response with a transfer coding other than chunked")
+                .proxy_status("http_response_transfer_coding"),
+        )
+    }
+}
+
 /// Why a downstream request is refused before any hook runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BadRequest {
@@ -93,63 +177,148 @@ pub(crate) struct BadRequest {
 }
 
 /// Check what hyper's parser lets through but a careful proxy refuses:
-/// request smuggling vectors (conflicting or duplicate framing) and bodies over
-/// the limit.
+/// request smuggling vectors (conflicting or duplicate framing), transfer
+/// codings Detour cannot pass on, a missing, repeated or contradicting
+/// `Host`, a target over its limit, methods not proxied, and bodies over the
+/// limit. Returns the declared body length.
 pub(crate) fn check_request(
     parts: &request::Parts,
-    max_body: u64,
+    limits: &LimitsConfig,
 ) -> Result<Option<u64>, BadRequest> {
+    let refuse = |status, reason| Err(BadRequest { status, reason });
+    let bad = |reason| refuse(StatusCode::BAD_REQUEST, reason);
+    if let Some(seen) = parts.extensions.get::<crate::framing::AmbiguousFraming>() {
+        return bad(seen.0);
+    }
+    let len = check_framing(parts)?;
+    check_host(parts)?;
+    if target_len(&parts.uri) > limits.max_uri_size {
+        return refuse(StatusCode::URI_TOO_LONG, "request target over max_uri_size");
+    }
+    if parts.method == Method::CONNECT {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied");
+    }
+    if parts.method == Method::TRACE && !limits.allow_trace {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "TRACE is not allowed");
+    }
+    if let Some(n) = len {
+        if limits.max_body_size != 0 && n > limits.max_body_size {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body over the limit");
+        }
+    }
+    Ok(len)
+}
+
+/// The `Allow` value of a 405 from [`check_request`]: the methods Detour
+/// passes on (RFC 9110 §15.5.6 wants the header on every 405).
+pub(crate) fn allowed_methods(limits: &LimitsConfig) -> HeaderValue {
+    HeaderValue::from_static(if limits.allow_trace {
+        "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"
+    } else {
+        "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+    })
+}
+
+/// `Content-Length` and `Transfer-Encoding` (RFC 9112 §6): one length at
+/// most, never with a transfer coding, and no coding but a final `chunked`.
+fn check_framing(parts: &request::Parts) -> Result<Option<u64>, BadRequest> {
     let bad = |reason| {
         Err(BadRequest {
             status: StatusCode::BAD_REQUEST,
             reason,
         })
     };
-    if let Some(seen) = parts.extensions.get::<crate::framing::AmbiguousFraming>() {
-        return bad(seen.0);
-    }
-    let te = parts.headers.get_all(header::TRANSFER_ENCODING);
-    let te_count = te.iter().count();
-    let cl = parts.headers.get_all(header::CONTENT_LENGTH);
-    let mut cl_iter = cl.iter();
-    let cl_value = cl_iter.next();
-    if cl_iter.next().is_some() {
+    let mut cl = parts.headers.get_all(header::CONTENT_LENGTH).iter();
+    let cl_value = cl.next();
+    if cl.next().is_some() {
         return bad("duplicate Content-Length");
     }
-    if te_count > 0 && cl_value.is_some() {
-        return bad("both Content-Length and Transfer-Encoding");
-    }
-    if te_count > 0 && parts.version == Version::HTTP_10 {
-        return bad("Transfer-Encoding in an HTTP/1.0 request");
-    }
-    let len = match cl_value {
-        None => None,
-        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-            Some(n) => Some(n),
-            None => return bad("malformed Content-Length"),
-        },
-    };
-    if parts.uri.authority().is_none()
-        && !parts.headers.contains_key(header::HOST)
-        && parts.version == Version::HTTP_11
-    {
-        return bad("missing Host");
-    }
-    if parts.method == Method::CONNECT {
-        return Err(BadRequest {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            reason: "CONNECT is not proxied",
-        });
-    }
-    if let Some(n) = len {
-        if max_body != 0 && n > max_body {
-            return Err(BadRequest {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                reason: "request body over the limit",
-            });
+    let te = parts.headers.get_all(header::TRANSFER_ENCODING);
+    if te.iter().next().is_some() {
+        if cl_value.is_some() {
+            return bad("both Content-Length and Transfer-Encoding");
+        }
+        if parts.version == Version::HTTP_10 {
+            return bad("Transfer-Encoding in an HTTP/1.0 request");
+        }
+        let codings: Vec<&[u8]> = te
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty())
+            .collect();
+        match codings.split_last() {
+            Some((last, rest)) if last.eq_ignore_ascii_case(b"chunked") => {
+                if !rest.is_empty() {
+                    // A coding Detour would have to undo before passing the
+                    // body on (RFC 9112 §6.1).
+                    return Err(BadRequest {
+                        status: StatusCode::NOT_IMPLEMENTED,
+                        reason: "a transfer coding other than chunked",
+                    });
+                }
+            }
+            _ => return bad("Transfer-Encoding does not end in chunked"),
         }
     }
-    Ok(len)
+    match cl_value {
+        None => Ok(None),
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(n) => Ok(Some(n)),
+            None => bad("malformed Content-Length"),
+        },
+    }
+}
+
+/// `Host` (RFC 9112 §3.2, RFC 9113 §8.3.1): exactly one in an HTTP/1.1
+/// request, and on HTTP/2 none that differs from `:authority`.
+fn check_host(parts: &request::Parts) -> Result<(), BadRequest> {
+    let bad = |reason| {
+        Err(BadRequest {
+            status: StatusCode::BAD_REQUEST,
+            reason,
+        })
+    };
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return bad("more than one Host");
+    }
+    match (parts.version, host, parts.uri.authority()) {
+        (Version::HTTP_11, None, _) => bad("missing Host"),
+        (Version::HTTP_2, Some(h), Some(a)) if h.as_bytes() != a.as_str().as_bytes() => {
+            bad("Host differs from :authority")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The length of a request target as the client sent it.
+fn target_len(uri: &Uri) -> usize {
+    let pq = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    match uri.authority() {
+        Some(a) => uri.scheme_str().map_or(0, |s| s.len() + 3) + a.as_str().len() + pq,
+        None => pq,
+    }
+}
+
+/// Make the request's authority its `Host`: the authority of an
+/// absolute-form target replaces any `Host` (RFC 9112 §3.2.2), and an HTTP/2
+/// request without `host` gets its `:authority`, so routing, hooks and the
+/// backend all see one host.
+pub(crate) fn host_from_authority(parts: &mut request::Parts) {
+    let Some(authority) = parts.uri.authority() else {
+        return;
+    };
+    let same = parts
+        .headers
+        .get(header::HOST)
+        .is_some_and(|h| h.as_bytes() == authority.as_str().as_bytes());
+    if !same {
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
 }
 
 /// Generates request ids: a random per-process prefix and a counter, as 32 hex
@@ -207,26 +376,22 @@ impl Forwarding {
     }
 
     /// Build the head sent upstream from the client's head.
+    ///
+    /// `down` was already stripped of hop-by-hop headers (see
+    /// [`strip_hop_by_hop`]) before Detour added its own, so a client's
+    /// `Connection` cannot name them away. `tls`: the client came over TLS.
     pub(crate) fn upstream_head(
         &self,
         down: &request::Parts,
         client: Option<SocketAddr>,
-        upgrade: bool,
+        tls: bool,
     ) -> request::Parts {
         let mut headers = down.headers.clone();
         // Room for what is added below (Host, X-Forwarded-*, Via, Connection):
         // the map grows once here rather than insert by insert.
         headers.reserve(6);
-        strip_hop_by_hop(&mut headers, upgrade);
-        // `TE: trailers` is end to end in practice: gRPC servers want it.
-        // Only HTTP/2 clients (gRPC) are looked at, so HTTP/1.1 pays nothing.
-        if down.version == Version::HTTP_2
-            && down
-                .headers
-                .get(header::TE)
-                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
-        {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        if down.version == Version::HTTP_2 {
+            join_cookies(&mut headers);
         }
         let present = Present::scan(&headers);
         // We answer `Expect: 100-continue` ourselves: the client's body is read
@@ -242,7 +407,7 @@ impl Forwarding {
             }
         }
         if self.config.x_forwarded {
-            self.add_x_forwarded(&mut headers, down, client, present);
+            self.add_x_forwarded(&mut headers, down, client, tls, present);
         }
         if self.config.via {
             headers.append(header::VIA, self.via.clone());
@@ -268,6 +433,7 @@ impl Forwarding {
         headers: &mut HeaderMap,
         down: &request::Parts,
         client: Option<SocketAddr>,
+        tls: bool,
         present: Present,
     ) {
         let Some(client) = client else { return };
@@ -289,7 +455,8 @@ impl Forwarding {
             headers.insert(xff, v);
         }
         if !(trusted && present.xfp) {
-            headers.insert(xfp, HeaderValue::from_static("http"));
+            let scheme = if tls { "https" } else { "http" };
+            headers.insert(xfp, HeaderValue::from_static(scheme));
         }
         if !(trusted && present.xfh) {
             match down.headers.get(header::HOST) {
@@ -302,6 +469,23 @@ impl Forwarding {
                 None => {}
             }
         }
+    }
+}
+
+/// HTTP/2 may split `cookie` into one field per cookie; an HTTP/1.1 server
+/// expects one field, joined with `; ` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    if all.next().is_none() || all.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -380,7 +564,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
-        let p = parts(&[
+        let mut p = parts(&[
             ("host", "example.com"),
             ("connection", "keep-alive, x-secret"),
             ("x-secret", "1"),
@@ -390,6 +574,7 @@ mod tests {
             ("x-kept", "yes"),
             ("expect", "100-continue"),
         ]);
+        strip_hop_by_hop(&mut p.headers, false);
         let up = fwd(&[]).upstream_head(&p, Some("10.0.0.9:5000".parse().unwrap()), false);
         for gone in [
             "connection",
@@ -412,15 +597,106 @@ mod tests {
 
     #[test]
     fn upgrade_survives_stripping() {
-        let p = parts(&[
+        let mut p = parts(&[
             ("host", "h"),
             ("connection", "Upgrade"),
             ("upgrade", "websocket"),
         ]);
-        assert!(is_upgrade_request(&p.headers));
-        let up = fwd(&[]).upstream_head(&p, None, true);
+        assert!(filter_upgrade(&mut p.headers, &["websocket".into()]));
+        strip_hop_by_hop(&mut p.headers, true);
+        let up = fwd(&[]).upstream_head(&p, None, false);
         assert_eq!(up.headers["upgrade"], "websocket");
         assert_eq!(up.headers["connection"], "upgrade");
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_offered_and_h2c_never() {
+        let allowed = ["websocket".to_string(), "h2c".to_string()];
+        let offer = |value: &str| {
+            let mut p = parts(&[("host", "h"), ("connection", "upgrade"), ("upgrade", value)]);
+            let kept = filter_upgrade(&mut p.headers, &allowed);
+            (
+                kept,
+                p.headers[header::UPGRADE].to_str().unwrap().to_string(),
+            )
+        };
+        assert_eq!(offer("h2c"), (false, "h2c".into()));
+        assert_eq!(offer("foo/2"), (false, "foo/2".into()));
+        assert_eq!(offer("h2c, WebSocket/13"), (true, "WebSocket/13".into()));
+        assert_eq!(offer("websocket"), (true, "websocket".into()));
+        // Without `Connection: upgrade` nothing is an upgrade.
+        let mut p = parts(&[("host", "h"), ("upgrade", "websocket")]);
+        assert!(!filter_upgrade(&mut p.headers, &allowed));
+    }
+
+    #[test]
+    fn a_101_must_name_an_offered_protocol() {
+        let req = parts(&[("upgrade", "websocket")]).headers;
+        let resp = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::UPGRADE, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(upgrade_was_offered(&req, &resp("WebSocket")));
+        assert!(!upgrade_was_offered(&req, &resp("h2c")));
+        assert!(!upgrade_was_offered(&req, &resp("websocket, h2c")));
+        assert!(!upgrade_was_offered(&req, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn connection_cannot_name_away_host_or_length() {
+        let mut p = parts(&[
+            ("host", "h"),
+            ("content-length", "3"),
+            ("connection", "host, content-length, x-request-id"),
+            ("x-request-id", "client-id"),
+        ]);
+        strip_hop_by_hop(&mut p.headers, false);
+        assert_eq!(p.headers["host"], "h");
+        assert_eq!(p.headers["content-length"], "3");
+        assert!(
+            !p.headers.contains_key("x-request-id"),
+            "the client's own id may go"
+        );
+    }
+
+    #[test]
+    fn response_framing_drops_a_length_beside_a_coding_and_refuses_other_codings() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        check_response_framing(&mut h).unwrap();
+        assert!(!h.contains_key(header::CONTENT_LENGTH));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        let e = check_response_framing(&mut h).unwrap_err();
+        assert_eq!(e.proxy_status_type(), "http_response_transfer_coding");
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        check_response_framing(&mut h).unwrap();
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
+    }
+
+    #[test]
+    fn x_forwarded_proto_is_the_listener_s_scheme() {
+        let p = parts(&[("host", "h")]);
+        let up = fwd(&[]).upstream_head(&p, Some("10.0.0.9:1".parse().unwrap()), true);
+        assert_eq!(up.headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn http2_cookies_are_joined_for_http11() {
+        let mut p = parts(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        p.version = Version::HTTP_2;
+        let up = fwd(&[]).upstream_head(&p, None, false);
+        let cookies: Vec<_> = up.headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
     }
 
     #[test]
@@ -439,6 +715,19 @@ mod tests {
         assert_eq!(trusted.headers["x-forwarded-proto"], "https");
     }
 
+    fn limits(max_body: u64) -> LimitsConfig {
+        LimitsConfig {
+            max_body_size: max_body,
+            ..LimitsConfig::default()
+        }
+    }
+
+    fn status_of(p: &request::Parts) -> Option<u16> {
+        check_request(p, &limits(0))
+            .err()
+            .map(|b| b.status.as_u16())
+    }
+
     #[test]
     fn smuggling_vectors_are_refused() {
         let both = parts(&[
@@ -446,20 +735,71 @@ mod tests {
             ("content-length", "5"),
             ("transfer-encoding", "chunked"),
         ]);
-        assert_eq!(
-            check_request(&both, 0).unwrap_err().status,
-            StatusCode::BAD_REQUEST
-        );
+        assert_eq!(status_of(&both), Some(400));
         let mut dup = parts(&[("host", "h"), ("content-length", "5")]);
         dup.headers
             .append("content-length", HeaderValue::from_static("5"));
-        assert!(check_request(&dup, 0).is_err());
+        assert_eq!(status_of(&dup), Some(400));
         let big = parts(&[("host", "h"), ("content-length", "100")]);
         assert_eq!(
-            check_request(&big, 10).unwrap_err().status,
+            check_request(&big, &limits(10)).unwrap_err().status,
             StatusCode::PAYLOAD_TOO_LARGE
         );
-        assert_eq!(check_request(&big, 0).unwrap(), Some(100));
+        assert_eq!(check_request(&big, &limits(0)).unwrap(), Some(100));
+    }
+
+    #[test]
+    fn transfer_codings_other_than_a_final_chunked_are_refused() {
+        let te = |v: &str| status_of(&parts(&[("host", "h"), ("transfer-encoding", v)]));
+        assert_eq!(te("chunked"), None);
+        assert_eq!(te("gzip, chunked"), Some(501));
+        assert_eq!(te("chunked, gzip"), Some(400));
+        assert_eq!(te("gzip"), Some(400));
+        let mut old = parts(&[("host", "h"), ("transfer-encoding", "chunked")]);
+        old.version = Version::HTTP_10;
+        assert_eq!(status_of(&old), Some(400));
+    }
+
+    #[test]
+    fn host_is_exact() {
+        let mut two = parts(&[("host", "a")]);
+        two.headers.append("host", HeaderValue::from_static("b"));
+        assert_eq!(status_of(&two), Some(400));
+        let mut absolute = parts(&[]);
+        absolute.uri = "http://example.com/x".parse().unwrap();
+        assert_eq!(
+            status_of(&absolute),
+            Some(400),
+            "HTTP/1.1 needs Host even then"
+        );
+        let mut absolute = parts(&[("host", "other")]);
+        absolute.uri = "http://example.com/x".parse().unwrap();
+        assert_eq!(status_of(&absolute), None);
+        host_from_authority(&mut absolute);
+        assert_eq!(absolute.headers["host"], "example.com");
+        let mut h2 = parts(&[("host", "evil")]);
+        h2.version = Version::HTTP_2;
+        h2.uri = "https://example.com/x".parse().unwrap();
+        assert_eq!(status_of(&h2), Some(400));
+        h2.headers.remove("host");
+        assert_eq!(status_of(&h2), None);
+        host_from_authority(&mut h2);
+        assert_eq!(h2.headers["host"], "example.com");
+    }
+
+    #[test]
+    fn methods_and_targets_over_their_limits() {
+        let mut trace = parts(&[("host", "h")]);
+        trace.method = Method::TRACE;
+        assert_eq!(status_of(&trace), Some(405));
+        let allowing = LimitsConfig {
+            allow_trace: true,
+            ..LimitsConfig::default()
+        };
+        assert!(check_request(&trace, &allowing).is_ok());
+        let mut long = parts(&[("host", "h")]);
+        long.uri = format!("/{}", "a".repeat(9000)).parse().unwrap();
+        assert_eq!(status_of(&long), Some(414));
     }
 
     #[test]

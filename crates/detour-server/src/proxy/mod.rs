@@ -24,8 +24,8 @@ use tokio::sync::watch;
 
 pub use body::{ProxyBody, UpstreamBody};
 
-use crate::send_timeout::SendTimeout;
 use crate::config::{Http2Config, LimitsConfig, PoolConfig, ServerConfig};
+use crate::send_timeout::SendTimeout;
 use crate::upstream::h2pool::H2Pool;
 use crate::upstream::pool::Pool;
 use crate::upstream::{Connect, TcpConnector};
@@ -216,7 +216,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let io = SendTimeout::new(io, self.shared.limits.send_timeout);
-        self.serve(io, client, drain).await;
+        self.serve(io, client, false, drain).await;
     }
 
     /// Serve a TCP connection; a client too slow to send a request head gets
@@ -228,7 +228,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         drain: watch::Receiver<bool>,
     ) {
         let notice = crate::io::TimeoutNotice::for_stream(stream.get_ref());
-        if self.serve(stream, client, drain).await {
+        if self.serve(stream, client, false, drain).await {
             notice.send();
         }
     }
@@ -239,6 +239,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         &self,
         io: I,
         client: Option<SocketAddr>,
+        tls: bool,
         mut drain: watch::Receiver<bool>,
     ) -> bool
     where
@@ -263,7 +264,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                         "conflicting Content-Length / Transfer-Encoding",
                     ));
             }
-            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+            async move { Ok::<_, Infallible>(proxy.handle_from(req, client, tls).await) }
         });
         let conn = self
             .http1_builder()

@@ -89,9 +89,23 @@ impl Conn {
     /// Shape a request head built for HTTP/1.1 for this connection: over
     /// HTTP/2 the target is absolute (`:scheme` and `:authority` from the
     /// `Host` header, which then goes), and `TE` may only say `trailers`.
-    pub(crate) fn adapt_head(&self, head: &mut request::Parts, peer: &HttpPeer) {
-        if let Conn::H2(_) = self {
-            to_http2(head, peer);
+    /// `has_body`: a request body follows. Over HTTP/1.1 a body of unknown
+    /// length is sent chunked, whatever the method: hyper would otherwise
+    /// drop the body of a GET or HEAD.
+    pub(crate) fn adapt_head(&self, head: &mut request::Parts, peer: &HttpPeer, has_body: bool) {
+        match self {
+            Conn::H2(_) => to_http2(head, peer),
+            Conn::H1(_) => {
+                if has_body
+                    && !head.headers.contains_key(header::CONTENT_LENGTH)
+                    && !head.headers.contains_key(header::TRANSFER_ENCODING)
+                {
+                    head.headers.insert(
+                        header::TRANSFER_ENCODING,
+                        HeaderValue::from_static("chunked"),
+                    );
+                }
+            }
         }
     }
 }

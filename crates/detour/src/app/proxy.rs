@@ -93,7 +93,7 @@ fn record_error(ctx: &mut Ctx, session: &Session, peer: &HttpPeer, err: Error) -
         ctx,
         session,
         peer.addr,
-        Outcome::Error(err.kind().proxy_status_type()),
+        Outcome::Error(err.proxy_status_type()),
     );
     err
 }
@@ -230,7 +230,7 @@ impl ProxyHttp for DetourProxy {
             upstream,
             attempts = %attempts,
             duration_ms = (session.elapsed().as_secs_f64() * 1e4).round() / 10.0,
-            error = err.map(|e| e.kind().proxy_status_type()),
+            error = err.map(|e| e.proxy_status_type()),
         );
     }
 }
