@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::body::{Finish, ProxyBody, PumpError, RequestBody, Rest, UpFrame, Upload, UpstreamBody};
 use super::forward::{self, strip_hop_by_hop};
-use super::{grpc, tunnel, HttpProxy};
+use super::{grpc, path, tunnel, HttpProxy};
 use crate::upstream::dial::{self, Conn};
 use crate::upstream::pool::{keep_alive_limit, Sender};
 use crate::upstream::Connect;
@@ -162,7 +162,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let started = Instant::now();
         let sh = &*self.shared;
         let (mut parts, body) = req.into_parts();
-        let checked = forward::check_request(&parts, sh.limits.max_body_size);
+        // The path is normalized before any hook, so hooks, routing and the
+        // upstream all see the same one.
+        let checked = forward::check_request(&parts, sh.limits.max_body_size)
+            .and_then(|len| path::normalize_target(&mut parts, sh.paths).map(|()| len));
         let upgrade = forward::is_upgrade_request(&parts.headers);
         let down_upgrade = parts.extensions.remove::<OnUpgrade>().filter(|_| upgrade);
         if !parts.headers.contains_key(&sh.forwarding.request_id) {
