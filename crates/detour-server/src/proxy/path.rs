@@ -80,6 +80,9 @@ pub(crate) fn normalize_target(
         Normalized::Refused(reason) => return Err(refuse(reason)),
         Normalized::Rewritten(path) => path,
     };
+    // Cannot fail in practice: the new path is made of the old one's
+    // characters and decoded unreserved ones, and is no longer. Refusing
+    // beats forwarding a path that was not normalized.
     let target = with_path(&parts.uri, path).ok_or(refuse("invalid path"))?;
     let raw = std::mem::replace(&mut parts.uri, target);
     parts.extensions.insert(RawUri(raw));
@@ -422,6 +425,14 @@ mod tests {
         assert_eq!(
             normalize_path("/a%zz/..", only_reject),
             Normalized::Unchanged
+        );
+        let only_merge = PathPolicy {
+            merge_slashes: true,
+            ..off
+        };
+        assert_eq!(
+            normalize_path("//a//../%2e/b", only_merge),
+            rewritten("/a/../%2e/b")
         );
     }
 
