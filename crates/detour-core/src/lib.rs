@@ -53,4 +53,4 @@ pub use observe::{AttemptOutcome, Observer, OutcomeClass};
 pub use peer::{HttpPeer, PeerOptions, PeerTls, RetryBudgetGate};
 pub use proxy::ProxyHttp;
 pub use retry::{RetryDecision, RetryPolicy};
-pub use session::Session;
+pub use session::{RawUri, Session};

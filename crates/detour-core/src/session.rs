@@ -53,6 +53,15 @@ impl Tried {
     }
 }
 
+/// The request target exactly as the client sent it, kept in the request's
+/// extensions when the server rewrote the target (path normalization, see
+/// `detour_server::config::PathsConfig`). [`Session::raw_uri`] reads it.
+///
+/// It is only there when the target was rewritten, so the common request
+/// pays nothing for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawUri(pub http::Uri);
+
 /// The downstream request and the state of its attempts.
 ///
 /// Hooks read and change the request head through [`req`](Session::req) and
@@ -117,6 +126,18 @@ impl Session {
     /// The request URI.
     pub fn uri(&self) -> &http::Uri {
         &self.req.uri
+    }
+
+    /// The request target as the client sent it, before the server normalized
+    /// its path: for a route that matches and forwards the raw path.
+    ///
+    /// When the server left the target alone this is [`uri`](Session::uri)
+    /// itself, so a hook that rewrites the URI of such a request changes both.
+    pub fn raw_uri(&self) -> &http::Uri {
+        self.req
+            .extensions
+            .get::<RawUri>()
+            .map_or(&self.req.uri, |raw| &raw.0)
     }
 
     /// The request headers.
@@ -249,5 +270,21 @@ mod tests {
         assert_eq!(s.attempt(), 10);
         assert!(s.was_tried(addrs[4]));
         assert!(!s.was_tried(SocketAddr::from(([127, 0, 0, 1], 9))));
+    }
+
+    #[test]
+    fn raw_uri_is_the_kept_original_or_the_uri_itself() {
+        let req = http::Request::get("/admin")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut s = Session::new(req, None, Instant::now());
+        assert_eq!(s.raw_uri(), "/admin");
+        s.req_mut()
+            .extensions
+            .insert(RawUri(http::Uri::from_static("/x/../admin")));
+        assert_eq!(s.uri(), "/admin");
+        assert_eq!(s.raw_uri(), "/x/../admin");
     }
 }

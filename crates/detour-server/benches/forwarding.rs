@@ -1,6 +1,7 @@
 //! Header forwarding on the request path: the head sent upstream for a
-//! typical browser request and for a bare one, and the hop-by-hop clean-up of
-//! a typical response. `cargo bench -p detour-server --bench forwarding`.
+//! typical browser request and for a bare one, the hop-by-hop clean-up of
+//! a typical response, and path normalization (a path with nothing to change,
+//! and one to rewrite). `cargo bench -p detour-server --bench forwarding`.
 #![allow(clippy::unwrap_used)]
 // `criterion_group!` makes a public function it cannot document.
 #![allow(missing_docs)]
@@ -9,7 +10,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use detour_server::bench::{strip_response, Forwarder};
+use detour_server::bench::{strip_response, Forwarder, PathNormalizer};
 use http::{HeaderMap, Request};
 
 fn request(headers: &[(&str, &str)]) -> http::request::Parts {
@@ -66,6 +67,25 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    let paths = PathNormalizer::new();
+    let mut plain = request(&[("host", "example.com")]);
+    g.bench_function("path normalization, nothing to change", |b| {
+        b.iter(|| paths.normalize(black_box(&mut plain)))
+    });
+    g.bench_function(
+        "path normalization, /api/./v1/../items%2Dx rewritten",
+        |b| {
+            b.iter_batched_ref(
+                || {
+                    let mut p = request(&[]);
+                    p.uri = "/api/./v1/../items%2Dx?page=2".parse().unwrap();
+                    p
+                },
+                |p| paths.normalize(black_box(p)),
+                BatchSize::SmallInput,
+            )
+        },
+    );
     g.finish();
 }
 

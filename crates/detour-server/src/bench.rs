@@ -1,13 +1,14 @@
 //! Entry points for the crate's criterion benches (`benches/`): the
-//! crate-private header forwarding, wrapped. Hidden from the docs and not a
+//! crate-private header forwarding and path normalization, wrapped. Hidden from the docs and not a
 //! stable API.
 
 use std::net::SocketAddr;
 
 use http::{request, HeaderMap};
 
-use crate::config::ForwardingConfig;
+use crate::config::{ForwardingConfig, PathsConfig};
 use crate::proxy::forward::{strip_hop_by_hop, Forwarding};
+use crate::proxy::path::{normalize_target, PathPolicy};
 
 /// The request-side header forwarding with the default settings
 /// (`X-Forwarded-*`, `Via`, hop-by-hop headers removed).
@@ -38,4 +39,25 @@ impl Default for Forwarder {
 /// The response side: hop-by-hop headers removed from an upstream response.
 pub fn strip_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers, false);
+}
+
+/// Request path normalization with the default `[server.paths]`.
+pub struct PathNormalizer(PathPolicy);
+
+impl PathNormalizer {
+    /// Normalization as a default server config sets it up.
+    pub fn new() -> Self {
+        PathNormalizer(PathPolicy::from(&PathsConfig::default()))
+    }
+
+    /// Normalize the target of `parts` in place; `false` when it is refused.
+    pub fn normalize(&self, parts: &mut request::Parts) -> bool {
+        normalize_target(parts, self.0).is_ok()
+    }
+}
+
+impl Default for PathNormalizer {
+    fn default() -> Self {
+        PathNormalizer::new()
+    }
 }

@@ -95,6 +95,8 @@ pub struct ServerConfig {
     pub pool: PoolConfig,
     /// Forwarding headers.
     pub forwarding: ForwardingConfig,
+    /// Request paths: normalization and the paths refused (`[server.paths]`).
+    pub paths: PathsConfig,
     /// The default retry policy (a hook may choose another per request).
     pub retry: RetryPolicy,
 }
@@ -112,6 +114,7 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             pool: PoolConfig::default(),
             forwarding: ForwardingConfig::default(),
+            paths: PathsConfig::default(),
             retry: RetryPolicy::default(),
         }
     }
@@ -474,6 +477,63 @@ impl Default for ForwardingConfig {
     }
 }
 
+/// Request paths (`[server.paths]`): what the server does to a request's path
+/// once, before any hook runs, so that routing, every hook and the upstream
+/// all see the same path.
+///
+/// ```toml
+/// [server.paths]
+/// normalize = true            # decode %XX of unreserved characters, then remove dot segments
+/// merge_slashes = false       # "//a///b" -> "/a/b"
+/// encoded_slashes = "reject"  # %2F, %5C or \ in a path -> 400 ("keep" forwards them as they are)
+/// ```
+///
+/// The query is never touched. `*` (for `OPTIONS`) is left alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PathsConfig {
+    /// Decode percent-encoded unreserved characters (RFC 3986 §2.3: letters,
+    /// digits, `-`, `.`, `_`, `~`), then remove `.` and `..` segments
+    /// (§5.2.4), in that order, so `/%2e%2e/` is a `..` segment. A path that
+    /// climbs above `/`, a malformed escape (`%zz`, a trailing `%`) and an
+    /// encoded NUL (`%00`) get 400. Other escapes are kept byte for byte.
+    /// Default true.
+    pub normalize: bool,
+    /// Merge repeated slashes: `//a///b` becomes `/a/b`. Default false: to
+    /// RFC 3986 an empty segment is a segment, and some backends mean it.
+    pub merge_slashes: bool,
+    /// What to do with an encoded slash or backslash (`%2F`, `%5C`, any
+    /// case) or a raw `\` in a path. Default `reject`.
+    pub encoded_slashes: EncodedSlashes,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            normalize: true,
+            merge_slashes: false,
+            encoded_slashes: EncodedSlashes::Reject,
+        }
+    }
+}
+
+/// What the server does with `%2F`, `%5C` or `\` in a request path
+/// (`[server.paths] encoded_slashes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EncodedSlashes {
+    /// Answer 400. A backend that decodes `%2F` into `/` after the proxy
+    /// matched the path would otherwise see a different path than the one
+    /// routed (`/public%2F..%2Fadmin`); Windows servers read `\` as `/`.
+    #[default]
+    Reject,
+    /// Forward them as they are, never decoded: for backends where an encoded
+    /// slash is data (object keys). Routing sees `%2F`, never `/`.
+    Keep,
+}
+
 impl ServerConfig {
     /// Check every field.
     ///
@@ -674,6 +734,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen[0].port(), 0);
+    }
+
+    #[test]
+    fn paths_default_to_normalize_and_reject_and_take_their_opt_ins() {
+        let c = ServerConfig::from_toml("").unwrap();
+        assert!(c.paths.normalize);
+        assert!(!c.paths.merge_slashes);
+        assert_eq!(c.paths.encoded_slashes, EncodedSlashes::Reject);
+        let c = ServerConfig::from_toml(
+            "[server.paths]\nnormalize = false\nmerge_slashes = true\nencoded_slashes = \"keep\"\n",
+        )
+        .unwrap();
+        assert!(!c.paths.normalize);
+        assert!(c.paths.merge_slashes);
+        assert_eq!(c.paths.encoded_slashes, EncodedSlashes::Keep);
+        let e =
+            ServerConfig::from_toml("[server.paths]\nencoded_slashes = \"decode\"\n").unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("server.paths.encoded_slashes"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -282,3 +282,104 @@ upstream = "web"
     assert_eq!(web.requests(), 1);
     stop(r).await;
 }
+
+/// Three upstreams behind `/admin`, a raw `/store` route and a catch-all,
+/// with `[server.paths]` as `paths` says.
+fn path_config(admin: SocketAddr, store: SocketAddr, web: SocketAddr, paths: &str) -> Config {
+    let text = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+[server.paths]
+{paths}
+[admin]
+enabled = false
+[log]
+access_log = false
+[upstreams.admin]
+backends = [{{ addr = "{admin}" }}]
+[upstreams.store]
+backends = [{{ addr = "{store}" }}]
+[upstreams.web]
+backends = [{{ addr = "{web}" }}]
+[[routes]]
+path_prefix = "/admin"
+upstream = "admin"
+[[routes]]
+path_prefix = "/store"
+upstream = "store"
+raw_path = true
+[[routes]]
+upstream = "web"
+"#
+    );
+    Config::from_toml(&text, None).unwrap()
+}
+
+fn paths_seen(up: &Upstream) -> Vec<String> {
+    up.received().into_iter().map(|r| r.path).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_and_the_backend_see_one_normalized_path() {
+    let admin = Upstream::start(Behavior::ok()).await.unwrap();
+    let store = Upstream::start(Behavior::ok()).await.unwrap();
+    let web = Upstream::start(Behavior::ok()).await.unwrap();
+    let c = path_config(admin.addr(), store.addr(), web.addr(), "");
+    let r = start(&c).await;
+
+    for target in ["/x/../admin", "/%61dmin?q=%2e%2e", "/admin/./a/%7Eb/"] {
+        assert_eq!(get(r.addr(), target).await.status, 200, "{target}");
+    }
+    assert_eq!(
+        paths_seen(&admin),
+        ["/admin", "/admin?q=%2e%2e", "/admin/a/~b/"],
+        "matched the /admin route and forwarded as matched"
+    );
+    for target in [
+        "/../etc",
+        "/a/../../b",
+        "/%2e%2e/etc",
+        "/a%2Fb",
+        "/a%5cb",
+        "/a%00",
+        "/a%zz",
+    ] {
+        assert_eq!(get(r.addr(), target).await.status, 400, "{target}");
+    }
+
+    // The raw route matches and forwards the client's path...
+    assert_eq!(get(r.addr(), "/store/k/../%6B").await.status, 200);
+    assert_eq!(paths_seen(&store), ["/store/k/../%6B"]);
+    // ...and only the raw path: this one is /store/k once normalized, but
+    // raw it is not under /store, so the catch-all takes it, normalized.
+    assert_eq!(get(r.addr(), "/x/../store/k").await.status, 200);
+    assert_eq!(paths_seen(&web), ["/store/k"]);
+    assert_eq!(store.requests(), 1);
+    stop(r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_encoded_slashes_reach_a_raw_route_and_merging_is_an_opt_in() {
+    let admin = Upstream::start(Behavior::ok()).await.unwrap();
+    let store = Upstream::start(Behavior::ok()).await.unwrap();
+    let web = Upstream::start(Behavior::ok()).await.unwrap();
+    let paths = "encoded_slashes = \"keep\"\nmerge_slashes = true";
+    let c = path_config(admin.addr(), store.addr(), web.addr(), paths);
+    let r = start(&c).await;
+
+    assert_eq!(get(r.addr(), "/store/a%2Fb//c").await.status, 200);
+    assert_eq!(paths_seen(&store), ["/store/a%2Fb//c"]);
+    assert_eq!(get(r.addr(), "//admin///x").await.status, 200);
+    assert_eq!(get(r.addr(), "/admin/a%2F..%2Fsecret").await.status, 200);
+    assert_eq!(
+        paths_seen(&admin),
+        ["/admin/x", "/admin/a%2F..%2Fsecret"],
+        "an encoded slash is kept, never decoded into a separator"
+    );
+    // Routing sees `%2F`, not `/`: this is not under /admin.
+    assert_eq!(get(r.addr(), "/admin%2Fx").await.status, 200);
+    assert_eq!(paths_seen(&web), ["/admin%2Fx"]);
+    assert_eq!(get(r.addr(), "/../etc").await.status, 400);
+    stop(r).await;
+}

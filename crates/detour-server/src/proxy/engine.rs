@@ -29,7 +29,7 @@ use super::body::{
     UpstreamBody,
 };
 use super::forward::{self, strip_hop_by_hop};
-use super::{grpc, tunnel, HttpProxy};
+use super::{grpc, path, tunnel, HttpProxy};
 use crate::upstream::dial::{self, Conn};
 use crate::upstream::pool::{keep_alive_limit, Sender};
 use crate::upstream::Connect;
@@ -203,7 +203,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let started = Instant::now();
         let sh = &*self.shared;
         let (mut parts, body) = req.into_parts();
-        let checked = forward::check_request(&parts, &sh.limits);
+        // The path is normalized before any hook, so hooks, routing and the
+        // upstream all see the same one.
+        let checked = forward::check_request(&parts, &sh.limits)
+            .and_then(|len| path::normalize_target(&mut parts, sh.paths).map(|()| len));
         let upgrade =
             forward::filter_upgrade(&mut parts.headers, &sh.forwarding.config.upgrade_protocols);
         let down_upgrade = parts.extensions.remove::<OnUpgrade>().filter(|_| upgrade);

@@ -7,6 +7,7 @@ mod conn;
 pub(crate) mod engine;
 pub(crate) mod forward;
 mod grpc;
+pub(crate) mod path;
 mod tunnel;
 
 use std::convert::Infallible;
@@ -38,6 +39,7 @@ pub(crate) struct Shared<P, C> {
     pub(crate) policy: Arc<RetryPolicy>,
     pub(crate) observers: Vec<Arc<dyn Observer>>,
     pub(crate) forwarding: Forwarding,
+    pub(crate) paths: path::PathPolicy,
     pub(crate) proxy_name: Arc<str>,
     pub(crate) limits: LimitsConfig,
     pub(crate) http2: Http2Config,
@@ -137,6 +139,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
                 policy: Arc::new(c.retry),
                 observers: self.observers,
                 forwarding: Forwarding::new(c.forwarding, &c.proxy_name),
+                paths: path::PathPolicy::from(&c.paths),
                 proxy_name: c.proxy_name.into(),
                 limits: c.limits,
                 http2: c.http2,

@@ -117,6 +117,11 @@ pub struct RouteConfig {
     pub safe_methods: Vec<String>,
     /// Treat a request carrying `Idempotency-Key` as safe to retry.
     pub idempotency_key: Option<bool>,
+    /// Match on the path as the client sent it and forward that path, rather
+    /// than the normalized one (`[server.paths]`). The server-wide refusals
+    /// still apply. Default false.
+    #[serde(default)]
+    pub raw_path: bool,
 }
 
 fn any_host() -> String {

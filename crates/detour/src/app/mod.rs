@@ -55,6 +55,7 @@ pub fn build_state(
             upstream: Arc::clone(up),
             policy: config.route_policy(r, up.policy()),
             timeouts: r.timeouts.clone(),
+            raw_path: r.raw_path,
         }));
     }
     Ok(State {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use detour_core::{Error, ErrorKind, HttpPeer, ProxyHttp, Result, RetryPolicy, Session};
-use http::{response, Response, StatusCode};
+use detour_core::{Error, ErrorKind, HttpPeer, ProxyHttp, RawUri, Result, RetryPolicy, Session};
+use http::{request, response, Response, StatusCode, Uri};
 
 use detour_server::upstream::RequestMetrics;
 
-use super::routes::{self, Route};
+use super::routes::{self, RequestPath, Route};
 use super::state::{App, State};
 
 /// One attempt, as the access log lists it.
@@ -98,6 +98,13 @@ fn record_error(ctx: &mut Ctx, session: &Session, peer: &HttpPeer, err: Error) -
     err
 }
 
+/// `uri` as an upstream request target: `/path?query`, never the client's
+/// authority (the upstream head is built the same way).
+fn origin_form(uri: &Uri) -> Uri {
+    uri.path_and_query()
+        .map_or_else(|| uri.clone(), |pq| Uri::from(pq.clone()))
+}
+
 impl ProxyHttp for DetourProxy {
     type CTX = Ctx;
 
@@ -116,7 +123,10 @@ impl ProxyHttp for DetourProxy {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> Result<Option<Response<Bytes>>> {
-        let path = session.uri().path();
+        let path = RequestPath {
+            normalized: session.uri().path(),
+            raw: session.raw_uri().path(),
+        };
         match routes::find(&ctx.state.routes, session.host(), path) {
             Some(r) => {
                 ctx.route = Some(Arc::clone(r));
@@ -145,6 +155,20 @@ impl ProxyHttp for DetourProxy {
             Some(t) => peer.with_options(t.clone()),
             None => peer,
         })
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut request::Parts,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.route.as_ref().is_some_and(|r| r.raw_path) {
+            if let Some(raw) = session.req().extensions.get::<RawUri>() {
+                upstream_request.uri = origin_form(&raw.0);
+            }
+        }
+        Ok(())
     }
 
     fn should_retry_response(

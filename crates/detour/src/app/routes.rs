@@ -5,6 +5,10 @@
 //! an exact name (`api.example.com`), or a suffix wildcard (`*.example.com`,
 //! which matches `a.example.com` but not `example.com`). Matching ignores
 //! case and any `:port` on the request's host.
+//!
+//! A route matches the path the server normalized (`[server.paths]`), the
+//! same path its upstream receives; a `raw_path` route matches, and
+//! forwards, the path as the client sent it.
 
 use std::sync::Arc;
 
@@ -89,11 +93,28 @@ pub struct Route {
     pub policy: Arc<RetryPolicy>,
     /// Per-attempt timeouts replacing the upstream's, if the route sets them.
     pub timeouts: Option<PeerOptions>,
+    /// Match and forward the raw path rather than the normalized one.
+    pub raw_path: bool,
+}
+
+/// A request's path two ways: as the server normalized it, and as the
+/// client sent it (the same string when nothing needed normalizing).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestPath<'a> {
+    /// The normalized path: what routes match and upstreams receive.
+    pub normalized: &'a str,
+    /// The path as the client sent it, for `raw_path` routes.
+    pub raw: &'a str,
 }
 
 impl Route {
     /// Whether this route takes a request for `host` and `path`.
-    pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
+    pub fn matches(&self, host: Option<&str>, path: RequestPath<'_>) -> bool {
+        let path = if self.raw_path {
+            path.raw
+        } else {
+            path.normalized
+        };
         self.host.matches(host) && path_has_prefix(path, &self.path_prefix)
     }
 }
@@ -114,7 +135,7 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 pub fn find<'a>(
     routes: &'a [Arc<Route>],
     host: Option<&str>,
-    path: &str,
+    path: RequestPath<'_>,
 ) -> Option<&'a Arc<Route>> {
     routes.iter().find(|r| r.matches(host, path))
 }
