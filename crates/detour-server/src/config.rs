@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use detour_core::RetryPolicy;
+use detour_core::{check_duration, check_optional_duration, InvalidConfig, RetryPolicy, Zero};
 use serde::Deserialize;
 
 /// A configuration error: which file, which field, and why.
@@ -53,6 +53,14 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl From<InvalidConfig> for ConfigError {
+    /// The field as the [`InvalidConfig`] names it: give it the full dotted
+    /// path (`server.grace_period`) for this to read well.
+    fn from(e: InvalidConfig) -> Self {
+        ConfigError::field(e.field, e.reason)
+    }
+}
 
 /// How worker threads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -408,6 +416,7 @@ impl ServerConfig {
         if self.listen.is_empty() && self.listeners.is_empty() {
             self.listen.push(default_listen());
         }
+        self.check_durations()?;
         for (i, l) in self.listeners.iter().enumerate() {
             let at = format!("server.listeners[{i}]");
             let protocols = l.effective_protocols();
@@ -427,12 +436,6 @@ impl ServerConfig {
             return Err(ConfigError::field(
                 "server.http2.max_concurrent_streams",
                 "must be at least 1",
-            ));
-        }
-        if self.http2.keep_alive_timeout.is_zero() {
-            return Err(ConfigError::field(
-                "server.http2.keep_alive_timeout",
-                "must be longer than zero",
             ));
         }
         if self.threads == 0 || self.threads > 1024 {
@@ -467,12 +470,6 @@ impl ServerConfig {
                 ),
             ));
         }
-        if self.limits.header_read_timeout.is_zero() {
-            return Err(ConfigError::field(
-                "server.limits.header_read_timeout",
-                "must be longer than zero",
-            ));
-        }
         if http::HeaderName::from_bytes(self.forwarding.request_id_header.as_bytes()).is_err() {
             return Err(ConfigError::field(
                 "server.forwarding.request_id_header",
@@ -487,6 +484,35 @@ impl ServerConfig {
             .validate()
             .map_err(|e| ConfigError::field(format!("server.retry.{}", e.field), e.reason))?;
         Ok(self)
+    }
+
+    /// Hold every duration of the table (the retry policy checks its own) to
+    /// [`detour_core::MAX_DURATION`], and refuse zero where it cannot work.
+    /// A new duration field gets its line here.
+    fn check_durations(&self) -> Result<(), InvalidConfig> {
+        check_duration("server.grace_period", self.grace_period, Zero::Allowed)?;
+        let h2 = &self.http2;
+        check_optional_duration(
+            "server.http2.keep_alive_interval",
+            h2.keep_alive_interval,
+            Zero::Refused,
+        )?;
+        check_duration(
+            "server.http2.keep_alive_timeout",
+            h2.keep_alive_timeout,
+            Zero::Refused,
+        )?;
+        let limits = &self.limits;
+        check_duration(
+            "server.limits.header_read_timeout",
+            limits.header_read_timeout,
+            Zero::Refused,
+        )?;
+        check_duration(
+            "server.pool.unsafe_max_idle",
+            self.pool.unsafe_max_idle,
+            Zero::Allowed,
+        )
     }
 
     /// Parse the `[server]` table of a TOML document (other tables belong to
@@ -584,6 +610,26 @@ mod tests {
             Some("server.limits.max_connections"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        for (table, key) in [
+            ("server", "grace_period"),
+            ("server.http2", "keep_alive_interval"),
+            ("server.http2", "keep_alive_timeout"),
+            ("server.limits", "header_read_timeout"),
+            ("server.pool", "unsafe_max_idle"),
+            ("server.retry", "max_delay"),
+        ] {
+            let text = format!("[{table}]\n{key} = \"10000000000000000000s\"\n");
+            let e = ServerConfig::from_toml(&text).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(&*format!("{table}.{key}")), "{e}");
+        }
+        let e =
+            ServerConfig::from_toml("[server.http2]\nkeep_alive_interval = \"0s\"\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("server.http2.keep_alive_interval"));
+        ServerConfig::from_toml("[server]\ngrace_period = \"365d\"\n").unwrap();
     }
 
     #[test]
