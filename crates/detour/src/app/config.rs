@@ -169,6 +169,13 @@ impl Config {
                 "at least one [[routes]] entry is needed to send traffic to an upstream",
             ));
         }
+        self.validate_routes()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::field("log.level", e.to_string()))?;
+        Ok(Config { server, ..self })
+    }
+
+    fn validate_routes(&self) -> Result<(), ConfigError> {
         for (i, r) in self.routes.iter().enumerate() {
             let at = |f: &str| format!("routes[{i}].{f}");
             HostPattern::parse(&r.host).map_err(|e| ConfigError::field(at("host"), e))?;
@@ -189,6 +196,11 @@ impl Config {
                     ConfigError::field(at(&format!("retry.{}", e.field)), e.reason.clone())
                 })?;
             }
+            if let Some(t) = &r.timeouts {
+                t.validate().map_err(|e| {
+                    ConfigError::field(at(&format!("timeouts.{}", e.field)), e.reason)
+                })?;
+            }
             for (j, m) in r.safe_methods.iter().enumerate() {
                 http::Method::from_bytes(m.as_bytes()).map_err(|_| {
                     ConfigError::field(
@@ -198,9 +210,7 @@ impl Config {
                 })?;
             }
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| ConfigError::field("log.level", e.to_string()))?;
-        Ok(Config { server, ..self })
+        Ok(())
     }
 
     /// The retry policy `route` uses over its upstream's policy `base`.

@@ -90,6 +90,10 @@ impl std::fmt::Debug for Running {
 /// Start `config`: the first health round runs before the listeners open.
 /// `metrics` is the Prometheus handle `/metrics` renders (None: off).
 ///
+/// `config` is validated here even when it came from [`Config::from_toml`]:
+/// one built or deserialized by hand must not reach the listeners with a
+/// value that would panic under traffic.
+///
 /// # Errors
 /// Invalid configuration, or a listener that cannot be bound.
 pub fn start(
@@ -98,6 +102,7 @@ pub fn start(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     events: Option<EventHook>,
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
+    let config = &config.clone().validate()?;
     let state = build_state(config, 1, events.clone())?;
     let upstreams: Vec<_> = state.upstreams.values().cloned().collect();
     let app = Arc::new(App::new(state));
@@ -167,6 +172,7 @@ impl Running {
     /// # Errors
     /// The configuration is invalid; nothing changes.
     pub async fn reload_from(&mut self, config: &Config) -> Result<u64, ConfigError> {
+        let config = &config.clone().validate()?;
         let generation = self.app.current().generation + 1;
         let state = build_state(config, generation, self.events.clone())?;
         // Every certificate file is read before any is swapped in: a bad one
