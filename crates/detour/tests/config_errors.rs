@@ -298,6 +298,7 @@ const BREAKER: &str = "detour-breaker/src/breaker/config.rs";
 const BUDGET: &str = "detour-breaker/src/budget/config.rs";
 const LIMIT: &str = "detour-breaker/src/limit/config.rs";
 const FAILOVER: &str = "detour-lb/src/failover.rs";
+const APP: &str = "detour/src/app/config.rs";
 
 /// Every duration a user can write. A duration field added anywhere in the
 /// crates without a line here fails `every_duration_field_is_listed`; one
@@ -327,6 +328,12 @@ const DURATIONS: &[DurationSetting] = &[
         "unsafe_max_idle",
         &["server.pool.unsafe_max_idle"],
         false,
+    ),
+    setting(
+        APP,
+        "header_read_timeout",
+        &["admin.header_read_timeout"],
+        true,
     ),
     setting(
         CORE_RETRY,
@@ -559,7 +566,7 @@ fn every_duration_is_bounded() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 46, "every path in DURATIONS was tried");
+    assert_eq!(checked, 47, "every path in DURATIONS was tried");
     // The bound itself is allowed: a year is long, not wrong.
     Config::from_toml(&good_with("server.grace_period", "365days"), None).unwrap();
     Config::from_toml(

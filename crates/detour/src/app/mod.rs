@@ -120,15 +120,15 @@ pub fn start(
         let listener = std::net::TcpListener::bind(config.admin.listen)?;
         listener.set_nonblocking(true)?;
         admin_addr = Some(listener.local_addr()?);
-        let admin = admin::Admin {
-            app: Arc::clone(&app),
-            token: config.admin.token.as_deref().map(Arc::from),
-            metrics,
-            draining: draining_rx,
+        let guard = admin::Guard::new(config.admin.token.as_deref(), &config.admin.allowed_hosts);
+        let admin = admin::Admin::new(Arc::clone(&app), guard, metrics, draining_rx);
+        let limits = admin::ListenerLimits {
+            max_connections: config.admin.max_connections,
+            header_read_timeout: config.admin.header_read_timeout,
         };
         rt.spawn(async move {
             match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => admin::serve(l, admin, admin_stopped).await,
+                Ok(l) => admin::serve(l, admin, limits, admin_stopped).await,
                 Err(e) => tracing::error!(error = %e, "admin listener failed"),
             }
         });
