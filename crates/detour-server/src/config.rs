@@ -263,13 +263,17 @@ impl Default for Http2Config {
     }
 }
 
+/// The largest `limits.max_connections`: far beyond what one host can hold
+/// open, and far below what the connection semaphore can count.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
+
 /// Downstream limits (`[server.limits]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct LimitsConfig {
     /// Open downstream connections across all workers; further clients wait
-    /// in the accept queue. Default 10,000.
+    /// in the accept queue. Default 10,000, at most [`MAX_CONNECTIONS`].
     pub max_connections: usize,
     /// Largest request head in bytes (request line + headers); larger → 431.
     /// Default 64 KiB (at least 8 KiB).
@@ -455,10 +459,14 @@ impl ServerConfig {
                 "must be a non-empty token (letters, digits, - . _)",
             ));
         }
-        if self.limits.max_connections == 0 {
+        // The cap is a semaphore, which panics above 2^61 permits.
+        if !(1..=MAX_CONNECTIONS).contains(&self.limits.max_connections) {
             return Err(ConfigError::field(
                 "server.limits.max_connections",
-                "must be at least 1",
+                format!(
+                    "must be between 1 and {MAX_CONNECTIONS}, got {}",
+                    self.limits.max_connections
+                ),
             ));
         }
         if self.limits.max_header_size < 8192 {

@@ -95,6 +95,16 @@ fn bad_values_name_their_field() {
         &GOOD.replace("[server]\n", "[server]\nthreads = 0\n"),
         "server.threads",
     );
+    // Counts that become semaphores, which panic past 2^61 permits.
+    for (table, field) in [
+        ("[server.limits]", "server.limits.max_connections"),
+        ("[admin]", "admin.max_connections"),
+    ] {
+        for n in ["0", "9000000000000000000"] {
+            let key = field.rsplit('.').next().unwrap();
+            refused(&with(&format!("{table}\n{key} = {n}")), field);
+        }
+    }
     refused(
         &GOOD.replace("[server]\n", "[server]\nlisten = [\"nowhere\"]\n"),
         "server.listen",

@@ -53,7 +53,7 @@ pub struct AdminConfig {
     /// Required when `listen` is not a loopback address.
     pub token: Option<String>,
     /// Connections served at once; further ones wait in the kernel's accept
-    /// queue until one closes. Default 64.
+    /// queue until one closes. Default 64, at most [`MAX_ADMIN_CONNECTIONS`].
     pub max_connections: usize,
     /// Host names (without port) that requests may carry in `Host` besides
     /// the listen address and `localhost`: the names a proxy in front of the
@@ -78,6 +78,9 @@ impl Default for AdminConfig {
     }
 }
 
+/// The largest `[admin] max_connections`: an admin API needs a handful.
+pub const MAX_ADMIN_CONNECTIONS: usize = 4096;
+
 impl AdminConfig {
     /// Check the table: bounded timeouts, at least one connection, and a
     /// token whenever the API is reachable beyond this host.
@@ -90,10 +93,13 @@ impl AdminConfig {
             self.header_read_timeout,
             Zero::Refused,
         )?;
-        if self.max_connections == 0 {
+        if !(1..=MAX_ADMIN_CONNECTIONS).contains(&self.max_connections) {
             return Err(ConfigError::field(
                 "admin.max_connections",
-                "must be at least 1",
+                format!(
+                    "must be between 1 and {MAX_ADMIN_CONNECTIONS}, got {}",
+                    self.max_connections
+                ),
             ));
         }
         for (i, h) in self.allowed_hosts.iter().enumerate() {
