@@ -7,8 +7,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::{Backend, Permit};
+use crate::invalid::{check_duration, check_optional_duration, Zero};
 use crate::observe::Observer;
 use crate::retry::RetryPolicy;
+use crate::InvalidConfig;
 
 /// Timeouts and connection options for one peer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -50,6 +52,23 @@ impl Default for PeerOptions {
             idle_timeout: Duration::from_secs(30),
             per_try_timeout: None,
         }
+    }
+}
+
+impl PeerOptions {
+    /// Check every timeout: each at most [`MAX_DURATION`](crate::MAX_DURATION),
+    /// and above zero except `idle_timeout` (0 keeps no idle connection).
+    ///
+    /// # Errors
+    /// [`InvalidConfig`] naming the first field (`read_timeout`, …) whose
+    /// value cannot work.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        check_duration("connect_timeout", self.connect_timeout, Zero::Refused)?;
+        check_duration("tls_timeout", self.tls_timeout, Zero::Refused)?;
+        check_duration("read_timeout", self.read_timeout, Zero::Refused)?;
+        check_duration("write_timeout", self.write_timeout, Zero::Refused)?;
+        check_duration("idle_timeout", self.idle_timeout, Zero::Allowed)?;
+        check_optional_duration("per_try_timeout", self.per_try_timeout, Zero::Refused)
     }
 }
 
@@ -250,5 +269,30 @@ impl HttpPeer {
     pub fn release(&mut self) {
         self.permit = None;
         self.guard = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_that_cannot_work_are_refused() {
+        assert_eq!(PeerOptions::default().validate(), Ok(()));
+        let zero = PeerOptions {
+            read_timeout: Duration::ZERO,
+            ..Default::default()
+        };
+        assert_eq!(zero.validate().unwrap_err().field, "read_timeout");
+        let huge = PeerOptions {
+            connect_timeout: Duration::from_secs(10_000_000_000_000_000_000),
+            ..Default::default()
+        };
+        assert_eq!(huge.validate().unwrap_err().field, "connect_timeout");
+        let no_idle = PeerOptions {
+            idle_timeout: Duration::ZERO,
+            ..Default::default()
+        };
+        assert_eq!(no_idle.validate(), Ok(()));
     }
 }

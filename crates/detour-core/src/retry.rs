@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::commit::CommitPoint;
 use crate::error::{ErrorKind, FailureKind};
+use crate::invalid::{check_duration, check_optional_duration, Zero};
 use crate::InvalidConfig;
 
 /// An error kind a policy may list as retriable (the config names are
@@ -125,6 +126,11 @@ impl RetryPolicy {
     /// # Errors
     /// [`InvalidConfig`] naming the first field whose value makes no sense.
     pub fn validate(self) -> Result<Self, InvalidConfig> {
+        check_duration("base_delay", self.base_delay, Zero::Allowed)?;
+        check_duration("max_delay", self.max_delay, Zero::Allowed)?;
+        check_optional_duration("per_try_timeout", self.per_try_timeout, Zero::Refused)?;
+        check_optional_duration("deadline", self.deadline, Zero::Refused)?;
+        check_duration("budget_window", self.budget_window, Zero::Refused)?;
         let bad = |field, reason: String| Err(InvalidConfig { field, reason });
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
             return bad(
@@ -159,15 +165,6 @@ impl RetryPolicy {
                 "budget_ratio",
                 format!("must be 0 or more, got {}", self.budget_ratio),
             );
-        }
-        if self.budget_window.is_zero() {
-            return bad("budget_window", "must be longer than zero".into());
-        }
-        if self.per_try_timeout == Some(Duration::ZERO) {
-            return bad("per_try_timeout", "must be longer than zero".into());
-        }
-        if self.deadline == Some(Duration::ZERO) {
-            return bad("deadline", "must be longer than zero".into());
         }
         if let (Some(t), Some(d)) = (self.per_try_timeout, self.deadline) {
             if t > d {

@@ -61,7 +61,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour_core::Backend;
+use detour_core::{check_duration, Backend, Zero};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -292,12 +292,7 @@ impl SlowStart {
     }
 
     pub(crate) fn validate(&self) -> Result<(), InvalidConfig> {
-        if self.window.is_zero() {
-            return Err(InvalidConfig::new(
-                "slow_start.window",
-                "must be above zero",
-            ));
-        }
+        check_duration("slow_start.window", self.window, Zero::Refused)?;
         if !(self.min_factor > 0.0 && self.min_factor <= 1.0) {
             return Err(InvalidConfig::new(
                 "slow_start.min_factor",
@@ -377,6 +372,7 @@ impl LbOptions {
     /// # Errors
     /// A [`InvalidConfig`] naming the field.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
+        check_duration("health_refresh", self.health_refresh, Zero::Allowed)?;
         if self.panic_threshold > 100 {
             return Err(InvalidConfig::new(
                 "panic_threshold",
@@ -467,6 +463,11 @@ mod tests {
         );
         assert_eq!(bad("failover = { kind = \"locality\" }"), "failover.local");
         assert_eq!(bad("slow_start = { window = \"0s\" }"), "slow_start.window");
+        assert_eq!(
+            bad("slow_start = { window = \"400d\" }"),
+            "slow_start.window"
+        );
+        assert_eq!(bad("health_refresh = \"400d\""), "health_refresh");
         assert_eq!(
             bad("slow_start = { min_factor = 0.0 }"),
             "slow_start.min_factor"

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use detour_core::RetryPolicy;
+use detour_core::{check_duration, check_optional_duration, InvalidConfig, RetryPolicy, Zero};
 use serde::Deserialize;
 
 /// A configuration error: which file, which field, and why.
@@ -53,6 +53,14 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl From<InvalidConfig> for ConfigError {
+    /// The field as the [`InvalidConfig`] names it: give it the full dotted
+    /// path (`server.grace_period`) for this to read well.
+    fn from(e: InvalidConfig) -> Self {
+        ConfigError::field(e.field, e.reason)
+    }
+}
 
 /// How worker threads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -258,6 +266,10 @@ impl Default for Http2Config {
     }
 }
 
+/// The largest `limits.max_connections`: far beyond what one host can hold
+/// open, and far below what the connection semaphore can count.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
+
 /// Downstream limits (`[server.limits]`): what one client may hold, and for
 /// how long, before the exchange is ended as the client's fault.
 #[derive(Debug, Clone, Deserialize)]
@@ -265,7 +277,7 @@ impl Default for Http2Config {
 #[non_exhaustive]
 pub struct LimitsConfig {
     /// Open downstream connections across all workers; further clients wait
-    /// in the accept queue. Default 10,000.
+    /// in the accept queue. Default 10,000, at most [`MAX_CONNECTIONS`].
     pub max_connections: usize,
     /// Largest request head in bytes (request line + headers); larger → 431.
     /// Default 64 KiB (at least 8 KiB).
@@ -326,25 +338,8 @@ impl Default for LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// What the durations' check (in [`ServerConfig::validate`]) leaves.
     fn validate(&self) -> Result<(), ConfigError> {
-        let nonzero = [
-            ("header_read_timeout", self.header_read_timeout),
-            ("keepalive_timeout", self.keepalive_timeout),
-            ("send_timeout", self.send_timeout),
-            ("client_body_timeout", self.client_body_timeout),
-            (
-                "client_body_min_rate_window",
-                self.client_body_min_rate_window,
-            ),
-        ];
-        for (name, d) in nonzero {
-            if d.is_zero() {
-                return Err(ConfigError::field(
-                    format!("server.limits.{name}"),
-                    "must be longer than zero",
-                ));
-            }
-        }
         if self.max_uri_size < 16 || self.max_uri_size > self.max_header_size {
             return Err(ConfigError::field(
                 "server.limits.max_uri_size",
@@ -543,6 +538,7 @@ impl ServerConfig {
         if self.listen.is_empty() && self.listeners.is_empty() {
             self.listen.push(default_listen());
         }
+        self.check_durations()?;
         for (i, l) in self.listeners.iter().enumerate() {
             let at = format!("server.listeners[{i}]");
             let protocols = l.effective_protocols();
@@ -564,12 +560,6 @@ impl ServerConfig {
                 "must be at least 1",
             ));
         }
-        if self.http2.keep_alive_timeout.is_zero() {
-            return Err(ConfigError::field(
-                "server.http2.keep_alive_timeout",
-                "must be longer than zero",
-            ));
-        }
         if self.threads == 0 || self.threads > 1024 {
             return Err(ConfigError::field(
                 "server.threads",
@@ -587,10 +577,14 @@ impl ServerConfig {
                 "must be a non-empty token (letters, digits, - . _)",
             ));
         }
-        if self.limits.max_connections == 0 {
+        // The cap is a semaphore, which panics above 2^61 permits.
+        if !(1..=MAX_CONNECTIONS).contains(&self.limits.max_connections) {
             return Err(ConfigError::field(
                 "server.limits.max_connections",
-                "must be at least 1",
+                format!(
+                    "must be between 1 and {MAX_CONNECTIONS}, got {}",
+                    self.limits.max_connections
+                ),
             ));
         }
         if self.limits.max_header_size < 8192 {
@@ -628,6 +622,49 @@ impl ServerConfig {
             .validate()
             .map_err(|e| ConfigError::field(format!("server.retry.{}", e.field), e.reason))?;
         Ok(self)
+    }
+
+    /// Hold every duration of the table (the retry policy checks its own) to
+    /// [`detour_core::MAX_DURATION`], and refuse zero where it cannot work.
+    /// A new duration field gets its line here.
+    fn check_durations(&self) -> Result<(), InvalidConfig> {
+        check_duration("server.grace_period", self.grace_period, Zero::Allowed)?;
+        let h2 = &self.http2;
+        check_optional_duration(
+            "server.http2.keep_alive_interval",
+            h2.keep_alive_interval,
+            Zero::Refused,
+        )?;
+        check_duration(
+            "server.http2.keep_alive_timeout",
+            h2.keep_alive_timeout,
+            Zero::Refused,
+        )?;
+        let limits = &self.limits;
+        let refused_at_zero = [
+            (
+                "server.limits.header_read_timeout",
+                limits.header_read_timeout,
+            ),
+            ("server.limits.keepalive_timeout", limits.keepalive_timeout),
+            ("server.limits.send_timeout", limits.send_timeout),
+            (
+                "server.limits.client_body_timeout",
+                limits.client_body_timeout,
+            ),
+            (
+                "server.limits.client_body_min_rate_window",
+                limits.client_body_min_rate_window,
+            ),
+        ];
+        for (name, d) in refused_at_zero {
+            check_duration(name, d, Zero::Refused)?;
+        }
+        check_duration(
+            "server.pool.unsafe_max_idle",
+            self.pool.unsafe_max_idle,
+            Zero::Allowed,
+        )
     }
 
     /// Parse the `[server]` table of a TOML document (other tables belong to
@@ -725,6 +762,26 @@ mod tests {
             Some("server.limits.max_connections"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        for (table, key) in [
+            ("server", "grace_period"),
+            ("server.http2", "keep_alive_interval"),
+            ("server.http2", "keep_alive_timeout"),
+            ("server.limits", "header_read_timeout"),
+            ("server.pool", "unsafe_max_idle"),
+            ("server.retry", "max_delay"),
+        ] {
+            let text = format!("[{table}]\n{key} = \"10000000000000000000s\"\n");
+            let e = ServerConfig::from_toml(&text).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(&*format!("{table}.{key}")), "{e}");
+        }
+        let e =
+            ServerConfig::from_toml("[server.http2]\nkeep_alive_interval = \"0s\"\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("server.http2.keep_alive_interval"));
+        ServerConfig::from_toml("[server]\ngrace_period = \"365d\"\n").unwrap();
     }
 
     #[test]

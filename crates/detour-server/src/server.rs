@@ -205,7 +205,8 @@ impl Server {
     /// Start serving `proxy` on the configured listeners, in background threads.
     ///
     /// # Errors
-    /// Binding a listener or starting a runtime failed.
+    /// The configuration does not validate (`InvalidInput`, naming the
+    /// field), or binding a listener or starting a runtime failed.
     pub fn start<P: ProxyHttp, C: Connect>(
         &self,
         proxy: HttpProxy<P, C>,
@@ -219,7 +220,8 @@ impl Server {
     /// listener opens, and they stop with the server.
     ///
     /// # Errors
-    /// Binding a listener or starting a runtime failed.
+    /// The configuration does not validate (`InvalidInput`, naming the
+    /// field), or binding a listener or starting a runtime failed.
     pub fn start_with<P: ProxyHttp, C: Connect>(
         &self,
         proxy: HttpProxy<P, C>,
@@ -268,6 +270,11 @@ impl Server {
         &self,
         proxy: HttpProxy<P, C>,
     ) -> std::io::Result<ServerHandle> {
+        // A config built in code may never have been validated: refuse what
+        // would otherwise panic under traffic (a duration past MAX_DURATION).
+        if let Err(e) = self.config.clone().validate() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
+        }
         let (stop, stop_rx) = watch::channel(Stop::Run);
         let limit = Arc::new(Semaphore::new(self.config.limits.max_connections));
         let mut threads = Vec::new();

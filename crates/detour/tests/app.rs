@@ -75,8 +75,9 @@ async fn get(addr: SocketAddr, path: &str) -> RawResponse {
 
 async fn admin(r: &Running, method: &str, path: &str, token: Option<&str>) -> RawResponse {
     let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
-    let raw = format!("{method} {path} HTTP/1.1\r\nhost: a\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n");
-    fetch(r.admin_addr.unwrap(), &raw).await
+    let addr = r.admin_addr.unwrap();
+    let raw = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n");
+    fetch(addr, &raw).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

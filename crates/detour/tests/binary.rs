@@ -84,3 +84,66 @@ async fn serves_reloads_on_sighup_and_drains_on_sigterm() {
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Lines `d` printed so far that report a failed admin accept.
+fn accept_failures(d: &support::Detour) -> usize {
+    d.lines
+        .try_iter()
+        .filter(|l| l.contains("admin accept failed"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_backs_off_at_the_descriptor_limit() {
+    let backend = Upstream::start(Behavior::ok()).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("detour-emfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("detour.toml");
+    let text = config(backend.addr()).replace(
+        "[admin]\nenabled = false",
+        "[admin]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"30s\"",
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut d = support::start(&file);
+    let admin = d.admin.unwrap();
+
+    // Leave the process two spare descriptors, then queue more connections
+    // than that: accept fails with EMFILE while they wait.
+    let open = std::fs::read_dir(format!("/proc/{}/fd", d.pid))
+        .unwrap()
+        .count();
+    let limit = format!("--nofile={0}:{0}", open + 2);
+    let lowered = std::process::Command::new("prlimit")
+        .args(["--pid", &d.pid.to_string(), &limit])
+        .status()
+        .unwrap();
+    assert!(lowered.success());
+    let _ = accept_failures(&d);
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(RawConnection::connect(admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lines = accept_failures(&d);
+    // A loop that retries at once writes a line per attempt: hundreds of
+    // thousands in two seconds. Backing off, it writes one a second.
+    assert!((1..=4).contains(&lines), "{lines} lines in 2 s");
+
+    // Descriptors come back: the listener serves again.
+    drop(held);
+    let mut served = false;
+    for _ in 0..50 {
+        let mut c = RawConnection::connect(admin).await.unwrap();
+        let raw = format!("GET /healthz HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n");
+        c.send(raw.as_bytes()).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(2), c.read_response()).await;
+        if matches!(answer, Ok(Ok(ref r)) if r.status == 200) {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "the admin listener recovered");
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

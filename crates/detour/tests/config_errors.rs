@@ -95,6 +95,16 @@ fn bad_values_name_their_field() {
         &GOOD.replace("[server]\n", "[server]\nthreads = 0\n"),
         "server.threads",
     );
+    // Counts that become semaphores, which panic past 2^61 permits.
+    for (table, field) in [
+        ("[server.limits]", "server.limits.max_connections"),
+        ("[admin]", "admin.max_connections"),
+    ] {
+        for n in ["0", "9000000000000000000"] {
+            let key = field.rsplit('.').next().unwrap();
+            refused(&with(&format!("{table}\n{key} = {n}")), field);
+        }
+    }
     refused(
         &GOOD.replace("[server]\n", "[server]\nlisten = [\"nowhere\"]\n"),
         "server.listen",
@@ -254,4 +264,454 @@ upstream = "app"
         "discovery = { file = \"backends.toml\" }",
     );
     Config::from_toml(&with_file, None).unwrap();
+}
+
+/// The longest duration humantime reads: `Duration::MAX`.
+const LONGEST: &str = "18446744073709551615s 999999999ns";
+
+/// One duration setting: where it is declared, where the binary's file has
+/// it, and whether zero is refused too.
+struct DurationSetting {
+    /// The declaring source file, under `crates/`.
+    file: &'static str,
+    /// The field's name in that file.
+    field: &'static str,
+    /// Every dotted path the binary's file reaches it by; empty when it is
+    /// a library setting the binary does not expose (its crate's tests
+    /// cover it).
+    written_at: &'static [&'static str],
+    /// Zero cannot work (a timeout, an interval).
+    zero_refused: bool,
+}
+
+const fn setting(
+    file: &'static str,
+    field: &'static str,
+    written_at: &'static [&'static str],
+    zero_refused: bool,
+) -> DurationSetting {
+    DurationSetting {
+        file,
+        field,
+        written_at,
+        zero_refused,
+    }
+}
+
+const CORE_PEER: &str = "detour-core/src/peer.rs";
+const CORE_RETRY: &str = "detour-core/src/retry.rs";
+const SERVER: &str = "detour-server/src/config.rs";
+const UPSTREAM: &str = "detour-server/src/upstream/group.rs";
+const HEALTH: &str = "detour-health/src/active/config.rs";
+const OUTLIER: &str = "detour-health/src/outlier/config.rs";
+const BREAKER: &str = "detour-breaker/src/breaker/config.rs";
+const BUDGET: &str = "detour-breaker/src/budget/config.rs";
+const LIMIT: &str = "detour-breaker/src/limit/config.rs";
+const FAILOVER: &str = "detour-lb/src/failover.rs";
+const APP: &str = "detour/src/app/config.rs";
+
+/// Every duration a user can write. A duration field added anywhere in the
+/// crates without a line here fails `every_duration_field_is_listed`; one
+/// listed here without a bound fails `every_duration_is_bounded`.
+const DURATIONS: &[DurationSetting] = &[
+    setting(SERVER, "grace_period", &["server.grace_period"], false),
+    setting(
+        SERVER,
+        "keep_alive_interval",
+        &["server.http2.keep_alive_interval"],
+        true,
+    ),
+    setting(
+        SERVER,
+        "keep_alive_timeout",
+        &["server.http2.keep_alive_timeout"],
+        true,
+    ),
+    setting(
+        SERVER,
+        "header_read_timeout",
+        &["server.limits.header_read_timeout"],
+        true,
+    ),
+    setting(
+        SERVER,
+        "keepalive_timeout",
+        &["server.limits.keepalive_timeout"],
+        true,
+    ),
+    setting(
+        SERVER,
+        "send_timeout",
+        &["server.limits.send_timeout"],
+        true,
+    ),
+    setting(
+        SERVER,
+        "client_body_timeout",
+        &["server.limits.client_body_timeout"],
+        true,
+    ),
+    setting(
+        SERVER,
+        "client_body_min_rate_window",
+        &["server.limits.client_body_min_rate_window"],
+        true,
+    ),
+    setting(
+        SERVER,
+        "unsafe_max_idle",
+        &["server.pool.unsafe_max_idle"],
+        false,
+    ),
+    setting(
+        APP,
+        "header_read_timeout",
+        &["admin.header_read_timeout"],
+        true,
+    ),
+    setting(
+        CORE_RETRY,
+        "base_delay",
+        &[
+            "server.retry.base_delay",
+            "upstreams.app.retry.base_delay",
+            "routes[0].retry.base_delay",
+        ],
+        false,
+    ),
+    setting(
+        CORE_RETRY,
+        "max_delay",
+        &[
+            "server.retry.max_delay",
+            "upstreams.app.retry.max_delay",
+            "routes[0].retry.max_delay",
+        ],
+        false,
+    ),
+    setting(
+        CORE_RETRY,
+        "per_try_timeout",
+        &[
+            "server.retry.per_try_timeout",
+            "upstreams.app.retry.per_try_timeout",
+            "routes[0].retry.per_try_timeout",
+        ],
+        true,
+    ),
+    setting(
+        CORE_RETRY,
+        "deadline",
+        &[
+            "server.retry.deadline",
+            "upstreams.app.retry.deadline",
+            "routes[0].retry.deadline",
+        ],
+        true,
+    ),
+    setting(
+        CORE_RETRY,
+        "budget_window",
+        &[
+            "server.retry.budget_window",
+            "upstreams.app.retry.budget_window",
+            "routes[0].retry.budget_window",
+        ],
+        true,
+    ),
+    setting(
+        CORE_PEER,
+        "connect_timeout",
+        &[
+            "upstreams.app.timeouts.connect_timeout",
+            "routes[0].timeouts.connect_timeout",
+        ],
+        true,
+    ),
+    setting(
+        CORE_PEER,
+        "tls_timeout",
+        &[
+            "upstreams.app.timeouts.tls_timeout",
+            "routes[0].timeouts.tls_timeout",
+        ],
+        true,
+    ),
+    setting(
+        CORE_PEER,
+        "read_timeout",
+        &[
+            "upstreams.app.timeouts.read_timeout",
+            "routes[0].timeouts.read_timeout",
+        ],
+        true,
+    ),
+    setting(
+        CORE_PEER,
+        "write_timeout",
+        &[
+            "upstreams.app.timeouts.write_timeout",
+            "routes[0].timeouts.write_timeout",
+        ],
+        true,
+    ),
+    setting(
+        CORE_PEER,
+        "idle_timeout",
+        &[
+            "upstreams.app.timeouts.idle_timeout",
+            "routes[0].timeouts.idle_timeout",
+        ],
+        false,
+    ),
+    setting(
+        CORE_PEER,
+        "per_try_timeout",
+        &[
+            "upstreams.app.timeouts.per_try_timeout",
+            "routes[0].timeouts.per_try_timeout",
+        ],
+        true,
+    ),
+    setting(
+        UPSTREAM,
+        "interval",
+        &["upstreams.app.discovery.interval"],
+        true,
+    ),
+    setting(
+        FAILOVER,
+        "window",
+        &["upstreams.app.slow_start.window"],
+        true,
+    ),
+    // Built by the upstream from its own defaults; LbOptions::validate bounds it.
+    setting(FAILOVER, "health_refresh", &[], false),
+    // The binary writes it as retry.budget_window (listed above).
+    setting(BUDGET, "window", &[], true),
+    setting(HEALTH, "interval", &["upstreams.app.health.interval"], true),
+    setting(HEALTH, "timeout", &["upstreams.app.health.timeout"], true),
+    setting(
+        HEALTH,
+        "fast_interval",
+        &["upstreams.app.health.fast_interval"],
+        true,
+    ),
+    setting(
+        OUTLIER,
+        "interval",
+        &["upstreams.app.outlier.interval"],
+        true,
+    ),
+    setting(
+        OUTLIER,
+        "base_ejection",
+        &["upstreams.app.outlier.base_ejection"],
+        true,
+    ),
+    setting(
+        OUTLIER,
+        "max_ejection",
+        &["upstreams.app.outlier.max_ejection"],
+        true,
+    ),
+    setting(
+        BREAKER,
+        "open_for",
+        &["upstreams.app.breaker.open_for"],
+        true,
+    ),
+    setting(
+        BREAKER,
+        "max_open_for",
+        &["upstreams.app.breaker.max_open_for"],
+        true,
+    ),
+    setting(
+        BREAKER,
+        "slower_than",
+        &["upstreams.app.breaker.slow_call.slower_than"],
+        true,
+    ),
+    // `window` is a count or a duration (FailureRate's and SlowCall's).
+    setting(
+        BREAKER,
+        "window",
+        &[
+            "upstreams.app.breaker.failure_rate.window",
+            "upstreams.app.breaker.slow_call.window",
+        ],
+        true,
+    ),
+    setting(
+        LIMIT,
+        "max_wait",
+        &["upstreams.app.concurrency.max_wait"],
+        false,
+    ),
+];
+
+/// `GOOD` with `path` (dotted, `routes[0].x` indexing the array) set to `value`.
+fn good_with(path: &str, value: &str) -> String {
+    let mut doc: toml::Table = toml::from_str(GOOD).unwrap();
+    let mut table = &mut doc;
+    let segments: Vec<&str> = path.split('.').collect();
+    let (last, parents) = segments.split_last().unwrap();
+    for seg in parents {
+        table = match seg.split_once('[') {
+            Some((name, index)) => {
+                let i: usize = index.trim_end_matches(']').parse().unwrap();
+                table[name].as_array_mut().unwrap()[i]
+                    .as_table_mut()
+                    .unwrap()
+            }
+            None => table
+                .entry(seg.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .unwrap(),
+        };
+    }
+    table.insert(last.to_string(), toml::Value::String(value.into()));
+    toml::to_string(&doc).unwrap()
+}
+
+#[track_caller]
+fn refused_naming_exactly(text: &str, field: &str) {
+    match Config::from_toml(text, None) {
+        Ok(_) => panic!("accepted {field} in:\n{text}"),
+        Err(e) => assert_eq!(e.field.as_deref(), Some(field), "{e}\n{text}"),
+    }
+}
+
+#[test]
+fn every_duration_is_bounded() {
+    let longest = humantime_serde::re::humantime::parse_duration(LONGEST).unwrap();
+    assert_eq!(longest, std::time::Duration::MAX);
+    let mut checked = 0;
+    for d in DURATIONS {
+        for path in d.written_at {
+            refused_naming_exactly(&good_with(path, LONGEST), path);
+            refused_naming_exactly(&good_with(path, "10000000000000000000s"), path);
+            refused_naming_exactly(&good_with(path, "366days"), path);
+            if d.zero_refused {
+                refused_naming_exactly(&good_with(path, "0s"), path);
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 51, "every path in DURATIONS was tried");
+    // The bound itself is allowed: a year is long, not wrong.
+    Config::from_toml(&good_with("server.grace_period", "365days"), None).unwrap();
+    Config::from_toml(
+        &good_with("upstreams.app.outlier.max_ejection", "365days"),
+        None,
+    )
+    .unwrap();
+}
+
+/// The `with = "humantime_serde"` fields and `Window` fields of every
+/// source file under `crates/`, as (file, field).
+fn declared_durations() -> std::collections::BTreeSet<(String, String)> {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = std::collections::BTreeSet::new();
+    let mut dirs = vec![crates.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if path.is_dir() && !["target", "tests", "benches"].contains(&name.as_str()) {
+                dirs.push(path);
+            } else if name.ends_with(".rs") {
+                let rel = path
+                    .strip_prefix(&crates)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                let text = std::fs::read_to_string(&path).unwrap();
+                let mut pending = false;
+                for line in text.lines().map(str::trim) {
+                    pending |= line.starts_with("#[serde(") && line.contains("\"humantime_serde\"");
+                    let Some((field, ty)) = line
+                        .strip_prefix("pub ")
+                        .and_then(|l| l.split_once(':'))
+                        .filter(|(f, _)| f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                    else {
+                        continue;
+                    };
+                    if pending || ty.trim() == "Window," {
+                        found.insert((rel.clone(), field.to_string()));
+                    }
+                    pending = false;
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_duration_field_is_listed() {
+    let declared = declared_durations();
+    let listed: std::collections::BTreeSet<(String, String)> = DURATIONS
+        .iter()
+        .map(|d| (d.file.to_string(), d.field.to_string()))
+        .collect();
+    assert!(
+        declared.len() >= 30,
+        "the scan found the fields: {declared:?}"
+    );
+    let unlisted: Vec<_> = declared.difference(&listed).collect();
+    assert!(
+        unlisted.is_empty(),
+        "duration fields without a line in DURATIONS (bound them with \
+         detour_core::check_duration and list them): {unlisted:?}"
+    );
+    let stale: Vec<_> = listed.difference(&declared).collect();
+    assert!(
+        stale.is_empty(),
+        "DURATIONS lists fields that are gone: {stale:?}"
+    );
+}
+
+#[test]
+fn huge_durations_never_reach_the_running_proxy() {
+    // A Config deserialized without `from_toml` skips validation: `start`
+    // must still refuse it, not panic later on `Instant + duration`.
+    for path in [
+        "upstreams.app.timeouts.read_timeout",
+        "routes[0].retry.max_delay",
+        "server.grace_period",
+        "upstreams.app.outlier.base_ejection",
+        "upstreams.app.breaker.open_for",
+    ] {
+        let text = good_with(path, "10000000000000000000s");
+        let unchecked: Config = toml::from_str(&text).unwrap();
+        let e = detour::app::start(&unchecked, None, None, None).unwrap_err();
+        assert!(e.to_string().contains(path), "{path}: {e}");
+    }
+    // And the binary refuses the file, naming the field, without a panic.
+    let dir = std::env::temp_dir().join(format!("detour-huge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("huge.toml");
+    std::fs::write(
+        &file,
+        good_with(
+            "upstreams.app.timeouts.read_timeout",
+            "10000000000000000000s",
+        ),
+    )
+    .unwrap();
+    for args in [vec!["--test"], vec![]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_detour"))
+            .args(["--config", file.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("upstreams.app.timeouts.read_timeout"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

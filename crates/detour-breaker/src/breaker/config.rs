@@ -8,7 +8,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::error::bad;
-use detour_core::InvalidConfig;
+use detour_core::{check_duration, InvalidConfig, Zero};
 
 /// The largest count window: one byte per call is kept.
 pub const MAX_WINDOW_CALLS: u32 = 10_000;
@@ -112,9 +112,8 @@ impl BreakerConfig {
     /// [`InvalidConfig`] naming the first field whose value makes no sense,
     /// e.g. `breaker.open_for: must be > 0`.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
-        if self.open_for.is_zero() {
-            return bad("breaker.open_for", "must be > 0");
-        }
+        check_duration("breaker.open_for", self.open_for, Zero::Refused)?;
+        check_duration("breaker.max_open_for", self.max_open_for, Zero::Refused)?;
         if self.max_open_for < self.open_for {
             return bad(
                 "breaker.max_open_for",
@@ -261,9 +260,11 @@ impl Default for SlowCall {
 
 impl SlowCall {
     fn validate(&self) -> Result<(), InvalidConfig> {
-        if self.slower_than.is_zero() {
-            return bad("breaker.slow_call.slower_than", "must be > 0");
-        }
+        check_duration(
+            "breaker.slow_call.slower_than",
+            self.slower_than,
+            Zero::Refused,
+        )?;
         check_rate(
             self.threshold,
             self.min_calls,
@@ -305,7 +306,8 @@ fn check_rate(
             f_window,
             format!("must be at least {MIN_WINDOW_TIME:?}, got {d:?}"),
         ),
-        _ => Ok(()),
+        Window::Time(d) => check_duration(f_window, d, Zero::Refused),
+        Window::Calls(_) => Ok(()),
     }
 }
 
@@ -481,8 +483,10 @@ mod tests {
         };
         assert_eq!(
             c.validate().unwrap_err().to_string(),
-            "breaker.open_for: must be > 0"
+            "breaker.open_for: must be longer than zero"
         );
+        c.open_for = detour_core::MAX_DURATION + Duration::from_secs(1);
+        assert_eq!(field(c.clone()), "breaker.open_for");
         c.open_for = Duration::from_secs(600);
         assert_eq!(field(c.clone()), "breaker.max_open_for");
         c = BreakerConfig::default();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::bad;
-use detour_core::InvalidConfig;
+use detour_core::{check_duration, InvalidConfig, Zero};
 
 /// The shortest window: it is kept in 10 steps of at least 1 ms.
 const MIN_WINDOW: Duration = Duration::from_millis(10);
@@ -48,6 +48,7 @@ impl BudgetConfig {
     /// [`InvalidConfig`] naming the first field whose value makes no sense,
     /// e.g. `budget.ratio: must be a number >= 0.0, got -1`.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
+        check_duration("budget.window", self.window, Zero::Refused)?;
         if !(self.ratio.is_finite() && self.ratio >= 0.0) {
             return bad(
                 "budget.ratio",
@@ -96,6 +97,8 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "budget.ratio");
         c.ratio = 0.0;
         c.window = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().field, "budget.window");
+        c.window = detour_core::MAX_DURATION + Duration::from_secs(1);
         assert_eq!(c.validate().unwrap_err().field, "budget.window");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::bad;
-use detour_core::InvalidConfig;
+use detour_core::{check_duration, InvalidConfig, Zero};
 
 /// How many requests a [`ConcurrencyLimit`](crate::ConcurrencyLimit) lets run
 /// and wait.
@@ -44,6 +44,7 @@ impl LimitConfig {
     /// [`InvalidConfig`] naming the first field whose value makes no sense,
     /// e.g. `limit.max_in_flight: must be >= 1`.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
+        check_duration("limit.max_wait", self.max_wait, Zero::Allowed)?;
         if self.max_in_flight == 0 {
             return bad("limit.max_in_flight", "must be >= 1");
         }

@@ -8,7 +8,7 @@ use http::{HeaderValue, Method};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use detour_core::InvalidConfig;
+use detour_core::{check_duration, InvalidConfig, Zero};
 
 /// Which active check runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -255,15 +255,9 @@ impl HealthConfig {
     /// [`InvalidConfig`] naming the first field whose value makes no sense.
     pub fn validate(self) -> Result<Self, InvalidConfig> {
         let bad = |field, reason: String| Err(InvalidConfig::new(field, reason));
-        if self.interval.is_zero() {
-            return bad("health.interval", "must be longer than zero".into());
-        }
-        if self.timeout.is_zero() {
-            return bad("health.timeout", "must be longer than zero".into());
-        }
-        if self.fast_interval.is_zero() {
-            return bad("health.fast_interval", "must be longer than zero".into());
-        }
+        check_duration("health.interval", self.interval, Zero::Refused)?;
+        check_duration("health.timeout", self.timeout, Zero::Refused)?;
+        check_duration("health.fast_interval", self.fast_interval, Zero::Refused)?;
         if self.rise == 0 {
             return bad("health.rise", "must be at least 1".into());
         }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use detour_core::InvalidConfig;
+use detour_core::{check_duration, InvalidConfig, Zero};
 
 /// Passive outlier detection for one upstream (`[upstreams.<name>.outlier]`),
 /// modelled on Envoy's.
@@ -151,12 +151,9 @@ impl OutlierConfig {
     /// [`InvalidConfig`] naming the first field whose value makes no sense.
     pub fn validate(self) -> Result<Self, InvalidConfig> {
         let bad = |field, reason: String| Err(InvalidConfig::new(field, reason));
-        if self.interval.is_zero() {
-            return bad("outlier.interval", "must be longer than zero".into());
-        }
-        if self.base_ejection.is_zero() {
-            return bad("outlier.base_ejection", "must be longer than zero".into());
-        }
+        check_duration("outlier.interval", self.interval, Zero::Refused)?;
+        check_duration("outlier.base_ejection", self.base_ejection, Zero::Refused)?;
+        check_duration("outlier.max_ejection", self.max_ejection, Zero::Refused)?;
         if self.max_ejection < self.base_ejection {
             return bad(
                 "outlier.max_ejection",

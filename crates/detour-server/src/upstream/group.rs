@@ -33,8 +33,8 @@ use detour_breaker::{
     BreakerConfig, BreakerRegistry, BudgetConfig, ConcurrencyLimit, LimitConfig, RetryBudget,
 };
 use detour_core::{
-    AttemptOutcome, Backend, Error, ErrorKind, GateState, HttpPeer, InvalidConfig, Observer,
-    OutcomeClass, PeerOptions, RemovalCap, RetryBudgetGate, RetryPolicy, Session,
+    check_duration, AttemptOutcome, Backend, Error, ErrorKind, GateState, HttpPeer, InvalidConfig,
+    Observer, OutcomeClass, PeerOptions, RemovalCap, RetryBudgetGate, RetryPolicy, Session, Zero,
 };
 use detour_health::{HealthChecker, HealthConfig, HealthEvent, OutlierConfig, OutlierDetector};
 use detour_lb::discovery::SystemResolver;
@@ -198,17 +198,17 @@ impl UpstreamConfig {
                     ConfigError::field(at(&format!("discovery.dns[{i}]")), format!("{e}"))
                 })?;
             }
-            if d.interval.is_zero() {
-                return Err(ConfigError::field(
-                    at("discovery.interval"),
-                    "must be above zero",
-                ));
-            }
         }
         // The crates name their fields with their table ("health.rise",
         // "breaker.open_for"); the retry policy's and the budget's keys live in
         // the retry table.
         let bad = |e: InvalidConfig| ConfigError::field(at(e.field), e.reason);
+        if let Some(d) = &self.discovery {
+            check_duration("discovery.interval", d.interval, Zero::Refused).map_err(bad)?;
+        }
+        self.timeouts
+            .validate()
+            .map_err(|e| ConfigError::field(at(&format!("timeouts.{}", e.field)), e.reason))?;
         self.lb_options().validate().map_err(bad)?;
         self.retry
             .clone()
@@ -224,7 +224,11 @@ impl UpstreamConfig {
         self.outlier.clone().validate().map_err(bad)?;
         self.breaker.validate().map_err(bad)?;
         if let Some(c) = &self.concurrency {
-            c.validate().map_err(bad)?;
+            // detour-breaker names the table `limit`; here it is `concurrency`.
+            c.validate().map_err(|e| {
+                let key = e.field.replacen("limit.", "concurrency.", 1);
+                ConfigError::field(at(&key), e.reason)
+            })?;
         }
         // Active HTTP checks speak cleartext HTTP/1.1: against TLS or h2c
         // backends every check would fail and take them all out of service.

@@ -11,11 +11,12 @@
 //! dotted field.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use detour_core::{PeerOptions, RetryPolicy};
+use detour_core::{check_duration, PeerOptions, RetryPolicy, Zero};
 use detour_server::config::{toml_error, ConfigError};
 use detour_server::upstream::UpstreamConfig;
 use detour_server::ServerConfig;
@@ -44,12 +45,24 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Where the admin API listens. Default `127.0.0.1:9901`; `enabled =
-    /// false` turns it off.
+    /// false` turns it off. Beyond loopback a `token` is required.
     pub listen: SocketAddr,
     /// Serve the admin API. Default true.
     pub enabled: bool,
     /// When set, every endpoint but `/healthz` wants `Authorization: Bearer TOKEN`.
+    /// Required when `listen` is not a loopback address.
     pub token: Option<String>,
+    /// Connections served at once; further ones wait in the kernel's accept
+    /// queue until one closes. Default 64, at most [`MAX_ADMIN_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Host names (without port) that requests may carry in `Host` besides
+    /// the listen address and `localhost`: the names a proxy in front of the
+    /// admin API or an operator uses. Default none.
+    pub allowed_hosts: Vec<String>,
+    /// Time a client has to send a complete request head; also the longest
+    /// a keep-alive connection may sit idle between requests. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -58,8 +71,68 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             enabled: true,
             token: None,
+            max_connections: 64,
+            allowed_hosts: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// The largest `[admin] max_connections`: an admin API needs a handful.
+pub const MAX_ADMIN_CONNECTIONS: usize = 4096;
+
+impl AdminConfig {
+    /// Check the table: bounded timeouts, at least one connection, and a
+    /// token whenever the API is reachable beyond this host.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the `admin.…` field at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_duration(
+            "admin.header_read_timeout",
+            self.header_read_timeout,
+            Zero::Refused,
+        )?;
+        if !(1..=MAX_ADMIN_CONNECTIONS).contains(&self.max_connections) {
+            return Err(ConfigError::field(
+                "admin.max_connections",
+                format!(
+                    "must be between 1 and {MAX_ADMIN_CONNECTIONS}, got {}",
+                    self.max_connections
+                ),
+            ));
+        }
+        for (i, h) in self.allowed_hosts.iter().enumerate() {
+            let host_only = h
+                .parse::<http::uri::Authority>()
+                .is_ok_and(|a| a.port().is_none() && !h.contains('@'));
+            if !host_only {
+                return Err(ConfigError::field(
+                    format!("admin.allowed_hosts[{i}]"),
+                    format!("{h:?} is not a host name (give it without a port)"),
+                ));
+            }
+        }
+        if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::field("admin.token", "must not be empty"));
+        }
+        if self.enabled && !is_loopback(self.listen.ip()) && self.token.is_none() {
+            return Err(ConfigError::field(
+                "admin.token",
+                format!(
+                    "the admin API listens on {} beyond loopback, where anyone who can reach it \
+                     could drain backends: set a token (or listen on 127.0.0.1)",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// 127.0.0.0/8, ::1, and 127.x written as an IPv4-mapped IPv6 address.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// Log output format.
@@ -165,6 +238,7 @@ impl Config {
     /// The first invalid value, with its dotted field.
     pub fn validate(self) -> Result<Self, ConfigError> {
         let server = self.server.clone().validate()?;
+        self.admin.validate()?;
         for (name, up) in &self.upstreams {
             up.validate(name)?;
         }
@@ -174,6 +248,13 @@ impl Config {
                 "at least one [[routes]] entry is needed to send traffic to an upstream",
             ));
         }
+        self.validate_routes()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::field("log.level", e.to_string()))?;
+        Ok(Config { server, ..self })
+    }
+
+    fn validate_routes(&self) -> Result<(), ConfigError> {
         for (i, r) in self.routes.iter().enumerate() {
             let at = |f: &str| format!("routes[{i}].{f}");
             HostPattern::parse(&r.host).map_err(|e| ConfigError::field(at("host"), e))?;
@@ -194,6 +275,11 @@ impl Config {
                     ConfigError::field(at(&format!("retry.{}", e.field)), e.reason.clone())
                 })?;
             }
+            if let Some(t) = &r.timeouts {
+                t.validate().map_err(|e| {
+                    ConfigError::field(at(&format!("timeouts.{}", e.field)), e.reason)
+                })?;
+            }
             for (j, m) in r.safe_methods.iter().enumerate() {
                 http::Method::from_bytes(m.as_bytes()).map_err(|_| {
                     ConfigError::field(
@@ -203,9 +289,7 @@ impl Config {
                 })?;
             }
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| ConfigError::field("log.level", e.to_string()))?;
-        Ok(Config { server, ..self })
+        Ok(())
     }
 
     /// The retry policy `route` uses over its upstream's policy `base`.

@@ -91,6 +91,10 @@ impl std::fmt::Debug for Running {
 /// Start `config`: the first health round runs before the listeners open.
 /// `metrics` is the Prometheus handle `/metrics` renders (None: off).
 ///
+/// `config` is validated here even when it came from [`Config::from_toml`]:
+/// one built or deserialized by hand must not reach the listeners with a
+/// value that would panic under traffic.
+///
 /// # Errors
 /// Invalid configuration, or a listener that cannot be bound.
 pub fn start(
@@ -99,6 +103,7 @@ pub fn start(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     events: Option<EventHook>,
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
+    let config = &config.clone().validate()?;
     let state = build_state(config, 1, events.clone())?;
     let upstreams: Vec<_> = state.upstreams.values().cloned().collect();
     let app = Arc::new(App::new(state));
@@ -116,15 +121,15 @@ pub fn start(
         let listener = std::net::TcpListener::bind(config.admin.listen)?;
         listener.set_nonblocking(true)?;
         admin_addr = Some(listener.local_addr()?);
-        let admin = admin::Admin {
-            app: Arc::clone(&app),
-            token: config.admin.token.as_deref().map(Arc::from),
-            metrics,
-            draining: draining_rx,
+        let guard = admin::Guard::new(config.admin.token.as_deref(), &config.admin.allowed_hosts);
+        let admin = admin::Admin::new(Arc::clone(&app), guard, metrics, draining_rx);
+        let limits = admin::ListenerLimits {
+            max_connections: config.admin.max_connections,
+            header_read_timeout: config.admin.header_read_timeout,
         };
         rt.spawn(async move {
             match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => admin::serve(l, admin, admin_stopped).await,
+                Ok(l) => admin::serve(l, admin, limits, admin_stopped).await,
                 Err(e) => tracing::error!(error = %e, "admin listener failed"),
             }
         });
@@ -168,6 +173,7 @@ impl Running {
     /// # Errors
     /// The configuration is invalid; nothing changes.
     pub async fn reload_from(&mut self, config: &Config) -> Result<u64, ConfigError> {
+        let config = &config.clone().validate()?;
         let generation = self.app.current().generation + 1;
         let state = build_state(config, generation, self.events.clone())?;
         // Every certificate file is read before any is swapped in: a bad one

@@ -15,6 +15,8 @@ pub struct Detour {
     pub pid: u32,
     /// Where it serves, from its "detour serving" line.
     pub addr: SocketAddr,
+    /// Where its admin API listens, when it is on.
+    pub admin: Option<SocketAddr>,
     /// Its further stdout lines.
     pub lines: Receiver<String>,
 }
@@ -37,16 +39,30 @@ pub fn start(file: &Path) -> Detour {
             let _ = tx.send(line);
         }
     });
-    let addr: SocketAddr = loop {
+    let serving = loop {
         let line = lines.recv_timeout(Duration::from_secs(30)).unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        if line.contains(" addr=") {
+            break line;
         }
     };
+    let field = |name: &str| {
+        serving
+            .split(&format!(" {name}="))
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+    };
+    let addr = field("addr").unwrap().parse().unwrap();
+    let admin = field("admin").and_then(|a| {
+        a.strip_prefix("Some(")
+            .and_then(|a| a.strip_suffix(')'))
+            .map(|a| a.parse().unwrap())
+    });
     Detour {
         child,
         pid,
         addr,
+        admin,
         lines,
     }
 }

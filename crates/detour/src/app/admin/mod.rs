@@ -9,11 +9,21 @@
 //! | `POST /upstreams/{name}/backends/{addr}/maintenance` | out of service until enabled |
 //! | `POST /upstreams/{name}/backends/{addr}/enable` | back in service |
 //!
-//! It binds where `[admin] listen` says (loopback by default). With
-//! `[admin] token` set, every endpoint but `/healthz` wants
-//! `Authorization: Bearer <token>` and answers 401 without it.
+//! It binds where `[admin] listen` says (loopback by default; beyond
+//! loopback `[admin] token` is required). Every request but `/healthz`
+//! passes the [`guard`]: its Host must name the listener (else `421`), a
+//! request that changes state must not come from another origin (else
+//! `403`), and with a token set it needs `Authorization: Bearer <token>`
+//! (else `401`). A known path with the wrong method answers `405` with
+//! `Allow`. `/healthz` needs neither Host nor token: orchestrators probe it by
+//! whatever address they know, and it only says `ok` or `draining`.
+//!
+//! [`listener`] caps connections, times out silent clients and backs off
+//! when `accept` fails.
 
-use std::convert::Infallible;
+pub mod guard;
+pub mod listener;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,10 +32,11 @@ use detour_core::{Backend, GateState};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+pub use guard::{Guard, Refusal};
+pub use listener::{serve, ListenerLimits};
 
 use super::state::App;
 
@@ -33,35 +44,56 @@ use super::state::App;
 #[derive(Clone)]
 pub struct Admin {
     pub(crate) app: Arc<App>,
-    pub(crate) token: Option<Arc<str>>,
+    pub(crate) guard: Guard,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub(crate) draining: watch::Receiver<bool>,
 }
 
-/// Serve the admin API on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, admin: Admin, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+/// The admin endpoints, by path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Healthz,
+    Metrics,
+    Status,
+    /// `/upstreams/{name}/backends/{addr}/{action}`.
+    Control,
+}
+
+impl Endpoint {
+    fn of(path: &str) -> Option<Endpoint> {
+        match path {
+            "/healthz" => Some(Endpoint::Healthz),
+            "/metrics" => Some(Endpoint::Metrics),
+            "/status" => Some(Endpoint::Status),
+            p if p.starts_with("/upstreams/") => Some(Endpoint::Control),
+            _ => None,
+        }
     }
+
+    /// The methods it answers, as an `Allow` value.
+    fn allow(self) -> &'static str {
+        match self {
+            Endpoint::Healthz | Endpoint::Metrics | Endpoint::Status => "GET, HEAD",
+            Endpoint::Control => "POST",
+        }
+    }
+
+    fn allows(self, method: &Method) -> bool {
+        match self {
+            Endpoint::Control => method == Method::POST,
+            _ => method == Method::GET || method == Method::HEAD,
+        }
+    }
+}
+
+/// `405` naming the methods `endpoint` answers (RFC 9110 §15.5.6).
+fn method_not_allowed(endpoint: Endpoint) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    r.headers_mut().insert(
+        header::ALLOW,
+        header::HeaderValue::from_static(endpoint.allow()),
+    );
+    r
 }
 
 fn reply(
@@ -133,42 +165,54 @@ pub fn breaker_word(b: &Backend) -> &'static str {
 }
 
 impl Admin {
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()))
+    /// The admin API over `app`, guarded by `guard`.
+    pub fn new(
+        app: Arc<App>,
+        guard: Guard,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
+        Admin {
+            app,
+            guard,
+            metrics,
+            draining,
+        }
     }
 
-    fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let path = req.uri().path().to_string();
-        if path == "/healthz" && req.method() == Method::GET {
-            return if *self.draining.borrow() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining")
-            } else {
-                text(StatusCode::OK, "ok")
-            };
+    /// Answer `req`, which came in on a connection whose local address is
+    /// `local`.
+    fn handle(&self, req: Request<Incoming>, local: SocketAddr) -> Response<Full<Bytes>> {
+        let endpoint = Endpoint::of(req.uri().path());
+        if endpoint == Some(Endpoint::Healthz) {
+            return self.healthz(req.method());
         }
-        if !self.authorized(&req) {
-            let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is required");
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return r;
+        if let Err(refusal) = self.guard.check(&req, local) {
+            return refusal.response();
         }
-        match (req.method(), path.as_str()) {
-            (&Method::GET, "/metrics") => self.metrics(),
-            (&Method::GET, "/status") => self.status(),
-            (&Method::POST, p) if p.starts_with("/upstreams/") => self.control(p),
-            (_, "/metrics" | "/status" | "/healthz") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
-            _ => text(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        let Some(endpoint) = endpoint else {
+            return text(StatusCode::NOT_FOUND, "no such admin endpoint");
+        };
+        if !endpoint.allows(req.method()) {
+            return method_not_allowed(endpoint);
+        }
+        match endpoint {
+            Endpoint::Metrics => self.metrics(),
+            Endpoint::Status => self.status(),
+            Endpoint::Control => self.control(req.uri().path()),
+            Endpoint::Healthz => self.healthz(req.method()),
+        }
+    }
+
+    /// `/healthz`: no Host check and no token (see the module docs).
+    fn healthz(&self, method: &Method) -> Response<Full<Bytes>> {
+        if !Endpoint::Healthz.allows(method) {
+            return method_not_allowed(Endpoint::Healthz);
+        }
+        if *self.draining.borrow() {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+        } else {
+            text(StatusCode::OK, "ok")
         }
     }
 
@@ -274,8 +318,4 @@ impl Admin {
             format!("{name}/{addr}: {}", health_word(&self.app, name, b)),
         )
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
