@@ -1,46 +1,187 @@
 //! A watch on the request bytes before hyper parses them, for what hyper
-//! smooths over: a request with both `Content-Length` and
-//! `Transfer-Encoding`, or with the same length header twice.
+//! smooths over or cannot tell: a request with both `Content-Length` and
+//! `Transfer-Encoding`, or with the same length header twice; and whether a
+//! quiet connection is idle between requests or in the middle of a head.
 //!
-//! hyper follows RFC 9112 §6.3 for those (Transfer-Encoding wins, identical
-//! lengths fold, the connection closes afterwards), which is safe, but the
-//! headers hyper hands on no longer show the conflict. A proxy's users expect
-//! such a request to be refused with 400, as nginx and HAProxy do, since the
-//! same bytes may be framed differently by a box in front or behind.
+//! hyper follows RFC 9112 §6.3 for conflicting framing (Transfer-Encoding
+//! wins, identical lengths fold, the connection closes afterwards), which is
+//! safe, but the headers hyper hands on no longer show the conflict. A proxy's
+//! users expect such a request to be refused with 400, as nginx and HAProxy
+//! do, since the same bytes may be framed differently by a box in front or
+//! behind.
 //!
 //! [`FramingGuard`] sees every byte the connection reads, finds each request
 //! head (following the body framing from one request to the next: a length,
 //! or chunks with their trailers), and records the index of the first request
 //! whose framing is ambiguous. The engine answers that request 400 and the
-//! connection closes. It never changes a byte; when it cannot follow (an
-//! upgrade, a head it cannot parse, which hyper refuses anyway) it stops
-//! watching.
+//! connection closes. It never changes a byte. After an upgrade request it
+//! holds what follows until the answer is known: a `101` ends the watch (the
+//! bytes are a tunnel's), anything else resumes it on those same bytes. When
+//! it cannot follow (a head it cannot parse, which hyper refuses anyway) it
+//! stops watching.
+//!
+//! The guard also keeps the connection's clocks while no request is in
+//! flight: a connection idle between requests for `keepalive_timeout` reads as
+//! closed (hyper then closes it without a word), and a head begun but not
+//! finished within `header_read_timeout` fails the read, so the server answers
+//! `408` (see [`ConnWatch::head_timed_out`]).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
-/// What the guard found, shared with the service of the same connection.
+use crate::config::LimitsConfig;
+
+/// What the guard found and the service did, shared by both on one
+/// connection.
 #[derive(Debug)]
-pub(crate) struct Verdicts {
+pub(crate) struct ConnWatch {
+    scanner: Mutex<Scanner>,
     /// Index (0-based) of the first request with ambiguous framing.
     first_bad: AtomicU64,
+    /// Requests handed to the service, and those whose response is over
+    /// (its body dropped by hyper): while they differ, a request is in flight.
+    started: AtomicU64,
+    answered: AtomicU64,
+    head_timed_out: AtomicBool,
+    keepalive: Duration,
+    head_timeout: Duration,
 }
 
-impl Verdicts {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Verdicts {
+/// What a quiet connection is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The next request, with no byte of it yet.
+    Idle,
+    /// The rest of a head begun at this instant.
+    Head(Instant),
+    /// Something else (a request in flight, a body, a tunnel): not the
+    /// guard's to time.
+    Busy,
+}
+
+impl ConnWatch {
+    pub(crate) fn new(limits: &LimitsConfig) -> Arc<Self> {
+        Arc::new(ConnWatch {
+            scanner: Mutex::new(Scanner::new(limits.max_header_size)),
             first_bad: AtomicU64::new(u64::MAX),
+            started: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            head_timed_out: AtomicBool::new(false),
+            keepalive: limits.keepalive_timeout,
+            head_timeout: limits.header_read_timeout,
         })
+    }
+
+    fn scanner(&self) -> MutexGuard<'_, Scanner> {
+        // A poisoned lock only means a panic elsewhere mid-scan; the scanner's
+        // state is still a valid phase, so go on with it.
+        self.scanner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn feed(&self, bytes: &[u8]) {
+        let mut s = self.scanner();
+        s.feed(bytes);
+        self.publish(&mut s);
+    }
+
+    fn publish(&self, s: &mut Scanner) {
+        if let Some(i) = s.bad.take() {
+            let _ =
+                self.first_bad
+                    .compare_exchange(u64::MAX, i, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// A request reaches the service: its index on the connection.
+    pub(crate) fn begin(&self) -> u64 {
+        self.started.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A response is over (see [`Answered`]).
+    fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn in_flight(&self) -> bool {
+        self.started.load(Ordering::Relaxed) != self.answered.load(Ordering::Relaxed)
     }
 
     /// Whether request number `index` of the connection must be refused.
     pub(crate) fn is_bad(&self, index: u64) -> bool {
         self.first_bad.load(Ordering::Acquire) == index
+    }
+
+    /// Upgrade request `index` was answered without `101`: the bytes after
+    /// it are HTTP again, and the watch goes on over them.
+    pub(crate) fn not_upgraded(&self, index: u64) {
+        let mut s = self.scanner();
+        s.resume_after_upgrade(index);
+        self.publish(&mut s);
+    }
+
+    /// What a quiet connection waits for now.
+    fn waiting(&self) -> Wait {
+        if self.in_flight() {
+            return Wait::Busy;
+        }
+        self.scanner().waiting()
+    }
+
+    /// The guard cut a head that took longer than `header_read_timeout`.
+    pub(crate) fn head_timed_out(&self) -> bool {
+        self.head_timed_out.load(Ordering::Relaxed)
+    }
+
+    /// Whether part of a request head has arrived and no more.
+    pub(crate) fn in_partial_head(&self) -> bool {
+        matches!(self.scanner().waiting(), Wait::Head(_))
+    }
+}
+
+/// A response body that tells the [`ConnWatch`] when hyper is done with it,
+/// so the connection's clocks know a request is in flight until then.
+pub(crate) struct Answered<B> {
+    body: B,
+    watch: Arc<ConnWatch>,
+}
+
+impl<B> Answered<B> {
+    pub(crate) fn new(body: B, watch: Arc<ConnWatch>) -> Self {
+        Answered { body, watch }
+    }
+}
+
+impl<B> Drop for Answered<B> {
+    fn drop(&mut self) {
+        self.watch.answered();
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Answered<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -62,6 +203,13 @@ enum Phase {
     ChunkEnd,
     /// Trailer lines; `line` counts the bytes of the current one.
     Trailers { line: usize },
+    /// After upgrade request `request`: bytes held until the answer is known,
+    /// then fed again from `after` if it was not `101`.
+    Upgrade {
+        request: u64,
+        pending: Vec<u8>,
+        after: Box<Phase>,
+    },
     /// Not following any more.
     Off,
 }
@@ -81,17 +229,43 @@ pub(crate) struct Scanner {
     head: Vec<u8>,
     max_head: usize,
     index: u64,
-    verdicts: Arc<Verdicts>,
+    /// When the first byte of the head being collected arrived.
+    head_started: Option<Instant>,
+    /// A request found with ambiguous framing, not yet published.
+    bad: Option<u64>,
 }
 
 impl Scanner {
-    pub(crate) fn new(max_head: usize, verdicts: Arc<Verdicts>) -> Self {
+    pub(crate) fn new(max_head: usize) -> Self {
         Scanner {
             phase: Phase::Head,
             head: Vec::new(),
             max_head,
             index: 0,
-            verdicts,
+            head_started: None,
+            bad: None,
+        }
+    }
+
+    /// What the connection waits for, as far as the bytes tell.
+    fn waiting(&self) -> Wait {
+        match (&self.phase, self.head_started) {
+            (Phase::Head, None) => Wait::Idle,
+            (Phase::Head, Some(at)) => Wait::Head(at),
+            _ => Wait::Busy,
+        }
+    }
+
+    /// Upgrade request `index` was not upgraded: go on over the held bytes.
+    fn resume_after_upgrade(&mut self, index: u64) {
+        if !matches!(&self.phase, Phase::Upgrade { request, .. } if *request == index) {
+            return;
+        }
+        if let Phase::Upgrade { pending, after, .. } =
+            std::mem::replace(&mut self.phase, Phase::Off)
+        {
+            self.phase = *after;
+            self.feed(&pending);
         }
     }
 
@@ -100,6 +274,16 @@ impl Scanner {
         while !bytes.is_empty() {
             match &mut self.phase {
                 Phase::Off => return,
+                Phase::Upgrade { pending, .. } => {
+                    // A tunnel's bytes (the answer was 101) are not held for
+                    // long: past a head's worth the watch gives up.
+                    if pending.len() + bytes.len() > self.max_head {
+                        self.phase = Phase::Off;
+                    } else {
+                        pending.extend_from_slice(bytes);
+                    }
+                    return;
+                }
                 Phase::Head => {
                     // Skip blank lines between requests (RFC 9112 §2.2).
                     if self.head.is_empty() {
@@ -108,6 +292,9 @@ impl Scanner {
                         bytes = &bytes[n..];
                         if bytes.is_empty() {
                             return;
+                        }
+                        if self.head_started.is_none() {
+                            self.head_started = Some(Instant::now());
                         }
                     }
                     let before = self.head.len();
@@ -126,6 +313,7 @@ impl Scanner {
                                 // hyper answers 431; nothing more to follow.
                                 self.phase = Phase::Off;
                                 self.head = Vec::new();
+                                self.head_started = None;
                             }
                             return;
                         }
@@ -198,6 +386,7 @@ impl Scanner {
     }
 
     fn finish_head(&mut self) {
+        self.head_started = None;
         let head = std::mem::take(&mut self.head);
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
@@ -235,12 +424,7 @@ impl Scanner {
             None
         };
         if bad.is_some() {
-            let _ = self.verdicts.first_bad.compare_exchange(
-                u64::MAX,
-                self.index,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+            self.bad.get_or_insert(self.index);
             // The request is refused and the connection closes.
             self.phase = Phase::Off;
             return;
@@ -251,8 +435,9 @@ impl Scanner {
         // The buffer is kept for the next head (its capacity, not its bytes).
         self.head = head;
         self.head.clear();
-        self.phase = if upgrade || is_connect {
-            // What follows may not be HTTP at all.
+        let request = self.index;
+        let next = if is_connect {
+            // Refused (405) and the connection closes; nothing to follow.
             Phase::Off
         } else if encodings > 0 {
             // Not chunked: hyper refuses it, and there is nothing to follow.
@@ -273,12 +458,22 @@ impl Scanner {
                 (_, None) => Phase::Off,
             }
         };
+        self.phase = if upgrade {
+            // What follows may not be HTTP at all: held until the answer.
+            Phase::Upgrade {
+                request,
+                pending: Vec::new(),
+                after: Box::new(next),
+            }
+        } else {
+            next
+        };
     }
 
-    /// Why request `index` was refused, if it was.
+    /// Whether request `index` was found bad.
     #[cfg(test)]
     fn verdict(&self, index: u64) -> bool {
-        self.verdicts.is_bad(index)
+        self.bad == Some(index)
     }
 }
 
@@ -299,19 +494,66 @@ fn find_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// A connection's read side with a [`Scanner`] watching it.
+/// A connection's read side with a [`ConnWatch`] watching it, and its
+/// idle and head clocks.
 #[derive(Debug)]
 pub(crate) struct FramingGuard<I> {
     inner: I,
-    scanner: Scanner,
+    watch: Arc<ConnWatch>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// What the timer is set for, and when it fires.
+    armed: Option<(Wait, Instant)>,
 }
 
 impl<I> FramingGuard<I> {
-    pub(crate) fn new(inner: I, max_head: usize, verdicts: Arc<Verdicts>) -> Self {
+    pub(crate) fn new(inner: I, watch: Arc<ConnWatch>) -> Self {
         FramingGuard {
             inner,
-            scanner: Scanner::new(max_head, verdicts),
+            watch,
+            timer: None,
+            armed: None,
         }
+    }
+
+    /// Nothing to read: `Ready` when the connection was quiet too long —
+    /// an end of input for an idle one, a `TimedOut` error for a slow head.
+    fn poll_quiet(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let wait = self.watch.waiting();
+        let due = match (wait, self.armed) {
+            (Wait::Busy, _) => {
+                self.armed = None;
+                return Poll::Pending;
+            }
+            // An idle period counts from its first quiet read.
+            (Wait::Idle, Some((Wait::Idle, due))) => due,
+            (Wait::Idle, _) => Instant::now() + self.watch.keepalive,
+            (Wait::Head(since), _) => since + self.watch.head_timeout,
+        };
+        if self.armed != Some((wait, due)) {
+            self.armed = Some((wait, due));
+            match self.timer.as_mut() {
+                Some(t) => t.as_mut().reset(due),
+                // Boxed once per connection, at its first quiet read.
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+            }
+        }
+        let fired = self
+            .timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+        if !fired {
+            return Poll::Pending;
+        }
+        self.armed = None;
+        if wait == Wait::Idle {
+            tracing::trace!("keep-alive connection idle for keepalive_timeout; closing");
+            return Poll::Ready(Ok(()));
+        }
+        self.watch.head_timed_out.store(true, Ordering::Relaxed);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "request head not complete within header_read_timeout",
+        )))
     }
 }
 
@@ -322,10 +564,19 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let me = &mut *self;
-        me.scanner.feed(&buf.filled()[before..]);
-        Poll::Ready(Ok(()))
+        match Pin::new(&mut me.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if !read.is_empty() {
+                    me.watch.feed(read);
+                    me.armed = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => me.poll_quiet(cx),
+        }
     }
 }
 
@@ -364,7 +615,7 @@ mod tests {
     use super::*;
 
     fn scan(chunks: &[&[u8]]) -> Scanner {
-        let mut s = Scanner::new(64 * 1024, Verdicts::new());
+        let mut s = Scanner::new(64 * 1024);
         for c in chunks {
             s.feed(c);
         }
@@ -400,8 +651,42 @@ mod tests {
             b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
             b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
         ]);
-        assert_eq!(s.verdicts.first_bad.load(Ordering::Relaxed), u64::MAX);
+        assert_eq!(s.bad, None);
         assert_eq!(s.index, 4);
+    }
+
+    #[test]
+    fn after_an_upgrade_request_the_watch_waits_for_the_answer() {
+        let upgrade = b"GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+        let bad = b"POST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n";
+        // Not upgraded: the held bytes are scanned as the next request.
+        let mut s = scan(&[upgrade, &bad[..10]]);
+        s.feed(&bad[10..]);
+        assert!(!s.verdict(1), "nothing decided before the answer");
+        s.resume_after_upgrade(0);
+        assert!(s.verdict(1));
+        // Upgraded (never resumed): the tunnel's bytes are not HTTP, and past
+        // a head's worth the watch stops holding them.
+        let mut s = Scanner::new(16);
+        s.feed(upgrade);
+        s.feed(&[b'x'; 64]);
+        assert!(matches!(s.phase, Phase::Off));
+        // A resume for another request changes nothing.
+        let mut s = scan(&[upgrade, bad]);
+        s.resume_after_upgrade(7);
+        assert!(!s.verdict(1));
+    }
+
+    #[test]
+    fn the_scanner_tells_idle_from_a_partial_head() {
+        let mut s = scan(&[b"GET / HTTP/1.1\r\n\r\n"]);
+        assert_eq!(s.waiting(), Wait::Idle);
+        s.feed(b"GE");
+        assert!(matches!(s.waiting(), Wait::Head(_)));
+        s.feed(b"T / HTTP/1.1\r\ncontent-length: 2\r\n\r\n");
+        assert_eq!(s.waiting(), Wait::Busy, "a body is not the guard's to time");
+        s.feed(b"ok");
+        assert_eq!(s.waiting(), Wait::Idle);
     }
 
     #[test]

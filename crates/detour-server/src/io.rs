@@ -1,47 +1,109 @@
 //! The `408 Request Timeout` for a client too slow to send its request head.
 //!
-//! hyper closes such a connection without a word. The worker keeps a second
-//! file descriptor for the socket (a `dup`, never read from), so it can still
-//! write `408` after hyper has let go of the connection, as RFC 9110
-//! suggests. hyper owns the tokio stream itself and reads through tokio's own
-//! path: no zeroing of the read buffer, and a short read clears readiness, so
-//! no `EAGAIN` read follows each request.
+//! hyper closes such a connection without a word, dropping the connection it
+//! was given. [`Reclaim`] hands the connection back when hyper drops it, so
+//! the server can still write `408` on it (through TLS too), as RFC 9110
+//! suggests, before it closes.
 
-use std::io::Write;
-use std::os::fd::AsFd;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// The answer to a client too slow to send its request head.
 pub(crate) const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
-/// A duplicate descriptor of a downstream socket, kept to write the 408.
-///
-/// While it is alive the socket stays open even after hyper drops its stream,
-/// so it must be dropped (or [`send`](Self::send) called) as soon as the
-/// connection is over.
-pub(crate) struct TimeoutNotice(Option<std::net::TcpStream>);
+/// Where a [`Reclaim`] leaves its connection when dropped.
+pub(crate) type Slot<I> = Arc<Mutex<Option<I>>>;
 
-impl TimeoutNotice {
-    /// Duplicate the descriptor of `stream`. When that fails (descriptor
-    /// limit), the connection is served all the same, only without the 408.
-    pub(crate) fn for_stream(stream: &TcpStream) -> Self {
-        TimeoutNotice(
-            stream
-                .as_fd()
-                .try_clone_to_owned()
-                .ok()
-                .map(std::net::TcpStream::from),
-        )
+/// A connection that goes back to its [`Slot`] instead of closing when
+/// dropped.
+pub(crate) struct Reclaim<I> {
+    /// Invariant: `Some` until dropped.
+    inner: Option<I>,
+    slot: Slot<I>,
+}
+
+impl<I> Reclaim<I> {
+    pub(crate) fn new(inner: I) -> (Self, Slot<I>) {
+        let slot = Arc::new(Mutex::new(None));
+        let me = Reclaim {
+            inner: Some(inner),
+            slot: Arc::clone(&slot),
+        };
+        (me, slot)
     }
 
-    /// Write the 408. Best effort: the socket is non-blocking (the flag is
-    /// shared with tokio's descriptor) and the send buffer of a connection
-    /// waiting for a request head has room.
-    pub(crate) fn send(self) {
-        if let Some(mut s) = self.0 {
-            let _ = s.write(REQUEST_TIMEOUT);
+    fn io(&mut self) -> io::Result<&mut I> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl<I> Drop for Reclaim<I> {
+    fn drop(&mut self) {
+        if let Some(io) = self.inner.take() {
+            if let Ok(mut slot) = self.slot.lock() {
+                *slot = Some(io);
+            }
         }
+    }
+}
+
+/// Write the `408` on the connection left in `slot` (best effort, bounded),
+/// then close it.
+pub(crate) async fn send_request_timeout<I: AsyncWrite + Unpin>(slot: &Slot<I>) {
+    let io = slot.lock().ok().and_then(|mut s| s.take());
+    if let Some(mut io) = io {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            io.write_all(REQUEST_TIMEOUT).await?;
+            io.shutdown().await
+        })
+        .await;
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Reclaim<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(self.io()?).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Reclaim<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.io()?).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.io()?).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(I::is_write_vectored)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.io()?).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.io()?).poll_shutdown(cx)
     }
 }

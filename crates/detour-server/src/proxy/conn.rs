@@ -12,15 +12,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::time::Duration;
 
 use detour_core::ProxyHttp;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -42,22 +40,6 @@ where
     S: hyper::service::HttpService<Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: http_body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn shutdown(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<I, S, E, B> Graceful for auto::UpgradeableConnection<'_, I, S, E>
-where
-    Self: std::future::Future,
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>,
-    S::Future: 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     B: http_body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
@@ -114,9 +96,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         // bytes for the send timeout.
         let stream = SendTimeout::new(stream, self.shared.limits.send_timeout);
         match (&spec.tls, spec.h1, spec.h2) {
-            (None, true, false) => self.serve_tcp(stream, client, drain).await,
+            (None, true, false) => self.serve(stream, client, false, drain).await,
             (None, false, _) => self.serve_h2(stream, client, false, drain).await,
-            (None, true, true) => self.serve_auto(stream, client, drain).await,
+            (None, true, true) => {
+                let timeout = self.shared.limits.header_read_timeout;
+                if sends_h2_preface(stream.get_ref(), timeout).await {
+                    self.serve_h2(stream, client, false, drain).await;
+                } else {
+                    self.serve(stream, client, false, drain).await;
+                }
+            }
             (Some(tls), _, _) => {
                 let handshake = tls.acceptor().accept(stream);
                 let timeout = self.shared.limits.header_read_timeout;
@@ -187,59 +176,30 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             .serve_connection(TokioIo::new(io), service);
         run_until_drained(conn, drain, client).await;
     }
+}
 
-    /// Serve a cleartext connection that may be HTTP/1.1 or HTTP/2 (prior
-    /// knowledge): hyper-util tells them apart by the preface. HTTP/1.1 keeps
-    /// its framing guard and upgrades.
-    async fn serve_auto<I>(
-        &self,
-        stream: I,
-        client: Option<SocketAddr>,
-        drain: watch::Receiver<bool>,
-    ) where
-        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
-        let proxy = self.clone();
-        let verdicts = crate::framing::Verdicts::new();
-        let io = crate::framing::FramingGuard::new(
-            stream,
-            self.shared.limits.max_header_size,
-            Arc::clone(&verdicts),
-        );
-        let served = Arc::new(AtomicU64::new(0));
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            let proxy = proxy.clone();
-            let index = served.fetch_add(1, Ordering::Relaxed);
-            if req.version() < http::Version::HTTP_2 && verdicts.is_bad(index) {
-                req.extensions_mut()
-                    .insert(crate::framing::AmbiguousFraming(
-                        "conflicting Content-Length / Transfer-Encoding",
-                    ));
-            }
-            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
-        });
-        let mut builder = auto::Builder::new(self.stream_exec());
-        let limits = &self.shared.limits;
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_size.max(400 * 1024))
-            .keep_alive(true);
-        {
-            let c = &self.shared.http2;
-            let header_list = u32::try_from(limits.max_header_size).unwrap_or(u32::MAX);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(c.max_concurrent_streams)
-                .max_pending_accept_reset_streams(c.max_pending_accept_reset_streams)
-                .max_local_error_reset_streams(c.max_local_error_reset_streams)
-                .max_header_list_size(header_list)
-                .keep_alive_interval(c.keep_alive_interval)
-                .keep_alive_timeout(c.keep_alive_timeout);
+/// Whether a client on a listener that speaks both HTTP/1.1 and HTTP/2
+/// opens with the HTTP/2 preface (prior knowledge). The bytes are only
+/// peeked: whichever side serves the connection reads them all. A client
+/// silent for `timeout`, or whose first bytes are not the preface, is
+/// served as HTTP/1.1 (with that side's limits and timeouts).
+async fn sends_h2_preface(stream: &TcpStream, timeout: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 || buf[..n] != PREFACE[..n] {
+            return false;
         }
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        run_until_drained(conn, drain, client).await;
+        if n == PREFACE.len() {
+            return true;
+        }
+        // Part of the preface: a peek would return the same bytes at once,
+        // so wait a moment for the rest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 pub use body::{ProxyBody, UpstreamBody};
 
 use crate::config::{Http2Config, LimitsConfig, PoolConfig, ServerConfig};
+use crate::framing::{AmbiguousFraming, Answered, ConnWatch, FramingGuard};
 use crate::send_timeout::SendTimeout;
 use crate::upstream::h2pool::H2Pool;
 use crate::upstream::pool::Pool;
@@ -198,8 +199,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// The downstream HTTP/1.1 connection settings for this proxy.
     pub(crate) fn http1_builder(&self) -> http1::Builder {
         let mut b = http1::Builder::new();
+        let limits = &self.shared.limits;
+        // The framing guard times idle connections (keepalive_timeout) and
+        // heads (header_read_timeout) itself, when no request is in flight;
+        // hyper's timer, which runs from the start of the wait for a head,
+        // only backs it up.
         b.timer(TokioTimer::new())
-            .header_read_timeout(self.shared.limits.header_read_timeout)
+            .header_read_timeout(limits.keepalive_timeout + limits.header_read_timeout)
             .max_header_size(self.shared.limits.max_header_size)
             .max_buf_size(self.shared.limits.max_header_size.max(400 * 1024))
             .keep_alive(true);
@@ -222,23 +228,26 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         self.serve(io, client, false, drain).await;
     }
 
-    /// Serve a TCP connection; a client too slow to send a request head gets
-    /// `408 Request Timeout` before the connection closes.
-    pub(crate) async fn serve_tcp(
+    /// Serve an HTTP/1.1 connection until it closes; a client too slow to
+    /// send a request head gets `408 Request Timeout` before the close.
+    pub(crate) async fn serve<I>(
         &self,
-        stream: SendTimeout<tokio::net::TcpStream>,
+        io: I,
         client: Option<SocketAddr>,
+        tls: bool,
         drain: watch::Receiver<bool>,
-    ) {
-        let notice = crate::io::TimeoutNotice::for_stream(stream.get_ref());
-        if self.serve(stream, client, false, drain).await {
-            notice.send();
+    ) where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (io, slot) = crate::io::Reclaim::new(io);
+        if self.serve_h1(io, client, tls, drain).await {
+            crate::io::send_request_timeout(&slot).await;
         }
     }
 
     /// Serve until the connection closes; `true` when it ended because the
     /// client was too slow to send a request head.
-    async fn serve<I>(
+    async fn serve_h1<I>(
         &self,
         io: I,
         client: Option<SocketAddr>,
@@ -249,25 +258,29 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let proxy = self.clone();
-        // The guard watches the raw bytes for framing hyper would smooth over;
-        // the service counts requests to find the one it flagged.
-        let verdicts = crate::framing::Verdicts::new();
-        let io = crate::framing::FramingGuard::new(
-            io,
-            self.shared.limits.max_header_size,
-            Arc::clone(&verdicts),
-        );
-        let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // The guard watches the raw bytes for framing hyper would smooth over
+        // and keeps the quiet connection's clocks; the service counts requests
+        // to find the one it flagged, and tells it which are in flight.
+        let watch = ConnWatch::new(&self.shared.limits);
+        let io = FramingGuard::new(io, Arc::clone(&watch));
+        let service_watch = Arc::clone(&watch);
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let proxy = proxy.clone();
-            let index = served.fetch_add(1, Ordering::Relaxed);
-            if verdicts.is_bad(index) {
-                req.extensions_mut()
-                    .insert(crate::framing::AmbiguousFraming(
-                        "conflicting Content-Length / Transfer-Encoding",
-                    ));
+            let watch = Arc::clone(&service_watch);
+            let index = watch.begin();
+            if watch.is_bad(index) {
+                req.extensions_mut().insert(AmbiguousFraming(
+                    "conflicting Content-Length / Transfer-Encoding",
+                ));
             }
-            async move { Ok::<_, Infallible>(proxy.handle_from(req, client, tls).await) }
+            let upgrade = req.headers().contains_key(http::header::UPGRADE);
+            async move {
+                let resp = proxy.handle_from(req, client, tls).await;
+                if upgrade && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                    watch.not_upgraded(index);
+                }
+                Ok::<_, Infallible>(resp.map(|b| Answered::new(b, watch)))
+            }
         });
         let conn = self
             .http1_builder()
@@ -282,17 +295,14 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             }
             tokio::select! {
                 r = conn.as_mut() => {
-                    return match r {
-                        Ok(()) => false,
-                        Err(e) if e.is_timeout() => {
-                            tracing::debug!(?client, "request head too slow");
-                            true
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, ?client, "downstream connection ended with an error");
-                            false
-                        }
-                    };
+                    let slow_head = watch.head_timed_out()
+                        || r.as_ref().is_err_and(|e| e.is_timeout()) && watch.in_partial_head();
+                    if slow_head {
+                        tracing::debug!(?client, "request head too slow");
+                    } else if let Err(e) = r {
+                        tracing::debug!(error = %e, ?client, "downstream connection ended with an error");
+                    }
+                    return slow_head;
                 }
                 changed = drain.changed(), if !draining => {
                     if changed.is_err() {
