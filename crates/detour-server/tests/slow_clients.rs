@@ -268,3 +268,36 @@ async fn an_http2_stream_whose_window_stays_shut_is_reset_and_the_connection_ser
     let failures = p.recorder.0.lock().unwrap().iter().filter(|o| o.1).count();
     assert_eq!(failures, 0);
 }
+
+#[tokio::test]
+async fn a_tunnel_whose_client_stops_reading_is_closed() {
+    // A WebSocket-style tunnel to an echoing backend: the client keeps
+    // sending and never reads, so the echo piles up towards it.
+    let echo = Upstream::start(Behavior::upgrade()).await.unwrap();
+    let mut c = config();
+    c.limits.send_timeout = Duration::from_secs(1);
+    let p = start(&[echo.addr()], c);
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(p.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let started = Instant::now();
+    // Writing fails once the proxy closes the tunnel (the kernel buffers
+    // fill both ways first, so this takes a few megabytes).
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if s.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the tunnel was never closed");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    tokio::time::timeout(Duration::from_secs(2), p.proxy.tunnels_closed())
+        .await
+        .expect("the tunnel ended");
+}
