@@ -501,8 +501,10 @@ pub(crate) struct FramingGuard<I> {
     inner: I,
     watch: Arc<ConnWatch>,
     timer: Option<Pin<Box<Sleep>>>,
-    /// What the timer is set for, and when it fires.
-    armed: Option<(Wait, Instant)>,
+    /// When `timer` fires, while it is set.
+    timer_at: Option<Instant>,
+    /// When the idle period in progress runs out.
+    idle_due: Option<Instant>,
 }
 
 impl<I> FramingGuard<I> {
@@ -511,7 +513,8 @@ impl<I> FramingGuard<I> {
             inner,
             watch,
             timer: None,
-            armed: None,
+            timer_at: None,
+            idle_due: None,
         }
     }
 
@@ -519,32 +522,42 @@ impl<I> FramingGuard<I> {
     /// an end of input for an idle one, a `TimedOut` error for a slow head.
     fn poll_quiet(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let wait = self.watch.waiting();
-        let due = match (wait, self.armed) {
-            (Wait::Busy, _) => {
-                self.armed = None;
+        let due = match wait {
+            Wait::Busy => {
+                self.idle_due = None;
                 return Poll::Pending;
             }
             // An idle period counts from its first quiet read.
-            (Wait::Idle, Some((Wait::Idle, due))) => due,
-            (Wait::Idle, _) => Instant::now() + self.watch.keepalive,
-            (Wait::Head(since), _) => since + self.watch.head_timeout,
+            Wait::Idle => *self
+                .idle_due
+                .get_or_insert_with(|| Instant::now() + self.watch.keepalive),
+            Wait::Head(since) => since + self.watch.head_timeout,
         };
-        if self.armed != Some((wait, due)) {
-            self.armed = Some((wait, due));
-            match self.timer.as_mut() {
-                Some(t) => t.as_mut().reset(due),
-                // Boxed once per connection, at its first quiet read.
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+        loop {
+            // The timer is only ever moved earlier here. One still set for an
+            // earlier wait fires early and is set again: one timer update per
+            // idle period rather than one per request.
+            if self.timer_at.is_none_or(|at| at > due) {
+                self.timer_at = Some(due);
+                match self.timer.as_mut() {
+                    Some(t) => t.as_mut().reset(due),
+                    // Boxed once per connection, at its first quiet read.
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+                }
+            }
+            let fired = self
+                .timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+            if !fired {
+                return Poll::Pending;
+            }
+            self.timer_at = None;
+            if Instant::now() >= due {
+                break;
             }
         }
-        let fired = self
-            .timer
-            .as_mut()
-            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-        if !fired {
-            return Poll::Pending;
-        }
-        self.armed = None;
+        self.idle_due = None;
         if wait == Wait::Idle {
             tracing::trace!("keep-alive connection idle for keepalive_timeout; closing");
             return Poll::Ready(Ok(()));
@@ -570,7 +583,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
                 let read = &buf.filled()[before..];
                 if !read.is_empty() {
                     me.watch.feed(read);
-                    me.armed = None;
+                    me.idle_due = None;
                 }
                 Poll::Ready(Ok(()))
             }
