@@ -715,3 +715,74 @@ fn huge_durations_never_reach_the_running_proxy() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_file_without_routes_is_refused_unless_asked_for() {
+    let e = Config::from_toml("", None).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("routes"), "{e}");
+    let e = Config::from_toml("[server]\nlisten = [\"127.0.0.1:0\"]\n", None).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("routes"), "{e}");
+    let c = Config::from_toml("allow_no_routes = true\n", None).unwrap();
+    assert!(c.routes.is_empty());
+}
+
+#[test]
+fn retry_policies_inherit_key_by_key() {
+    let text = r#"
+[server.retry]
+max_retries = 1
+base_delay = "7ms"
+budget_ratio = 0.5
+[upstreams.a]
+backends = [{ addr = "127.0.0.1:1" }]
+retry = { base_delay = "20ms" }
+[upstreams.b]
+backends = [{ addr = "127.0.0.1:2" }]
+[[routes]]
+path_prefix = "/a"
+upstream = "a"
+retry = { max_delay = "1s" }
+[[routes]]
+upstream = "b"
+"#;
+    let c = Config::from_toml(text, None).unwrap();
+    let a = &c.upstreams["a"].retry;
+    assert_eq!(a.max_retries, 1, "from [server.retry]");
+    assert_eq!(
+        a.base_delay,
+        std::time::Duration::from_millis(20),
+        "its own"
+    );
+    assert_eq!(a.budget_ratio, 0.5, "the budget too");
+    let b = &c.upstreams["b"].retry;
+    assert_eq!((b.max_retries, b.base_delay.as_millis()), (1, 7));
+    let route = c.routes[0].retry.as_ref().unwrap();
+    assert_eq!(route.max_retries, 1, "from the upstream, from the server");
+    assert_eq!(
+        route.base_delay,
+        std::time::Duration::from_millis(20),
+        "the upstream's"
+    );
+    assert_eq!(
+        route.max_delay,
+        std::time::Duration::from_secs(1),
+        "its own"
+    );
+}
+
+#[test]
+fn a_route_cannot_carry_a_retry_budget() {
+    let text = r#"
+[upstreams.a]
+backends = [{ addr = "127.0.0.1:1" }]
+[[routes]]
+upstream = "a"
+retry = { max_retries = 2, budget_ratio = 0.5 }
+"#;
+    let e = Config::from_toml(text, None).unwrap_err();
+    assert_eq!(
+        e.field.as_deref(),
+        Some("routes[0].retry.budget_ratio"),
+        "{e}"
+    );
+}

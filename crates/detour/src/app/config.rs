@@ -28,6 +28,11 @@ use super::routes::HostPattern;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Accept a file without `[[routes]]` (every request then gets 404):
+    /// an explicit opt-in, since an empty file is far more often a mistake.
+    /// Default false. A reload never removes every route of a running
+    /// configuration, whatever this says.
+    pub allow_no_routes: bool,
     /// `[server]`.
     pub server: ServerConfig,
     /// `[admin]`.
@@ -180,8 +185,9 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// The upstream's name.
     pub upstream: String,
-    /// Replaces the upstream's retry policy for this route (keys as in
-    /// `[upstreams.NAME.retry]`, without the budget).
+    /// This route's retry policy: keys as in `[upstreams.NAME.retry]`, each
+    /// one not written taken from the upstream's policy (loaded from a
+    /// file). The budget is the upstream's: `budget_*` keys are refused here.
     pub retry: Option<RetryPolicy>,
     /// Replaces the upstream's per-attempt timeouts for this route.
     pub timeouts: Option<PeerOptions>,
@@ -210,12 +216,22 @@ impl Config {
     ///
     /// # Errors
     /// A [`ConfigError`] naming the file, line and field at fault.
+    ///
+    /// Retry policies are inherited key by key: `[server.retry]` is the base
+    /// of every `[upstreams.NAME.retry]`, and an upstream's policy the base
+    /// of each of its routes' `retry`.
     pub fn from_toml(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
         let attach = |e: ConfigError| match file {
             Some(f) => e.in_file(f),
             None => e,
         };
-        let config: Config = toml::from_str(text).map_err(|e| attach(toml_error(text, &e)))?;
+        // Parsed as written first, so errors point at the line at fault.
+        let _: Config = toml::from_str(text).map_err(|e| attach(toml_error(text, &e)))?;
+        let mut doc: toml::Table =
+            toml::from_str(text).map_err(|e| attach(toml_error(text, &e)))?;
+        inherit_retry(&mut doc).map_err(attach)?;
+        let config = Config::deserialize(doc)
+            .map_err(|e| attach(ConfigError::field("retry", e.message().to_string())))?;
         config.validate().map_err(attach)
     }
 
@@ -242,10 +258,11 @@ impl Config {
         for (name, up) in &self.upstreams {
             up.validate(name)?;
         }
-        if self.routes.is_empty() && !self.upstreams.is_empty() {
+        if self.routes.is_empty() && !self.allow_no_routes {
             return Err(ConfigError::field(
                 "routes",
-                "at least one [[routes]] entry is needed to send traffic to an upstream",
+                "no [[routes]]: every request would get 404 (add a route, or set \
+                 allow_no_routes = true to start without any)",
             ));
         }
         self.validate_routes()?;
@@ -305,5 +322,74 @@ impl Config {
             policy.idempotency_key = k;
         }
         Arc::new(policy)
+    }
+}
+
+/// Keys of a retry table that configure the upstream's retry budget.
+fn is_budget_key(key: &str) -> bool {
+    key.starts_with("budget_")
+}
+
+/// Fill each retry table of `doc` from its base, key by key: `[server.retry]`
+/// → `[upstreams.NAME.retry]` → `[[routes]] retry` (the route's upstream's).
+///
+/// # Errors
+/// A route's `retry` with a `budget_*` key: the budget is the upstream's.
+fn inherit_retry(doc: &mut toml::Table) -> Result<(), ConfigError> {
+    let server = doc
+        .get("server")
+        .and_then(|s| s.get("retry"))
+        .and_then(toml::Value::as_table)
+        .cloned()
+        .unwrap_or_default();
+    let mut effective = BTreeMap::new();
+    if let Some(ups) = doc.get_mut("upstreams").and_then(toml::Value::as_table_mut) {
+        for (name, up) in ups.iter_mut() {
+            let Some(up) = up.as_table_mut() else {
+                continue;
+            };
+            let retry = up
+                .entry("retry")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let Some(retry) = retry.as_table_mut() {
+                fill_missing(retry, &server, |_| true);
+                effective.insert(name.clone(), retry.clone());
+            }
+        }
+    }
+    let Some(routes) = doc.get_mut("routes").and_then(toml::Value::as_array_mut) else {
+        return Ok(());
+    };
+    for (i, route) in routes.iter_mut().enumerate() {
+        let Some(route) = route.as_table_mut() else {
+            continue;
+        };
+        let base = route
+            .get("upstream")
+            .and_then(toml::Value::as_str)
+            .and_then(|u| effective.get(u))
+            .cloned()
+            .unwrap_or_default();
+        let Some(retry) = route.get_mut("retry").and_then(toml::Value::as_table_mut) else {
+            continue;
+        };
+        if let Some(key) = retry.keys().find(|k| is_budget_key(k)) {
+            return Err(ConfigError::field(
+                format!("routes[{i}].retry.{key}"),
+                "a route has no retry budget of its own: its retries are paid from its \
+                 upstream's (set it in [upstreams.NAME.retry])",
+            ));
+        }
+        fill_missing(retry, &base, |k| !is_budget_key(k));
+    }
+    Ok(())
+}
+
+/// Copy into `table` each key of `base` it lacks and `wanted` accepts.
+fn fill_missing(table: &mut toml::Table, base: &toml::Table, wanted: impl Fn(&str) -> bool) {
+    for (k, v) in base {
+        if wanted(k) && !table.contains_key(k) {
+            table.insert(k.clone(), v.clone());
+        }
     }
 }

@@ -171,9 +171,18 @@ impl Running {
     /// Swap in `config` (see [`reload`](Self::reload)).
     ///
     /// # Errors
-    /// The configuration is invalid; nothing changes.
+    /// The configuration is invalid, or it would remove every route; nothing
+    /// changes.
     pub async fn reload_from(&mut self, config: &Config) -> Result<u64, ConfigError> {
         let config = &config.clone().validate()?;
+        // An emptied file (a truncating editor, a failed deploy) must not turn
+        // a serving site into 404s.
+        if config.routes.is_empty() && !self.app.current().routes.is_empty() {
+            return Err(ConfigError::field(
+                "routes",
+                "the new configuration has no [[routes]]: a reload never removes every route",
+            ));
+        }
         let generation = self.app.current().generation + 1;
         let state = build_state(config, generation, self.events.clone())?;
         // Every certificate file is read before any is swapped in: a bad one
