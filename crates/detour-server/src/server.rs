@@ -446,6 +446,11 @@ fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
             socket.bind(*addr)?;
             socket.listen(4096)
         })
+        .zip(addrs)
+        .map(|(bound, addr)| {
+            bound
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        })
         .collect()
 }
 

@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// `--version`: the package version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DETOUR_COMMIT"), ")");
 use detour::app::{self, config::LogFormat, Config};
 
 /// A reverse proxy that routes around failed backends.
@@ -21,7 +24,12 @@ use detour::app::{self, config::LogFormat, Config};
 /// the configuration and the TLS certificates (an invalid file is refused
 /// and the old one keeps serving).
 #[derive(Debug, Parser)]
-#[command(name = "detour", version, about, long_about)]
+#[command(
+    name = "detour",
+    version = VERSION,
+    about = "A reverse proxy that routes around failed backends.",
+    long_about
+)]
 struct Cli {
     /// The configuration file.
     #[arg(short = 'c', long = "config", value_name = "FILE")]

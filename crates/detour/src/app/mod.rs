@@ -118,7 +118,15 @@ pub fn start(
         let rt = handle
             .services_runtime()
             .ok_or("the server has no services runtime")?;
-        let listener = std::net::TcpListener::bind(config.admin.listen)?;
+        let listener = std::net::TcpListener::bind(config.admin.listen).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot bind the admin listener to {}: {e}",
+                    config.admin.listen
+                ),
+            )
+        })?;
         listener.set_nonblocking(true)?;
         admin_addr = Some(listener.local_addr()?);
         let guard = admin::Guard::new(config.admin.token.as_deref(), &config.admin.allowed_hosts);
