@@ -56,7 +56,9 @@ impl HostPattern {
     pub fn matches(&self, host: Option<&str>) -> bool {
         // `example.com.` names the same host as `example.com`: without this, a
         // trailing dot slips past a host route to the next (catch-all) route.
-        let host = host.map(strip_port).map(|h| h.strip_suffix('.').unwrap_or(h));
+        let host = host
+            .map(strip_port)
+            .map(|h| h.strip_suffix('.').unwrap_or(h));
         match (self, host) {
             (HostPattern::Any, _) => true,
             (_, None) => false,
