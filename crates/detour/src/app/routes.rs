@@ -51,9 +51,14 @@ impl HostPattern {
         Ok(HostPattern::Exact(s))
     }
 
-    /// Whether `host` (as sent, maybe with a port) matches.
+    /// Whether `host` (as sent, maybe with a port, maybe a fully qualified
+    /// name with its trailing dot) matches.
     pub fn matches(&self, host: Option<&str>) -> bool {
-        let host = host.map(strip_port);
+        // `example.com.` names the same host as `example.com`: without this, a
+        // trailing dot slips past a host route to the next (catch-all) route.
+        let host = host
+            .map(strip_port)
+            .map(|h| h.strip_suffix('.').unwrap_or(h));
         match (self, host) {
             (HostPattern::Any, _) => true,
             (_, None) => false,
@@ -157,6 +162,11 @@ mod tests {
         assert!(sfx.matches(Some("A.B.Example.com:443")));
         assert!(!sfx.matches(Some("example.com")));
         assert!(!sfx.matches(Some("badexample.com")));
+        // A fully qualified name with its trailing dot is the same host.
+        assert!(exact.matches(Some("api.example.com.")));
+        assert!(exact.matches(Some("API.example.com.:8080")));
+        assert!(sfx.matches(Some("a.example.com.")));
+        assert!(!exact.matches(Some("api.example.com..")));
         assert!(HostPattern::parse("").is_err());
         assert!(HostPattern::parse("a*.com").is_err());
         assert!(HostPattern::parse("*.").is_err());
