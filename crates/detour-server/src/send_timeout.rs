@@ -30,6 +30,8 @@ use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -199,14 +201,35 @@ pub(crate) fn body_idle() {
 /// The executor of downstream HTTP/2 streams: each stream's task is watched
 /// for a client that stopped taking that stream's bytes (see the module
 /// docs), and dropped — resetting the stream — after the send timeout.
-#[derive(Debug, Clone, Copy)]
+///
+/// It also counts its connection's live streams, so a connection without
+/// any can be closed once idle for the keep-alive timeout.
+#[derive(Debug, Clone)]
 pub(crate) struct StreamExec {
     send_timeout: Duration,
+    live: Arc<AtomicUsize>,
 }
 
 impl StreamExec {
     pub(crate) fn new(send_timeout: Duration) -> Self {
-        StreamExec { send_timeout }
+        StreamExec {
+            send_timeout,
+            live: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Streams of the connection running now.
+    pub(crate) fn live_streams(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one live stream while held.
+struct LiveStream(Arc<AtomicUsize>);
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -217,7 +240,10 @@ where
 {
     fn execute(&self, fut: F) {
         let timeout = self.send_timeout;
+        self.live.fetch_add(1, Ordering::Relaxed);
+        let live = LiveStream(Arc::clone(&self.live));
         tokio::spawn(async move {
+            let _live = live;
             let mut fut = std::pin::pin!(fut);
             let mut timer = StallTimer::new(timeout);
             std::future::poll_fn(|cx| {

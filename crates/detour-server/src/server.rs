@@ -17,7 +17,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::{ConfigError, RuntimeModel, ServerConfig};
 use crate::listener::ListenSpec;
-use crate::proxy::HttpProxy;
+use crate::proxy::{ConnSlot, HttpProxy};
 use crate::tls::ServerTls;
 use crate::upstream::{Connect, Services, Upstream};
 
@@ -498,8 +498,10 @@ async fn worker<P: ProxyHttp, C: Connect>(
                 let proxy = proxy.clone();
                 let drain = drain_rx.clone();
                 conns.spawn(async move {
-                    proxy.serve_accepted(stream, Some(peer), drain, &spec).await;
-                    drop(permit);
+                    // Shared with a tunnel the connection may turn into, which
+                    // keeps the place after the HTTP connection ends.
+                    let slot = ConnSlot::new(Arc::new(permit));
+                    proxy.serve_accepted(stream, Some(peer), drain, &spec, slot).await;
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}

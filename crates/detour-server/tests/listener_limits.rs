@@ -177,3 +177,110 @@ async fn the_framing_guard_watches_on_after_an_upgrade_that_did_not_happen() {
         "the second request never reached the backend"
     );
 }
+
+#[tokio::test]
+async fn an_upgraded_tunnel_keeps_its_connection_slot() {
+    let echo = Upstream::start(Behavior::upgrade()).await.unwrap();
+    let mut c = config();
+    c.limits.max_connections = 2;
+    let p = start(&[echo.addr()], c);
+    let upgrade = b"GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let mut t = RawConnection::connect(p.addr()).await.unwrap();
+        t.send(upgrade).await.unwrap();
+        assert_eq!(t.read_response_head().await.unwrap().status, 101);
+        tunnels.push(t);
+    }
+    // Both places are the tunnels': a third client waits in the backlog.
+    let mut third = RawConnection::connect(p.addr()).await.unwrap();
+    third
+        .send(b"GET / HTTP/1.1\r\nhost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(700), third.read_response_head()).await;
+    assert!(waited.is_err(), "served while two tunnels held both places");
+    // A tunnel ends: its place goes to the waiting client.
+    drop(tunnels.pop());
+    let head = tokio::time::timeout(Duration::from_secs(5), third.read_response_head())
+        .await
+        .expect("served once a tunnel ended")
+        .unwrap();
+    assert_eq!(head.status, 200);
+}
+
+#[tokio::test]
+async fn a_tunnel_whose_backend_stops_reading_is_closed() {
+    // The backend answers 101 and then never reads a byte.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(s);
+    });
+    let up = support::upstream(
+        "app",
+        &[backend],
+        "timeouts = { idle_timeout = \"500ms\", read_timeout = \"500ms\" }",
+    );
+    let proxy = detour_server::HttpProxy::builder(support::Selecting { up })
+        .config(config())
+        .build();
+    let handle = detour_server::Server::new(config())
+        .start(proxy.clone())
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(handle.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if s.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the tunnel was never closed");
+    tokio::time::timeout(Duration::from_secs(2), proxy.tunnels_closed())
+        .await
+        .expect("the tunnel ended");
+}
+
+#[tokio::test]
+async fn an_http2_connection_without_streams_closes_after_keepalive_timeout() {
+    let a = Upstream::start(Behavior::ok()).await.unwrap();
+    let mut c = config();
+    c.listen = Vec::new();
+    c.listeners = vec![ListenerConfig::new(local()).with_protocols(&[AppProtocol::H2])];
+    c.limits.keepalive_timeout = Duration::from_millis(400);
+    let p = start(&[a.addr()], c.validate().unwrap());
+    // Silent from the start: not even the preface.
+    let mut silent = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "a silent HTTP/2 connection stays open");
+    assert!(started.elapsed() >= Duration::from_millis(350));
+    // One request, then quiet: the connection goes away too (GOAWAY).
+    let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::get("http://h/").body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    let done = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(done.is_ok(), "an idle HTTP/2 connection stays open");
+}

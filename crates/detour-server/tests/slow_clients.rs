@@ -301,3 +301,44 @@ async fn a_tunnel_whose_client_stops_reading_is_closed() {
         .await
         .expect("the tunnel ended");
 }
+
+#[tokio::test]
+async fn a_backend_that_gives_up_on_a_slow_upload_is_not_charged() {
+    // Two backends that read the head, wait 1 s for the body and close (a
+    // backend's own body timeout).
+    let mut addrs = Vec::new();
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        let heads = std::sync::Arc::clone(&heads);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let heads = std::sync::Arc::clone(&heads);
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 1024];
+                    if s.read(&mut buf).await.unwrap_or(0) > 0 {
+                        heads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                });
+            }
+        });
+    }
+    let p = start(&addrs, config());
+    // 1 byte every 0.25 s: far below client_body_min_rate (500 B/s).
+    let mut client = trickle(p.addr(), 100, 12, Duration::from_millis(250)).await;
+    let r = tokio::time::timeout(Duration::from_secs(10), client.read_response())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 408);
+    assert_eq!(
+        heads.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "not retried on the other backend"
+    );
+    let failures = p.recorder.0.lock().unwrap().iter().filter(|o| o.1).count();
+    assert_eq!(failures, 0, "not charged to the backend that gave up");
+}

@@ -141,6 +141,9 @@ pub(crate) struct ClientClock {
     /// Nanoseconds from `base` to the start of the wait in progress, plus one
     /// (0: not waiting).
     since: AtomicU64,
+    /// Nanoseconds from `base` from which the client, still silent, has
+    /// fallen behind `client_body_min_rate` (u64::MAX: never).
+    behind_from: AtomicU64,
 }
 
 impl ClientClock {
@@ -149,6 +152,7 @@ impl ClientClock {
             base,
             waited: AtomicU64::new(0),
             since: AtomicU64::new(0),
+            behind_from: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -167,6 +171,23 @@ impl ClientClock {
             let waited = self.nanos(at).saturating_sub(since - 1);
             self.waited.fetch_add(waited, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the attempt is waiting for the client's body now, and the
+    /// client has fallen behind `client_body_min_rate`: an upstream failure
+    /// at such a moment is the slow client's doing (a backend's own body
+    /// timeout), not the backend's. A client keeping up with the rate is
+    /// never behind, so a backend that fails under a healthy upload is still
+    /// charged.
+    pub(crate) fn slow_client_waited_on(&self) -> bool {
+        self.since.load(Ordering::Relaxed) != 0
+            && self.nanos(Instant::now()) >= self.behind_from.load(Ordering::Relaxed)
+    }
+
+    /// From `at` on, the client has `allowance` left before it is behind.
+    fn behind_after(&self, at: Instant, allowance: Option<Duration>) {
+        let from = allowance.map_or(u64::MAX, |a| self.nanos(at + a));
+        self.behind_from.store(from, Ordering::Relaxed);
     }
 
     /// All the time spent waiting for the client up to `now`.
@@ -214,6 +235,7 @@ impl ClientWait {
             self.since = Some(now);
             if let Some(c) = clock {
                 c.start(now);
+                c.behind_after(now, self.slack());
             }
             let mut allowed = self.limits.timeout;
             if self.limits.min_rate != 0 {
@@ -256,6 +278,19 @@ impl ClientWait {
             let earned = Duration::from_secs_f64(bytes as f64 / self.limits.min_rate as f64);
             self.allowance = (self.allowance + earned).min(self.limits.window);
         }
+    }
+
+    /// How much more waiting the client may cost before it counts as behind
+    /// the minimum rate: more than half a second short of a full allowance,
+    /// which a client keeping up with the rate never is (`None`: no rate).
+    fn slack(&self) -> Option<Duration> {
+        (self.limits.min_rate != 0).then(|| {
+            let threshold = self
+                .limits
+                .window
+                .saturating_sub(Duration::from_millis(500));
+            self.allowance.saturating_sub(threshold)
+        })
     }
 }
 

@@ -22,8 +22,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use super::HttpProxy;
+use super::{ConnSlot, HttpProxy};
 use crate::listener::ListenSpec;
 use crate::send_timeout::{SendTimeout, StreamExec};
 use crate::tls::ALPN_H2;
@@ -50,17 +51,29 @@ where
 }
 
 /// Drive `conn` to its end; when `drain` turns true (or the server goes
-/// away), shut it down gracefully (HTTP/2: GOAWAY) and let it finish.
+/// away), or when the connection has had no stream for `idle` (per
+/// `streams`), shut it down gracefully (HTTP/2: GOAWAY) and let it finish.
+/// A client that never opens a stream (nor even sends the preface) is closed
+/// the same way.
 async fn run_until_drained<F, E>(
     conn: F,
     mut drain: watch::Receiver<bool>,
     client: Option<SocketAddr>,
+    streams: StreamExec,
+    idle: Duration,
 ) where
     F: Graceful<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
     let mut draining = false;
+    // Checked a few times per idle period: it closes between `idle` and
+    // 1.25 × `idle` after the last stream ended.
+    let tick = (idle / 4).max(Duration::from_millis(10));
+    let mut quiet_since = Some(Instant::now());
+    // When the connection was asked to close for being idle.
+    let mut idle_closing: Option<Instant> = None;
+    let mut next_check = Instant::now() + tick;
     loop {
         if !draining && *drain.borrow_and_update() {
             draining = true;
@@ -79,6 +92,25 @@ async fn run_until_drained<F, E>(
                     conn.as_mut().shutdown();
                 }
             }
+            () = tokio::time::sleep_until(next_check), if !draining || idle_closing.is_some() => {
+                let now = Instant::now();
+                next_check = now + tick;
+                if let Some(at) = idle_closing {
+                    // A connection still in its handshake cannot be sent a
+                    // GOAWAY: a client that never sent the preface is dropped.
+                    if now - at >= idle {
+                        tracing::debug!(?client, "HTTP/2 connection did not close after GOAWAY; dropping it");
+                        return;
+                    }
+                } else if streams.live_streams() > 0 {
+                    quiet_since = None;
+                } else if now - *quiet_since.get_or_insert(now) >= idle {
+                    tracing::debug!(?client, "HTTP/2 connection idle for keepalive_timeout; closing");
+                    draining = true;
+                    idle_closing = Some(now);
+                    conn.as_mut().shutdown();
+                }
+            }
         }
     }
 }
@@ -91,19 +123,20 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         client: Option<SocketAddr>,
         drain: watch::Receiver<bool>,
         spec: &ListenSpec,
+        place: ConnSlot,
     ) {
         // Every connection, under TLS too, ends when its client stops taking
         // bytes for the send timeout.
         let stream = SendTimeout::new(stream, self.shared.limits.send_timeout);
         match (&spec.tls, spec.h1, spec.h2) {
-            (None, true, false) => self.serve(stream, client, false, drain).await,
+            (None, true, false) => self.serve(stream, client, false, drain, Some(place)).await,
             (None, false, _) => self.serve_h2(stream, client, false, drain).await,
             (None, true, true) => {
                 let timeout = self.shared.limits.header_read_timeout;
                 if sends_h2_preface(stream.get_ref(), timeout).await {
                     self.serve_h2(stream, client, false, drain).await;
                 } else {
-                    self.serve(stream, client, false, drain).await;
+                    self.serve(stream, client, false, drain, Some(place)).await;
                 }
             }
             (Some(tls), _, _) => {
@@ -125,7 +158,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 if alpn_h2 || !spec.h1 {
                     self.serve_h2(tls_stream, client, true, drain).await;
                 } else {
-                    self.serve(tls_stream, client, true, drain).await;
+                    self.serve(tls_stream, client, true, drain, Some(place))
+                        .await;
                 }
             }
         }
@@ -135,13 +169,6 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// that stopped reading it).
     fn stream_exec(&self) -> StreamExec {
         StreamExec::new(self.shared.limits.send_timeout)
-    }
-
-    /// The downstream HTTP/2 settings for this proxy.
-    fn http2_builder(&self) -> http2::Builder<StreamExec> {
-        let mut b = http2::Builder::new(self.stream_exec());
-        self.apply_http2(&mut b);
-        b
     }
 
     fn apply_http2(&self, b: &mut http2::Builder<StreamExec>) {
@@ -171,10 +198,12 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle_from(req, client, tls).await) }
         });
-        let conn = self
-            .http2_builder()
-            .serve_connection(TokioIo::new(io), service);
-        run_until_drained(conn, drain, client).await;
+        let exec = self.stream_exec();
+        let mut builder = http2::Builder::new(exec.clone());
+        self.apply_http2(&mut builder);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let idle = self.shared.limits.keepalive_timeout;
+        run_until_drained(conn, drain, client, exec, idle).await;
     }
 }
 

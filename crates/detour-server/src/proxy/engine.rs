@@ -868,6 +868,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 } else {
                     sent
                 };
+                if !pump_done && progress.clock.slow_client_waited_on() {
+                    // The backend gave up while waiting for a body slower than
+                    // client_body_min_rate: its own body timeout, most likely.
+                    // The slow party is the client.
+                    let err = Error::downstream(ErrorKind::ClientTimeout)
+                        .context("the backend closed while waiting for a request body slower than client_body_min_rate")
+                        .cause(e.into_error())
+                        .never_retry();
+                    return Err(at(err, commit));
+                }
                 Err(at(classify_hyper(e.into_error()), commit))
             }
         }
@@ -941,9 +951,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                         let idle = peer.options.idle_timeout.max(peer.options.read_timeout);
                         let live = tunnel::Live::new(&sh.tunnels);
                         let hard_stop = sh.hard_stop.subscribe();
+                        let place = session.req().extensions.get::<tunnel::ConnSlot>().cloned();
                         tokio::spawn(async move {
                             tunnel::run(down, up, idle, hard_stop).await;
-                            drop(live);
+                            drop((live, place));
                         });
                     }
                     _ => {

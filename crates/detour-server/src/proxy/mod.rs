@@ -10,6 +10,8 @@ mod grpc;
 pub(crate) mod path;
 mod tunnel;
 
+pub(crate) use tunnel::ConnSlot;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,22 +227,25 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let io = SendTimeout::new(io, self.shared.limits.send_timeout);
-        self.serve(io, client, false, drain).await;
+        self.serve(io, client, false, drain, None).await;
     }
 
     /// Serve an HTTP/1.1 connection until it closes; a client too slow to
     /// send a request head gets `408 Request Timeout` before the close.
+    /// `place`: the connection's place under `max_connections`, which an
+    /// upgraded tunnel keeps.
     pub(crate) async fn serve<I>(
         &self,
         io: I,
         client: Option<SocketAddr>,
         tls: bool,
         drain: watch::Receiver<bool>,
+        place: Option<ConnSlot>,
     ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (io, slot) = crate::io::Reclaim::new(io);
-        if self.serve_h1(io, client, tls, drain).await {
+        if self.serve_h1(io, client, tls, drain, place).await {
             crate::io::send_request_timeout(&slot).await;
         }
     }
@@ -253,6 +258,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         client: Option<SocketAddr>,
         tls: bool,
         mut drain: watch::Receiver<bool>,
+        place: Option<ConnSlot>,
     ) -> bool
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -274,6 +280,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 ));
             }
             let upgrade = req.headers().contains_key(http::header::UPGRADE);
+            if let (true, Some(p)) = (upgrade, &place) {
+                req.extensions_mut().insert(p.clone());
+            }
             async move {
                 let resp = proxy.handle_from(req, client, tls).await;
                 if upgrade && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {

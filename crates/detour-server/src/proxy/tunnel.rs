@@ -2,8 +2,12 @@
 //!
 //! After a `101 Switching Protocols` the connection is no longer HTTP: bytes are
 //! copied both ways until either side closes, the tunnel is idle for longer than
-//! its idle timeout, or the server's shutdown grace period ends. Never pooled.
+//! its idle timeout (a write that cannot go out for that long counts as idle:
+//! a peer that stops reading does not hold the tunnel), or the server's
+//! shutdown grace period ends. Never pooled. A tunnel keeps its client's
+//! connection slot ([`ConnSlot`]) until it ends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
@@ -11,6 +15,21 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// A downstream connection's place under `max_connections`. The request
+/// that asks for an upgrade carries it, so the tunnel that outlives the HTTP
+/// connection keeps the place until it ends.
+#[derive(Clone)]
+pub(crate) struct ConnSlot {
+    /// Held for its drop: the place is given back when the last holder goes.
+    _place: Arc<dyn Send + Sync>,
+}
+
+impl ConnSlot {
+    pub(crate) fn new(place: Arc<dyn Send + Sync>) -> Self {
+        ConnSlot { _place: place }
+    }
+}
 
 /// Counts one live tunnel for as long as it is held, so a graceful drain can
 /// wait for tunnels as it waits for requests.
@@ -64,7 +83,7 @@ pub(crate) async fn run(
                 }
                 Ok(n) => {
                     last = Instant::now();
-                    if up.write_all(&dbuf[..n]).await.is_err() {
+                    if !write_within(&mut up, &dbuf[..n], idle).await {
                         break;
                     }
                 }
@@ -76,7 +95,7 @@ pub(crate) async fn run(
                 }
                 Ok(n) => {
                     last = Instant::now();
-                    if down.write_all(&ubuf[..n]).await.is_err() {
+                    if !write_within(&mut down, &ubuf[..n], idle).await {
                         break;
                     }
                 }
@@ -86,6 +105,25 @@ pub(crate) async fn run(
                 break;
             }
             _ = hard_stop.changed() => break,
+        }
+    }
+}
+
+/// Write `bytes` whole within `limit`: `false` when the peer failed or took
+/// none of them in time.
+async fn write_within<W: tokio::io::AsyncWrite + Unpin>(
+    to: &mut W,
+    bytes: &[u8],
+    limit: Duration,
+) -> bool {
+    match tokio::time::timeout(limit, to.write_all(bytes)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::debug!(
+                "upgraded tunnel: a peer took no bytes within the idle timeout; closing"
+            );
+            false
         }
     }
 }
