@@ -282,8 +282,10 @@ pub struct LimitsConfig {
     /// Largest request head in bytes (request line + headers); larger → 431.
     /// Default 64 KiB (at least 8 KiB).
     pub max_header_size: usize,
-    /// Largest request target (the URI as sent) in bytes; longer → 414.
-    /// Default 8 KiB; at most `max_header_size`.
+    /// Largest request target in bytes; longer → 414: on HTTP/1.1 the
+    /// target as sent on the request line, on HTTP/2 `:path` alone (its
+    /// `:authority` is a field, under `max_header_size`). Default 8 KiB; at
+    /// most `max_header_size`.
     pub max_uri_size: usize,
     /// Largest request body in bytes; larger → 413. 0 means unlimited (bodies
     /// stream through in constant memory). Default 0.

@@ -1,6 +1,7 @@
 //! Every message forwarded as the RFCs require, through real sockets:
 //! upgrades only to what was offered and allowed, framing never altered,
-//! bodies of every method, one exact Host, truthful forwarding headers, and
+//! bodies of every method, one exact Host, targets in the form their method
+//! takes, response lengths as one value, truthful forwarding headers, and
 //! Detour's own HTTP version towards its client.
 #![allow(clippy::unwrap_used)]
 
@@ -153,6 +154,14 @@ async fn request_transfer_codings_detour_cannot_pass_on_are_refused() {
         ),
         (
             "POST / HTTP/1.0\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
             400,
         ),
     ];
@@ -325,4 +334,235 @@ async fn trace_connect_and_long_targets() {
     let long = format!("GET /{} HTTP/1.1\r\nhost: h\r\n\r\n", "a".repeat(10_000));
     assert_eq!(send(p.addr(), &long).await.unwrap().status, 414);
     assert_eq!(a.requests(), 0);
+}
+
+/// The values of every field named `name`, in order.
+fn fields<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// The status of one HTTP/2 request on a fresh connection.
+async fn h2_status(addr: SocketAddr, req: http::Request<()>) -> u16 {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    resp.await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn a_host_that_is_not_host_and_port_is_refused() {
+    let a = up(Behavior::ok()).await;
+    let p = start(&[a.addr()], config());
+    for host in ["evil@admin.internal", "admin.internal/x", "a:80:80", ""] {
+        let raw = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
+        assert_eq!(send(p.addr(), &raw).await.unwrap().status, 400, "{host:?}");
+    }
+    let userinfo = "GET http://x@admin.internal/ HTTP/1.1\r\nhost: a\r\n\r\n";
+    assert_eq!(send(p.addr(), userinfo).await.unwrap().status, 400);
+    assert_eq!(a.requests(), 0);
+    let ipv6 = "GET / HTTP/1.1\r\nhost: [::1]:8080\r\n\r\n";
+    assert_eq!(send(p.addr(), ipv6).await.unwrap().status, 200);
+    assert_eq!(
+        a.received().pop().unwrap().header("host"),
+        Some("[::1]:8080")
+    );
+}
+
+#[tokio::test]
+async fn http2_authority_is_checked_and_compared_as_an_origin() {
+    let a = up(Behavior::ok()).await;
+    let p = start(&[a.addr()], h2_listener_config());
+    let req = http::Request::get("http://x@admin.internal/")
+        .body(())
+        .unwrap();
+    assert_eq!(h2_status(p.addr(), req).await, 400, "userinfo");
+    assert_eq!(a.requests(), 0);
+    // The same origin spelled otherwise: the backend gets :authority.
+    for host in ["A.Example", "a.example:80"] {
+        let req = http::Request::get("http://a.example/")
+            .header("host", host)
+            .body(())
+            .unwrap();
+        assert_eq!(h2_status(p.addr(), req).await, 200, "{host}");
+        let seen = a.received().pop().unwrap();
+        assert_eq!(fields(&seen.headers, "host"), ["a.example"]);
+    }
+    let req = http::Request::get("http://a.example/")
+        .header("host", "a.example:8080")
+        .body(())
+        .unwrap();
+    assert_eq!(h2_status(p.addr(), req).await, 400, "another port");
+}
+
+#[tokio::test]
+async fn targets_in_the_wrong_form_and_folded_methods_are_refused() {
+    let a = up(Behavior::ok()).await;
+    let p = start(&[a.addr()], config());
+    for raw in [
+        "GET admin.internal:80 HTTP/1.1\r\nhost: h\r\n\r\n",
+        "DELETE * HTTP/1.1\r\nhost: h\r\n\r\n",
+    ] {
+        assert_eq!(send(p.addr(), raw).await.unwrap().status, 400, "{raw:?}");
+    }
+    for method in ["trace", "TrAcE", "connect"] {
+        let target = if method == "connect" { "h:443" } else { "/" };
+        let raw = format!("{method} {target} HTTP/1.1\r\nhost: h\r\n\r\n");
+        let r = send(p.addr(), &raw).await.unwrap();
+        assert_eq!(r.status, 405, "{method}");
+        assert!(r.header("allow").is_some(), "{method}");
+    }
+    assert_eq!(a.requests(), 0);
+    let options = "OPTIONS * HTTP/1.1\r\nhost: h\r\n\r\n";
+    assert_eq!(send(p.addr(), options).await.unwrap().status, 200);
+    let seen = a.received().pop().unwrap();
+    assert_eq!((seen.method.as_str(), seen.path.as_str()), ("OPTIONS", "*"));
+}
+
+#[tokio::test]
+async fn max_uri_size_counts_the_same_on_http11_and_http2() {
+    let a = up(Behavior::ok()).await;
+    let mut c = h2_listener_config();
+    c.limits.max_uri_size = 64;
+    c.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let p = start(&[a.addr()], c.validate().unwrap());
+    let (h1, h2) = (p.handle.addrs()[0], p.handle.addrs()[1]);
+    for (len, status) in [(64, 200), (65, 414)] {
+        let path = format!("/{}", "a".repeat(len - 1));
+        let raw = format!("GET {path} HTTP/1.1\r\nhost: h\r\n\r\n");
+        assert_eq!(send(h1, &raw).await.unwrap().status, status, "h1 {len}");
+        let req = http::Request::get(format!("http://a-long-authority.example{path}"))
+            .body(())
+            .unwrap();
+        assert_eq!(h2_status(h2, req).await, status, "h2 {len}");
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_response_length_reaches_the_client_as_one() {
+    for response in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello",
+    ] {
+        let p = start(&[raw_backend(response, true).await], config());
+        let r = send(p.addr(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(fields(&r.headers, "content-length"), ["5"]);
+        assert_eq!(r.body, b"hello");
+    }
+    // HEAD on HTTP/1.1: hyper writes no head with a list there.
+    let b = raw_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n", true).await;
+    let p = start(&[b], config());
+    let mut c = RawConnection::connect(p.addr()).await.unwrap();
+    c.send(b"HEAD / HTTP/1.1\r\nhost: h\r\n\r\n").await.unwrap();
+    let r = c.read_response_head().await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(fields(&r.headers, "content-length"), ["5"]);
+    // HTTP/2: the client would reset the stream (PROTOCOL_ERROR).
+    let b = raw_backend(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello",
+        true,
+    )
+    .await;
+    let p = start(&[b], h2_listener_config());
+    let tcp = TcpStream::connect(p.addr()).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::get("http://h/").body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], "5");
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, b"hello");
+}
+
+#[tokio::test]
+async fn response_lengths_that_differ_or_belong_to_no_body() {
+    let b = raw_backend(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+        true,
+    )
+    .await;
+    let p = start(&[b], config());
+    let r = send(p.addr(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502);
+    let b = raw_backend(
+        b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+        true,
+    )
+    .await;
+    let p = start(&[b], config());
+    let r = send(p.addr(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("content-length"), None);
+}
+
+#[tokio::test]
+async fn an_empty_or_doubled_response_chunked_is_refused() {
+    for response in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: \r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let p = start(&[raw_backend(response, true).await], config());
+        let r = send(p.addr(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 502);
+        let ps = r.header("proxy-status").unwrap();
+        assert!(ps.contains("error=http_response_transfer_coding"), "{ps}");
+    }
+}
+
+#[tokio::test]
+async fn upgrade_fields_are_one_list() {
+    let a = up(Behavior::upgrade()).await;
+    let p = start(&[a.addr()], config());
+    for offer in [
+        "upgrade: websocket\r\nupgrade: h2c",
+        "upgrade: h2c\r\nupgrade: websocket",
+    ] {
+        let raw = format!("GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\n{offer}\r\n\r\n");
+        let mut c = RawConnection::connect(p.addr()).await.unwrap();
+        c.send(raw.as_bytes()).await.unwrap();
+        let r = c.read_response_head().await.unwrap();
+        assert_eq!(r.status, 101, "{offer:?}");
+        let seen = a.received().pop().unwrap();
+        assert_eq!(fields(&seen.headers, "upgrade"), ["websocket"], "{offer:?}");
+    }
+    // A 101 whose second Upgrade field was not offered.
+    let b = raw_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nupgrade: h2c\r\n\r\n",
+        true,
+    )
+    .await;
+    let p = start(&[b], config());
+    let raw = "GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+    assert_eq!(send(p.addr(), raw).await.unwrap().status, 502);
+}
+
+#[tokio::test]
+async fn an_http10_upgrade_is_a_plain_request() {
+    let a = up(Behavior::upgrade()).await;
+    let p = start(&[a.addr()], config());
+    let raw = "GET / HTTP/1.0\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+    assert_eq!(send(p.addr(), raw).await.unwrap().status, 200);
+    let seen = a.received().pop().unwrap();
+    assert_eq!(seen.header("upgrade"), None);
 }

@@ -98,6 +98,8 @@ async fn refused_paths_get_400_before_any_hook() {
         "/a\\b",
         "/a%00",
         "/a%zz",
+        "/public/..;/admin",
+        "/public/%2e%2e;x/admin",
     ] {
         assert_eq!(status(handle.addr(), target).await, 400, "{target}");
     }

@@ -207,8 +207,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         // upstream all see the same one.
         let checked = forward::check_request(&parts, &sh.limits)
             .and_then(|len| path::normalize_target(&mut parts, sh.paths).map(|()| len));
-        let upgrade =
-            forward::filter_upgrade(&mut parts.headers, &sh.forwarding.config.upgrade_protocols);
+        let upgrade = forward::filter_upgrade(&mut parts, &sh.forwarding.config.upgrade_protocols);
         let down_upgrade = parts.extensions.remove::<OnUpgrade>().filter(|_| upgrade);
         self.prepare_head(&mut parts, upgrade);
         let mut session = Session::new(parts, client, started);
@@ -850,7 +849,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             Ok(resp) => {
                 progress.commit = CommitPoint::ResponseStarted;
                 let (mut head, body) = resp.into_parts();
-                forward::check_response_framing(&mut head.headers)
+                forward::check_response_framing(head.status, &mut head.headers)
                     .map_err(|e| at(e, CommitPoint::ResponseStarted))?;
                 Ok(AttemptOk {
                     head,

@@ -5,7 +5,8 @@
 //! §6.2.2.2), then dot segments are removed (§5.2.4, §6.2.2.3): in that
 //! order, so `/%2e%2e/` is a `..` segment and cannot slip past. Unlike
 //! §5.2.4, a `..` that would climb above `/` is refused rather than dropped:
-//! no honest client sends one. Escapes of other characters are kept byte for
+//! no honest client sends one. Nor a dot segment with parameters (`..;x`),
+//! which Tomcat and Jetty resolve as `..`. Escapes of other characters are kept byte for
 //! byte, hex case included (§6.2.2.1 allows upper-casing them, but a client
 //! that signed its path would no longer match). Envoy's `normalize_path`,
 //! `merge_slashes` and `path_with_escaped_slashes_action` are the model.
@@ -28,6 +29,7 @@ const BAD_ESCAPE: &str = "malformed percent-encoding in the path";
 const ENCODED_NUL: &str = "encoded NUL in the path";
 const ENCODED_SLASH: &str = "encoded slash or backslash in the path";
 const BACKSLASH: &str = "backslash in the path";
+const DOT_PARAMS: &str = "dot segment with parameters in the path";
 
 /// The path rules in effect, copied out of [`PathsConfig`] once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,8 +157,9 @@ impl PathPolicy {
         self.is_dot(&path[segment_start..])
     }
 
+    /// A dot segment, or one with parameters (see [`is_dot_with_params`]).
     fn is_dot(self, segment: &[u8]) -> bool {
-        self.normalize && matches!(segment, b"." | b"..")
+        self.normalize && (matches!(segment, b"." | b"..") || is_dot_with_params(segment))
     }
 
     /// Check every escape and decode those of unreserved characters. Borrows
@@ -213,6 +216,9 @@ impl PathPolicy {
         while let Some(segment) = segments.next() {
             let last = segments.peek().is_none();
             match segment {
+                s if self.normalize && is_dot_with_params(s.as_bytes()) => {
+                    return Err(DOT_PARAMS);
+                }
                 "." if self.normalize => {}
                 ".." if self.normalize => {
                     let Some(cut) = out.rfind('/') else {
@@ -237,6 +243,15 @@ impl PathPolicy {
         }
         Ok(out)
     }
+}
+
+/// `..;x` or `.;x`: a dot segment with path parameters. To RFC 3986 it is
+/// an ordinary segment, but Tomcat and Jetty drop `;params` before they
+/// resolve dot segments, so `/public/..;/admin` would be matched here under
+/// `/public` and served there as `/admin`. Refused, not resolved: no
+/// honest client sends one.
+fn is_dot_with_params(segment: &[u8]) -> bool {
+    matches!(segment, [b'.', b';', ..] | [b'.', b'.', b';', ..])
 }
 
 /// The byte two hex digits spell, if `pair` is two hex digits.
@@ -359,6 +374,22 @@ mod tests {
     }
 
     #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for p in [
+            "/public/..;/admin",
+            "/public/..;jsessionid=1/admin",
+            "/a/.;/b",
+            "/a/%2e%2e;/b",
+            "/a/..;",
+        ] {
+            assert_eq!(norm(p), Normalized::Refused(DOT_PARAMS), "{p}");
+        }
+        for p in ["/a/..x;/b", "/a/b;..", "/a/;../b", "/a/...;/b"] {
+            assert_eq!(norm(p), Normalized::Unchanged, "{p}");
+        }
+    }
+
+    #[test]
     fn slashes_backslashes_nul_and_bad_escapes_are_refused() {
         for (p, why) in [
             ("/a%2Fb", ENCODED_SLASH),
@@ -466,7 +497,7 @@ mod tests {
     fn paths() -> impl Strategy<Value = String> {
         let piece = prop::sample::select(vec![
             "/", ".", "..", "%2e", "%2E", "a", "%61", "%2F", "%20", "%25", "%", "\\", "b.", "~",
-            "%7E", "%c3%a9", "é",
+            "%7E", "%c3%a9", "é", ";",
         ]);
         prop::collection::vec(piece, 0..16).prop_map(|p| format!("/{}", p.concat()))
     }
@@ -496,6 +527,7 @@ mod tests {
             prop_assert!(out.starts_with('/'), "{}", out);
             for segment in out.split('/') {
                 prop_assert!(segment != "." && segment != "..", "{} from {}", out, path);
+                prop_assert!(!is_dot_with_params(segment.as_bytes()), "{} from {}", out, path);
             }
             prop_assert!(!out.to_ascii_lowercase().contains("%2e"), "{}", out);
             if policy.merge_slashes {
