@@ -79,6 +79,8 @@ async fn serves_reloads_on_sighup_and_drains_on_sigterm() {
             assert_eq!(answered_by(addr).await, a.addr().to_string());
         }
         while let Ok(line) = lines.try_recv() {
+            // Logs to a pipe carry no colour escapes.
+            assert!(!line.contains('\u{1b}'), "{line:?}");
             if line.contains("reload refused") && line.contains("routes") {
                 seen += 1;
             }

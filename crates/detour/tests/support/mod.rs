@@ -26,7 +26,6 @@ pub struct Detour {
 pub fn start(file: &Path) -> Detour {
     let mut child = Command::new(env!("CARGO_BIN_EXE_detour"))
         .args(["--config", file.to_str().unwrap()])
-        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
