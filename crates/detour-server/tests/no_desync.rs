@@ -779,3 +779,56 @@ fn accepted_requests_arrive_once_and_exactly_refused_ones_never() {
     eprintln!("{reached} requests reached the backend, {missing} were refused");
     assert!(reached > 0 && missing > 0, "the cases tried only one side");
 }
+
+/// A head over `max_header_size` (64 KiB by default) hides its framing from
+/// the guard, which stops following a head at that size; the head itself
+/// must then be refused (431), or the conflict passes.
+///
+/// BUG (open): the HTTP/1.1-and-HTTP/2 cleartext listener (`serve_auto` in
+/// `proxy/conn.rs`) never gives hyper `max_header_size` (hyper-util's auto
+/// builder has no such setting; only `max_buf_size`, 400 KiB, applies). A
+/// head of 64-400 KiB that arrives in several reads is accepted there, the
+/// guard has stopped watching it, and `Content-Length` with
+/// `Transfer-Encoding: chunked` is forwarded (hyper lets the coding win)
+/// instead of refused: 200, the backend sees the request. The HTTP/1.1-only
+/// listener answers 431. Arriving in one read, the guard sees the whole head
+/// and answers 400, so the outcome depends on how the bytes arrive: the
+/// `framing` fuzz target's invariant holds only under an unlimited head size
+/// for that reason.
+#[tokio::test]
+#[ignore = "open bug: the HTTP/1.1+HTTP/2 listener accepts heads over max_header_size, unseen by the framing guard"]
+async fn a_head_too_large_for_the_guard_is_refused_on_every_listener() {
+    let rig = Rig::start().await;
+    let padding = format!("x-pad: {}\r\n", "p".repeat(1000)).repeat(70);
+    for addr in [rig.h1_only(), rig.h1_and_h2()] {
+        let id = next_id();
+        let smuggle = format!(
+            "POST / HTTP/1.1\r\nhost: test\r\nx-test-id: {id}\r\n{padding}\
+             content-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+        );
+        let mut c = RawConnection::connect(addr).await.unwrap();
+        // Past the guard's limit in reads of their own, then the framing.
+        let (first, rest) = smuggle.split_at(smuggle.find("content-length").unwrap());
+        // A proxy that refuses the head early closes while this still writes.
+        for piece in first.as_bytes().chunks(8 * 1024) {
+            let _ = c.send(piece).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = c.send(rest.as_bytes()).await;
+        let resp = tokio::time::timeout(PATIENCE, c.read_response())
+            .await
+            .unwrap();
+        let seen = rig.backend.take();
+        assert!(
+            seen.is_empty(),
+            "on {addr}: a 71 KiB head with Content-Length and Transfer-Encoding was forwarded \
+             ({:?})",
+            resp.map(|r| r.status)
+        );
+        let status = resp.map(|r| r.status).unwrap_or(0);
+        assert!(
+            matches!(status, 0 | 400 | 431),
+            "on {addr}: answered {status}"
+        );
+    }
+}
