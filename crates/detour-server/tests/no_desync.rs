@@ -161,8 +161,19 @@ struct Valid {
     hop: bool,
     body: Vec<u8>,
     /// HTTP/1.1 only: chunked, cut into chunks of these sizes (cycled),
-    /// with an extension on each when set; otherwise `Content-Length`.
-    chunks: Option<(Vec<usize>, bool)>,
+    /// written in this [`ChunkStyle`]; otherwise `Content-Length`.
+    chunks: Option<(Vec<usize>, ChunkStyle)>,
+}
+
+/// How chunks are written, each a valid spelling another parser may trip on.
+#[derive(Debug, Clone, Copy, Default)]
+struct ChunkStyle {
+    /// `;name=value` and `;name="a;b"` extensions after each size.
+    extensions: bool,
+    /// Sizes in upper-case hex with leading zeros (`000A`).
+    padded_upper: bool,
+    /// A trailer section after the last chunk.
+    trailer: bool,
 }
 
 /// How an HTTP/1.1 request is broken. `Lenient` ones may be accepted or
@@ -238,7 +249,16 @@ fn valid() -> impl Strategy<Value = Valid> {
         prop::collection::vec(field, 0..4),
         any::<bool>(),
         prop::collection::vec(any::<u8>(), 0..300),
-        prop::option::of((prop::collection::vec(1usize..64, 1..4), any::<bool>())),
+        prop::option::of((
+            prop::collection::vec(1usize..64, 1..4),
+            (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+                |(extensions, padded_upper, trailer)| ChunkStyle {
+                    extensions,
+                    padded_upper,
+                    trailer,
+                },
+            ),
+        )),
     )
         .prop_map(|(method, target, fields, hop, body, chunks)| Valid {
             method,
@@ -340,39 +360,53 @@ fn h1_bytes(r: &H1Request, id: &str) -> Vec<u8> {
         head.push_str("connection: x-hop\r\nx-hop: secret\r\n");
     }
     let body = &v.body;
-    let chunked = |ext: bool, sizes: &[usize]| {
+    let chunked = |style: ChunkStyle, sizes: &[usize]| {
         let mut out = Vec::new();
         let mut rest = &body[..];
+        let ext = if style.extensions {
+            ";n=v;q=\"a;b\""
+        } else {
+            ""
+        };
         for size in sizes.iter().cycle() {
             if rest.is_empty() {
                 break;
             }
             let (now, later) = rest.split_at((*size).min(rest.len()));
-            let ext = if ext { ";n=v" } else { "" };
-            out.extend_from_slice(format!("{:x}{ext}\r\n", now.len()).as_bytes());
+            let size = if style.padded_upper {
+                format!("{:04X}", now.len())
+            } else {
+                format!("{:x}", now.len())
+            };
+            out.extend_from_slice(format!("{size}{ext}\r\n").as_bytes());
             out.extend_from_slice(now);
             out.extend_from_slice(b"\r\n");
             rest = later;
         }
-        out.extend_from_slice(b"0\r\n\r\n");
+        out.extend_from_slice(format!("0{ext}\r\n").as_bytes());
+        if style.trailer {
+            out.extend_from_slice(b"x-trailer: t\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
         out
     };
+    let plain = ChunkStyle::default();
     let len = body.len();
     let (framing, payload): (String, Vec<u8>) = match r.broken {
         None | Some(Lenient) | Some(ObsFold) | Some(SpaceBeforeColon) => match &v.chunks {
-            Some((sizes, ext)) => (
+            Some((sizes, style)) => (
                 "transfer-encoding: chunked\r\n".into(),
-                chunked(*ext, sizes),
+                chunked(*style, sizes),
             ),
             None => (format!("content-length: {len}\r\n"), body.clone()),
         },
         Some(ClAndTe) => (
             format!("content-length: {len}\r\ntransfer-encoding: chunked\r\n"),
-            chunked(false, &[7]),
+            chunked(plain, &[7]),
         ),
         Some(TeAndCl) => (
             format!("transfer-encoding: chunked\r\ncontent-length: {len}\r\n"),
-            chunked(false, &[7]),
+            chunked(plain, &[7]),
         ),
         Some(DuplicateCl) => (
             format!("content-length: {len}\r\ncontent-length: {len}\r\n"),
@@ -391,14 +425,14 @@ fn h1_bytes(r: &H1Request, id: &str) -> Vec<u8> {
             "transfer-encoding: chunked\r\n".into(),
             b"3\r\nabcXY0\r\n\r\n".to_vec(),
         ),
-        Some(TeNotChunked) => ("transfer-encoding: gzip\r\n".into(), chunked(false, &[5])),
+        Some(TeNotChunked) => ("transfer-encoding: gzip\r\n".into(), chunked(plain, &[5])),
         Some(TeGzipChunked) => (
             "transfer-encoding: gzip, chunked\r\n".into(),
-            chunked(false, &[5]),
+            chunked(plain, &[5]),
         ),
         Some(TeInHttp10) => (
             "transfer-encoding: chunked\r\n".into(),
-            chunked(false, &[5]),
+            chunked(plain, &[5]),
         ),
         Some(ClNotNumber) => (format!("content-length: {len}x\r\n"), body.clone()),
     };
