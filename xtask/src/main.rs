@@ -4,12 +4,15 @@
 //! - `chaos`: Detour, nginx and HAProxy through scripted backend failures under load
 //!   (`chaos/`, docs/src/chaos.md).
 //! - `bench`: speed measured side by side.
+//! - `fuzz`: the cargo-fuzz targets for a bounded time each, or the proptest
+//!   harnesses with the same invariants when nightly or cargo-fuzz is missing.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 mod bench;
 mod chaos;
+mod fuzz;
 mod sys;
 
 fn cargo(args: &[&str]) -> bool {
@@ -56,12 +59,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        "fuzz" => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            match fuzz::Options::parse(&args).and_then(|o| fuzz::run(&workspace_root(), &o)) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("fuzz: {e}");
+                    false
+                }
+            }
+        }
         "chaos" => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             return chaos::main(&args);
         }
         _ => {
-            eprintln!("usage: cargo xtask <ci|chaos|bench>");
+            eprintln!("usage: cargo xtask <ci|chaos|bench|fuzz>");
             return ExitCode::from(2);
         }
     };

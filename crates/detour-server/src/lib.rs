@@ -32,6 +32,8 @@
 pub mod bench;
 pub mod config;
 mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod io;
 mod listener;
 pub mod proxy;
