@@ -223,7 +223,6 @@ impl Phase {
 }
 
 /// The scanner itself, independent of I/O (unit-tested on byte slices).
-#[derive(Debug)]
 pub(crate) struct Scanner {
     phase: Phase,
     head: Vec<u8>,
@@ -233,6 +232,21 @@ pub(crate) struct Scanner {
     head_started: Option<Instant>,
     /// A request found with ambiguous framing, not yet published.
     bad: Option<u64>,
+}
+
+impl std::fmt::Debug for Scanner {
+    /// Everything but the clock: two scans of the same bytes read alike
+    /// however the bytes arrived.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scanner")
+            .field("phase", &self.phase)
+            .field("head", &self.head)
+            .field("max_head", &self.max_head)
+            .field("index", &self.index)
+            .field("in_head", &self.head_started.is_some())
+            .field("bad", &self.bad)
+            .finish()
+    }
 }
 
 impl Scanner {
@@ -468,6 +482,12 @@ impl Scanner {
         } else {
             next
         };
+    }
+
+    /// The first request found with ambiguous framing, if any (before it is
+    /// published to a [`ConnWatch`]).
+    pub(crate) fn first_bad(&self) -> Option<u64> {
+        self.bad
     }
 
     /// Whether request `index` was found bad.

@@ -3,12 +3,10 @@
 //! normalization and framing of responses, wrapped. Hidden from the docs and
 //! not a stable API: the invariants live with the targets, not here.
 
-use std::sync::Arc;
-
 use http::{request, HeaderMap, Method, Uri, Version};
 
 use crate::config::{LimitsConfig, PathsConfig};
-use crate::framing::{Scanner, Verdicts};
+use crate::framing::Scanner;
 use crate::proxy::forward;
 use crate::proxy::path::{self, Normalized, PathPolicy};
 
@@ -31,15 +29,11 @@ pub struct FramingScan {
 /// Feed `chunks`, in order, to a fresh framing scanner that allows heads of
 /// `max_head` bytes, as the guard does with a connection's reads.
 pub fn scan_framing(chunks: &[&[u8]], max_head: usize) -> FramingScan {
-    let verdicts = Verdicts::new();
-    let mut scanner = Scanner::new(max_head, Arc::clone(&verdicts));
+    let mut scanner = Scanner::new(max_head);
     for chunk in chunks {
         scanner.feed(chunk);
     }
-    // Every request takes at least one byte, so no index past the byte count
-    // can have been marked.
-    let total: usize = chunks.iter().map(|c| c.len()).sum();
-    let first_bad = (0..=total as u64).find(|i| verdicts.is_bad(*i));
+    let first_bad = scanner.first_bad();
     FramingScan {
         first_bad,
         state: format!("{scanner:?}"),
@@ -144,11 +138,18 @@ pub fn normalize_path(path: &str, paths: &PathsConfig) -> PathOutcome {
 
 /// Narrow a request's `Upgrade` to `allowed`, as the engine does; whether an
 /// upgrade is still asked for.
+/// The request is taken as HTTP/1.1, the only version that upgrades.
 pub fn filter_upgrade(headers: &mut HeaderMap, allowed: &[String]) -> bool {
-    forward::filter_upgrade(headers, allowed)
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.version = Version::HTTP_11;
+    parts.headers = std::mem::take(headers);
+    let upgrade = forward::filter_upgrade(&mut parts, allowed);
+    *headers = parts.headers;
+    upgrade
 }
 
-/// The framing check of an upstream response's headers; whether it passes.
+/// The framing check of a `200` upstream response's headers; whether it
+/// passes.
 pub fn check_response_framing(headers: &mut HeaderMap) -> bool {
-    forward::check_response_framing(headers).is_ok()
+    forward::check_response_framing(http::StatusCode::OK, headers).is_ok()
 }
