@@ -26,7 +26,6 @@
 //! finished within `header_read_timeout` fails the read, so the server answers
 //! `408` (see [`ConnWatch::head_timed_out`]).
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,9 +34,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
+use crate::lazy_timer::LazyTimer;
 
 /// What the guard found and the service did, shared by both on one
 /// connection.
@@ -520,7 +520,7 @@ fn find_end(buf: &[u8]) -> Option<usize> {
 pub(crate) struct FramingGuard<I> {
     inner: I,
     watch: Arc<ConnWatch>,
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: LazyTimer,
     /// When `timer` fires, while it is set.
     timer_at: Option<Instant>,
     /// When the idle period in progress runs out.
@@ -532,7 +532,7 @@ impl<I> FramingGuard<I> {
         FramingGuard {
             inner,
             watch,
-            timer: None,
+            timer: LazyTimer::default(),
             timer_at: None,
             idle_due: None,
         }
@@ -559,17 +559,9 @@ impl<I> FramingGuard<I> {
             // idle period rather than one per request.
             if self.timer_at.is_none_or(|at| at > due) {
                 self.timer_at = Some(due);
-                match self.timer.as_mut() {
-                    Some(t) => t.as_mut().reset(due),
-                    // Boxed once per connection, at its first quiet read.
-                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
-                }
+                self.timer.set(due);
             }
-            let fired = self
-                .timer
-                .as_mut()
-                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-            if !fired {
+            if !self.timer.fired(cx) {
                 return Poll::Pending;
             }
             self.timer_at = None;

@@ -35,6 +35,7 @@ mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
 mod io;
+mod lazy_timer;
 mod listener;
 pub mod proxy;
 mod send_timeout;

@@ -36,12 +36,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+use crate::lazy_timer::LazyTimer;
 
 /// A timer that runs while something waits, and is disarmed by progress.
 struct StallTimer {
     timeout: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
+    timer: LazyTimer,
     armed: bool,
 }
 
@@ -49,19 +51,14 @@ impl StallTimer {
     fn new(timeout: Duration) -> Self {
         StallTimer {
             timeout,
-            sleep: None,
+            timer: LazyTimer::default(),
             armed: false,
         }
     }
 
     /// Start a fresh wait of `timeout` from now.
     fn restart(&mut self) {
-        let due = Instant::now() + self.timeout;
-        match self.sleep.as_mut() {
-            Some(s) => s.as_mut().reset(due),
-            // Boxed on the first stall only: most connections never stall.
-            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(due))),
-        }
+        self.timer.set(Instant::now() + self.timeout);
         self.armed = true;
     }
 
@@ -78,11 +75,7 @@ impl StallTimer {
 
     /// Whether the armed timer ran out (registers `cx` for when it will).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.armed
-            && self
-                .sleep
-                .as_mut()
-                .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+        self.armed && self.timer.fired(cx)
     }
 }
 

@@ -9,7 +9,6 @@
 //!   body with the read-idle timeout, the body filter, the return of the
 //!   connection to the pool and the `logging` hook at the end.
 
-use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,9 +21,10 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
+use crate::lazy_timer::LazyTimer;
 use crate::upstream::pool::{Pool, Sender};
 
 /// A frame on its way upstream; `None` marks the end of the body. A channel
@@ -214,7 +214,7 @@ struct ClientWait {
     limits: ClientLimits,
     allowance: Duration,
     since: Option<Instant>,
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: LazyTimer,
 }
 
 impl ClientWait {
@@ -223,7 +223,7 @@ impl ClientWait {
             limits,
             allowance: limits.window,
             since: None,
-            timer: None,
+            timer: LazyTimer::default(),
         }
     }
 
@@ -241,17 +241,9 @@ impl ClientWait {
             if self.limits.min_rate != 0 {
                 allowed = allowed.min(self.allowance);
             }
-            let due = now + allowed;
-            match self.timer.as_mut() {
-                Some(t) => t.as_mut().reset(due),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
-            }
+            self.timer.set(now + allowed);
         }
-        let fired = self
-            .timer
-            .as_mut()
-            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-        if !fired {
+        if !self.timer.fired(cx) {
             return Poll::Pending;
         }
         let stalled = self
@@ -613,7 +605,7 @@ struct Streaming<P: ProxyHttp> {
     upload: Option<Box<dyn Upload<P>>>,
     /// The read-idle timer, made at the first wait: a body that arrives with
     /// its head (most small responses) never needs one.
-    idle: Option<Pin<Box<Sleep>>>,
+    idle: LazyTimer,
     /// Whether `idle` is armed for the current wait; a frame disarms it.
     waiting: bool,
     read_timeout: Duration,
@@ -668,7 +660,7 @@ impl<P: ProxyHttp> ProxyBody<P> {
             kind: Kind::Streaming(Box::new(Streaming {
                 upstream,
                 upload,
-                idle: None,
+                idle: LazyTimer::default(),
                 waiting: false,
                 read_timeout,
                 finish: Some(finish),
@@ -792,17 +784,9 @@ impl<P: ProxyHttp> ProxyBody<P> {
                 // The upstream is idle from now: arm the timer for this wait.
                 if !s.waiting {
                     s.waiting = true;
-                    let due = Instant::now() + s.read_timeout;
-                    match s.idle.as_mut() {
-                        Some(t) => t.as_mut().reset(due),
-                        None => s.idle = Some(Box::pin(tokio::time::sleep_until(due))),
-                    }
+                    s.idle.set(Instant::now() + s.read_timeout);
                 }
-                let fired = s
-                    .idle
-                    .as_mut()
-                    .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-                if fired {
+                if s.idle.fired(cx) {
                     let err = Error::upstream(ErrorKind::ReadTimeout)
                         .context("upstream body idle for longer than the read timeout");
                     if let Some(f) = s.finish.take() {
