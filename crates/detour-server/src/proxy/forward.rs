@@ -42,6 +42,16 @@ fn protocol_name(token: &[u8]) -> &[u8] {
         .trim_ascii()
 }
 
+/// An `Upgrade` element as RFC 9110 §7.8 writes it: `token [ "/" token ]`.
+/// Anything else (bytes outside a token, an empty part) is not forwarded.
+fn well_formed_protocol(element: &[u8]) -> bool {
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    element
+        .trim_ascii()
+        .splitn(2, |b| *b == b'/')
+        .all(|part| !part.is_empty() && part.iter().all(tchar))
+}
+
 /// Narrow a request's `Upgrade` to the protocols in `allowed` (never `h2c`,
 /// RFC 9113 §3.1). Returns whether an upgrade is still asked for; when not,
 /// the request goes on as plain HTTP (hop-by-hop stripping then removes
@@ -64,7 +74,8 @@ pub(crate) fn filter_upgrade(parts: &mut request::Parts, allowed: &[String]) -> 
     let several_fields = fields.next().is_some();
     let allows = |token: &&[u8]| {
         let name = protocol_name(token);
-        !name.eq_ignore_ascii_case(b"h2c")
+        well_formed_protocol(token)
+            && !name.eq_ignore_ascii_case(b"h2c")
             && allowed
                 .iter()
                 .any(|a| a.as_bytes().eq_ignore_ascii_case(name))
@@ -838,6 +849,16 @@ mod tests {
         // Without `Connection: upgrade` nothing is an upgrade.
         let mut p = parts(&[("host", "h"), ("upgrade", "websocket")]);
         assert!(!filter_upgrade(&mut p, &allowed));
+    }
+
+    #[test]
+    fn upgrade_elements_must_be_tokens() {
+        assert!(well_formed_protocol(b"websocket"));
+        assert!(well_formed_protocol(b" WebSocket/13 "));
+        assert!(!well_formed_protocol(b"websocket/"));
+        assert!(!well_formed_protocol(b"websocket/1/2"));
+        assert!(!well_formed_protocol(b"websocket/t\xd4\xbf"));
+        assert!(!well_formed_protocol(b"web socket"));
     }
 
     #[test]
