@@ -243,16 +243,8 @@ async fn a_tunnel_whose_backend_stops_reading_is_closed() {
     s.write_all(b"GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
         .await
         .unwrap();
-    let chunk = vec![b'x'; 64 * 1024];
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if s.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the tunnel was never closed");
+    let closed = support::write_until_closed(&mut s, Duration::from_secs(20)).await;
+    assert!(closed, "the tunnel was never closed");
     tokio::time::timeout(Duration::from_secs(2), proxy.tunnels_closed())
         .await
         .expect("the tunnel ended");

@@ -283,19 +283,9 @@ async fn a_tunnel_whose_client_stops_reading_is_closed() {
     s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
         .await
         .unwrap();
-    let chunk = vec![b'x'; 64 * 1024];
     let started = Instant::now();
-    // Writing fails once the proxy closes the tunnel (the kernel buffers
-    // fill both ways first, so this takes a few megabytes).
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if s.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the tunnel was never closed");
+    let closed = support::write_until_closed(&mut s, Duration::from_secs(20)).await;
+    assert!(closed, "the tunnel was never closed");
     assert!(started.elapsed() < Duration::from_secs(10));
     tokio::time::timeout(Duration::from_secs(2), p.proxy.tunnels_closed())
         .await

@@ -136,3 +136,17 @@ pub fn post(path: &str, id: &str, body: &str) -> String {
         body.len()
     )
 }
+
+/// Write on `s` until the peer closes (a write fails); `false` if it is
+/// still open after `within`. The kernel buffers fill both ways first, so
+/// this takes a few megabytes.
+pub async fn write_until_closed(
+    s: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let chunk = vec![b'x'; 64 * 1024];
+    tokio::time::timeout(within, async { while s.write_all(&chunk).await.is_ok() {} })
+        .await
+        .is_ok()
+}
