@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use detour_server::{AppProtocol, ListenerConfig, ServerConfig};
-use detour_testkit::client::RawConnection;
+use detour_testkit::client::{RawConnection, RawResponse};
 use detour_testkit::{Behavior, Upstream};
 use support::tls::{client_config, h1_get, tls_connect, TestCert};
 use support::{config, send, start};
@@ -56,6 +56,15 @@ async fn raw_backend(response: &'static [u8], close: bool) -> SocketAddr {
     addr
 }
 
+/// One request through a proxy in front of a backend that answers every
+/// request with `response` (see [`raw_backend`]), and the client's answer.
+async fn through(response: &'static [u8], request: &str) -> RawResponse {
+    let p = start(&[raw_backend(response, true).await], config());
+    send(p.addr(), request).await.unwrap()
+}
+
+const GET: &str = "GET / HTTP/1.1\r\nhost: h\r\n\r\n";
+
 async fn up(b: Behavior) -> Upstream {
     Upstream::start(b).await.unwrap()
 }
@@ -86,38 +95,24 @@ async fn h2c_and_unlisted_upgrades_are_not_forwarded() {
 
 #[tokio::test]
 async fn a_101_to_a_protocol_not_offered_is_a_502_and_nothing_is_tunnelled() {
-    let b = raw_backend(
-        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
-        true,
-    )
-    .await;
-    let p = start(&[b], config());
     // An h2c upgrade request (not forwarded as one) answered with 101.
-    let raw = "GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n";
-    let r = send(p.addr(), raw).await.unwrap();
-    assert_eq!(r.status, 502);
-    let b = raw_backend(
-        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n",
-        true,
+    let r = through(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        "GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n",
     )
     .await;
-    let p = start(&[b], config());
-    let raw = "GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
-    let r = send(p.addr(), raw).await.unwrap();
+    assert_eq!(r.status, 502);
+    let r = through(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n",
+        "GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await;
     assert_eq!(r.status, 502, "websocket offered, h2c chosen");
 }
 
 #[tokio::test]
 async fn a_response_with_length_and_coding_keeps_its_whole_chunked_body() {
-    let b = raw_backend(
-        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
-        true,
-    )
-    .await;
-    let p = start(&[b], config());
-    let r = send(p.addr(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n")
-        .await
-        .unwrap();
+    let r = through(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n", GET).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"hello world");
     assert_ne!(r.header("content-length"), Some("5"));
@@ -125,15 +120,11 @@ async fn a_response_with_length_and_coding_keeps_its_whole_chunked_body() {
 
 #[tokio::test]
 async fn a_response_transfer_coding_other_than_chunked_is_refused() {
-    let b = raw_backend(
+    let r = through(
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nzzzzz\r\n0\r\n\r\n",
-        true,
+        GET,
     )
     .await;
-    let p = start(&[b], config());
-    let r = send(p.addr(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n")
-        .await
-        .unwrap();
     assert_eq!(r.status, 502);
     let ps = r.header("proxy-status").unwrap();
     assert!(ps.contains("error=http_response_transfer_coding"), "{ps}");
@@ -449,10 +440,7 @@ async fn a_repeated_response_length_reaches_the_client_as_one() {
         &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\nhello"[..],
         b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello",
     ] {
-        let p = start(&[raw_backend(response, true).await], config());
-        let r = send(p.addr(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n")
-            .await
-            .unwrap();
+        let r = through(response, GET).await;
         assert_eq!(r.status, 200);
         assert_eq!(fields(&r.headers, "content-length"), ["5"]);
         assert_eq!(r.body, b"hello");
@@ -491,25 +479,13 @@ async fn a_repeated_response_length_reaches_the_client_as_one() {
 
 #[tokio::test]
 async fn response_lengths_that_differ_or_belong_to_no_body() {
-    let b = raw_backend(
+    let r = through(
         b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
-        true,
+        GET,
     )
     .await;
-    let p = start(&[b], config());
-    let r = send(p.addr(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n")
-        .await
-        .unwrap();
     assert_eq!(r.status, 502);
-    let b = raw_backend(
-        b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
-        true,
-    )
-    .await;
-    let p = start(&[b], config());
-    let r = send(p.addr(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n")
-        .await
-        .unwrap();
+    let r = through(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n", GET).await;
     assert_eq!(r.status, 204);
     assert_eq!(r.header("content-length"), None);
 }
@@ -520,10 +496,7 @@ async fn an_empty_or_doubled_response_chunked_is_refused() {
         &b"HTTP/1.1 200 OK\r\ntransfer-encoding: \r\n\r\nhello"[..],
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ] {
-        let p = start(&[raw_backend(response, true).await], config());
-        let r = send(p.addr(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n")
-            .await
-            .unwrap();
+        let r = through(response, GET).await;
         assert_eq!(r.status, 502);
         let ps = r.header("proxy-status").unwrap();
         assert!(ps.contains("error=http_response_transfer_coding"), "{ps}");
@@ -547,14 +520,12 @@ async fn upgrade_fields_are_one_list() {
         assert_eq!(fields(&seen.headers, "upgrade"), ["websocket"], "{offer:?}");
     }
     // A 101 whose second Upgrade field was not offered.
-    let b = raw_backend(
+    let r = through(
         b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nupgrade: h2c\r\n\r\n",
-        true,
+        "GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
     )
     .await;
-    let p = start(&[b], config());
-    let raw = "GET / HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
-    assert_eq!(send(p.addr(), raw).await.unwrap().status, 502);
+    assert_eq!(r.status, 502);
 }
 
 #[tokio::test]

@@ -82,6 +82,16 @@ async fn every_listener_answers_oversized_and_slow_heads() {
     assert_eq!(a.requests(), 0);
 }
 
+/// A connection that has had one request answered and is kept alive.
+async fn kept_alive(addr: SocketAddr) -> RawConnection {
+    let mut conn = RawConnection::connect(addr).await.unwrap();
+    conn.send(b"GET / HTTP/1.1\r\nhost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(conn.read_response().await.unwrap().status, 200);
+    conn
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_closes_silently_after_keepalive_timeout() {
     let a = Upstream::start(Behavior::ok()).await.unwrap();
@@ -89,11 +99,7 @@ async fn an_idle_keep_alive_connection_closes_silently_after_keepalive_timeout()
     c.limits.keepalive_timeout = Duration::from_millis(300);
     c.limits.header_read_timeout = Duration::from_secs(5);
     let p = start(&[a.addr()], c);
-    let mut conn = RawConnection::connect(p.addr()).await.unwrap();
-    conn.send(b"GET / HTTP/1.1\r\nhost: h\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(conn.read_response().await.unwrap().status, 200);
+    let mut conn = kept_alive(p.addr()).await;
     let idle = Instant::now();
     let rest = tokio::time::timeout(Duration::from_secs(3), conn.read_to_end())
         .await
@@ -116,11 +122,7 @@ async fn keepalive_and_head_timeouts_are_separate() {
     c.limits.keepalive_timeout = Duration::from_secs(3);
     c.limits.header_read_timeout = Duration::from_millis(300);
     let p = start(&[a.addr()], c);
-    let mut conn = RawConnection::connect(p.addr()).await.unwrap();
-    conn.send(b"GET / HTTP/1.1\r\nhost: h\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(conn.read_response().await.unwrap().status, 200);
+    let mut conn = kept_alive(p.addr()).await;
     tokio::time::sleep(Duration::from_millis(900)).await;
     conn.send(b"GET / HTTP/1.1\r\nhost: h\r\n\r\n")
         .await
