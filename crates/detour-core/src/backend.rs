@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::observe::OutcomeClass;
+use crate::spread::{FailureSpread, History};
+
 /// The process-wide base that atomics store instants against (nanoseconds since).
 fn clock_base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -22,6 +25,10 @@ fn clock_base() -> Instant {
 }
 
 /// `at` as nanoseconds since the clock base, never 0 (0 means "unset").
+pub(crate) fn clock_nanos(at: Instant) -> u64 {
+    to_nanos(at)
+}
+
 fn to_nanos(at: Instant) -> u64 {
     (at.saturating_duration_since(clock_base()).as_nanos() as u64).max(1)
 }
@@ -80,6 +87,8 @@ pub struct BackendState {
     /// Bits of [`Removal`] reasons currently in force.
     removal: AtomicU8,
     cap: OnceLock<Arc<RemovalCap>>,
+    /// The last attempts' outcomes, for the upstream's failure spread.
+    history: History,
 }
 
 impl fmt::Debug for BackendState {
@@ -208,7 +217,7 @@ impl BackendState {
         }
         if held == 0 {
             if let Some(cap) = self.cap.get() {
-                if !cap.acquire() {
+                if !cap.acquire(&self.history) {
                     return false;
                 }
             }
@@ -234,6 +243,50 @@ impl BackendState {
             if let Some(cap) = self.cap.get() {
                 cap.release();
             }
+        }
+    }
+
+    /// Whether the backend is passively removed now, for any reason.
+    pub fn is_passively_removed(&self) -> bool {
+        self.removal.load(Ordering::Acquire) != 0
+    }
+
+    /// The backend's last attempts, as the failure spread sees them.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Everything the backend's own state learns from one attempt: its
+    /// latency when a response head arrived, and its outcome
+    /// ([`record_outcome`](Self::record_outcome)). The engine calls it once
+    /// per attempt, before the observers hear of it.
+    pub fn record_attempt(
+        &self,
+        class: OutcomeClass,
+        status: Option<u16>,
+        latency: Duration,
+        now: Instant,
+    ) {
+        if status.is_some() {
+            self.record_latency(latency);
+        }
+        self.record_outcome(class, status, now);
+    }
+
+    /// Remember how an attempt to this backend ended, for the upstream's
+    /// failure spread ([`crate::spread`]), and let the spread classify again
+    /// if its step has passed. A failure is an outcome the backend caused or
+    /// a 5xx; outcomes that are not the backend's doing are not remembered.
+    pub fn record_outcome(&self, class: OutcomeClass, status: Option<u16>, now: Instant) {
+        let failed = match class {
+            OutcomeClass::Local(_) => return,
+            OutcomeClass::BackendFailure(kind) if kind.is_local() => return,
+            OutcomeClass::BackendFailure(_) => true,
+            OutcomeClass::Success => status.is_some_and(|s| s >= 500),
+        };
+        self.history.record(failed);
+        if let Some(cap) = self.cap.get() {
+            cap.spread().at(now);
         }
     }
 
@@ -380,11 +433,17 @@ pub enum Removal {
 /// out at most `max_percent` of the upstream's backends, counted *after* the
 /// removal. With 3 backends and 34 %, one may be removed, never two; with
 /// one backend and anything under 100 %, none. Lock-free.
+///
+/// The one exception is a concentrated failure ([`crate::spread`]): while
+/// some backends fail and others are clearly healthy, a failing backend may
+/// be removed past the ceiling, as long as a clearly healthy one stays in
+/// service. The cap keeps the upstream's [`FailureSpread`] for that.
 #[derive(Debug)]
 pub struct RemovalCap {
     total: AtomicU32,
     removed: AtomicU32,
     max_percent: AtomicU32,
+    spread: FailureSpread,
 }
 
 impl RemovalCap {
@@ -394,7 +453,13 @@ impl RemovalCap {
             total: AtomicU32::new(0),
             removed: AtomicU32::new(0),
             max_percent: AtomicU32::new(max_percent.min(100)),
+            spread: FailureSpread::default(),
         }
+    }
+
+    /// The upstream's failure spread.
+    pub fn spread(&self) -> &FailureSpread {
+        &self.spread
     }
 
     /// Count `backends` as the upstream's members and install this cap on each
@@ -402,6 +467,7 @@ impl RemovalCap {
     /// membership changes.
     pub fn attach(self: &Arc<Self>, backends: &[Arc<Backend>]) {
         self.total.store(backends.len() as u32, Ordering::Release);
+        self.spread.set_members(backends);
         for b in backends {
             b.state.set_removal_cap(Arc::clone(self));
         }
@@ -433,12 +499,15 @@ impl RemovalCap {
             .store(max_percent.min(100), Ordering::Relaxed);
     }
 
-    fn acquire(&self) -> bool {
+    /// Take a slot for the backend whose history is `history`: within the
+    /// ceiling, or past it while the spread allows ([`FailureSpread::allows_overflow`]).
+    fn acquire(&self, history: &History) -> bool {
         let total = u64::from(self.total());
         let max = u64::from(self.max_percent());
         let mut removed = self.removed.load(Ordering::Acquire);
         loop {
-            if (u64::from(removed) + 1) * 100 > max * total {
+            let within = (u64::from(removed) + 1) * 100 <= max * total;
+            if !within && !self.spread.allows_overflow(history) {
                 return false;
             }
             match self.removed.compare_exchange_weak(

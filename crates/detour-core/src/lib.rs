@@ -15,6 +15,8 @@
 //! - [`peer`]: [`HttpPeer`] and [`PeerOptions`], where one attempt goes.
 //! - [`connect`]: the [`Connect`](connect::Connect) trait every dialer takes.
 //! - [`observe`]: [`AttemptOutcome`] and the [`Observer`] trait.
+//! - [`spread`]: how failure is spread across an upstream's backends
+//!   (concentrated or correlated), from each backend's recent attempts.
 //!
 //! ```
 //! use detour_core::retry::{decide, AttemptFacts, RetryDecision};
@@ -43,6 +45,7 @@ pub mod peer;
 pub mod proxy;
 pub mod retry;
 pub mod session;
+pub mod spread;
 
 pub use addr_hash::{AddrHash, AddrHasher, AddrMap};
 pub use backend::{AdmissionGate, Backend, BackendState, GateState, Permit, Removal, RemovalCap};
@@ -54,3 +57,4 @@ pub use peer::{HttpPeer, PeerOptions, PeerTls, RetryBudgetGate};
 pub use proxy::ProxyHttp;
 pub use retry::{RetryDecision, RetryPolicy};
 pub use session::{RawUri, Session};
+pub use spread::{FailureSpread, Spread};

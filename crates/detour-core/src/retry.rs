@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::commit::CommitPoint;
 use crate::error::{ErrorKind, FailureKind};
 use crate::invalid::{check_duration, check_optional_duration, Zero};
+use crate::spread::Spread;
 use crate::InvalidConfig;
 
 /// An error kind a policy may list as retriable (the config names are
@@ -84,6 +85,12 @@ pub struct RetryPolicy {
     /// How far back the budget counts. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub budget_window: Duration,
+    /// Stop retrying attempts that reached a backend while the upstream's
+    /// failure is correlated: every backend failing at a similar, substantial
+    /// rate ([`crate::spread`]), where a retry elsewhere cannot help and only
+    /// adds load. Attempts that never reached a backend still fail over.
+    /// Default true.
+    pub correlated_brake: bool,
 }
 
 impl Default for RetryPolicy {
@@ -108,6 +115,7 @@ impl Default for RetryPolicy {
             budget_ratio: 0.2,
             budget_min_per_second: 10,
             budget_window: Duration::from_secs(10),
+            correlated_brake: true,
         }
     }
 }
@@ -229,6 +237,15 @@ pub struct AttemptFacts {
     pub reused: bool,
 }
 
+impl AttemptFacts {
+    /// Whether the request may have reached the backend: something was
+    /// written and the upstream did not refuse the stream.
+    pub fn reached_backend(&self) -> bool {
+        !(self.commit.request_unsent()
+            || (self.kind.never_reached_upstream() && self.commit < CommitPoint::ResponseStarted))
+    }
+}
+
 /// Why no retry is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoRetry {
@@ -240,6 +257,55 @@ pub enum NoRetry {
     BodyNotReplayable,
     /// The policy does not list this error kind or status.
     NotRetriable,
+    /// The retry budget is spent.
+    BudgetExhausted,
+    /// The upstream's failure is correlated and the policy's
+    /// `correlated_brake` is on.
+    CorrelatedFailure,
+}
+
+/// What the limits need to know about a retry the ceiling ([`decide`])
+/// allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryLimits {
+    /// The failed attempt may have reached its backend
+    /// ([`AttemptFacts::reached_backend`]).
+    pub reached_backend: bool,
+    /// The failure was a stale pooled connection.
+    pub stale_connection: bool,
+    /// The failed attempt's upstream's failure spread now.
+    pub spread: Spread,
+}
+
+/// Whether the limits allow a retry the ceiling allowed; `withdraw` spends
+/// one retry from the upstream's budget and says whether there was one.
+///
+/// * a stale pooled connection → yes, free (it says nothing about the backend);
+/// * an attempt that never reached a backend → yes, free: it always fails over;
+/// * correlated failure with `correlated_brake` on → no;
+/// * concentrated failure → yes: healthy backends exist and a retry finds
+///   them (the retry is still withdrawn when the budget has one, so the
+///   budget counts it);
+/// * otherwise → the budget decides.
+///
+/// The retry count and the deadline are the caller's.
+pub fn admit_retry(
+    policy: &RetryPolicy,
+    limits: RetryLimits,
+    withdraw: impl FnOnce() -> bool,
+) -> Result<(), NoRetry> {
+    if limits.stale_connection || !limits.reached_backend {
+        return Ok(());
+    }
+    match limits.spread {
+        Spread::Correlated if policy.correlated_brake => Err(NoRetry::CorrelatedFailure),
+        Spread::Concentrated => {
+            let _ = withdraw();
+            Ok(())
+        }
+        _ if withdraw() => Ok(()),
+        _ => Err(NoRetry::BudgetExhausted),
+    }
 }
 
 /// The retry decision.
@@ -541,5 +607,76 @@ mod tests {
         assert_eq!(parse_retry_after(&v, now), Some(Duration::from_secs(30)));
         let v = http::HeaderValue::from_static("soon");
         assert_eq!(parse_retry_after(&v, now), None);
+    }
+
+    #[test]
+    fn the_limits_brake_correlated_failure_and_free_concentrated_failover() {
+        let policy = RetryPolicy::default();
+        let limits = |reached, stale, spread| RetryLimits {
+            reached_backend: reached,
+            stale_connection: stale,
+            spread,
+        };
+        let spent = || false;
+        let left = || true;
+        // The budget decides in the normal state.
+        assert_eq!(
+            admit_retry(&policy, limits(true, false, Spread::Normal), left),
+            Ok(())
+        );
+        assert_eq!(
+            admit_retry(&policy, limits(true, false, Spread::Normal), spent),
+            Err(NoRetry::BudgetExhausted)
+        );
+        // Concentrated: healthy backends exist; the budget does not stop it.
+        assert_eq!(
+            admit_retry(&policy, limits(true, false, Spread::Concentrated), spent),
+            Ok(())
+        );
+        // Correlated: no retry of an attempt that reached a backend...
+        assert_eq!(
+            admit_retry(&policy, limits(true, false, Spread::Correlated), left),
+            Err(NoRetry::CorrelatedFailure)
+        );
+        // ...but one that never reached it always fails over, and a stale
+        // connection is free.
+        for spread in [Spread::Normal, Spread::Concentrated, Spread::Correlated] {
+            assert_eq!(
+                admit_retry(&policy, limits(false, false, spread), spent),
+                Ok(())
+            );
+            assert_eq!(
+                admit_retry(&policy, limits(true, true, spread), spent),
+                Ok(())
+            );
+        }
+        // The brake can be turned off: the budget decides again.
+        let off = RetryPolicy {
+            correlated_brake: false,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            admit_retry(&off, limits(true, false, Spread::Correlated), left),
+            Ok(())
+        );
+        assert_eq!(
+            admit_retry(&off, limits(true, false, Spread::Correlated), spent),
+            Err(NoRetry::BudgetExhausted)
+        );
+    }
+
+    #[test]
+    fn an_unsent_or_refused_attempt_never_reached_the_backend() {
+        let facts = |kind, commit| AttemptFacts {
+            kind,
+            commit,
+            safe: true,
+            replay_intact: true,
+            reused: false,
+        };
+        assert!(!facts(ErrorKind::ConnectRefused, NotConnected).reached_backend());
+        assert!(!facts(ErrorKind::ConnectionReset, Connected).reached_backend());
+        assert!(facts(ErrorKind::ConnectionReset, RequestSent).reached_backend());
+        assert!(facts(ErrorKind::HttpStatus(503), ResponseStarted).reached_backend());
     }
 }

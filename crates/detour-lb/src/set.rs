@@ -59,6 +59,22 @@ fn counts_as_available(b: &Backend, now: Instant) -> bool {
             .is_none_or(|g| g.state() != GateState::Open)
 }
 
+/// Whether an unavailable backend still counts as available for panic mode:
+/// it is passively removed during a concentrated failure (some backends
+/// failing, others clearly healthy: `detour_core::spread`). Its removal may
+/// go past the ceiling on purpose, and the healthy backends left must carry
+/// the traffic rather than panic mode spreading it back over the failing
+/// ones. Tier loads do not count it: a tier that lost backends still spills
+/// to the next.
+fn removal_trusted(b: &Backend) -> bool {
+    let s = b.state();
+    s.is_passively_removed()
+        && !s.check_failed()
+        && !s.is_draining()
+        && s.removal_cap()
+            .is_some_and(|c| c.spread().trusts_removals())
+}
+
 /// The cached result of an O(N) scan of the groups' health: how the load is
 /// shared between groups and whether the set is in panic mode. One selection
 /// at a time recomputes it (elected by a flag it swaps);
@@ -124,13 +140,16 @@ impl HealthView {
         let (mut total, mut available, mut sum) = (0u64, 0u64, 0u64);
         for (g, group) in groups.iter().enumerate() {
             let t = group.members.len() as u64;
-            let a = group
-                .members
-                .iter()
-                .filter(|b| counts_as_available(b, now))
-                .count() as u64;
+            let (mut a, mut trusted) = (0u64, 0u64);
+            for b in group.members.iter() {
+                if counts_as_available(b, now) {
+                    a += 1;
+                } else if removal_trusted(b) {
+                    trusted += 1;
+                }
+            }
             total += t;
-            available += a;
+            available += a + trusted;
             let h = ((a as f64 * f64::from(FULL) * p.overprovisioning) / t.max(1) as f64)
                 .min(f64::from(FULL)) as u32;
             self.health[g].store(h, Ordering::Relaxed);

@@ -205,7 +205,7 @@ async fn the_retry_budget_bounds_attempts_when_everything_fails() {
     let addrs: Vec<_> = bs.iter().map(Backend::addr).collect();
     let up = upstream("app", 
         &addrs,
-        "[retry]\nmax_retries = 3\nbase_delay = \"1ms\"\nmax_delay = \"2ms\"\nbudget_ratio = 0.2\nbudget_min_per_second = 1\nbudget_window = \"1s\"\n[outlier]\nconsecutive_5xx = 100000\nconsecutive_gateway_failure = 100000\nsuccess_rate = { enabled = false }\n[breaker]\nenabled = false",
+        "[retry]\nmax_retries = 3\ncorrelated_brake = false\nbase_delay = \"1ms\"\nmax_delay = \"2ms\"\nbudget_ratio = 0.2\nbudget_min_per_second = 1\nbudget_window = \"1s\"\n[outlier]\nconsecutive_5xx = 100000\nconsecutive_gateway_failure = 100000\nsuccess_rate = { enabled = false }\n[breaker]\nenabled = false",
     );
     let attempts = Arc::new(Attempts::default());
     let h = serve(&up, &attempts);

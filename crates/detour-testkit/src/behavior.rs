@@ -37,6 +37,7 @@ pub struct Behavior {
     pub(crate) idle_close: Option<Duration>,
     pub(crate) racy_idle_close: Option<Duration>,
     pub(crate) keep_alive_hint: Option<u64>,
+    pub(crate) healthy_path: Option<String>,
 }
 
 /// The one thing a behavior does per request. See the constructors for each meaning.
@@ -44,6 +45,7 @@ pub struct Behavior {
 pub(crate) enum Action {
     Reply(u16),
     Sequence(Arc<[u16]>),
+    Share { status: u16, percent: u8 },
     Refuse,
     ResetAfterRequest,
     ResetAfterBytes(usize),
@@ -73,6 +75,7 @@ impl Behavior {
             idle_close: None,
             racy_idle_close: None,
             keep_alive_hint: None,
+            healthy_path: None,
         }
     }
 
@@ -96,6 +99,19 @@ impl Behavior {
     /// installed, in the order their heads were read. An empty sequence answers 200.
     pub fn status_sequence(statuses: impl Into<Vec<u16>>) -> Self {
         Behavior::new(Action::Sequence(statuses.into().into()))
+    }
+
+    /// Answer `status` to `percent` % of requests and `200` to the others.
+    /// Which requests fail is decided by a fixed pseudo-random sequence over
+    /// the requests' order of arrival (counted as for
+    /// [`status_sequence`](Self::status_sequence)), so a run is repeatable
+    /// and the failures do not come in a regular pattern. `percent` above
+    /// 100 counts as 100.
+    pub fn fail_share(status: u16, percent: u8) -> Self {
+        Behavior::new(Action::Share {
+            status,
+            percent: percent.min(100),
+        })
     }
 
     /// Do not listen: connection attempts are refused.
@@ -226,6 +242,15 @@ impl Behavior {
         self
     }
 
+    /// Answer `200` at once to every request whose path starts with `prefix`,
+    /// whatever the behavior does with the others: a health check that
+    /// passes while the backend fails its real traffic (a bad deploy whose
+    /// health endpoint still works).
+    pub fn healthy_on(mut self, prefix: impl Into<String>) -> Self {
+        self.healthy_path = Some(prefix.into());
+        self
+    }
+
     /// Whether this behavior refuses connections (see [`refuse`](Self::refuse)).
     pub fn refuses(&self) -> bool {
         matches!(self.action, Action::Refuse)
@@ -246,6 +271,21 @@ impl Installed {
             behavior,
             sequence_position: AtomicUsize::new(0),
         })
+    }
+
+    /// The status of the next request under [`Behavior::fail_share`].
+    pub(crate) fn next_in_share(&self, status: u16, percent: u8) -> u16 {
+        let n = self.sequence_position.fetch_add(1, Ordering::Relaxed) as u64;
+        // splitmix64 of the request's number: uniform, and the same each run.
+        let mut z = n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        if z % 100 < u64::from(percent) {
+            status
+        } else {
+            200
+        }
     }
 
     /// The status of the next request under a status sequence.
@@ -290,5 +330,16 @@ mod tests {
         assert_eq!(b.keep_alive_hint, Some(3));
         assert!(!b.refuses());
         assert!(Behavior::refuse().refuses());
+    }
+
+    #[test]
+    fn a_fail_share_fails_about_its_share() {
+        let installed = Installed::new(Behavior::fail_share(503, 80));
+        let failed = (0..10_000)
+            .filter(|_| installed.next_in_share(503, 80) == 503)
+            .count();
+        assert!((7_700..8_300).contains(&failed), "{failed} of 10000");
+        let never = Installed::new(Behavior::fail_share(503, 0));
+        assert!((0..100).all(|_| never.next_in_share(503, 0) == 200));
     }
 }

@@ -222,7 +222,19 @@ struct Exchange<'a> {
 
 impl Exchange<'_> {
     async fn run(&self, conn: &mut Conn<TcpStream>) -> Result<(), Stop> {
-        match &self.installed.behavior.action {
+        let behavior = &self.installed.behavior;
+        if let Some(prefix) = &behavior.healthy_path {
+            if self.head.target.starts_with(prefix.as_str()) {
+                self.read_body(conn).await?;
+                return self.reply(conn, 200, false).await;
+            }
+        }
+        match &behavior.action {
+            Action::Share { status, percent } => {
+                let status = self.installed.next_in_share(*status, *percent);
+                self.read_body(conn).await?;
+                self.reply(conn, status, false).await
+            }
             Action::Reply(status) => {
                 self.read_body(conn).await?;
                 self.reply(conn, *status, false).await

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use detour_core::retry::{decide, parse_retry_after, AttemptFacts, RetryDecision};
+use detour_core::retry::{
+    admit_retry, decide, parse_retry_after, AttemptFacts, NoRetry, RetryDecision, RetryLimits,
+};
+use detour_core::Spread;
 use detour_core::{
     AttemptOutcome, BoxError, CommitPoint, Error, ErrorKind, HttpPeer, OutcomeClass, ProxyHttp,
     RetryHint, RetryPolicy, Session,
@@ -87,6 +90,14 @@ fn proxy_status(proxy: &str, detail: &str, upstream: Option<&str>) -> Option<Hea
         v.push_str(&sf_string(u));
     }
     HeaderValue::from_str(&v).ok()
+}
+
+/// How failure is spread over the upstream of `peer`'s backend (normal
+/// when the peer carries no backend, or its upstream keeps no spread).
+fn spread_of(peer: &HttpPeer) -> Spread {
+    peer.backend()
+        .and_then(|b| b.state().removal_cap())
+        .map_or(Spread::Normal, |cap| cap.spread().last().spread)
 }
 
 /// `fut`, unless it is still running at `limit` plus the time `clock` says
@@ -371,6 +382,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     let mut stale = false;
                     let mut held = None;
                     let mut last_err = None;
+                    // What the limits need: whether the failed attempt reached
+                    // its backend, and how failure is spread over its upstream.
+                    // (Read after the attempt was reported, so it counts.)
+                    let spread;
+                    let mut reached = true;
                     match result {
                         Ok(mut ok) => {
                             let status = if grpc_call {
@@ -404,6 +420,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                                     &session,
                                 );
                             }
+                            spread = spread_of(&peer);
                             let wants = status != 101
                                 && proxy.should_retry_response(
                                     &session,
@@ -452,8 +469,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                                 replay_intact,
                                 reused,
                             };
+                            reached = facts.reached_backend();
                             let decision = if err.retry_hint() == RetryHint::Never {
-                                RetryDecision::Stop(detour_core::retry::NoRetry::NotRetriable)
+                                RetryDecision::Stop(NoRetry::NotRetriable)
                             } else {
                                 decide(&policy, &facts)
                             };
@@ -469,6 +487,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                                 OutcomeClass::BackendFailure(err.kind())
                             };
                             self.report(&peer, class, None, latency, commit, &session);
+                            spread = spread_of(&peer);
                             session.set_last_error(Some(err.kind()));
                             if !decision.is_retry() {
                                 tracing::debug!(error = %err, commit = commit.as_str(), ?decision, "not retrying");
@@ -503,16 +522,26 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                         return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade))
                             .await;
                     }
-                    // A stale connection's re-attempt is free; a real retry is paid
-                    // from the budget, and a spent budget ends the retries: the client
-                    // gets the held upstream answer as it was, or a 503.
+                    // The upstream's limits (detour_core::retry::admit_retry): the
+                    // budget, and how failure is spread over the backends. When they
+                    // refuse, the client gets the held upstream answer as it was, or
+                    // the last error (a 503 for a spent budget).
                     let ended = attempt_started + latency;
-                    if !stale && budget.as_ref().is_some_and(|b| !b.try_withdraw(ended)) {
-                        tracing::debug!("retry budget spent");
-                        let last_err = last_err.map(|(_, name)| {
-                            let err = Error::internal(ErrorKind::BudgetExhausted)
-                                .context("retry budget spent");
-                            (err, name)
+                    let limits = RetryLimits {
+                        reached_backend: reached,
+                        stale_connection: stale,
+                        spread,
+                    };
+                    let withdraw = || budget.as_ref().is_none_or(|b| b.try_withdraw(ended));
+                    if let Err(why) = admit_retry(&policy, limits, withdraw) {
+                        tracing::debug!(?why, %spread, "not retrying");
+                        let last_err = last_err.map(|(err, name)| match why {
+                            NoRetry::BudgetExhausted => {
+                                let err = Error::internal(ErrorKind::BudgetExhausted)
+                                    .context("retry budget spent");
+                                (err, name)
+                            }
+                            _ => (err, name),
                         });
                         return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade))
                             .await;
@@ -613,8 +642,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         commit: CommitPoint,
         session: &Session,
     ) {
-        if let (Some(b), Some(_)) = (peer.backend(), status) {
-            b.state().record_latency(latency);
+        if let Some(b) = peer.backend() {
+            b.state()
+                .record_attempt(class, status, latency, Instant::now());
         }
         let observers = &self.shared.observers;
         if observers.is_empty() && peer.observer().is_none() {

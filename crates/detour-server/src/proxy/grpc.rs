@@ -173,8 +173,9 @@ fn report(
     attempt: u32,
 ) {
     let backend: Option<&Arc<Backend>> = peer.backend();
-    if let (Some(b), Some(_)) = (backend, status) {
-        b.state().record_latency(latency);
+    if let Some(b) = backend {
+        b.state()
+            .record_attempt(class, status, latency, tokio::time::Instant::now());
     }
     let addr: SocketAddr = peer.addr;
     let outcome = AttemptOutcome {

@@ -32,9 +32,11 @@ use std::time::Duration;
 use detour_breaker::{
     BreakerConfig, BreakerRegistry, BudgetConfig, ConcurrencyLimit, LimitConfig, RetryBudget,
 };
+use detour_core::spread::{SpreadHook, Verdict};
 use detour_core::{
     check_duration, AttemptOutcome, Backend, Error, ErrorKind, GateState, HttpPeer, InvalidConfig,
-    Observer, OutcomeClass, PeerOptions, RemovalCap, RetryBudgetGate, RetryPolicy, Session, Zero,
+    Observer, OutcomeClass, PeerOptions, RemovalCap, RetryBudgetGate, RetryPolicy, Session, Spread,
+    Zero,
 };
 use detour_health::{HealthChecker, HealthConfig, HealthEvent, OutlierConfig, OutlierDetector};
 use detour_lb::discovery::SystemResolver;
@@ -326,6 +328,48 @@ impl Observer for UpstreamObserver {
     }
 }
 
+/// The event of a change of an upstream's failure spread: a log line (a
+/// warning on entering concentrated or correlated failure), the
+/// `detour_upstream_failure_spread{upstream, state}` gauge (1 for the state in
+/// force, 0 for the others) and `detour_upstream_spread_changes_total{upstream, to}`.
+fn spread_events(upstream: &str) -> SpreadHook {
+    let name: Arc<str> = Arc::from(upstream);
+    let gauge = |state: Spread| {
+        metrics::gauge!(
+            "detour_upstream_failure_spread",
+            "upstream" => name.to_string(),
+            "state" => state.as_str(),
+        )
+    };
+    let gauges = [Spread::Normal, Spread::Concentrated, Spread::Correlated].map(gauge);
+    gauges[Spread::Normal as usize].set(1.0);
+    Arc::new(move |before: Verdict, after: Verdict| {
+        gauges[before.spread as usize].set(0.0);
+        gauges[after.spread as usize].set(1.0);
+        metrics::counter!(
+            "detour_upstream_spread_changes_total",
+            "upstream" => name.to_string(),
+            "to" => after.spread.as_str(),
+        )
+        .increment(1);
+        let (healthy, failing) = (after.healthy, after.failing);
+        match after.spread {
+            Spread::Concentrated => tracing::warn!(
+                upstream = &*name, healthy, failing,
+                "failure is concentrated: retries go past the budget and failing backends may be removed past the ceiling"
+            ),
+            Spread::Correlated => tracing::warn!(
+                upstream = &*name, failing,
+                "failure is correlated across every backend: retries of requests that reached a backend stop (correlated_brake)"
+            ),
+            Spread::Normal => tracing::info!(
+                upstream = &*name, from = before.spread.as_str(),
+                "failure spread back to normal"
+            ),
+        }
+    })
+}
+
 /// An upstream: its backends and everything that decides which one takes a
 /// request. Build it with [`Upstream::from_config`].
 pub struct Upstream {
@@ -410,6 +454,7 @@ impl Upstream {
         }
         let outlier = Arc::new(outlier);
         let cap = outlier.cap();
+        cap.spread().on_change(spread_events(name));
         let breakers = if config.breaker.enabled {
             Some(Arc::new(
                 BreakerRegistry::new(config.breaker.clone())
@@ -557,6 +602,13 @@ impl Upstream {
     /// The passive-removal ceiling shared by ejections and breakers.
     pub fn removal_cap(&self) -> &Arc<RemovalCap> {
         &self.cap
+    }
+
+    /// How failure is spread over the backends now: normal, concentrated
+    /// (some failing, others clearly healthy) or correlated (all failing
+    /// alike). See `detour_core::spread`.
+    pub fn failure_spread(&self) -> Verdict {
+        self.cap.spread().at(Instant::now())
     }
 
     /// Where the client requests this upstream served are counted.

@@ -250,7 +250,18 @@ impl Admin {
                         .map(|d| (d.as_secs_f64() * 1e5).round() / 100.0),
                 })
                 .collect();
-            ups.insert(name.clone(), serde_json::json!({ "backends": backends }));
+            let spread = up.failure_spread();
+            ups.insert(
+                name.clone(),
+                serde_json::json!({
+                    "backends": backends,
+                    "failure_spread": {
+                        "state": spread.spread.as_str(),
+                        "healthy": spread.healthy,
+                        "failing": spread.failing,
+                    },
+                }),
+            );
         }
         serde_json::json!({
             "upstreams": ups,
