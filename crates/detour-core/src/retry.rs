@@ -273,6 +273,9 @@ pub struct RetryLimits {
     pub reached_backend: bool,
     /// The failure was a stale pooled connection.
     pub stale_connection: bool,
+    /// The upstream has backends this request has not tried yet, so the
+    /// retry can fail over to one of them.
+    pub untried_remain: bool,
     /// The failed attempt's upstream's failure spread now.
     pub spread: Spread,
 }
@@ -281,7 +284,9 @@ pub struct RetryLimits {
 /// one retry from the upstream's budget and says whether there was one.
 ///
 /// * a stale pooled connection → yes, free (it says nothing about the backend);
-/// * an attempt that never reached a backend → yes, free: it always fails over;
+/// * an attempt that never reached a backend → yes, free, while untried
+///   backends remain: it always fails over; going back to a backend already
+///   tried, the budget decides;
 /// * correlated failure with `correlated_brake` on → no;
 /// * concentrated failure → yes: healthy backends exist and a retry finds
 ///   them (the retry is still withdrawn when the budget has one, so the
@@ -294,8 +299,15 @@ pub fn admit_retry(
     limits: RetryLimits,
     withdraw: impl FnOnce() -> bool,
 ) -> Result<(), NoRetry> {
-    if limits.stale_connection || !limits.reached_backend {
+    if limits.stale_connection || (!limits.reached_backend && limits.untried_remain) {
         return Ok(());
+    }
+    if !limits.reached_backend {
+        return if withdraw() {
+            Ok(())
+        } else {
+            Err(NoRetry::BudgetExhausted)
+        };
     }
     match limits.spread {
         Spread::Correlated if policy.correlated_brake => Err(NoRetry::CorrelatedFailure),
@@ -615,6 +627,7 @@ mod tests {
         let limits = |reached, stale, spread| RetryLimits {
             reached_backend: reached,
             stale_connection: stale,
+            untried_remain: true,
             spread,
         };
         let spent = || false;
@@ -650,6 +663,17 @@ mod tests {
                 Ok(())
             );
         }
+        // Back to a backend already tried, an unsent attempt pays the budget
+        // (and the brake still does not stop it).
+        let back = RetryLimits {
+            untried_remain: false,
+            ..limits(false, false, Spread::Correlated)
+        };
+        assert_eq!(admit_retry(&policy, back, left), Ok(()));
+        assert_eq!(
+            admit_retry(&policy, back, spent),
+            Err(NoRetry::BudgetExhausted)
+        );
         // The brake can be turned off: the budget decides again.
         let off = RetryPolicy {
             correlated_brake: false,

@@ -153,17 +153,7 @@ pub(crate) struct Run {
 /// Runs the load against `proxy` from `t0` until `until`, and returns every
 /// request's sample once the last one has its answer (or timed out).
 pub(crate) async fn run(proxy: SocketAddr, shape: LoadShape, t0: Instant, until: Instant) -> Run {
-    let watchdog = tokio::spawn(async move {
-        let mut worst = Duration::ZERO;
-        while Instant::now() < until {
-            let asked = Instant::now() + Duration::from_millis(1);
-            sleep_until(asked).await;
-            // The timer's own granularity is a millisecond; beyond that the
-            // runtime did not get to run.
-            worst = worst.max(asked.elapsed().saturating_sub(Duration::from_millis(1)));
-        }
-        worst
-    });
+    let watchdog = watch_stalls(until);
     let pool = Arc::new(Pool::default());
     let samples = Arc::new(Mutex::new(Vec::new()));
     let in_flight = Arc::new(Semaphore::new(shape.max_in_flight.max(1)));
@@ -227,6 +217,67 @@ pub(crate) async fn run(proxy: SocketAddr, shape: LoadShape, t0: Instant, until:
     }
     while lanes.join_next().await.is_some() {}
     let mut all = std::mem::take(&mut *samples.lock().unwrap_or_else(PoisonError::into_inner));
+    all.sort_by_key(|s| s.start);
+    Run {
+        samples: all,
+        harness_stall: watchdog.await.unwrap_or_default(),
+    }
+}
+
+/// The longest this process's runtime was late waking a 1 ms timer until
+/// `until` (see [`Run::harness_stall`]).
+fn watch_stalls(until: Instant) -> tokio::task::JoinHandle<Duration> {
+    tokio::spawn(async move {
+        let mut worst = Duration::ZERO;
+        while Instant::now() < until {
+            let asked = Instant::now() + Duration::from_millis(1);
+            sleep_until(asked).await;
+            // The timer's own granularity is a millisecond; beyond that the
+            // runtime did not get to run.
+            worst = worst.max(asked.elapsed().saturating_sub(Duration::from_millis(1)));
+        }
+        worst
+    })
+}
+
+/// `clients` closed-loop clients sending GETs to `proxy` from `t0` until
+/// `until`: each sends its next request as soon as the last one's answer is
+/// read, on its own keep-alive connection (a new one after a close). Used by
+/// the partial-outage scenarios, whose figures are shares of requests and
+/// attempts per request rather than latencies.
+pub(crate) async fn run_closed(
+    proxy: SocketAddr,
+    clients: usize,
+    t0: Instant,
+    until: Instant,
+) -> Run {
+    let watchdog = watch_stalls(until);
+    let mut lanes = JoinSet::new();
+    for lane in 0..clients {
+        lanes.spawn(async move {
+            sleep_until(t0).await;
+            let pool = Pool::default();
+            let mut samples = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                let sent = Instant::now();
+                let request = request_bytes(Method::Get, lane, n);
+                let answer = one_request(&pool, proxy, &request).await;
+                samples.push(Sample {
+                    method: Method::Get,
+                    start: sent.saturating_duration_since(t0),
+                    latency: sent.elapsed(),
+                    answer,
+                });
+            }
+            samples
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(lane) = lanes.join_next().await {
+        all.extend(lane.unwrap_or_default());
+    }
     all.sort_by_key(|s| s.start);
     Run {
         samples: all,

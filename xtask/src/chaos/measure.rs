@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::load::{Answer, Method, Sample};
-use super::scenario::{all_down, Window, BACKENDS};
+use super::scenario::{all_down, Window};
 
 /// How many unexcused errors a row keeps the details of.
 const UNEXCUSED_KEPT: usize = 5;
@@ -76,10 +76,76 @@ pub(crate) struct Outcome {
     /// The first few unexcused GET errors: when they were sent and what came
     /// back, for the report.
     pub(crate) unexcused: Vec<(Duration, Answer)>,
+    /// From one second after the first fault to its repair, when the proxy
+    /// has had the time to find out; `None` when the fault is shorter.
+    pub(crate) settled: Option<Settled>,
     /// The harness's own longest stall during the run (see
     /// [`load::Run::harness_stall`](super::load::Run::harness_stall)); set by
     /// the caller.
     pub(crate) harness_stall: Duration,
+}
+
+/// How long after a fault the "settled" figures start: what a proxy does in
+/// the first second is detection; what it does after is its answer.
+pub(crate) const SETTLE: Duration = Duration::from_secs(1);
+
+/// The figures of the settled part of a fault: from [`SETTLE`] after it
+/// began to its repair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Settled {
+    /// Client requests sent in it.
+    pub(crate) requests: usize,
+    /// The share of them answered with a `2xx`.
+    pub(crate) served: f64,
+    /// Requests the backends read in it, per client request sent in it.
+    pub(crate) attempts_per_request: f64,
+    /// The longest a backend that was never broken went without a client
+    /// request in it (`None` if every backend was broken): a healthy
+    /// backend taken out of rotation shows here.
+    pub(crate) healthy_gap: Option<Duration>,
+}
+
+/// The settled figures of the first fault (see [`Settled`]).
+fn settled(
+    samples: &[Sample],
+    seen: &[Seen],
+    windows: &[Window],
+    backends: usize,
+    length: Duration,
+) -> Option<Settled> {
+    let first = windows.iter().min_by_key(|w| w.from)?;
+    let (from, to) = (first.from + SETTLE, first.to.unwrap_or(length).min(length));
+    if from >= to {
+        return None;
+    }
+    let inside = |t: Duration| t >= from && t < to;
+    let sent: Vec<&Sample> = samples.iter().filter(|s| inside(s.start)).collect();
+    let read = seen.iter().filter(|s| inside(s.at)).count();
+    let n = sent.len().max(1) as f64;
+    let healthy_gap = (0..backends)
+        .filter(|b| {
+            !windows
+                .iter()
+                .any(|w| w.backend == *b && w.from < to && w.to.is_none_or(|t| t > from))
+        })
+        .map(|b| {
+            let mut at: Vec<Duration> = seen
+                .iter()
+                .filter(|s| s.backend == b && inside(s.at))
+                .map(|s| s.at)
+                .collect();
+            at.push(from);
+            at.push(to);
+            at.sort();
+            at.windows(2).map(|p| p[1] - p[0]).max().unwrap_or_default()
+        })
+        .max();
+    Some(Settled {
+        requests: sent.len(),
+        served: sent.iter().filter(|s| s.ok()).count() as f64 / n,
+        attempts_per_request: read as f64 / n,
+        healthy_gap,
+    })
 }
 
 /// Nearest-rank p50, p99 and max of `samples` (sorted here); zeros if empty.
@@ -159,14 +225,16 @@ fn per_time(
         .collect()
 }
 
-/// The row for one run of `length`, whose faults were `windows`.
+/// The row for one run of `length` over `backends` backends, whose faults
+/// were `windows`.
 pub(crate) fn measure(
     samples: &[Sample],
     seen: &[Seen],
     windows: &[Window],
+    backends: usize,
     length: Duration,
 ) -> Outcome {
-    let none_healthy = all_down(windows, BACKENDS, length);
+    let none_healthy = all_down(windows, backends, length);
     // Excused: some instant of the request's flight had no healthy backend.
     let excused = |s: &Sample| {
         let end = s.start + s.latency;
@@ -201,6 +269,7 @@ pub(crate) fn measure(
         stops: per_time(windows, |w| Some(w.from), |w| stops(w, seen, length)),
         back: per_time(windows, |w| w.to, |w| back(w, seen, windows)),
         duplicate_posts: duplicate_posts(seen),
+        settled: settled(samples, seen, windows, backends, length),
         harness_stall: Duration::ZERO,
     }
 }
@@ -320,9 +389,7 @@ mod tests {
 
     #[test]
     fn errors_are_excused_only_while_every_backend_is_down() {
-        let windows: Vec<Window> = (0..BACKENDS)
-            .map(|b| window(b, 2000, Some(5000), true))
-            .collect();
+        let windows: Vec<Window> = (0..3).map(|b| window(b, 2000, Some(5000), true)).collect();
         let samples = [
             sample(Method::Get, 100, 1, true),
             sample(Method::Get, 1990, 20, false), // in flight when all went down
@@ -330,7 +397,7 @@ mod tests {
             sample(Method::Get, 5001, 1, false),  // after the repair: not excused
             sample(Method::Post, 3000, 1, false), // POST errors are never the gate
         ];
-        let o = measure(&samples, &[], &windows, ms(8000));
+        let o = measure(&samples, &[], &windows, 3, ms(8000));
         assert_eq!(o.requests, 5);
         assert_eq!(o.posts, 1);
         assert_eq!((o.get_errors, o.post_errors), (3, 1));
@@ -350,11 +417,43 @@ mod tests {
             seen(0, "c0-1", false, 2900),
             seen(2, "c0-2", false, 2600),
         ];
-        let o = measure(&samples, &seen, &windows, ms(8000));
+        let o = measure(&samples, &seen, &windows, 3, ms(8000));
         assert_eq!(o.unexcused_get_errors, 1);
         assert!((o.attempts_per_request - 1.5).abs() < 1e-9);
         assert_eq!(o.stops, [Timing::After(ms(500))]);
         assert_eq!(o.back, [Timing::Never]);
         assert_eq!(o.duplicate_posts, 0);
+    }
+
+    #[test]
+    fn settled_figures_start_a_second_into_the_fault() {
+        let windows = [window(0, 2000, Some(5000), false)];
+        let samples = [
+            sample(Method::Get, 2500, 1, false), // detection: left out
+            sample(Method::Get, 3000, 1, true),
+            sample(Method::Get, 3500, 1, true),
+            sample(Method::Get, 4000, 1, false),
+            sample(Method::Get, 4500, 1, true),
+            sample(Method::Get, 5000, 1, true), // repaired: left out
+        ];
+        let seen = [
+            seen(0, "a", false, 2500),
+            seen(1, "b", false, 3000),
+            seen(1, "c", false, 3500),
+            seen(0, "d", false, 4000),
+            seen(2, "d", false, 4000),
+            seen(1, "e", false, 4500),
+        ];
+        let s = settled(&samples, &seen, &windows, 3, ms(8000));
+        let Some(s) = s else {
+            panic!("a 3 s fault has a settled part");
+        };
+        assert_eq!(s.requests, 4);
+        assert!((s.served - 0.75).abs() < 1e-9);
+        assert!((s.attempts_per_request - 1.25).abs() < 1e-9);
+        // Backend 2 read one request at 4000 in [3000, 5000): a 1 s gap.
+        assert_eq!(s.healthy_gap, Some(ms(1000)));
+        let short = [window(0, 2000, Some(2500), false)];
+        assert!(settled(&samples, &seen, &short, 3, ms(8000)).is_none());
     }
 }

@@ -39,7 +39,7 @@ use load::LoadShape;
 use measure::{measure, Outcome, Seen};
 use proxy::{ensure_program, Kind, Proxy};
 use report::Row;
-use scenario::{Action, Scenario, BACKENDS};
+use scenario::{Action, Bar, Clients, Scenario};
 
 const USAGE: &str = "\
 usage: cargo xtask chaos [--only detour,nginx,haproxy] [--scenario NAME,...] [--secs N]
@@ -274,7 +274,7 @@ async fn run_one(
     detour_log: bool,
 ) -> Result<Outcome, String> {
     let mut backends = Vec::new();
-    for _ in 0..BACKENDS {
+    for _ in 0..sc.backends {
         let up = Upstream::start(Behavior::ok())
             .await
             .map_err(|e| format!("a backend cannot start: {e}"))?;
@@ -311,10 +311,15 @@ async fn run_one(
         }
         Ok::<(), String>(())
     };
-    let (run, scripted) = tokio::join!(
-        load::run(proxy.addr, LoadShape::default(), t0, t0 + sc.length),
-        script
-    );
+    let clients = async {
+        match sc.clients {
+            Clients::Steady => {
+                load::run(proxy.addr, LoadShape::default(), t0, t0 + sc.length).await
+            }
+            Clients::Closed(n) => load::run_closed(proxy.addr, n, t0, t0 + sc.length).await,
+        }
+    };
+    let (run, scripted) = tokio::join!(clients, script);
     // A proxy that died under the load is a finding, not a row of errors.
     if let Some(status) = proxy.ended() {
         return Err(format!(
@@ -326,7 +331,7 @@ async fn run_one(
     proxy.stop();
     scripted?;
     let seen = journals(&backends, t0);
-    let mut outcome = measure(&run.samples, &seen, &sc.windows(), sc.length);
+    let mut outcome = measure(&run.samples, &seen, &sc.windows(), sc.backends, sc.length);
     outcome.harness_stall = run.harness_stall;
     Ok(outcome)
 }
@@ -359,27 +364,7 @@ fn verdict(results: &[(Scenario, Vec<Row>)]) -> (Vec<String>, bool) {
         for row in rows.iter().filter(|r| r.proxy == Kind::Detour.name()) {
             match &row.outcome {
                 Err(e) => lines.push(format!("FAIL {}: Detour did not run: {e}", sc.name)),
-                Ok(o) => {
-                    if o.unexcused_get_errors > 0 {
-                        let first: Vec<String> = o
-                            .unexcused
-                            .iter()
-                            .map(|(at, answer)| format!("{answer} at {}", report::human(*at)))
-                            .collect();
-                        lines.push(format!(
-                            "FAIL {}: Detour answered {} GET(s) with an error while a healthy backend existed (first: {})",
-                            sc.name,
-                            o.unexcused_get_errors,
-                            first.join(", ")
-                        ));
-                    }
-                    if o.duplicate_posts > 0 {
-                        lines.push(format!(
-                            "FAIL {}: Detour delivered {} POST(s) more than once",
-                            sc.name, o.duplicate_posts
-                        ));
-                    }
-                }
+                Ok(o) => lines.extend(failures(sc, o)),
             }
         }
     }
@@ -389,13 +374,86 @@ fn verdict(results: &[(Scenario, Vec<Row>)]) -> (Vec<String>, bool) {
             .iter()
             .any(|(_, rows)| rows.iter().any(|r| r.proxy == Kind::Detour.name()));
         lines.push(if ran {
-            "PASS: Detour answered every GET while a backend was healthy, and delivered every POST at most once".into()
+            "PASS: Detour answered every GET while a backend was healthy, delivered every POST at most once, found the healthy backends in the partial outages and did not storm in the correlated one".into()
         } else {
             "PASS: Detour was not run (--only)".into()
         });
     }
     (lines, failed)
 }
+
+/// The ways Detour's run of `sc` missed the scenario's bar, one line each.
+fn failures(sc: &Scenario, o: &Outcome) -> Vec<String> {
+    let mut lines = Vec::new();
+    let name = sc.name;
+    if o.duplicate_posts > 0 {
+        lines.push(format!(
+            "FAIL {name}: Detour delivered {} POST(s) more than once",
+            o.duplicate_posts
+        ));
+    }
+    let settled = |what: &str| format!("FAIL {name}: no settled figures ({what})");
+    match sc.bar {
+        Bar::NoErrorWhileHealthy => {
+            if o.unexcused_get_errors > 0 {
+                let first: Vec<String> = o
+                    .unexcused
+                    .iter()
+                    .map(|(at, answer)| format!("{answer} at {}", report::human(*at)))
+                    .collect();
+                lines.push(format!(
+                    "FAIL {name}: Detour answered {} GET(s) with an error while a healthy backend existed (first: {})",
+                    o.unexcused_get_errors,
+                    first.join(", ")
+                ));
+            }
+        }
+        Bar::Served(min) => match o.settled {
+            None => lines.push(settled("the fault is too short")),
+            Some(s) => {
+                if s.served < min {
+                    lines.push(format!(
+                        "FAIL {name}: Detour served {:.1} % after the first second (at least {:.0} % expected)",
+                        s.served * 100.0,
+                        min * 100.0
+                    ));
+                }
+                if let Some(gap) = s.healthy_gap.filter(|g| *g >= HEALTHY_IDLE_LIMIT) {
+                    lines.push(format!(
+                        "FAIL {name}: a healthy backend went {} without traffic: it was taken out",
+                        report::human(gap)
+                    ));
+                }
+            }
+        },
+        Bar::NoStorm {
+            max_attempts,
+            min_served,
+        } => match o.settled {
+            None => lines.push(settled("the fault is too short")),
+            Some(s) => {
+                if s.attempts_per_request > max_attempts {
+                    lines.push(format!(
+                        "FAIL {name}: Detour sent {:.2} backend attempts per request after the first second (at most {max_attempts:.2})",
+                        s.attempts_per_request
+                    ));
+                }
+                if s.served < min_served {
+                    lines.push(format!(
+                        "FAIL {name}: Detour served {:.1} % after the first second (at least {:.0} %)",
+                        s.served * 100.0,
+                        min_served * 100.0
+                    ));
+                }
+            }
+        },
+    }
+    lines
+}
+
+/// A healthy backend idle this long in a partial outage was taken out of
+/// rotation (an ejection or an open breaker lasts 2 s here).
+const HEALTHY_IDLE_LIMIT: Duration = Duration::from_secs(1);
 
 /// The whole report, as written to `target/chaos/latest.md`.
 fn document(
@@ -414,8 +472,10 @@ fn document(
         "# cargo xtask chaos, {date}\n\n\
          `cargo xtask chaos{args}`: {secs} s of load per run, {rate:.0} requests/s arriving \
          at a steady rate ({gets} streams of GETs, {posts} of POSTs, one every {every} ms each) \
-         over keep-alive connections, {BACKENDS} backends, {per_try} ms per attempt; \
+         over keep-alive connections (the partial-outage scenarios: {closed} closed-loop \
+         clients sending GETs), three backends (five in bad-canary), {per_try} ms per attempt; \
          took {took:.0} s.\n\n",
+        closed = scenario::CLOSED_CLIENTS,
         args = std::env::args()
             .skip(2)
             .map(|a| format!(" {a}"))
@@ -512,6 +572,7 @@ mod tests {
             stops: vec![],
             back: vec![],
             duplicate_posts: duplicates,
+            settled: None,
             unexcused: vec![],
             harness_stall: Duration::ZERO,
         }
@@ -546,7 +607,7 @@ mod tests {
     #[test]
     fn defaults_run_everything() {
         assert_eq!(parse(&[]), Ok(Options::default()));
-        assert_eq!(Options::default().scenarios.len(), 8);
+        assert_eq!(Options::default().scenarios.len(), scenario::NAMES.len());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::measure::{Outcome, Timing};
+use super::measure::{Outcome, Settled, Timing};
 use super::scenario::Scenario;
 
 /// One proxy's line in a scenario's table: its figures, or why there are none.
@@ -15,8 +15,8 @@ pub(crate) struct Row {
     pub(crate) outcome: Result<Outcome, String>,
 }
 
-const HEADER: &str = "| proxy | requests | errors GET / POST | GET errors with a healthy backend | p50 | p99 | max | attempts / request | stops getting traffic | gets traffic again | duplicate POSTs |\n\
-                      |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+const HEADER: &str = "| proxy | requests | errors GET / POST | GET errors with a healthy backend | p50 | p99 | max | attempts / request | stops getting traffic | gets traffic again | duplicate POSTs | served after 1 s | attempts / request after 1 s | longest idle healthy backend |\n\
+                      |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
 
 /// A duration as people read it: `0.42 ms`, `12.3 ms`, `402 ms`, `1.20 s`.
 pub(crate) fn human(d: Duration) -> String {
@@ -51,6 +51,20 @@ fn timings(ts: &[Timing]) -> String {
         .join(" / ")
 }
 
+/// The three settled columns (see [`Settled`]), `n/a` where the fault is
+/// too short to have a settled part.
+fn settled(s: Option<Settled>) -> String {
+    match s {
+        None => "n/a | n/a | n/a".into(),
+        Some(s) => format!(
+            "{:.1} % | {:.2} | {}",
+            s.served * 100.0,
+            s.attempts_per_request,
+            s.healthy_gap.map_or_else(|| "n/a".into(), human)
+        ),
+    }
+}
+
 /// The table of one scenario.
 pub(crate) fn table(scenario: &Scenario, rows: &[Row]) -> String {
     let mut out = format!("### {}\n\n{}.\n\n{HEADER}", scenario.name, scenario.summary);
@@ -59,7 +73,7 @@ pub(crate) fn table(scenario: &Scenario, rows: &[Row]) -> String {
         let _ = match &row.outcome {
             Ok(o) => writeln!(
                 out,
-                "| {} | {} | {} / {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
+                "| {} | {} | {} / {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
                 row.proxy,
                 o.requests,
                 o.get_errors,
@@ -72,10 +86,11 @@ pub(crate) fn table(scenario: &Scenario, rows: &[Row]) -> String {
                 timings(&o.stops),
                 timings(&o.back),
                 o.duplicate_posts,
+                settled(o.settled),
             ),
             Err(why) => writeln!(
                 out,
-                "| {} | {} | | | | | | | | | |",
+                "| {} | {} | | | | | | | | | | | | |",
                 row.proxy,
                 why.replace('|', "/")
             ),
@@ -136,6 +151,12 @@ mod tests {
             stops: vec![Timing::After(Duration::from_millis(30))],
             back: vec![Timing::Never, Timing::After(Duration::from_millis(2))],
             duplicate_posts: 0,
+            settled: Some(Settled {
+                requests: 40,
+                served: 0.975,
+                attempts_per_request: 1.0,
+                healthy_gap: Some(Duration::from_millis(12)),
+            }),
             unexcused: Vec::new(),
             harness_stall: Duration::from_millis(150),
         };
@@ -152,7 +173,7 @@ mod tests {
         let t = table(&sc, &rows);
         assert!(t.starts_with("### 503\n\nB answers 503"));
         assert!(t.contains(
-            "| Detour | 100 | 1 / 2 | 1 | 1.0 ms | 1.0 ms | 1.0 ms | 1.25 | 30.0 ms | not seen / 2.0 ms | 0 |"
+            "| Detour | 100 | 1 / 2 | 1 | 1.0 ms | 1.0 ms | 1.0 ms | 1.25 | 30.0 ms | not seen / 2.0 ms | 0 | 97.5 % | 1.00 | 12.0 ms |"
         ));
         assert!(t.contains("| nginx | skipped: not installed |"));
         assert!(t.contains("stalled (another program had the CPU) during: Detour 150 ms."));

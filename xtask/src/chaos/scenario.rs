@@ -10,8 +10,19 @@ use std::time::Duration;
 
 use detour_testkit::Behavior;
 
-/// Backends behind every proxy, always three, named A, B and C in the tables.
+/// Backends behind every proxy, named A, B, C… in the tables: three, except
+/// in the bad-canary scenario, which has five.
 pub(crate) const BACKENDS: usize = 3;
+
+/// The most backends a scenario has.
+const MOST_BACKENDS: usize = 5;
+
+/// The path every proxy's health checks ask for: the partial-outage
+/// scenarios' backends keep answering it with `200`.
+pub(crate) const HEALTH_PATH: &str = "/healthz";
+
+/// The share of requests each backend fails in the correlated scenario.
+pub(crate) const CORRELATED_PERCENT: u8 = 80;
 
 /// How long a slow backend waits before answering: well past every proxy's
 /// 400 ms per-try timeout, so a proxy that waits for it is visibly slow.
@@ -33,6 +44,11 @@ pub(crate) enum Action {
     Slow,
     /// Read the whole request, then reset the connection.
     ResetAfterRequest,
+    /// Answer `503` to every client request while the health checks pass.
+    UnavailableChecksPass,
+    /// Fail [`CORRELATED_PERCENT`] % of client requests with `503` while the
+    /// health checks pass.
+    FailShareChecksPass,
     /// Answer `200` at once again.
     Heal,
 }
@@ -47,6 +63,10 @@ impl Action {
             Action::Unavailable => Some(Behavior::status(503)),
             Action::Slow => Some(Behavior::slow(SLOW_DELAY)),
             Action::ResetAfterRequest => Some(Behavior::reset_after_request()),
+            Action::UnavailableChecksPass => Some(Behavior::status(503).healthy_on(HEALTH_PATH)),
+            Action::FailShareChecksPass => {
+                Some(Behavior::fail_share(503, CORRELATED_PERCENT).healthy_on(HEALTH_PATH))
+            }
             Action::Heal => Some(Behavior::ok()),
         }
     }
@@ -69,6 +89,31 @@ pub(crate) struct Step {
     pub(crate) action: Action,
 }
 
+/// How the clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Clients {
+    /// The steady open loop of GETs and POSTs (see `load`).
+    Steady,
+    /// This many closed-loop clients sending GETs, each waiting for its
+    /// answer before the next: the partial-outage scenarios, as measured in
+    /// their issue.
+    Closed(usize),
+}
+
+/// What Detour must do in a scenario for the run to pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Bar {
+    /// No GET error while a healthy backend existed, no POST twice.
+    NoErrorWhileHealthy,
+    /// At least this share served from one second after the fault to the
+    /// repair, and no healthy backend left without traffic for a second.
+    Served(f64),
+    /// From one second after the fault to the repair: at most
+    /// `max_attempts` backend attempts per client request, at least
+    /// `min_served` of the requests served.
+    NoStorm { max_attempts: f64, min_served: f64 },
+}
+
 /// A named script of faults under steady load.
 #[derive(Debug, Clone)]
 pub(crate) struct Scenario {
@@ -82,10 +127,16 @@ pub(crate) struct Scenario {
     pub(crate) steps: Vec<Step>,
     /// How long the load runs.
     pub(crate) length: Duration,
+    /// Backends behind the proxy.
+    pub(crate) backends: usize,
+    /// How the clients send.
+    pub(crate) clients: Clients,
+    /// What Detour must do.
+    pub(crate) bar: Bar,
 }
 
 /// Every scenario's name, in the order they run.
-pub(crate) const NAMES: [&str; 8] = [
+pub(crate) const NAMES: [&str; 12] = [
     "killed",
     "blackholed",
     "503",
@@ -94,7 +145,14 @@ pub(crate) const NAMES: [&str; 8] = [
     "all-down",
     "comes-back",
     "post-reset",
+    "bad-canary",
+    "bad-canary-2of3",
+    "bad-canary-1of3",
+    "correlated",
 ];
+
+/// Closed-loop clients in the partial-outage scenarios.
+pub(crate) const CLOSED_CLIENTS: usize = 8;
 
 /// The scenario called `name`, for a load of `length`.
 pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
@@ -108,7 +166,71 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
     let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
     let one =
         |broken: Action, healed: Action| vec![step(fault, 1, broken), step(repair, 1, healed)];
-    let (summary, dead_at_start, steps) = match name {
+    // The partial outages: several backends fail while passing their checks.
+    let failing = |n: usize| {
+        (0..n)
+            .map(|b| step(fault, b, Action::UnavailableChecksPass))
+            .chain((0..n).map(|b| step(repair, b, Action::Heal)))
+            .collect::<Vec<_>>()
+    };
+    let letters = |n: usize| -> String {
+        let names: Vec<String> = (0..n).map(|b| letter(b).to_string()).collect();
+        names.join(", ")
+    };
+    let canary = |backends: usize, n: usize| {
+        format!(
+            "{} of {backends} backends ({}) answer 503 to every client request while their health checks pass, from {} to {}; {} {} healthy",
+            n,
+            letters(n),
+            secs(fault),
+            secs(repair),
+            (n..backends).map(|b| letter(b).to_string()).collect::<Vec<_>>().join(" and "),
+            if backends - n == 1 { "stays" } else { "stay" }
+        )
+    };
+    let partial = |backends, n| {
+        (
+            canary(backends, n),
+            vec![],
+            failing(n),
+            backends,
+            Clients::Closed(CLOSED_CLIENTS),
+            Bar::Served(0.95),
+        )
+    };
+    let steady = |(summary, dead, steps): (String, Vec<usize>, Vec<Step>)| {
+        (
+            summary,
+            dead,
+            steps,
+            BACKENDS,
+            Clients::Steady,
+            Bar::NoErrorWhileHealthy,
+        )
+    };
+    let (summary, dead_at_start, steps, backends, clients, bar) = match name {
+        "bad-canary" => partial(5, 4),
+        "bad-canary-2of3" => partial(3, 2),
+        "bad-canary-1of3" => partial(3, 1),
+        "correlated" => (
+            format!(
+                "A, B and C each fail {CORRELATED_PERCENT} % of client requests with 503 while their health checks pass, from {} to {}",
+                secs(fault),
+                secs(repair)
+            ),
+            vec![],
+            (0..BACKENDS)
+                .map(|b| step(fault, b, Action::FailShareChecksPass))
+                .chain((0..BACKENDS).map(|b| step(repair, b, Action::Heal)))
+                .collect(),
+            BACKENDS,
+            Clients::Closed(CLOSED_CLIENTS),
+            Bar::NoStorm {
+                max_attempts: 1.05,
+                min_served: 0.15,
+            },
+        ),
+        other => steady(match other {
         "killed" => (
             format!(
                 "B is killed (refuses connections, open ones reset) at {}, restarted at {}",
@@ -194,6 +316,7 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
             one(Action::ResetAfterRequest, Action::Heal),
         ),
         _ => return None,
+        }),
     };
     Some(Scenario {
         name: NAMES.iter().find(|n| **n == name)?,
@@ -201,7 +324,15 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
         dead_at_start,
         steps,
         length,
+        backends,
+        clients,
+        bar,
     })
+}
+
+/// Backend `b`'s name in the tables: A, B, C…
+pub(crate) fn letter(b: usize) -> char {
+    char::from(b'A' + (b % 26) as u8)
 }
 
 /// A stretch of time during which one backend was broken.
@@ -223,7 +354,7 @@ pub(crate) struct Window {
 impl Scenario {
     /// The windows during which each backend was broken, from the script.
     pub(crate) fn windows(&self) -> Vec<Window> {
-        let mut open: [Option<Window>; BACKENDS] = [None; BACKENDS];
+        let mut open: [Option<Window>; MOST_BACKENDS] = [None; MOST_BACKENDS];
         for &b in &self.dead_at_start {
             if let Some(slot) = open.get_mut(b) {
                 *slot = Some(Window {
@@ -313,7 +444,11 @@ mod tests {
                 panic!("no scenario {name}");
             };
             assert_eq!(sc.name, name);
-            assert!(sc.steps.iter().all(|st| st.at < L && st.backend < BACKENDS));
+            assert!(sc
+                .steps
+                .iter()
+                .all(|st| st.at < L && st.backend < sc.backends));
+            assert!(sc.backends <= MOST_BACKENDS);
         }
         assert!(scenario("nonsense", L).is_none());
     }

@@ -92,6 +92,19 @@ fn proxy_status(proxy: &str, detail: &str, upstream: Option<&str>) -> Option<Hea
     HeaderValue::from_str(&v).ok()
 }
 
+/// Backends in the upstream of `peer`'s backend, when it keeps count.
+fn members_of(peer: &HttpPeer) -> Option<u32> {
+    peer.backend()
+        .and_then(|b| b.state().removal_cap())
+        .map(|cap| cap.total())
+}
+
+/// Whether the request has backends of its upstream (`members`) left to
+/// try; without a count, assume so.
+fn untried_remain(session: &Session, members: Option<u32>) -> bool {
+    members.is_none_or(|n| (session.tried().len() as u64) < u64::from(n))
+}
+
 /// How failure is spread over the upstream of `peer`'s backend (normal
 /// when the peer carries no backend, or its upstream keeps no spread).
 fn spread_of(peer: &HttpPeer) -> Spread {
@@ -386,6 +399,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     // its backend, and how failure is spread over its upstream.
                     // (Read after the attempt was reported, so it counts.)
                     let spread;
+                    let spread_members = members_of(&peer);
                     let mut reached = true;
                     match result {
                         Ok(mut ok) => {
@@ -530,6 +544,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     let limits = RetryLimits {
                         reached_backend: reached,
                         stale_connection: stale,
+                        untried_remain: untried_remain(&session, spread_members),
                         spread,
                     };
                     let withdraw = || budget.as_ref().is_none_or(|b| b.try_withdraw(ended));
