@@ -11,6 +11,8 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod effective;
+pub mod paths;
 pub mod proxy;
 pub mod routes;
 pub mod state;
