@@ -51,6 +51,8 @@ use crate::config::ConfigError;
 use crate::tls::{TlsClient, UpstreamTlsConfig};
 use crate::upstream::TcpConnector;
 
+mod inherit;
+
 /// One `[upstreams.NAME]` table.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
