@@ -181,6 +181,8 @@ async fn a_wrong_method_is_405_with_allow() {
         ("POST", "/status", "GET, HEAD"),
         ("DELETE", "/metrics", "GET, HEAD"),
         ("POST", "/healthz", "GET, HEAD"),
+        ("GET", "/reload", "POST"),
+        ("POST", "/config", "GET, HEAD"),
     ] {
         let got = admin(&r, method, path, &[]).await;
         assert_eq!(got.status, 405, "{method} {path}");

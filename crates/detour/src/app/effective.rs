@@ -127,6 +127,29 @@ pub fn not_applied_live(old: &Config, new: &Config) -> Vec<String> {
         .collect()
 }
 
+/// The configuration a process runs after reloading `new` over `old`: `new`
+/// with the parts only a restart applies (see [`RESTART_ONLY`]) still as in
+/// `old`. This is what `GET /config` shows after a reload.
+pub fn running(old: &Config, new: &Config) -> Config {
+    let mut server = old.server.clone();
+    server.retry = new.server.retry.clone();
+    for (i, listener) in server.listeners.iter_mut().enumerate() {
+        if listener.tls.is_some() {
+            // Validated by the reload: a TLS listener keeps TLS, and its
+            // files are the new ones.
+            if let Some(tls) = new.server.listeners.get(i).and_then(|l| l.tls.clone()) {
+                listener.tls = Some(tls);
+            }
+        }
+    }
+    Config {
+        server,
+        admin: old.admin.clone(),
+        log: old.log.clone(),
+        ..new.clone()
+    }
+}
+
 /// Whether a reload applies a change of `field`: the retry policy
 /// (upstreams inherit it), and the certificate files of a listener that
 /// already serves TLS (re-read on reload).
@@ -247,5 +270,15 @@ retry = { max_retries = 1 }
             ]
         );
         assert!(not_applied_live(&old, &old).is_empty());
+        // What runs is the old for those fields and the new for the rest.
+        let running = running(&old, &new);
+        assert_eq!(running.server.threads, 1);
+        assert_eq!(running.server.retry.max_retries, 1);
+        assert_eq!(running.upstreams["app"].backends[0].addr.port(), 9002);
+        assert!(not_applied_live(&old, &running).is_empty());
+        assert_eq!(
+            not_applied_live(&running, &new),
+            not_applied_live(&old, &new)
+        );
     }
 }
