@@ -33,6 +33,15 @@ impl ConfigError {
         }
     }
 
+    /// An error about the file `file` itself (it cannot be read, say).
+    pub fn of_file(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: Some(file.to_path_buf()),
+            field: None,
+            message: message.into(),
+        }
+    }
+
     /// Attach the file name.
     pub fn in_file(mut self, file: &Path) -> Self {
         self.file = Some(file.to_path_buf());
@@ -715,11 +724,8 @@ impl ServerConfig {
     /// # Errors
     /// A [`ConfigError`] naming the file and the field.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: Some(path.to_path_buf()),
-            field: None,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::of_file(path, format!("cannot read: {e}")))?;
         Self::from_toml(&text).map_err(|e| e.in_file(path))
     }
 }

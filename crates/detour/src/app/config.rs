@@ -276,11 +276,8 @@ impl Config {
     /// # Errors
     /// The file cannot be read, or a [`ConfigError`] naming the field.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: Some(path.to_path_buf()),
-            field: None,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::of_file(path, format!("cannot read: {e}")))?;
         Self::from_toml(&text, Some(path))
     }
 

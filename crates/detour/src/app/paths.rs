@@ -25,11 +25,8 @@ use super::config::Config;
 /// The working directory cannot be read (only consulted for a relative
 /// `file`).
 pub fn base_dir_of(file: &Path) -> Result<PathBuf, ConfigError> {
-    let absolute = std::path::absolute(file).map_err(|e| ConfigError {
-        file: Some(file.to_path_buf()),
-        field: None,
-        message: format!("cannot make the path absolute: {e}"),
-    })?;
+    let absolute = std::path::absolute(file)
+        .map_err(|e| ConfigError::of_file(file, format!("cannot make the path absolute: {e}")))?;
     Ok(absolute
         .parent()
         .map_or_else(|| PathBuf::from("/"), Path::to_path_buf))

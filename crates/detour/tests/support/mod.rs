@@ -91,20 +91,18 @@ pub fn temp_dir(what: &str) -> std::path::PathBuf {
     dir
 }
 
-/// `method path` to the admin API at `admin` (with its own Host, and
-/// `headers`), and the answer.
-pub async fn admin(
-    admin: SocketAddr,
+/// Send `method path` with `headers` (a Host among them, or none) on a new
+/// connection and read the answer.
+pub async fn send(
+    addr: SocketAddr,
     method: &str,
     path: &str,
-    headers: &[&str],
+    headers: &[String],
 ) -> detour::testkit::client::RawResponse {
-    let mut c = detour::testkit::client::RawConnection::connect(admin)
+    let mut c = detour::testkit::client::RawConnection::connect(addr)
         .await
         .unwrap();
-    let mut raw = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {admin}\r\ncontent-length: 0\r\nconnection: close\r\n"
-    );
+    let mut raw = format!("{method} {path} HTTP/1.1\r\ncontent-length: 0\r\nconnection: close\r\n");
     for h in headers {
         raw.push_str(h);
         raw.push_str("\r\n");
@@ -115,4 +113,17 @@ pub async fn admin(
         .await
         .unwrap()
         .unwrap()
+}
+
+/// `method path` to the admin API at `admin`, with its own Host and
+/// `headers`, and the answer.
+pub async fn admin(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> detour::testkit::client::RawResponse {
+    let mut all = vec![format!("host: {admin}")];
+    all.extend(headers.iter().map(|h| h.to_string()));
+    send(admin, method, path, &all).await
 }

@@ -122,14 +122,20 @@ slow_start = { window = "60s" }
         found.unwrap()
     }
 
+    /// Open the breaker of `:port` (five failures in a row).
+    fn trip(up: &Upstream, port: u16) {
+        let breaker = up.breakers().unwrap().breaker(addr(port)).unwrap();
+        for _ in 0..5 {
+            breaker.record_failure(Duration::ZERO);
+        }
+        assert_eq!(breaker.state(), GateState::Open);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn what_the_old_upstream_learnt_goes_on_in_the_new_one() {
         let old = Upstream::from_config("app", &config()).unwrap();
         // :1's breaker opens; :2 is ejected; :3 is drained; :4 ramps up.
-        let breaker = old.breakers().unwrap().breaker(addr(1)).unwrap();
-        for _ in 0..5 {
-            breaker.record_failure(Duration::ZERO);
-        }
+        trip(&old, 1);
         for _ in 0..5 {
             old.outlier().on_attempt(&refused(addr(2)));
         }
@@ -166,10 +172,7 @@ slow_start = { window = "60s" }
     #[tokio::test(start_paused = true)]
     async fn new_addresses_start_afresh() {
         let old = Upstream::from_config("app", &config()).unwrap();
-        let breaker = old.breakers().unwrap().breaker(addr(1)).unwrap();
-        for _ in 0..5 {
-            breaker.record_failure(Duration::ZERO);
-        }
+        trip(&old, 1);
         let mut moved = config();
         moved.backends.retain(|b| b.addr != addr(1));
         moved.backends.push(detour_lb::BackendSpec::new(addr(5)));
