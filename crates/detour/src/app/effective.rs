@@ -23,7 +23,7 @@ const SECRET_WORDS: [&str; 3] = ["token", "password", "secret"];
 /// the retry policy that upstreams inherit and the TLS listeners'
 /// certificate files, which a reload does re-read), the admin listener and
 /// logging.
-const RESTART_ONLY: [&str; 3] = ["server", "admin", "log"];
+pub const RESTART_ONLY: [&str; 3] = ["server", "admin", "log"];
 
 /// Whether the value under `key` is a secret.
 fn is_secret(key: &str) -> bool {
