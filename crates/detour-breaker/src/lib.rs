@@ -60,8 +60,9 @@ pub mod limit;
 mod pad;
 
 pub use breaker::{
-    Admission, BreakerConfig, BreakerRegistry, BreakerSnapshot, CircuitBreaker, FailureKind,
-    FailureRate, GateTaken, OwnedAdmission, SlowCall, Transition, TransitionReason, Window,
+    Admission, BreakerConfig, BreakerMemory, BreakerRegistry, BreakerSnapshot, CircuitBreaker,
+    FailureKind, FailureRate, GateTaken, OwnedAdmission, SlowCall, Transition, TransitionReason,
+    Window,
 };
 pub use budget::{BudgetConfig, RetryBudget};
 pub use detour_core::InvalidConfig;

@@ -386,7 +386,7 @@ impl std::error::Error for Error {
 /// retry policy may list as retriable (`retry_on`) and what a breaker may count
 /// as a failure (`failure_kinds`). Config names are snake_case. Statuses and
 /// the errors Detour raises itself have no failure kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum FailureKind {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, Permit};
 use crate::invalid::{check_duration, check_optional_duration, Zero};
@@ -13,7 +13,7 @@ use crate::retry::RetryPolicy;
 use crate::InvalidConfig;
 
 /// Timeouts and connection options for one peer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PeerOptions {

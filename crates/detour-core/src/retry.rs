@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::commit::CommitPoint;
 use crate::error::{ErrorKind, FailureKind};
@@ -35,7 +35,7 @@ pub const DEFAULT_RETRY_ON: [RetryOn; 6] = [
 ///
 /// Every field has a documented default; [`RetryPolicy::validate`] rejects
 /// nonsense with the field named.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RetryPolicy {

@@ -62,7 +62,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use detour_core::{check_duration, Backend, Zero};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::InvalidConfig;
@@ -71,7 +71,7 @@ use crate::InvalidConfig;
 pub const DEFAULT_OVERPROVISIONING: f64 = 1.4;
 
 /// How traffic is shared between groups of backends.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Failover {
@@ -88,7 +88,7 @@ pub enum Failover {
 }
 
 /// Active-passive through priority tiers.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PriorityTiers {
@@ -111,7 +111,7 @@ impl Default for PriorityTiers {
 /// Groups: `local`; then each locality of `order`; then any other locality
 /// (alphabetically); then backends without a locality. Between groups the
 /// load spills exactly as between priority tiers.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct LocalityOrder {
@@ -230,7 +230,7 @@ impl Failover {
 }
 
 /// Slow start for recovered backends (see the [module docs](self)).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SlowStart {

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use http::header::{COOKIE, HOST};
 use http::request::Parts;
 use http::HeaderName;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::hash::{StableHasher, DOMAIN_KEY};
 use crate::InvalidConfig;
@@ -210,6 +210,13 @@ impl<'de> Deserialize<'de> for HashKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HashKey {
+    /// The form it is read from (`header:x-user`, `client_ip`).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use detour_core::{check_duration, check_optional_duration, InvalidConfig, RetryPolicy, Zero};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A configuration error: which file, which field, and why.
 #[derive(Debug)]
@@ -29,6 +29,15 @@ impl ConfigError {
         ConfigError {
             file: None,
             field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    /// An error about the file `file` itself (it cannot be read, say).
+    pub fn of_file(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: Some(file.to_path_buf()),
+            field: None,
             message: message.into(),
         }
     }
@@ -63,7 +72,7 @@ impl From<InvalidConfig> for ConfigError {
 }
 
 /// How worker threads run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeModel {
     /// One current-thread runtime per worker, each with its own `SO_REUSEPORT`
@@ -76,7 +85,7 @@ pub enum RuntimeModel {
 }
 
 /// The `[server]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -156,6 +165,16 @@ impl<'de> Deserialize<'de> for AppProtocol {
     }
 }
 
+impl Serialize for AppProtocol {
+    /// Its ALPN name, as it is read.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            AppProtocol::Http11 => "http/1.1",
+            AppProtocol::H2 => "h2",
+        })
+    }
+}
+
 /// One `[[server.listeners]]` entry: an address with its protocols and,
 /// optionally, TLS.
 ///
@@ -169,7 +188,7 @@ impl<'de> Deserialize<'de> for AppProtocol {
 /// addr = "127.0.0.1:8081"
 /// protocols = ["h2"]               # cleartext HTTP/2 (prior knowledge)
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ListenerConfig {
@@ -232,7 +251,7 @@ impl ListenerConfig {
 
 /// Downstream HTTP/2 (`[server.http2]`): stream limits and the protection
 /// against rapid-reset floods (CVE-2023-44487).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Http2Config {
@@ -272,7 +291,7 @@ pub const MAX_CONNECTIONS: usize = 10_000_000;
 
 /// Downstream limits (`[server.limits]`): what one client may hold, and for
 /// how long, before the exchange is ended as the client's fault.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct LimitsConfig {
@@ -356,7 +375,7 @@ impl LimitsConfig {
 }
 
 /// The upstream connection pool (`[server.pool]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PoolConfig {
@@ -441,8 +460,21 @@ impl<'de> Deserialize<'de> for IpNet {
     }
 }
 
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for IpNet {
+    /// `addr/prefix`, as it is read.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Forwarding headers (`[server.forwarding]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ForwardingConfig {
@@ -486,7 +518,7 @@ impl Default for ForwardingConfig {
 /// ```
 ///
 /// The query is never touched. `*` (for `OPTIONS`) is left alone.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PathsConfig {
@@ -517,7 +549,7 @@ impl Default for PathsConfig {
 
 /// What the server does with `%2F`, `%5C` or `\` in a request path
 /// (`[server.paths] encoded_slashes`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EncodedSlashes {
@@ -692,11 +724,8 @@ impl ServerConfig {
     /// # Errors
     /// A [`ConfigError`] naming the file and the field.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: Some(path.to_path_buf()),
-            field: None,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::of_file(path, format!("cannot read: {e}")))?;
         Self::from_toml(&text).map_err(|e| e.in_file(path))
     }
 }

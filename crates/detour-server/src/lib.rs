@@ -45,5 +45,5 @@ pub mod upstream;
 
 pub use config::{AppProtocol, ConfigError, Http2Config, ListenerConfig, ServerConfig};
 pub use proxy::{HttpProxy, HttpProxyBuilder, ProxyBody};
-pub use server::{Opt, Server, ServerHandle, Stop};
+pub use server::{Opt, Server, ServerHandle, Stop, TlsReloader};
 pub use upstream::{Connect, TcpConnector};

@@ -119,6 +119,51 @@ impl ServerHandle {
         self.services.push(services);
     }
 
+    /// Re-read the certificate files of every TLS listener (see
+    /// [`TlsReloader::reload`]).
+    ///
+    /// # Errors
+    /// As [`TlsReloader::reload`].
+    pub fn reload_tls(&self, config: &ServerConfig) -> Result<usize, ConfigError> {
+        self.tls_reloader().reload(config)
+    }
+
+    /// What re-reads the TLS listeners' certificates, for a task that does
+    /// not own this handle (a reload task).
+    pub fn tls_reloader(&self) -> TlsReloader {
+        TlsReloader {
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// Wait until every worker has ended, then stop the background services.
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.services.clear();
+        if let Some(rt) = self.services_rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The certificates of a running server's TLS listeners, re-read on reload.
+#[derive(Clone)]
+pub struct TlsReloader {
+    /// By `[[server.listeners]]` index.
+    tls: Vec<(usize, Arc<ServerTls>)>,
+}
+
+impl std::fmt::Debug for TlsReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsReloader")
+            .field("listeners", &self.tls.len())
+            .finish()
+    }
+}
+
+impl TlsReloader {
     /// Re-read the certificate files of every TLS listener as `config` names
     /// them (listener `i` of `[[server.listeners]]` takes the files of entry
     /// `i`). New connections get the new certificates; open ones keep theirs.
@@ -128,7 +173,7 @@ impl ServerHandle {
     /// # Errors
     /// A missing or bad file, or a listener that lost its TLS: the field is
     /// named (listeners themselves are not added or removed by a reload).
-    pub fn reload_tls(&self, config: &ServerConfig) -> Result<usize, ConfigError> {
+    pub fn reload(&self, config: &ServerConfig) -> Result<usize, ConfigError> {
         let mut fresh = Vec::with_capacity(self.tls.len());
         for (i, tls) in &self.tls {
             let at = format!("server.listeners[{i}].tls");
@@ -145,17 +190,6 @@ impl ServerHandle {
             tls.install(Arc::clone(config));
         }
         Ok(fresh.len())
-    }
-
-    /// Wait until every worker has ended, then stop the background services.
-    pub fn join(mut self) {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        self.services.clear();
-        if let Some(rt) = self.services_rt.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

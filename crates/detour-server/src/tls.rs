@@ -21,7 +21,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 
@@ -38,7 +38,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// One certificate chain and its private key, as PEM files.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertKeyFiles {
     /// The certificate chain (end-entity first), PEM.
@@ -72,6 +72,13 @@ impl<'de> Deserialize<'de> for ListenerTls {
             OneOrMany::Many(v) => v,
         };
         Ok(ListenerTls { certs })
+    }
+}
+
+impl Serialize for ListenerTls {
+    /// Always the list form (one pair is a list of one).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.certs.serialize(s)
     }
 }
 
@@ -227,7 +234,7 @@ impl ServerTls {
 }
 
 /// `[upstreams.NAME.tls]`: TLS to the backends.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct UpstreamTlsConfig {

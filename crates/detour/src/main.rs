@@ -3,6 +3,8 @@
 //! ```text
 //! detour --config detour.toml          run the proxy
 //! detour --config detour.toml --test   check the file and exit (0: valid)
+//! detour --config detour.toml --dump-config
+//!                                      print the effective configuration
 //! detour demo                          a live failover demo, no setup
 //! ```
 
@@ -38,6 +40,11 @@ struct Cli {
     /// line and field at fault when not.
     #[arg(short = 't', long = "test", requires = "config")]
     test: bool,
+    /// Validate the configuration, print it as it takes effect (every
+    /// default written out, relative paths resolved, secrets redacted) and
+    /// exit. Like `nginx -T`.
+    #[arg(short = 'T', long = "dump-config", requires = "config")]
+    dump_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -115,6 +122,25 @@ fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     }
 }
 
+/// `--dump-config`: the effective configuration on stdout.
+fn dump_config(config: &Config, path: &std::path::Path) -> ExitCode {
+    let heading = format!(
+        "The effective configuration of {}: every default written out, relative paths \
+         resolved, secrets redacted.",
+        path.display()
+    );
+    match app::effective::to_toml(config, &heading) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot print the configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Demo {
@@ -163,6 +189,9 @@ fn main() -> ExitCode {
     if cli.test {
         println!("{}: configuration ok", path.display());
         return ExitCode::SUCCESS;
+    }
+    if cli.dump_config {
+        return dump_config(&config, &path);
     }
     init_logging(config.log.format, &config.log.level);
     let handle = metrics();

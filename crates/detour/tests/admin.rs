@@ -4,6 +4,8 @@
 //! refusal to listen beyond loopback without a token.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use detour::app::{self, Config, Running};
 use detour::server::Stop;
 use detour::testkit::client::{RawConnection, RawResponse};
 use detour::testkit::{Behavior, Upstream};
+use support::send;
 use tokio::time::Instant;
 
 fn config_text(backend: SocketAddr, admin: &str) -> String {
@@ -44,29 +47,9 @@ async fn stop(r: Running) {
         .unwrap();
 }
 
-/// Send `method path` with `headers` (a Host among them, or none) on a new
-/// connection and read the answer.
-async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[String]) -> RawResponse {
-    let mut c = RawConnection::connect(addr).await.unwrap();
-    let mut raw = format!("{method} {path} HTTP/1.1\r\ncontent-length: 0\r\nconnection: close\r\n");
-    for h in headers {
-        raw.push_str(h);
-        raw.push_str("\r\n");
-    }
-    raw.push_str("\r\n");
-    c.send(raw.as_bytes()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), c.read_response())
-        .await
-        .unwrap()
-        .unwrap()
-}
-
 /// `send` with the Host the admin listener is reached by.
 async fn admin(r: &Running, method: &str, path: &str, extra: &[&str]) -> RawResponse {
-    let addr = r.admin_addr.unwrap();
-    let mut headers = vec![format!("host: {addr}")];
-    headers.extend(extra.iter().map(|h| h.to_string()));
-    send(addr, method, path, &headers).await
+    support::admin(r.admin_addr.unwrap(), method, path, extra).await
 }
 
 fn health_of(doc: &RawResponse) -> String {
@@ -181,6 +164,8 @@ async fn a_wrong_method_is_405_with_allow() {
         ("POST", "/status", "GET, HEAD"),
         ("DELETE", "/metrics", "GET, HEAD"),
         ("POST", "/healthz", "GET, HEAD"),
+        ("GET", "/reload", "POST"),
+        ("POST", "/config", "GET, HEAD"),
     ] {
         let got = admin(&r, method, path, &[]).await;
         assert_eq!(got.status, 405, "{method} {path}");

@@ -202,3 +202,80 @@ async fn the_admin_listener_backs_off_at_the_descriptor_limit() {
     let _ = d.child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `detour --config FILE ARGS…` to its end: (exit success, stdout, stderr).
+fn run(file: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = support::detour()
+        .args(["--config", file.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn dump_config_prints_defaults_resolved_paths_and_no_secret() {
+    let dir = support::temp_dir("dump");
+    let file = dir.join("detour.toml");
+    let text = config("127.0.0.1:9001".parse().unwrap())
+        .replace("enabled = false", "token = \"s3cret-token\"")
+        .replace(
+            "backends = [{ addr = \"127.0.0.1:9001\" }]",
+            "discovery = { file = \"backends.toml\" }",
+        );
+    std::fs::write(&file, text).unwrap();
+    let (ok, dump, err) = run(&file, &["--dump-config"]);
+    assert!(ok, "{err}");
+    assert!(!dump.contains("s3cret-token"), "{dump}");
+    assert!(dump.contains("token = \"<redacted>\""), "{dump}");
+    let resolved = dir.join("backends.toml");
+    assert!(
+        dump.contains(&format!("file = \"{}\"", resolved.display())),
+        "resolved against the file's directory, not the working one:\n{dump}"
+    );
+    for default in [
+        "max_retries = 3",
+        "open_for = \"30s\"",
+        "max_connections = 10000",
+        "header_read_timeout = \"10s\"",
+    ] {
+        assert!(dump.contains(default), "{default}:\n{dump}");
+    }
+    // The dump is a configuration: it loads, and dumps the same again.
+    let copy = dir.join("dumped.toml");
+    std::fs::write(&copy, &dump).unwrap();
+    let (ok, again, err) = run(&copy, &["--dump-config"]);
+    assert!(ok, "{err}");
+    let body = |d: &str| d.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&again), body(&dump));
+    // An invalid file is refused, naming the field, and nothing is printed.
+    std::fs::write(&file, "[upstreams.app]\nbackends = []").unwrap();
+    let (ok, dump, err) = run(&file, &["--dump-config"]);
+    assert!(!ok && dump.is_empty());
+    assert!(err.contains("upstreams.app.backends"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_paths_are_the_config_file_s_whatever_the_working_directory() {
+    let backend = Upstream::start(Behavior::ok()).await.unwrap();
+    let dir = support::temp_dir("relative");
+    std::fs::write(
+        dir.join("backends.toml"),
+        format!("backends = [{{ addr = \"{}\" }}]\n", backend.addr()),
+    )
+    .unwrap();
+    let file = dir.join("detour.toml");
+    let text = config(backend.addr()).replace(
+        &format!("backends = [{{ addr = \"{}\" }}]", backend.addr()),
+        "discovery = { file = \"backends.toml\" }",
+    );
+    std::fs::write(&file, text).unwrap();
+    // `support::start` runs it from `/`, as systemd does.
+    let mut d = support::start(&file);
+    assert_eq!(answered_by(d.addr).await, backend.addr().to_string());
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,6 +2,8 @@
 //! for syntax and type errors, its line); the binary's `--test` says so.
 #![allow(clippy::unwrap_used)]
 
+use std::path::Path;
+
 use detour::app::Config;
 
 const GOOD: &str = r#"
@@ -263,7 +265,18 @@ upstream = "app"
         "backends = [{ addr = \"127.0.0.1:9001\", weight = 1, priority = 0, region = \"eu\" }]",
         "discovery = { file = \"backends.toml\" }",
     );
-    Config::from_toml(&with_file, None).unwrap();
+    // A relative path is the file's directory's; with no file, it is refused.
+    let c = Config::from_toml(&with_file, Some(Path::new("/etc/detour/detour.toml"))).unwrap();
+    assert_eq!(
+        c.upstreams["app"]
+            .discovery
+            .as_ref()
+            .unwrap()
+            .file
+            .as_deref(),
+        Some(Path::new("/etc/detour/backends.toml"))
+    );
+    refused(&with_file, "upstreams.app.discovery.file");
 }
 
 /// The longest duration humantime reads: `Duration::MAX`.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use detour_core::ErrorKind;
 use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::bad;
 use detour_core::{check_duration, InvalidConfig, Zero};
@@ -34,7 +34,7 @@ const MAX_HALF_OPEN: u32 = u16::MAX as u32;
 /// cfg.validate().unwrap();
 /// assert_eq!(cfg.open_for, std::time::Duration::from_secs(10));
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct BreakerConfig {
@@ -189,7 +189,7 @@ impl BreakerConfig {
 /// failure_rate = { threshold = 0.5, window = 100, min_calls = 20 }  # the last 100 calls
 /// failure_rate = { threshold = 0.5, window = "30s", min_calls = 20 } # the last 30 s
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct FailureRate {
@@ -232,7 +232,7 @@ impl FailureRate {
 ///
 /// A call's time is the attempt's latency until its response head or its
 /// failure; failed calls count too.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SlowCall {
@@ -349,6 +349,17 @@ impl<'de> Deserialize<'de> for Window {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Window {
+    /// A count as a number, a time as a humantime string: the forms it is
+    /// read from.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Window::Calls(n) => s.serialize_u32(*n),
+            Window::Time(d) => s.collect_str(&humantime_serde::re::humantime::format_duration(*d)),
+        }
     }
 }
 

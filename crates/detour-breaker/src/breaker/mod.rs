@@ -22,6 +22,8 @@
 //! - `window`: the lock-free sliding windows of the rate policies.
 //! - [`registry`]: [`BreakerRegistry`], one breaker per backend, fed by the
 //!   engine's [`Observer`](detour_core::Observer) stream.
+//! - `carry`: [`BreakerMemory`], what a breaker hands to the one replacing
+//!   it when a reload rebuilds the upstream.
 //!
 //! # Cost
 //! Admission while closed is one atomic load; releasing is one more. Recording
@@ -29,6 +31,7 @@
 //! read only for time windows). Nothing on those paths allocates or locks; a
 //! short mutex is taken only to change state.
 
+mod carry;
 pub mod config;
 pub mod registry;
 pub mod state;
@@ -43,6 +46,7 @@ use std::time::Duration;
 use detour_core::{AdmissionGate, Backend, GateState, OutcomeClass, Removal};
 use tokio::time::Instant;
 
+pub use self::carry::BreakerMemory;
 pub use self::config::{BreakerConfig, FailureKind, FailureRate, SlowCall, Window};
 use self::config::{FailureSet, Verdict};
 pub use self::registry::{BreakerRegistry, GateTaken};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::bad;
 use detour_core::{check_duration, InvalidConfig, Zero};
@@ -12,7 +12,7 @@ use detour_core::{check_duration, InvalidConfig, Zero};
 ///
 /// The defaults are Envoy's circuit-breaker thresholds (1024 requests, 1024
 /// pending), plus a bounded wait so nothing queues forever.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct LimitConfig {

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method};
 use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use detour_core::{check_duration, InvalidConfig, Zero};
 
 /// Which active check runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum CheckKind {
@@ -145,6 +145,17 @@ impl<'de> Deserialize<'de> for StatusRange {
     }
 }
 
+impl Serialize for StatusRange {
+    /// One status as a number, a range as `"200-399"`: forms it is read from.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.start == self.end {
+            s.serialize_u16(self.start)
+        } else {
+            s.collect_str(&format_args!("{}-{}", self.start, self.end))
+        }
+    }
+}
+
 /// Active health checking of an upstream's backends (`[upstreams.<name>.health]`).
 ///
 /// Every field has a documented default; [`validate`](Self::validate) rejects
@@ -165,7 +176,7 @@ impl<'de> Deserialize<'de> for StatusRange {
 /// assert_eq!(config.interval, Duration::from_secs(1));
 /// assert_eq!((config.rise, config.fall), (2, 3));
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct HealthConfig {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use detour_core::{check_duration, InvalidConfig, Zero};
 
@@ -28,7 +28,7 @@ use detour_core::{check_duration, InvalidConfig, Zero};
 /// assert_eq!(config.base_ejection, Duration::from_secs(10));
 /// assert!(config.success_rate.enabled && config.failure_percentage.enabled);
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct OutlierConfig {
@@ -89,7 +89,7 @@ impl Default for OutlierConfig {
 /// each interval, among backends with at least `request_volume` outcomes,
 /// if there are at least `min_hosts`, those whose success rate is below
 /// `mean − stdev_factor × stdev` are ejected.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SuccessRateConfig {
@@ -118,7 +118,7 @@ impl Default for SuccessRateConfig {
 /// (`[upstreams.<name>.outlier.failure_percentage]`): each interval, among
 /// backends with at least `request_volume` outcomes, if there are at least
 /// `min_hosts`, those failing `threshold` percent or more are ejected.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct FailurePercentageConfig {

@@ -20,6 +20,8 @@ use super::stats::{failure_percentage_outliers, success_rate_outliers, Sample};
 use crate::event::{EjectCause, EventCallback, EventKind, Events, HealthEvent};
 use detour_core::InvalidConfig;
 
+mod carry;
+
 /// Passive outlier detection for one upstream.
 ///
 /// The engine reports every attempt to it (it is an [`Observer`]);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use detour_core::Backend;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A backend's description: what a config file or a discovery source gives.
 ///
@@ -15,7 +15,7 @@ use serde::Deserialize;
 /// locality = "eu-west"  # default none
 /// metadata = { rack = "r12" }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct BackendSpec {

@@ -45,7 +45,7 @@ use detour_lb::{
     DnsTarget, Failover, FileDiscovery, HashKey, LbOptions, ServiceDiscovery, SlowStart,
     StaticDiscovery,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -53,8 +53,10 @@ use crate::config::ConfigError;
 use crate::tls::{TlsClient, UpstreamTlsConfig};
 use crate::upstream::TcpConnector;
 
+mod inherit;
+
 /// One `[upstreams.NAME]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct UpstreamConfig {
@@ -122,7 +124,7 @@ impl Default for UpstreamConfig {
 }
 
 /// Where backends come from besides the static list.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryConfig {
     /// DNS names to resolve: `host:port` (A/AAAA) or `srv:_service._proto.name`

@@ -20,12 +20,12 @@ use detour_core::{check_duration, PeerOptions, RetryPolicy, Zero};
 use detour_server::config::{toml_error, ConfigError};
 use detour_server::upstream::UpstreamConfig;
 use detour_server::ServerConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::routes::HostPattern;
 
 /// The whole file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Accept a file without `[[routes]]` (every request then gets 404):
@@ -46,7 +46,7 @@ pub struct Config {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Where the admin API listens. Default `127.0.0.1:9901`; `enabled =
@@ -141,7 +141,7 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines (default).
@@ -152,7 +152,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// One line per request on stdout (target `detour::access`). Default true.
@@ -174,7 +174,7 @@ impl Default for LogConfig {
 }
 
 /// One `[[routes]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// `*`, `example.com` or `*.example.com`. Default `*`.
@@ -187,7 +187,9 @@ pub struct RouteConfig {
     pub upstream: String,
     /// This route's retry policy: keys as in `[upstreams.NAME.retry]`, each
     /// one not written taken from the upstream's policy (loaded from a
-    /// file). The budget is the upstream's: `budget_*` keys are refused here.
+    /// file). The budget is the upstream's: `budget_*` keys are refused here
+    /// (and left out when the configuration is written out).
+    #[serde(serialize_with = "route_retry")]
     pub retry: Option<RetryPolicy>,
     /// Replaces the upstream's per-attempt timeouts for this route.
     pub timeouts: Option<PeerOptions>,
@@ -203,6 +205,20 @@ pub struct RouteConfig {
     pub raw_path: bool,
 }
 
+/// A route's retry policy as the file may say it: without the budget keys,
+/// which only an upstream's policy may carry.
+fn route_retry<S: serde::Serializer>(
+    policy: &Option<RetryPolicy>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let Some(policy) = policy else {
+        return s.serialize_none();
+    };
+    let mut table = toml::Table::try_from(policy).map_err(serde::ser::Error::custom)?;
+    table.retain(|k, _| !is_budget_key(k));
+    table.serialize(s)
+}
+
 fn any_host() -> String {
     "*".into()
 }
@@ -212,15 +228,34 @@ fn root() -> String {
 }
 
 impl Config {
-    /// Parse and validate `text` (from `file`, for messages).
+    /// Parse and validate `text`, read from `file`: errors name it, and
+    /// relative paths in it are resolved against its directory. Without a
+    /// file, a relative path is refused (see [`load`](Self::load)).
     ///
     /// # Errors
     /// A [`ConfigError`] naming the file, line and field at fault.
+    pub fn from_toml(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let base_dir = file.map(super::paths::base_dir_of).transpose()?;
+        Self::load(text, file, base_dir.as_deref())
+    }
+
+    /// Parse and validate `text`. `file` names the source in errors;
+    /// relative paths (certificates, CA files, discovery files) are resolved
+    /// against `base_dir`, and refused with their field named when it is
+    /// `None`: a configuration read from a source with no directory (a key
+    /// in a store) has nothing to resolve them against.
     ///
     /// Retry policies are inherited key by key: `[server.retry]` is the base
     /// of every `[upstreams.NAME.retry]`, and an upstream's policy the base
     /// of each of its routes' `retry`.
-    pub fn from_toml(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, line and field at fault.
+    pub fn load(
+        text: &str,
+        file: Option<&Path>,
+        base_dir: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
         let attach = |e: ConfigError| match file {
             Some(f) => e.in_file(f),
             None => e,
@@ -230,8 +265,9 @@ impl Config {
         let mut doc: toml::Table =
             toml::from_str(text).map_err(|e| attach(toml_error(text, &e)))?;
         inherit_retry(&mut doc).map_err(attach)?;
-        let config = Config::deserialize(doc)
+        let mut config = Config::deserialize(doc)
             .map_err(|e| attach(ConfigError::field("retry", e.message().to_string())))?;
+        super::paths::resolve(&mut config, base_dir).map_err(attach)?;
         config.validate().map_err(attach)
     }
 
@@ -240,11 +276,8 @@ impl Config {
     /// # Errors
     /// The file cannot be read, or a [`ConfigError`] naming the field.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: Some(path.to_path_buf()),
-            field: None,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::of_file(path, format!("cannot read: {e}")))?;
         Self::from_toml(&text, Some(path))
     }
 

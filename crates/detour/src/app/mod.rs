@@ -4,28 +4,37 @@
 //! - [`config`]: the TOML file ([`Config`]).
 //! - [`routes`]: host + path prefix → upstream.
 //! - [`proxy`]: the hooks ([`DetourProxy`]) with the access log.
-//! - [`admin`]: `/healthz`, `/metrics`, `/status`, backend control.
+//! - [`admin`]: `/healthz`, `/metrics`, `/status`, `/config`, `/reload`,
+//!   backend control.
 //! - [`state`]: the live configuration, swapped whole on reload.
+//! - [`reload`]: the task that applies reloads, and what a reload keeps.
+//! - [`effective`]: the configuration as `--dump-config` and `/config` print
+//!   it, and the changes a reload cannot apply live.
+//! - [`paths`]: relative paths, resolved against the file's directory.
 //! - [`demo`]: `detour demo`.
 
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod effective;
+pub mod paths;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod state;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use detour_server::config::ConfigError;
-use detour_server::upstream::{build_all, EventHook, Services};
+use detour_server::upstream::{build_all, EventHook};
 use detour_server::{HttpProxy, Server, ServerHandle, Stop};
 use tokio::sync::watch;
 
 pub use config::Config;
 pub use proxy::DetourProxy;
+pub use reload::{Reloaded, Reloader};
 pub use state::{App, State};
 
 use routes::{HostPattern, Route};
@@ -62,6 +71,7 @@ pub fn build_state(
         routes,
         upstreams,
         generation,
+        config: Arc::new(config.clone()),
     })
 }
 
@@ -75,8 +85,7 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     admin_stop: watch::Sender<bool>,
     draining: watch::Sender<bool>,
-    events: Option<EventHook>,
-    config_path: Option<PathBuf>,
+    reloader: Reloader,
 }
 
 impl std::fmt::Debug for Running {
@@ -110,27 +119,35 @@ pub fn start(
     let proxy = HttpProxy::builder(DetourProxy::new(Arc::clone(&app), config.log.access_log))
         .config(config.server.clone())
         .build();
-    let handle = Server::new(config.server.clone()).start_with(proxy, &upstreams)?;
+    let mut handle = Server::new(config.server.clone()).start_with(proxy, &upstreams)?;
+    let rt = handle
+        .services_runtime()
+        .ok_or("the server has no services runtime")?;
+    // The reload task holds the serving generation's services from now on:
+    // it replaces them on each reload, and they stop with its runtime.
+    let reloader = reload::ReloadTask {
+        app: Arc::clone(&app),
+        events,
+        config_path: config_path.map(Path::to_path_buf),
+        tls: handle.tls_reloader(),
+        services: handle.replace_services(Vec::new()),
+        runtime: rt.clone(),
+    }
+    .spawn();
     let (admin_stop, admin_stopped) = watch::channel(false);
     let (draining, draining_rx) = watch::channel(false);
     let mut admin_addr = None;
     if config.admin.enabled {
-        let rt = handle
-            .services_runtime()
-            .ok_or("the server has no services runtime")?;
-        let listener = std::net::TcpListener::bind(config.admin.listen).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot bind the admin listener to {}: {e}",
-                    config.admin.listen
-                ),
-            )
-        })?;
-        listener.set_nonblocking(true)?;
+        let listener = bind_admin(config.admin.listen)?;
         admin_addr = Some(listener.local_addr()?);
         let guard = admin::Guard::new(config.admin.token.as_deref(), &config.admin.allowed_hosts);
-        let admin = admin::Admin::new(Arc::clone(&app), guard, metrics, draining_rx);
+        let admin = admin::Admin::new(
+            Arc::clone(&app),
+            guard,
+            metrics,
+            draining_rx,
+            reloader.clone(),
+        );
         let limits = admin::ListenerLimits {
             max_connections: config.admin.max_connections,
             header_read_timeout: config.admin.header_read_timeout,
@@ -148,9 +165,20 @@ pub fn start(
         admin_addr,
         admin_stop,
         draining,
-        events,
-        config_path: config_path.map(Path::to_path_buf),
+        reloader,
     })
+}
+
+/// The admin listener's socket, non-blocking; a failure names the address.
+fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot bind the admin listener to {addr}: {e}"),
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 impl Running {
@@ -162,18 +190,16 @@ impl Running {
     /// Re-read the configuration file and swap in what it says: backends,
     /// routes and policies, and the TLS listeners' certificates (re-read from
     /// the files the new configuration names; new connections get them, open
-    /// ones keep theirs). Requests in flight finish on the old generation.
-    /// Listeners, workers and the other `[server]` settings are not reloaded.
+    /// ones keep theirs), keeping what the proxy learnt about the backends
+    /// that stay (see [`reload`](mod@reload)). Requests in flight finish on
+    /// the old generation. Listeners, workers, `[admin]`, `[log]` and the
+    /// other `[server]` settings need a restart: the fields changed there
+    /// are listed in [`Reloaded::not_applied_live`].
     ///
     /// # Errors
     /// The new file is invalid: nothing changes and the old one keeps serving.
-    pub async fn reload(&mut self) -> Result<u64, ConfigError> {
-        let path = self
-            .config_path
-            .clone()
-            .ok_or_else(|| ConfigError::field("config", "no file to reload from"))?;
-        let config = Config::from_file(&path)?;
-        self.reload_from(&config).await
+    pub async fn reload(&self) -> Result<Reloaded, ConfigError> {
+        self.reloader.reload(None, "api").await
     }
 
     /// Swap in `config` (see [`reload`](Self::reload)).
@@ -181,62 +207,8 @@ impl Running {
     /// # Errors
     /// The configuration is invalid, or it would remove every route; nothing
     /// changes.
-    pub async fn reload_from(&mut self, config: &Config) -> Result<u64, ConfigError> {
-        let config = &config.clone().validate()?;
-        // An emptied file (a truncating editor, a failed deploy) must not turn
-        // a serving site into 404s.
-        if config.routes.is_empty() && !self.app.current().routes.is_empty() {
-            return Err(ConfigError::field(
-                "routes",
-                "the new configuration has no [[routes]]: a reload never removes every route",
-            ));
-        }
-        let generation = self.app.current().generation + 1;
-        let state = build_state(config, generation, self.events.clone())?;
-        // Every certificate file is read before any is swapped in: a bad one
-        // refuses the whole reload.
-        let certs = self.handle.reload_tls(&config.server)?;
-        if certs > 0 {
-            tracing::info!(listeners = certs, "TLS certificates reloaded");
-        }
-        let rt = self
-            .handle
-            .services_runtime()
-            .ok_or_else(|| ConfigError::field("server", "no services runtime"))?;
-        // Carry the health and breaker state of backends that stay, so a
-        // reload does not forget what the checks know.
-        let old = self.app.current();
-        for (name, up) in &state.upstreams {
-            if let Some(prev) = old.upstreams.get(name) {
-                carry_over(prev, up);
-            }
-        }
-        let new_ups: Vec<_> = state.upstreams.values().cloned().collect();
-        // The first round runs on the services runtime; this task just waits.
-        let rounds: Vec<_> = new_ups
-            .iter()
-            .map(|u| {
-                let u = Arc::clone(u);
-                rt.spawn(async move { u.first_round().await })
-            })
-            .collect();
-        for r in rounds {
-            let _ = r.await;
-        }
-        let services: Vec<Services> = new_ups.iter().map(|u| u.start_services(&rt)).collect();
-        for (up, addr) in self.app.maintenance_list() {
-            if let Some(u) = state.upstreams.get(&up) {
-                if let Some(b) = u.backends().iter().find(|b| b.addr() == addr) {
-                    b.state().set_draining(true);
-                }
-            }
-        }
-        self.app.swap(state);
-        // The server keeps the new generation's services; the old ones stop
-        // here (their backends stay alive while requests still hold them).
-        drop(self.handle.replace_services(services));
-        tracing::info!(generation, "configuration reloaded");
-        Ok(generation)
+    pub async fn reload_from(&self, config: &Config) -> Result<Reloaded, ConfigError> {
+        self.reloader.reload(Some(config.clone()), "api").await
     }
 
     /// Stop: drain (`Stop::Graceful`) or at once, and wait until done.
@@ -251,7 +223,7 @@ impl Running {
     ///
     /// # Errors
     /// Installing the signal handlers failed.
-    pub fn run_until_signal(mut self) -> std::io::Result<()> {
+    pub fn run_until_signal(self) -> std::io::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -265,10 +237,8 @@ impl Running {
                     _ = term.recv() => return Ok::<_, std::io::Error>(Stop::Graceful),
                     _ = int.recv() => return Ok(Stop::Immediate),
                     _ = hup.recv() => {
-                        match self.reload().await {
-                            Ok(g) => tracing::info!(generation = g, "reloaded on SIGHUP"),
-                            Err(e) => tracing::error!(error = %e, "reload refused; the old configuration keeps serving"),
-                        }
+                        // The reload task writes the outcome's log line.
+                        let _ = self.reloader.reload(None, "SIGHUP").await;
                     }
                 }
             }
@@ -281,18 +251,5 @@ impl Running {
         rt.block_on(detour_server::server::run_until_stopped(handle, how))?;
         admin_stop.send_replace(true);
         Ok(())
-    }
-}
-
-/// Move what the old generation learnt about a backend onto the new one.
-fn carry_over(prev: &detour_server::upstream::Upstream, next: &detour_server::upstream::Upstream) {
-    let old = prev.backends();
-    for b in next.backends().iter() {
-        if let Some(o) = old.iter().find(|o| o.addr() == b.addr()) {
-            b.state().set_check_failed(o.state().check_failed());
-            if let Some(l) = o.state().latency_ewma() {
-                b.state().record_latency(l);
-            }
-        }
     }
 }

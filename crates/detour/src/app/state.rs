@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use detour_server::upstream::Upstream;
 
+use super::config::Config;
 use super::routes::Route;
 
 /// One generation of configuration: what a request sees from start to end
@@ -19,6 +20,8 @@ pub struct State {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// 1 for the first configuration, +1 per successful reload.
     pub generation: u64,
+    /// The configuration this generation was built from (`GET /config`).
+    pub config: Arc<Config>,
 }
 
 /// The application: the current [`State`] plus what outlives reloads.

@@ -29,6 +29,16 @@ pub fn config(text: &str) {
         .validate()
         .unwrap_or_else(|e| panic!("an accepted config no longer validates: {e}"));
     assert_eq!(format!("{again:?}"), format!("{config:?}"));
+    // What `--dump-config` prints loads again, and prints the same.
+    let dump = detour::app::effective::to_toml(&config, "dump")
+        .unwrap_or_else(|e| panic!("an accepted config cannot be dumped: {e}"));
+    let reloaded = Config::from_toml(&dump, None)
+        .unwrap_or_else(|e| panic!("a dump does not load: {e}\n{dump}"));
+    let again = detour::app::effective::to_toml(&reloaded, "dump").expect("a reloaded dump dumps");
+    assert_eq!(
+        again, dump,
+        "a dump loads back to a different configuration"
+    );
     match server {
         Ok(s) => assert_eq!(format!("{s:?}"), format!("{:?}", config.server)),
         Err(e) => panic!("the binary accepted [server]; ServerConfig::from_toml said {e}"),

@@ -21,10 +21,18 @@ pub struct Detour {
     pub lines: Receiver<String>,
 }
 
+/// The binary, run from `/` as a service manager runs it: nothing may
+/// depend on the working directory.
+pub fn detour() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_detour"));
+    c.current_dir("/");
+    c
+}
+
 /// Start the binary on `file` and wait (30 s at most) for the line naming
 /// its address.
 pub fn start(file: &Path) -> Detour {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_detour"))
+    let mut child = detour()
         .args(["--config", file.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -73,4 +81,49 @@ pub fn signal(pid: u32, sig: &str) {
         .status()
         .unwrap();
     assert!(ok.success());
+}
+
+/// A fresh directory under the system's temporary one, named after `what`
+/// and this process.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("detour-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Send `method path` with `headers` (a Host among them, or none) on a new
+/// connection and read the answer.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[String],
+) -> detour::testkit::client::RawResponse {
+    let mut c = detour::testkit::client::RawConnection::connect(addr)
+        .await
+        .unwrap();
+    let mut raw = format!("{method} {path} HTTP/1.1\r\ncontent-length: 0\r\nconnection: close\r\n");
+    for h in headers {
+        raw.push_str(h);
+        raw.push_str("\r\n");
+    }
+    raw.push_str("\r\n");
+    c.send(raw.as_bytes()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), c.read_response())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// `method path` to the admin API at `admin`, with its own Host and
+/// `headers`, and the answer.
+pub async fn admin(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> detour::testkit::client::RawResponse {
+    let mut all = vec![format!("host: {admin}")];
+    all.extend(headers.iter().map(|h| h.to_string()));
+    send(admin, method, path, &all).await
 }

@@ -120,7 +120,7 @@ async fn serve_connection(
     };
     let service = hyper::service::service_fn(move |req| {
         let admin = admin.clone();
-        async move { Ok::<_, Infallible>(admin.handle(req, local)) }
+        async move { Ok::<_, Infallible>(admin.handle(req, local).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

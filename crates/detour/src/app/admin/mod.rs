@@ -5,6 +5,8 @@
 //! | `GET /healthz` | `200 ok` while serving, `503 draining` once a drain began |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /status` | JSON: every upstream's backends with health, breaker, in-flight |
+//! | `GET /config` | the running configuration as TOML, defaults written out, secrets redacted |
+//! | `POST /reload` | what SIGHUP does; JSON: `applied` or `refused` (with the field), and the changes that need a restart |
 //! | `POST /upstreams/{name}/backends/{addr}/drain` | no new requests; in-flight ones finish |
 //! | `POST /upstreams/{name}/backends/{addr}/maintenance` | out of service until enabled |
 //! | `POST /upstreams/{name}/backends/{addr}/enable` | back in service |
@@ -38,6 +40,8 @@ use tokio::sync::watch;
 pub use guard::{Guard, Refusal};
 pub use listener::{serve, ListenerLimits};
 
+use super::effective;
+use super::reload::{ReloadReport, Reloader};
 use super::state::App;
 
 /// What the admin endpoints read and act on.
@@ -47,6 +51,7 @@ pub struct Admin {
     pub(crate) guard: Guard,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub(crate) draining: watch::Receiver<bool>,
+    pub(crate) reloader: Reloader,
 }
 
 /// The admin endpoints, by path.
@@ -55,6 +60,8 @@ enum Endpoint {
     Healthz,
     Metrics,
     Status,
+    Config,
+    Reload,
     /// `/upstreams/{name}/backends/{addr}/{action}`.
     Control,
 }
@@ -65,6 +72,8 @@ impl Endpoint {
             "/healthz" => Some(Endpoint::Healthz),
             "/metrics" => Some(Endpoint::Metrics),
             "/status" => Some(Endpoint::Status),
+            "/config" => Some(Endpoint::Config),
+            "/reload" => Some(Endpoint::Reload),
             p if p.starts_with("/upstreams/") => Some(Endpoint::Control),
             _ => None,
         }
@@ -73,14 +82,16 @@ impl Endpoint {
     /// The methods it answers, as an `Allow` value.
     fn allow(self) -> &'static str {
         match self {
-            Endpoint::Healthz | Endpoint::Metrics | Endpoint::Status => "GET, HEAD",
-            Endpoint::Control => "POST",
+            Endpoint::Healthz | Endpoint::Metrics | Endpoint::Status | Endpoint::Config => {
+                "GET, HEAD"
+            }
+            Endpoint::Control | Endpoint::Reload => "POST",
         }
     }
 
     fn allows(self, method: &Method) -> bool {
         match self {
-            Endpoint::Control => method == Method::POST,
+            Endpoint::Control | Endpoint::Reload => method == Method::POST,
             _ => method == Method::GET || method == Method::HEAD,
         }
     }
@@ -171,18 +182,20 @@ impl Admin {
         guard: Guard,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
         draining: watch::Receiver<bool>,
+        reloader: Reloader,
     ) -> Self {
         Admin {
             app,
             guard,
             metrics,
             draining,
+            reloader,
         }
     }
 
     /// Answer `req`, which came in on a connection whose local address is
     /// `local`.
-    fn handle(&self, req: Request<Incoming>, local: SocketAddr) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>, local: SocketAddr) -> Response<Full<Bytes>> {
         let endpoint = Endpoint::of(req.uri().path());
         if endpoint == Some(Endpoint::Healthz) {
             return self.healthz(req.method());
@@ -199,6 +212,8 @@ impl Admin {
         match endpoint {
             Endpoint::Metrics => self.metrics(),
             Endpoint::Status => self.status(),
+            Endpoint::Config => self.config(),
+            Endpoint::Reload => self.reload().await,
             Endpoint::Control => self.control(req.uri().path()),
             Endpoint::Healthz => self.healthz(req.method()),
         }
@@ -274,6 +289,35 @@ impl Admin {
         let mut body = self.status_json().to_string();
         body.push('\n');
         reply(StatusCode::OK, "application/json", body)
+    }
+
+    /// `GET /config`: the running generation's configuration.
+    fn config(&self) -> Response<Full<Bytes>> {
+        let state = self.app.current();
+        let heading = format!(
+            "The running configuration (generation {}): every default written out, relative \
+             paths resolved, secrets redacted.",
+            state.generation
+        );
+        match effective::to_toml(&state.config, &heading) {
+            Ok(text) => reply(StatusCode::OK, "application/toml", text),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    /// `POST /reload`: what SIGHUP does, answered with the outcome: 200
+    /// when applied, 422 when refused (the old configuration keeps serving).
+    async fn reload(&self) -> Response<Full<Bytes>> {
+        let result = self.reloader.reload(None, "admin").await;
+        let report = ReloadReport::new(&result, self.app.current().generation);
+        let status = if result.is_ok() {
+            StatusCode::OK
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        let mut body = serde_json::to_string(&report).unwrap_or_default();
+        body.push('\n');
+        reply(status, "application/json", body)
     }
 
     /// `/upstreams/{name}/backends/{addr}/{drain|maintenance|enable}`
