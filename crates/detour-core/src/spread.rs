@@ -118,6 +118,13 @@ impl History {
         (count, (v & window).count_ones())
     }
 
+    /// Take over `other`'s attempts (a reload hands a backend's history to
+    /// the backend that replaces it).
+    pub fn copy_from(&self, other: &History) {
+        self.0
+            .store(other.0.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// Forget everything.
     pub fn clear(&self) {
         self.0.store(0, Ordering::Relaxed);

@@ -20,7 +20,8 @@ impl Upstream {
     /// - an outlier ejection in force, until the same end, and the ejection
     ///   multiplier ([`OutlierDetector::resume`]);
     /// - the slow-start ramp (when the backend came back into service);
-    /// - an operator's drain mark, and the latency average.
+    /// - an operator's drain mark, the latency average, and the outcomes of its
+    ///   last attempts (the failure spread's history, `detour_core::spread`).
     ///
     /// Removals still go through this upstream's removal cap. Active check
     /// verdicts are not carried: call this after [`first_round`], whose
@@ -72,6 +73,7 @@ fn inherit_state(now: &BackendState, was: &BackendState) {
     if let Some(latency) = was.latency_ewma() {
         now.record_latency(latency);
     }
+    now.history().copy_from(was.history());
 }
 
 #[cfg(test)]
@@ -140,6 +142,9 @@ slow_start = { window = "60s" }
             old.outlier().on_attempt(&refused(addr(2)));
         }
         state(&old, 3).state().set_draining(true);
+        for failed in [true, true, false] {
+            state(&old, 4).state().history().record(failed);
+        }
         let ramp_start = Instant::now();
         state(&old, 4).state().mark_recovered(ramp_start);
         advance(Duration::from_secs(10)).await;
@@ -158,6 +163,7 @@ slow_start = { window = "60s" }
         let ramp = |up: &Upstream| state(up, 4).state().recovered_at();
         assert!(ramp(&new).is_some());
         assert_eq!(ramp(&new), ramp(&old), "the ramp goes on from where it was");
+        assert_eq!(state(&new, 4).state().history().recent(), (3, 2));
         let now = Instant::now();
         for p in [1, 2, 3] {
             assert!(state(&new, p).try_admit(now).is_none(), ":{p} stays out");
