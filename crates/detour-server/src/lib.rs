@@ -8,6 +8,7 @@
 //! - [`upstream`]: the [`Connect`] trait and the per-worker connection pool.
 //! - [`config`]: [`ServerConfig`], validated at load with the field named.
 //! - [`tls`]: certificates for TLS listeners (reloadable) and TLS to upstreams.
+//! - [`telemetry`]: every metric family emitted, with its help text.
 //!
 //! ```no_run
 //! use detour_core::{HttpPeer, ProxyHttp, Result, Session};
@@ -40,6 +41,7 @@ mod listener;
 pub mod proxy;
 mod send_timeout;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 

@@ -101,6 +101,9 @@ fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         .and_then(|b| b.install_recorder());
     match installed {
         Ok(h) => {
+            // `# HELP` for every family, the build and the process.
+            detour::server::telemetry::describe();
+            app::process::start(env!("CARGO_PKG_VERSION"), env!("DETOUR_COMMIT"));
             let upkeep = h.clone();
             // A plain OS thread outside any runtime: blocking sleep is right here.
             #[allow(clippy::disallowed_methods)]

@@ -18,6 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod effective;
 pub mod paths;
+pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod routes;

@@ -233,6 +233,7 @@ impl Admin {
 
     fn metrics(&self) -> Response<Full<Bytes>> {
         self.app.record_gauges();
+        crate::app::process::record();
         match &self.metrics {
             Some(h) => reply(
                 StatusCode::OK,
