@@ -20,11 +20,13 @@ use crate::InvalidConfig;
 /// snake_case): the same kinds a breaker may count as failures.
 pub type RetryOn = FailureKind;
 
-/// The default retriable errors: refused, reset (and broken pipe), closed, and
-/// every timeout — the list users know from the failover seed.
-pub const DEFAULT_RETRY_ON: [RetryOn; 6] = [
+/// The default retriable errors: refused, TLS handshake failed, reset (and
+/// broken pipe), closed, and every timeout — the list users know from the
+/// failover seed, with the handshake that is part of connecting.
+pub const DEFAULT_RETRY_ON: [RetryOn; 7] = [
     RetryOn::ConnectRefused,
     RetryOn::ConnectTimeout,
+    RetryOn::TlsHandshake,
     RetryOn::ConnectionReset,
     RetryOn::ConnectionClosed,
     RetryOn::ReadTimeout,
@@ -52,8 +54,10 @@ pub struct RetryPolicy {
     /// Share of each backoff that is randomised, 0.0–1.0: the wait is
     /// `delay × (1 − jitter × u)` for a uniform `u` in [0, 1). Default 0.5.
     pub jitter: f64,
-    /// Error kinds that may be retried. Default: refused, connect timeout,
-    /// reset, closed, read timeout, write timeout.
+    /// Error kinds that may be retried. Default: refused, connect timeout, TLS
+    /// handshake, reset, closed, read timeout, write timeout. The list is
+    /// authoritative: a kind left out is not retried, connect failures
+    /// included (a policy may only narrow the ceiling).
     pub retry_on: Vec<RetryOn>,
     /// Upstream statuses that may be retried (safe requests only, before anything
     /// went downstream). Default 502, 503, 504.
@@ -345,15 +349,19 @@ impl RetryDecision {
 ///
 /// * response bytes went downstream → never;
 /// * the replay buffer no longer holds the whole body → never;
-/// * the request provably did not reach the upstream (not connected,
-///   connected with nothing written, or an HTTP/2 stream the upstream
-///   refused) → yes, any method, if the kind is retriable;
+/// * the request provably did not reach the upstream (not connected, or
+///   connected with nothing written) → yes, any method, if `retry_on` lists
+///   the kind (connect failures too: the list is authoritative);
+/// * an HTTP/2 stream the upstream refused (`StreamRefused`: REFUSED_STREAM,
+///   or above a GOAWAY's last stream id) → yes, any method: the protocol says
+///   it was not processed, and no `retry_on` entry names it;
 /// * otherwise → only a safe request whose body is still replayable, and only
 ///   for a retriable kind or status.
 ///
 /// A pooled connection that turns out closed or reset before any response byte
-/// is a stale connection: for safe requests it is retried even if the policy
-/// does not list the kind, and it is not counted against the backend.
+/// is a stale connection: it is retried even if the policy does not list the
+/// kind (for a request already written, only a safe one), and it is not
+/// counted against the backend.
 pub fn decide(policy: &RetryPolicy, f: &AttemptFacts) -> RetryDecision {
     if f.commit >= CommitPoint::ResponseForwarded {
         return RetryDecision::Stop(NoRetry::Committed);
@@ -375,7 +383,7 @@ pub fn decide(policy: &RetryPolicy, f: &AttemptFacts) -> RetryDecision {
     let refused = f.kind.never_reached_upstream() && f.commit < CommitPoint::ResponseStarted;
     if f.commit.request_unsent() || refused {
         // Nothing was written: the upstream cannot have acted on the request.
-        if stale || policy.retries_kind(f.kind) || f.kind.never_reached_upstream() {
+        if stale || policy.retries_kind(f.kind) || f.kind == ErrorKind::StreamRefused {
             return RetryDecision::Retry {
                 stale_connection: stale,
             };
@@ -413,65 +421,132 @@ mod tests {
     use super::*;
     use CommitPoint::*;
 
-    /// The whole table: every commit point × safe × replay buffer × reused, for a
-    /// retriable error, a non-retriable one and a retriable status.
-    #[test]
-    fn decision_table() {
-        let p = RetryPolicy::default();
-        for commit in CommitPoint::ALL {
-            for safe in [false, true] {
-                for replay_intact in [false, true] {
-                    for reused in [false, true] {
-                        for kind in [
-                            ErrorKind::ConnectRefused,
-                            ErrorKind::ConnectionReset,
-                            ErrorKind::ReadTimeout,
-                            ErrorKind::InvalidResponse,
-                            ErrorKind::HttpStatus(503),
-                            ErrorKind::HttpStatus(500),
-                            ErrorKind::StreamRefused,
-                        ] {
-                            let f = AttemptFacts {
-                                kind,
-                                commit,
-                                safe,
-                                replay_intact,
-                                reused,
-                            };
-                            let got = decide(&p, &f);
-                            let stale = reused
-                                && commit < ResponseStarted
-                                && kind == ErrorKind::ConnectionReset;
-                            let kind_ok = stale || p.retries_kind(kind);
-                            let expected = if commit == ResponseForwarded {
-                                RetryDecision::Stop(NoRetry::Committed)
-                            } else if !replay_intact {
-                                RetryDecision::Stop(NoRetry::BodyNotReplayable)
-                            } else if commit <= Connected
-                                || (kind.never_reached_upstream() && commit < ResponseStarted)
-                            {
-                                if kind_ok || kind.never_reached_upstream() {
-                                    RetryDecision::Retry {
-                                        stale_connection: stale,
-                                    }
-                                } else {
-                                    RetryDecision::Stop(NoRetry::NotRetriable)
-                                }
-                            } else if !safe {
-                                RetryDecision::Stop(NoRetry::NotSafe)
-                            } else if kind_ok {
-                                RetryDecision::Retry {
-                                    stale_connection: stale,
-                                }
-                            } else {
-                                RetryDecision::Stop(NoRetry::NotRetriable)
-                            };
-                            assert_eq!(got, expected, "{f:?}");
-                        }
-                    }
-                }
-            }
+    /// One row of the failure-semantics table: the facts, and the answer
+    /// written out by hand (not recomputed by the rules under test).
+    type Row = (ErrorKind, CommitPoint, bool, bool, bool, RetryDecision);
+
+    const RETRY: RetryDecision = RetryDecision::Retry {
+        stale_connection: false,
+    };
+    const STALE: RetryDecision = RetryDecision::Retry {
+        stale_connection: true,
+    };
+    const NOT_SAFE: RetryDecision = RetryDecision::Stop(NoRetry::NotSafe);
+    const NOT_LISTED: RetryDecision = RetryDecision::Stop(NoRetry::NotRetriable);
+    const NO_BODY: RetryDecision = RetryDecision::Stop(NoRetry::BodyNotReplayable);
+    const COMMITTED: RetryDecision = RetryDecision::Stop(NoRetry::Committed);
+
+    fn check(policy: &RetryPolicy, rows: &[Row]) {
+        for &(kind, commit, safe, replay_intact, reused, expected) in rows {
+            let f = AttemptFacts {
+                kind,
+                commit,
+                safe,
+                replay_intact,
+                reused,
+            };
+            assert_eq!(decide(policy, &f), expected, "{f:?}");
         }
+    }
+
+    /// The design's table, row by row, with the default policy. Columns:
+    /// kind, commit point, safe, replay buffer intact, pooled connection.
+    #[test]
+    fn the_failure_table_row_by_row() {
+        use ErrorKind::*;
+        check(
+            &RetryPolicy::default(),
+            &[
+                // Never reached the upstream: retried, any method.
+                (ConnectRefused, NotConnected, false, true, false, RETRY),
+                (ConnectTimeout, NotConnected, false, true, false, RETRY),
+                (TlsHandshake, Connected, false, true, false, RETRY),
+                (ConnectionReset, Connected, false, true, false, RETRY),
+                (StreamRefused, RequestSent, false, true, false, RETRY),
+                // Request bytes written, no response yet: safe requests only.
+                (ConnectionReset, RequestSent, false, true, false, NOT_SAFE),
+                (ConnectionReset, RequestSent, true, true, false, RETRY),
+                (ReadTimeout, RequestSent, true, true, false, RETRY),
+                (
+                    ReadTimeout,
+                    RequestPartiallySent,
+                    false,
+                    true,
+                    false,
+                    NOT_SAFE,
+                ),
+                (WriteTimeout, RequestPartiallySent, true, true, false, RETRY),
+                (InvalidResponse, RequestSent, true, true, false, NOT_LISTED),
+                // The replay buffer lost the body: never, not even unsent.
+                (ConnectionClosed, RequestSent, true, false, false, NO_BODY),
+                (ConnectRefused, NotConnected, false, false, false, NO_BODY),
+                // A retriable status: safe requests, before anything went down.
+                (HttpStatus(503), ResponseStarted, true, true, false, RETRY),
+                (HttpStatus(502), ResponseStarted, true, true, true, RETRY),
+                (
+                    HttpStatus(503),
+                    ResponseStarted,
+                    false,
+                    true,
+                    false,
+                    NOT_SAFE,
+                ),
+                (
+                    HttpStatus(500),
+                    ResponseStarted,
+                    true,
+                    true,
+                    false,
+                    NOT_LISTED,
+                ),
+                // Response bytes went downstream: never.
+                (
+                    ConnectionReset,
+                    ResponseForwarded,
+                    true,
+                    true,
+                    false,
+                    COMMITTED,
+                ),
+                (
+                    HttpStatus(503),
+                    ResponseForwarded,
+                    true,
+                    true,
+                    false,
+                    COMMITTED,
+                ),
+                // A stale pooled connection: free, and for a request already
+                // written only if it is safe.
+                (ConnectionReset, Connected, false, true, true, STALE),
+                (ConnectionClosed, RequestSent, true, true, true, STALE),
+                (ConnectionClosed, RequestSent, false, true, true, NOT_SAFE),
+                (ConnectionClosed, ResponseStarted, true, true, true, RETRY),
+            ],
+        );
+    }
+
+    /// `retry_on` is authoritative: a policy that leaves connect failures out
+    /// does not retry them. Only what no entry can name stays retried: a
+    /// refused HTTP/2 stream, and a stale pooled connection.
+    #[test]
+    fn retry_on_narrows_connect_failures_too() {
+        use ErrorKind::*;
+        let narrow = RetryPolicy {
+            retry_on: vec![RetryOn::ReadTimeout],
+            ..RetryPolicy::default()
+        };
+        check(
+            &narrow,
+            &[
+                (ConnectRefused, NotConnected, false, true, false, NOT_LISTED),
+                (ConnectTimeout, NotConnected, true, true, false, NOT_LISTED),
+                (TlsHandshake, Connected, true, true, false, NOT_LISTED),
+                (ReadTimeout, RequestSent, true, true, false, RETRY),
+                (StreamRefused, RequestSent, false, true, false, RETRY),
+                (ConnectionClosed, Connected, false, true, true, STALE),
+            ],
+        );
     }
 
     #[test]
