@@ -31,11 +31,10 @@ fn serve(up: &Arc<Upstream>) -> ServerHandle {
     let mut cfg = ServerConfig::default();
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let proxy = HttpProxy::builder(Selecting { up: Arc::clone(up) })
+        .upstream(Arc::clone(up))
         .config(cfg.clone())
         .build();
-    Server::new(cfg)
-        .start_with(proxy, &[Arc::clone(up)])
-        .unwrap()
+    Server::new(cfg).start(proxy).unwrap()
 }
 
 async fn shut(h: ServerHandle) {

@@ -30,12 +30,11 @@ fn serve(up: &Arc<Upstream>, attempts: &Arc<Attempts>) -> ServerHandle {
     let mut cfg = ServerConfig::default();
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let proxy = HttpProxy::builder(Selecting { up: Arc::clone(up) })
+        .upstream(Arc::clone(up))
         .config(cfg.clone())
         .observer(Arc::clone(attempts) as Arc<dyn Observer>)
         .build();
-    Server::new(cfg)
-        .start_with(proxy, &[Arc::clone(up)])
-        .unwrap()
+    Server::new(cfg).start(proxy).unwrap()
 }
 
 async fn get(conn: &mut RawConnection, user: &str) -> RawResponse {
