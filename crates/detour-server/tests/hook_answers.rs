@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use detour_core::{Error, HttpPeer, ProxyHttp, Result, Session};
-use detour_server::{HttpProxy, Server, ServerHandle, Stop};
+use detour_server::{HttpProxy, Server, ServerHandle};
 use detour_testkit::{Behavior, Upstream as Backend};
 use http::{Response, StatusCode};
-use support::{config, get, send};
+use support::{config, get, send, shut};
 
 /// What `logging` saw of one request: status, body bytes sent, error type.
 type Seen = (Option<u16>, u64, Option<&'static str>);
@@ -86,11 +86,6 @@ async fn logged(seen: &Mutex<Vec<Seen>>, n: usize) -> Seen {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-async fn shut(h: ServerHandle) {
-    h.stop(Stop::Immediate);
-    tokio::task::spawn_blocking(move || h.join()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

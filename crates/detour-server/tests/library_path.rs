@@ -9,9 +9,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use detour_server::{HttpProxy, Server, ServerHandle, Stop};
+use detour_server::{HttpProxy, Server};
 use detour_testkit::{Behavior, Upstream as Backend};
-use support::{config, get, send, upstream, Selecting};
+use support::{config, get, send, shut, upstream, Selecting};
 
 /// Everything logged in this test binary (one subscriber for the process:
 /// the workers log from their own threads).
@@ -60,11 +60,6 @@ async fn until_logged(words: &[&str], n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn shut(h: ServerHandle) {
-    h.stop(Stop::Immediate);
-    tokio::task::spawn_blocking(move || h.join()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use detour_core::Spread;
 use detour_server::upstream::Upstream;
-use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle, Stop};
+use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
 use detour_testkit::client::RawConnection;
 use detour_testkit::{Behavior, Upstream as Backend};
-use support::{upstream, Selecting};
+use support::{shut, upstream, Selecting};
 
 const CLIENTS: usize = 8;
 const HEALTH: &str = "/healthz";
@@ -35,11 +35,6 @@ fn serve(up: &Arc<Upstream>) -> ServerHandle {
         .config(cfg.clone())
         .build();
     Server::new(cfg).start(proxy).unwrap()
-}
-
-async fn shut(h: ServerHandle) {
-    h.stop(Stop::Immediate);
-    tokio::task::spawn_blocking(move || h.join()).await.unwrap();
 }
 
 /// Client requests the backends read (health checks left out).
