@@ -176,12 +176,12 @@ pub async fn serve(
     let proxy = detour::server::HttpProxy::builder(UpstreamProxy {
         up: Arc::clone(&up),
     })
+    .upstream(up)
     .config(config.clone())
     .build();
-    let server = tokio::task::spawn_blocking(move || {
-        detour::server::Server::new(config).start_with(proxy, &[up])
-    })
-    .await??;
+    let server =
+        tokio::task::spawn_blocking(move || detour::server::Server::new(config).start(proxy))
+            .await??;
     Ok(server)
 }
 

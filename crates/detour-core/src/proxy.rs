@@ -211,11 +211,34 @@ pub trait ProxyHttp: Send + Sync + 'static {
         err.kind().default_status()
     }
 
+    /// Detour is about to answer with an error of its own, with the `status`
+    /// [`fail_to_proxy`](Self::fail_to_proxy) chose: return the whole
+    /// response — status, headers and body, e.g. a JSON error page — instead
+    /// of Detour's short `text/plain` one (`None`, the default). The engine
+    /// still adds `Proxy-Status`, `Retry-After` (when the error knows when to
+    /// come back) and the request id unless the response carries them, and
+    /// `Connection: close` where the connection must end; then
+    /// [`response_filter`](Self::response_filter) and [`logging`](Self::logging)
+    /// run as for any response. Not called for gRPC calls (they get a
+    /// `grpc-status`) nor for the up-front refusals whose status is fixed
+    /// (400, 405, 413, 414, ...).
+    fn fail_to_proxy_response(
+        &self,
+        _session: &mut Session,
+        _err: &Error,
+        _status: http::StatusCode,
+        _ctx: &mut Self::CTX,
+    ) -> Option<Response<Bytes>> {
+        None
+    }
+
     /// Whether to leave this error out of the error log.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _err: &Error) -> bool {
         false
     }
 
     /// The request is over (response sent, or failed). Runs once per request.
+    /// [`Session::response_status`] is the status the client got and
+    /// [`Session::body_bytes_sent`] the body bytes sent.
     fn logging(&self, _session: &mut Session, _err: Option<&Error>, _ctx: &mut Self::CTX) {}
 }

@@ -78,6 +78,8 @@ pub struct Session {
     last_error: Option<ErrorKind>,
     safe: bool,
     tls: bool,
+    response_status: Option<http::StatusCode>,
+    body_bytes_sent: u64,
 }
 
 impl Session {
@@ -94,6 +96,8 @@ impl Session {
             last_error: None,
             safe: false,
             tls: false,
+            response_status: None,
+            body_bytes_sent: 0,
         }
     }
 
@@ -223,6 +227,33 @@ impl Session {
     /// Whether the request is safe to deliver twice (idempotent, or opted in).
     pub fn is_safe(&self) -> bool {
         self.safe
+    }
+
+    /// The status of the response sent downstream, once its head is final
+    /// (after `response_filter`): the upstream's, a hook's or Detour's own.
+    /// `None` before that. [`logging`](crate::ProxyHttp::logging) reads it.
+    pub fn response_status(&self) -> Option<http::StatusCode> {
+        self.response_status
+    }
+
+    /// Response body bytes handed to the downstream connection so far, after
+    /// `response_body_filter` (headers not counted; a body Detour or a hook
+    /// made counts whole, a streamed one as it streams). In
+    /// [`logging`](crate::ProxyHttp::logging), the body's size as sent.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.body_bytes_sent
+    }
+
+    /// Engine bookkeeping: the response head going downstream has `status`.
+    #[doc(hidden)]
+    pub fn set_response_status(&mut self, status: http::StatusCode) {
+        self.response_status = Some(status);
+    }
+
+    /// Engine bookkeeping: `n` more body bytes went downstream.
+    #[doc(hidden)]
+    pub fn add_body_bytes_sent(&mut self, n: u64) {
+        self.body_bytes_sent += n;
     }
 
     /// Engine bookkeeping: an attempt to `addr` begins.

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::iter;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::Rng;
@@ -15,13 +16,30 @@ use crate::failover::LbOptions;
 use crate::hash::mix64;
 use crate::rng::RngSource;
 use crate::selection::{Algorithm, Selection};
-use crate::set::{BackendSet, Group, HealthParams, HealthView, FULL};
+use crate::set::{BackendSet, Group, HealthParams, HealthView, PanicScan, FULL};
 use crate::InvalidConfig;
 
 /// Keeps the tier pick of a hashing algorithm apart from its ring position.
 const TIER_SALT: u64 = 0x7f4a_7c15_9e37_79b9;
 
 type UpdateHook = Box<dyn Fn(&[Arc<Backend>]) + Send + Sync>;
+type PanicHook = Box<dyn Fn(&PanicChange) + Send + Sync>;
+
+/// A load balancer entered or left panic mode (see
+/// [`LoadBalancer::on_panic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PanicChange {
+    /// `true`: entered panic mode (selection now ignores health, ejection and
+    /// breakers); `false`: left it.
+    pub in_panic: bool,
+    /// Backends that counted as available at the scan that decided.
+    pub available: u64,
+    /// Backends of weight > 0 at that scan.
+    pub total: u64,
+    /// The panic threshold, in percent of `total`.
+    pub threshold: u8,
+}
 
 /// A load balancer whose algorithm is chosen at run time (from a config file).
 pub type AnyLoadBalancer = LoadBalancer<Algorithm>;
@@ -68,6 +86,13 @@ pub struct LoadBalancer<S: Selection = Algorithm> {
     /// Serializes updates and holds the update hooks. Never touched by
     /// selection.
     hooks: Mutex<Vec<UpdateHook>>,
+    /// Whether the last health scan (of any snapshot) found panic mode: a
+    /// new snapshot starts a fresh view, and this is what tells whether its
+    /// first scan changed anything.
+    panicking: AtomicBool,
+    /// Hear entries into and exits from panic mode. Locked only on such a
+    /// change, never on an ordinary selection.
+    panic_hooks: Mutex<Vec<PanicHook>>,
 }
 
 impl<S: Selection + fmt::Debug> fmt::Debug for LoadBalancer<S> {
@@ -109,6 +134,8 @@ impl<S: Selection> LoadBalancer<S> {
             set: ArcSwap::from_pointee(BackendSet::empty()),
             rng: RngSource::ThreadLocal,
             hooks: Mutex::new(Vec::new()),
+            panicking: AtomicBool::new(false),
+            panic_hooks: Mutex::new(Vec::new()),
         }
     }
 
@@ -155,8 +182,7 @@ impl<S: Selection> LoadBalancer<S> {
     /// and tests; it rescans the groups' health.
     pub fn group_loads(&self, now: Instant) -> Vec<u32> {
         let set = self.set.load();
-        set.health
-            .ensure_fresh(&set.groups, now, self.health_params(), true);
+        self.rescan(&set, now, true);
         set.health.loads()
     }
 
@@ -164,8 +190,7 @@ impl<S: Selection> LoadBalancer<S> {
     /// rescans the groups' health.
     pub fn in_panic(&self, now: Instant) -> bool {
         let set = self.set.load();
-        set.health
-            .ensure_fresh(&set.groups, now, self.health_params(), true);
+        self.rescan(&set, now, true);
         set.health.panic()
     }
 
@@ -173,8 +198,49 @@ impl<S: Selection> LoadBalancer<S> {
     /// checks, instead of within [`LbOptions::health_refresh`].
     pub fn refresh_health(&self, now: Instant) {
         let set = self.set.load();
-        set.health
-            .ensure_fresh(&set.groups, now, self.health_params(), true);
+        self.rescan(&set, now, true);
+    }
+
+    /// Run `hook` each time the balancer enters or leaves panic mode, as a
+    /// health scan finds it (a selection, [`refresh_health`](Self::refresh_health)
+    /// or [`in_panic`](Self::in_panic)). The balancer has no name; the owner
+    /// that registers the hook knows which upstream it is and logs or counts
+    /// the change. Hooks run on the task whose scan saw the change; they
+    /// must not call `on_panic` themselves.
+    pub fn on_panic(&self, hook: impl Fn(&PanicChange) + Send + Sync + 'static) {
+        self.panic_hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::new(hook));
+    }
+
+    /// Rescan `set`'s health when due (or `force`), and tell the panic hooks
+    /// when the scan changed panic mode.
+    fn rescan(&self, set: &BackendSet<S::Table>, now: Instant, force: bool) {
+        let params = self.health_params();
+        let Some(scan) = set.health.ensure_fresh(&set.groups, now, params, force) else {
+            return;
+        };
+        self.note_panic(scan);
+    }
+
+    fn note_panic(&self, scan: PanicScan) {
+        if self.panicking.swap(scan.panic, Ordering::AcqRel) == scan.panic {
+            return;
+        }
+        let change = PanicChange {
+            in_panic: scan.panic,
+            available: scan.available,
+            total: scan.total,
+            threshold: self.options.panic_threshold,
+        };
+        let hooks = self
+            .panic_hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for hook in hooks.iter() {
+            hook(&change);
+        }
     }
 
     /// Run `hook` with the whole set after every update that changes it, and
@@ -372,15 +438,14 @@ impl<S: Selection> LoadBalancer<S> {
         if set.groups.is_empty() {
             return None;
         }
-        let params = self.health_params();
-        set.health.ensure_fresh(&set.groups, now, params, false);
+        self.rescan(&set, now, false);
         self.rng.with(|rng| {
             if !set.health.panic() {
                 if let Some(p) = self.select_normal(&set, key, tried, now, rng) {
                     return Some(p);
                 }
                 // Nothing admitted: the view may be stale. Look again.
-                set.health.ensure_fresh(&set.groups, now, params, true);
+                self.rescan(&set, now, true);
                 if !set.health.panic() {
                     return None;
                 }
@@ -750,6 +815,46 @@ mod tests {
             lb.select(0, &[], now).is_some(),
             "panic mode, found on the miss"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn panic_hooks_hear_each_entry_and_exit_once() {
+        let lb = lb(
+            RoundRobin,
+            LbOptions::default(),
+            (0..4).map(|i| Backend::new(addr(i))).collect(),
+        );
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&heard);
+        lb.on_panic(move |c| log.lock().unwrap().push(*c));
+        let now = Instant::now();
+        assert!(lb.select(0, &[], now).is_some());
+        down(&lb, |i| i > 0);
+        for _ in 0..5 {
+            lb.refresh_health(now);
+            assert!(lb.select(0, &[], now).is_some());
+        }
+        // A new snapshot starts a fresh view: still in panic, no new entry.
+        lb.update((0..5).map(|i| Backend::new(addr(i))));
+        down(&lb, |i| i > 0);
+        lb.refresh_health(now);
+        down(&lb, |_| false);
+        lb.refresh_health(now);
+        lb.refresh_health(now);
+        let heard = heard.lock().unwrap();
+        let entered = PanicChange {
+            in_panic: true,
+            available: 1,
+            total: 4,
+            threshold: 50,
+        };
+        let left = PanicChange {
+            in_panic: false,
+            available: 5,
+            total: 5,
+            threshold: 50,
+        };
+        assert_eq!(*heard, [entered, left]);
     }
 
     struct Open;

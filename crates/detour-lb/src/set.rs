@@ -93,6 +93,15 @@ pub(crate) struct HealthView {
     scanning: AtomicBool,
 }
 
+/// What one scan found about panic mode.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PanicScan {
+    pub(crate) panic: bool,
+    /// Backends that count as available (trusted removals included).
+    pub(crate) available: u64,
+    pub(crate) total: u64,
+}
+
 /// What the scan needs to know.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HealthParams {
@@ -113,30 +122,32 @@ impl HealthView {
         }
     }
 
-    /// Rescan if the view is older than `refresh` (or `force`).
+    /// Rescan if the view is older than `refresh` (or `force`); what the
+    /// scan counted when this call made one.
     pub(crate) fn ensure_fresh<T>(
         &self,
         groups: &[Group<T>],
         now: Instant,
         p: HealthParams,
         force: bool,
-    ) {
+    ) -> Option<PanicScan> {
         let now_ns = now.saturating_duration_since(self.created).as_nanos() as u64 + 1;
         let stamp = self.stamp.load(Ordering::Acquire);
         let refresh = p.refresh.as_nanos().min(u128::from(u64::MAX)) as u64;
         if stamp != 0 && now_ns.saturating_sub(stamp) < refresh && !force {
-            return;
+            return None;
         }
         if self.scanning.swap(true, Ordering::Acquire) {
             // Another selection is rescanning; use the view we have.
-            return;
+            return None;
         }
-        self.scan(groups, now, p);
+        let scan = self.scan(groups, now, p);
         self.stamp.store(now_ns, Ordering::Release);
         self.scanning.store(false, Ordering::Release);
+        Some(scan)
     }
 
-    fn scan<T>(&self, groups: &[Group<T>], now: Instant, p: HealthParams) {
+    fn scan<T>(&self, groups: &[Group<T>], now: Instant, p: HealthParams) -> PanicScan {
         let (mut total, mut available, mut sum) = (0u64, 0u64, 0u64);
         for (g, group) in groups.iter().enumerate() {
             let t = group.members.len() as u64;
@@ -171,6 +182,11 @@ impl HealthView {
         }
         let panic = p.panic_threshold > 0 && available * 100 < u64::from(p.panic_threshold) * total;
         self.panic.store(panic, Ordering::Release);
+        PanicScan {
+            panic,
+            available,
+            total,
+        }
     }
 
     /// Whether the set is in panic mode.

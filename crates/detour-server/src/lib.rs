@@ -11,20 +11,30 @@
 //! - [`telemetry`]: every metric family emitted, with its help text.
 //!
 //! ```no_run
+//! use std::sync::Arc;
+//!
 //! use detour_core::{HttpPeer, ProxyHttp, Result, Session};
+//! use detour_server::upstream::{Upstream, UpstreamConfig};
 //! use detour_server::{HttpProxy, Server};
 //!
-//! struct One;
-//! impl ProxyHttp for One {
+//! struct App { up: Arc<Upstream> }
+//! impl ProxyHttp for App {
 //!     type CTX = ();
 //!     fn new_ctx(&self) {}
-//!     async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<HttpPeer> {
-//!         Ok(HttpPeer::new("127.0.0.1:9001".parse().unwrap(), "app"))
+//!     async fn upstream_peer(&self, s: &mut Session, _c: &mut ()) -> Result<HttpPeer> {
+//!         self.up.select(s).await
 //!     }
 //! }
 //!
 //! let server = Server::from_args();
-//! server.run_forever(HttpProxy::builder(One).config(server.config().clone()).build()).unwrap();
+//! let config: UpstreamConfig = toml::from_str(r#"backends = [{ addr = "127.0.0.1:9001" }]"#).unwrap();
+//! let up = Arc::new(Upstream::from_config("app", &config).unwrap());
+//! // Registered, its health checks, outlier sweeps and discovery run with the server.
+//! let proxy = HttpProxy::builder(App { up: Arc::clone(&up) })
+//!     .upstream(up)
+//!     .config(server.config().clone())
+//!     .build();
+//! server.run_forever(proxy).unwrap();
 //! ```
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]

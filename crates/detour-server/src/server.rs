@@ -19,7 +19,7 @@ use crate::config::{ConfigError, RuntimeModel, ServerConfig};
 use crate::listener::ListenSpec;
 use crate::proxy::{ConnSlot, HttpProxy};
 use crate::tls::ServerTls;
-use crate::upstream::{Connect, Services, Upstream};
+use crate::upstream::{first_rounds, Connect, Services, Upstream};
 
 /// The command line every Detour server understands.
 #[derive(Debug, Clone, Default, Parser)]
@@ -236,7 +236,12 @@ impl Server {
         &self.config
     }
 
-    /// Start serving `proxy` on the configured listeners, in background threads.
+    /// Start serving `proxy` on the configured listeners, in background
+    /// threads. The upstreams registered with the proxy
+    /// ([`HttpProxyBuilder::upstream`](crate::HttpProxyBuilder::upstream))
+    /// run their first round of checks and discovery — bounded by the check
+    /// timeout — before any listener opens, then their background services
+    /// (active checks, outlier sweeps, discovery) until the server stops.
     ///
     /// # Errors
     /// The configuration does not validate (`InvalidInput`, naming the
@@ -245,53 +250,20 @@ impl Server {
         &self,
         proxy: HttpProxy<P, C>,
     ) -> std::io::Result<ServerHandle> {
-        self.start_workers(proxy)
-    }
-
-    /// Start serving `proxy` with `upstreams` whose background services
-    /// (active checks, outlier sweeps, discovery) the server owns: their first
-    /// round of checks runs — bounded by the check timeout — before any
-    /// listener opens, and they stop with the server.
-    ///
-    /// # Errors
-    /// The configuration does not validate (`InvalidInput`, naming the
-    /// field), or binding a listener or starting a runtime failed.
-    pub fn start_with<P: ProxyHttp, C: Connect>(
-        &self,
-        proxy: HttpProxy<P, C>,
-        upstreams: &[Arc<Upstream>],
-    ) -> std::io::Result<ServerHandle> {
-        let services_rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("detour-services")
-            .enable_all()
-            .build()?;
-        // On a thread of its own, so this works from inside a runtime too.
-        let rounds: Vec<_> = upstreams
-            .iter()
-            .map(|u| {
-                let u = Arc::clone(u);
-                services_rt.spawn(async move { u.first_round().await })
-            })
-            .collect();
-        let rt = services_rt.handle().clone();
-        let _ = std::thread::spawn(move || {
-            rt.block_on(async {
-                for r in rounds {
-                    let _ = r.await;
-                }
-            })
-        })
-        .join();
-        let services: Vec<Services> = upstreams
-            .iter()
-            .map(|u| u.start_services(services_rt.handle()))
-            .collect();
-        let mut handle = match self.start_workers(proxy) {
+        let upstreams = proxy.take_upstreams();
+        let (services_rt, services) = match start_services(&upstreams) {
+            Ok(started) => started,
+            Err(e) => {
+                proxy.return_upstreams(upstreams);
+                return Err(e);
+            }
+        };
+        let mut handle = match self.start_workers(proxy.clone()) {
             Ok(h) => h,
             Err(e) => {
                 drop(services);
                 services_rt.shutdown_background();
+                proxy.return_upstreams(upstreams);
                 return Err(e);
             }
         };
@@ -421,6 +393,31 @@ impl Server {
             .build()?;
         rt.block_on(run_until_signal(handle))
     }
+}
+
+/// The runtime of the upstreams' background services, with the services of
+/// `upstreams` started on it after their first round (kept on it for the
+/// upstreams a reload adds later, even when there are none now).
+fn start_services(
+    upstreams: &[Arc<Upstream>],
+) -> std::io::Result<(tokio::runtime::Runtime, Vec<Services>)> {
+    let services_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("detour-services")
+        .enable_all()
+        .build()?;
+    if !upstreams.is_empty() {
+        // Waited for on a thread of its own, so this works from inside a
+        // runtime too.
+        let rt = services_rt.handle().clone();
+        let all = upstreams.to_vec();
+        let _ = std::thread::spawn(move || rt.block_on(first_rounds(&all, &rt))).join();
+    }
+    let services = upstreams
+        .iter()
+        .map(|u| u.start_services(services_rt.handle()))
+        .collect();
+    Ok((services_rt, services))
 }
 
 /// Wait for SIGTERM (drain) or SIGINT (stop at once); while draining, a

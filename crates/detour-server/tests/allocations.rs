@@ -52,11 +52,10 @@ async fn a_keep_alive_request_costs_a_bounded_number_of_allocations() {
     let proxy = HttpProxy::builder(App {
         up: Arc::clone(&up),
     })
+    .upstream(Arc::clone(&up))
     .config(server_cfg.clone())
     .build();
-    let handle = Server::new(server_cfg)
-        .start_with(proxy, &[Arc::clone(&up)])
-        .unwrap();
+    let handle = Server::new(server_cfg).start(proxy).unwrap();
     let addr: SocketAddr = handle.addrs()[0];
 
     let mut conn = RawConnection::connect(addr).await.unwrap();

@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use detour_core::Spread;
 use detour_server::upstream::Upstream;
-use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle, Stop};
+use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
 use detour_testkit::client::RawConnection;
 use detour_testkit::{Behavior, Upstream as Backend};
-use support::{upstream, Selecting};
+use support::{shut, upstream, Selecting};
 
 const CLIENTS: usize = 8;
 const HEALTH: &str = "/healthz";
@@ -31,16 +31,10 @@ fn serve(up: &Arc<Upstream>) -> ServerHandle {
     let mut cfg = ServerConfig::default();
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let proxy = HttpProxy::builder(Selecting { up: Arc::clone(up) })
+        .upstream(Arc::clone(up))
         .config(cfg.clone())
         .build();
-    Server::new(cfg)
-        .start_with(proxy, &[Arc::clone(up)])
-        .unwrap()
-}
-
-async fn shut(h: ServerHandle) {
-    h.stop(Stop::Immediate);
-    tokio::task::spawn_blocking(move || h.join()).await.unwrap();
+    Server::new(cfg).start(proxy).unwrap()
 }
 
 /// Client requests the backends read (health checks left out).

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use detour_core::{AttemptOutcome, Observer};
 use detour_server::upstream::Upstream;
-use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle, Stop};
+use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
 use detour_testkit::client::{RawConnection, RawResponse};
 use detour_testkit::{Behavior, Upstream as Backend};
-use support::{upstream, Selecting};
+use support::{shut, upstream, Selecting};
 use tokio::time::Instant;
 
 /// Every attempt: when, where.
@@ -30,12 +30,11 @@ fn serve(up: &Arc<Upstream>, attempts: &Arc<Attempts>) -> ServerHandle {
     let mut cfg = ServerConfig::default();
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let proxy = HttpProxy::builder(Selecting { up: Arc::clone(up) })
+        .upstream(Arc::clone(up))
         .config(cfg.clone())
         .observer(Arc::clone(attempts) as Arc<dyn Observer>)
         .build();
-    Server::new(cfg)
-        .start_with(proxy, &[Arc::clone(up)])
-        .unwrap()
+    Server::new(cfg).start(proxy).unwrap()
 }
 
 async fn get(conn: &mut RawConnection, user: &str) -> RawResponse {
@@ -45,11 +44,6 @@ async fn get(conn: &mut RawConnection, user: &str) -> RawResponse {
         .await
         .unwrap()
         .unwrap()
-}
-
-async fn shut(h: ServerHandle) {
-    h.stop(Stop::Immediate);
-    tokio::task::spawn_blocking(move || h.join()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,8 @@
 //! - `server` also brings [`lb`], [`health`] and [`breaker`];
 //! - `testkit`: [`testkit`] (`detour-testkit`), faulty upstreams for tests;
 //! - `app` (default): [`app`], the config-driven proxy behind the `detour`
-//!   binary (admin API, metrics, reload, demo).
+//!   binary (admin API, metrics, reload, demo), and [`metrics`], one call
+//!   that serves Prometheus `/metrics` for a program of your own.
 #![warn(missing_docs)]
 
 pub use detour_core as core;
@@ -27,3 +28,5 @@ pub use detour_lb as lb;
 
 #[cfg(feature = "app")]
 pub mod app;
+#[cfg(feature = "app")]
+pub mod metrics;

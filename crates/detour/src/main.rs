@@ -80,42 +80,12 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-/// Bucket bounds, in seconds, of the latency histograms.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// How often the upkeep thread folds recorded histogram samples into their
-/// buckets. The recorder holds each sample (16 bytes) until then: at 40,000
-/// requests/s and two histograms a request, a quarter of a second is about
-/// 0.3 MB of samples, where two seconds was 2.6 MB of resident memory.
-const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Install the Prometheus recorder. Histograms are exported with fixed
-/// buckets, and a background thread folds recorded samples into them every
-/// [`METRICS_UPKEEP`]: the recorder keeps every sample until that happens, so
-/// without it memory would grow with every request between two scrapes.
+/// Install the Prometheus recorder (see [`detour::metrics::install`]); the
+/// admin API's `/metrics` renders it.
 fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    let installed = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(LATENCY_BUCKETS)
-        .and_then(|b| b.install_recorder());
-    match installed {
+    match detour::metrics::install() {
         Ok(h) => {
-            // `# HELP` for every family, the build and the process.
-            detour::server::telemetry::describe();
             app::process::start(env!("CARGO_PKG_VERSION"), env!("DETOUR_COMMIT"));
-            let upkeep = h.clone();
-            // A plain OS thread outside any runtime: blocking sleep is right here.
-            #[allow(clippy::disallowed_methods)]
-            let spawned = std::thread::Builder::new()
-                .name("detour-metrics".into())
-                .spawn(move || loop {
-                    std::thread::sleep(METRICS_UPKEEP);
-                    upkeep.run_upkeep();
-                });
-            if let Err(e) = spawned {
-                eprintln!("metrics: no upkeep thread ({e}); histograms fold in at scrape only");
-            }
             Some(h)
         }
         Err(e) => {

@@ -740,6 +740,7 @@ impl<P: ProxyHttp> ProxyBody<P> {
                                 }
                                 return Poll::Ready(Some(Err(e)));
                             }
+                            f.session.add_body_bytes_sent(data.len() as u64);
                         }
                         Frame::data(data)
                     }

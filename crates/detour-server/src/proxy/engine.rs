@@ -987,6 +987,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 head.headers
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
+            session.set_response_status(head.status);
 
             if switching {
                 let offered = forward::upgrade_was_offered(session.headers(), &head.headers);
@@ -1066,13 +1067,15 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             head.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        sent_whole(&mut session, head.status, &body);
         proxy.logging(&mut session, None, &mut ctx);
         Response::from_parts(head, ProxyBody::full(body))
     }
 
     /// Answer with an error response: `fail_to_proxy` chooses the status (or
-    /// `status` when the request itself was refused) and `Proxy-Status` names the
-    /// error and the upstream.
+    /// `status` when the request itself was refused), `fail_to_proxy_response`
+    /// may make the whole response, and `Proxy-Status` names the error and
+    /// the upstream.
     async fn answer_error(
         &self,
         mut session: Session,
@@ -1081,8 +1084,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         upstream: Option<&str>,
         status: Option<StatusCode>,
     ) -> Response<ProxyBody<P>> {
-        let sh = &*self.shared;
-        let proxy = &*sh.proxy;
+        let proxy = &*self.shared.proxy;
+        let fixed = status.is_some();
         let status = status.unwrap_or_else(|| {
             let code = proxy.fail_to_proxy(&mut session, &err, &mut ctx);
             StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY)
@@ -1095,34 +1098,17 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 tracing::warn!(error = %err, status = status.as_u16(), attempts = session.attempt(), "proxy error");
             }
         }
-        let mut head = Response::new(()).into_parts().0;
-        head.status = status;
-        let reason = status.canonical_reason().unwrap_or("");
-        let mut text = Bytes::from(format!("{} {}\n", status.as_u16(), reason));
-        head.headers
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        if grpc::is_call(session.req()) {
-            // A gRPC client reads grpc-status, not a page.
-            grpc::shape_error(&mut head, &err);
-            text = Bytes::new();
-        }
-        let detail = format!("error={}", err.proxy_status_type());
-        if let Some(v) = proxy_status(&sh.proxy_name, &detail, upstream) {
-            head.headers.insert("proxy-status", v);
-        }
-        if let Some(id) = session.headers().get(&sh.forwarding.request_id) {
-            head.headers
-                .insert(sh.forwarding.request_id.clone(), id.clone());
-        }
-        if let Some(after) = err.retry_after_hint() {
-            // Whole seconds, rounded up ("come back in 0 s" would invite a
-            // storm), from whole milliseconds: breakers keep their open-until
-            // time to the millisecond, rounded up, and that sub-millisecond
-            // excess must not turn 20 s into 21.
-            let secs = u64::try_from(after.as_millis().div_ceil(1000)).unwrap_or(u64::MAX);
-            head.headers
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
+        let grpc = grpc::is_call(session.req());
+        let custom = if fixed || grpc {
+            None
+        } else {
+            proxy.fail_to_proxy_response(&mut session, &err, status, &mut ctx)
+        };
+        let (mut head, body) = match custom {
+            Some(resp) => resp.into_parts(),
+            None => own_error_response(status, &err, grpc),
+        };
+        self.add_error_headers(&mut head, &session, &err, upstream);
         let close = err.side() == detour_core::ErrorSide::Downstream || self.is_draining();
         if let Err(e) = proxy
             .response_filter(&mut session, &mut head, &mut ctx)
@@ -1134,7 +1120,70 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             head.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        sent_whole(&mut session, head.status, &body);
         proxy.logging(&mut session, Some(&err), &mut ctx);
-        Response::from_parts(head, ProxyBody::full(text))
+        Response::from_parts(head, ProxyBody::full(body))
+    }
+
+    /// What every error response carries unless it has them already:
+    /// `Proxy-Status` (the error, the upstream), the request id, and
+    /// `Retry-After` when the error knows when to come back.
+    fn add_error_headers(
+        &self,
+        head: &mut response::Parts,
+        session: &Session,
+        err: &Error,
+        upstream: Option<&str>,
+    ) {
+        let sh = &*self.shared;
+        if !head.headers.contains_key("proxy-status") {
+            let detail = format!("error={}", err.proxy_status_type());
+            if let Some(v) = proxy_status(&sh.proxy_name, &detail, upstream) {
+                head.headers.insert("proxy-status", v);
+            }
+        }
+        if let Some(id) = session.headers().get(&sh.forwarding.request_id) {
+            if !head.headers.contains_key(&sh.forwarding.request_id) {
+                head.headers
+                    .insert(sh.forwarding.request_id.clone(), id.clone());
+            }
+        }
+        if let Some(after) = err.retry_after_hint() {
+            // Whole seconds, rounded up ("come back in 0 s" would invite a
+            // storm), from whole milliseconds: breakers keep their open-until
+            // time to the millisecond, rounded up, and that sub-millisecond
+            // excess must not turn 20 s into 21.
+            let secs = u64::try_from(after.as_millis().div_ceil(1000)).unwrap_or(u64::MAX);
+            if !head.headers.contains_key(header::RETRY_AFTER) {
+                head.headers
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+        }
+    }
+}
+
+/// Detour's own error response: `status` with a one-line `text/plain` body,
+/// or for a gRPC call an empty body with the error as `grpc-status` (a gRPC
+/// client reads that, not a page).
+fn own_error_response(status: StatusCode, err: &Error, grpc: bool) -> (response::Parts, Bytes) {
+    let mut head = Response::new(()).into_parts().0;
+    head.status = status;
+    head.headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if grpc {
+        grpc::shape_error(&mut head, err);
+        return (head, Bytes::new());
+    }
+    let reason = status.canonical_reason().unwrap_or("");
+    let text = Bytes::from(format!("{} {}\n", status.as_u16(), reason));
+    (head, text)
+}
+
+/// Record a response sent whole: its status, and its body's size (none for
+/// a HEAD request, whose response carries no body).
+fn sent_whole(session: &mut Session, status: StatusCode, body: &Bytes) {
+    session.set_response_status(status);
+    if session.method() != http::Method::HEAD {
+        session.add_body_bytes_sent(body.len() as u64);
     }
 }

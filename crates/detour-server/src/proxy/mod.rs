@@ -15,7 +15,7 @@ pub(crate) use tunnel::ConnSlot;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use detour_core::{Observer, ProxyHttp, RetryPolicy};
 use http::Request;
@@ -32,7 +32,7 @@ use crate::framing::{AmbiguousFraming, Answered, ConnWatch, FramingGuard};
 use crate::send_timeout::SendTimeout;
 use crate::upstream::h2pool::H2Pool;
 use crate::upstream::pool::Pool;
-use crate::upstream::{Connect, TcpConnector};
+use crate::upstream::{Connect, TcpConnector, Upstream};
 use forward::{Forwarding, RequestIds};
 
 /// What every worker's copy of a proxy shares.
@@ -53,6 +53,9 @@ pub(crate) struct Shared<P, C> {
     pub(crate) hard_stop: watch::Sender<bool>,
     /// Upgraded tunnels alive now (a drain waits for them within the grace).
     pub(crate) tunnels: watch::Sender<usize>,
+    /// Upstreams registered with the builder, until the server that starts
+    /// this proxy takes over their background services.
+    upstreams: Mutex<Vec<Arc<Upstream>>>,
 }
 
 /// An HTTP reverse proxy driving the hooks of `P`, connecting upstream with `C`.
@@ -81,6 +84,7 @@ pub struct HttpProxyBuilder<P, C = TcpConnector> {
     connector: C,
     config: ServerConfig,
     observers: Vec<Arc<dyn Observer>>,
+    upstreams: Vec<Arc<Upstream>>,
 }
 
 impl<P: ProxyHttp> HttpProxy<P, TcpConnector> {
@@ -96,6 +100,7 @@ impl<P: ProxyHttp> HttpProxy<P, TcpConnector> {
             connector: TcpConnector,
             config: ServerConfig::default(),
             observers: Vec::new(),
+            upstreams: Vec::new(),
         }
     }
 }
@@ -119,6 +124,24 @@ impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
         self
     }
 
+    /// Register an [`Upstream`] the hooks select from: the server that runs
+    /// this proxy ([`Server::start`](crate::Server::start),
+    /// [`Server::run_forever`](crate::Server::run_forever)) runs its first
+    /// round of health checks and discovery before it listens, then its
+    /// background services (checks, outlier sweeps, discovery) until it
+    /// stops. An upstream that is not registered never runs them, and its
+    /// first `select` logs an error saying so.
+    pub fn upstream(mut self, upstream: Arc<Upstream>) -> Self {
+        self.upstreams.push(upstream);
+        self
+    }
+
+    /// Register several upstreams (see [`upstream`](Self::upstream)).
+    pub fn upstreams(mut self, upstreams: impl IntoIterator<Item = Arc<Upstream>>) -> Self {
+        self.upstreams.extend(upstreams);
+        self
+    }
+
     /// Connect upstream with `connector` instead of plain TCP.
     pub fn connector<C2: Connect>(self, connector: C2) -> HttpProxyBuilder<P, C2> {
         HttpProxyBuilder {
@@ -126,6 +149,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
             connector,
             config: self.config,
             observers: self.observers,
+            upstreams: self.upstreams,
         }
     }
 
@@ -151,6 +175,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
                 draining: AtomicBool::new(false),
                 hard_stop,
                 tunnels: watch::channel(0).0,
+                upstreams: Mutex::new(self.upstreams),
             }),
         }
     }
@@ -160,6 +185,25 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// The user's hooks.
     pub fn hooks(&self) -> &P {
         &self.shared.proxy
+    }
+
+    /// Hand the registered upstreams to the server that starts their
+    /// services (each server takes them once; a failed start gives them back
+    /// with [`return_upstreams`](Self::return_upstreams)).
+    pub(crate) fn take_upstreams(&self) -> Vec<Arc<Upstream>> {
+        std::mem::take(&mut *self.registered())
+    }
+
+    /// Give back upstreams a server took but could not start.
+    pub(crate) fn return_upstreams(&self, upstreams: Vec<Arc<Upstream>>) {
+        self.registered().extend(upstreams);
+    }
+
+    fn registered(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Upstream>>> {
+        self.shared
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A copy sharing everything but the upstream pool (one per worker, so a

@@ -21,22 +21,27 @@
 //! draining and the breaker all agreed), the upstream's retry budget and its
 //! observer, so the engine feeds breakers, outlier detection and metrics
 //! without any registration. Background work — checks, outlier sweeps,
-//! discovery — runs under [`Services`], which the server owns and stops.
+//! discovery — runs under [`Services`], which the server owns and stops: register
+//! the upstream with the proxy
+//! ([`HttpProxyBuilder::upstream`](crate::HttpProxyBuilder::upstream)) and
+//! [`Server::start`](crate::Server::start) or
+//! [`Server::run_forever`](crate::Server::run_forever) runs them. An upstream
+//! whose services never started logs an error on its first `select`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use detour_breaker::{
     BreakerConfig, BreakerRegistry, BudgetConfig, ConcurrencyLimit, LimitConfig, RetryBudget,
 };
-use detour_core::spread::{SpreadHook, Verdict};
+use detour_core::spread::Verdict;
 use detour_core::{
     check_duration, AttemptOutcome, Backend, Error, ErrorKind, GateState, HttpPeer, InvalidConfig,
-    Observer, OutcomeClass, PeerOptions, RemovalCap, RetryBudgetGate, RetryPolicy, Session, Spread,
-    Zero,
+    Observer, PeerOptions, RemovalCap, RetryBudgetGate, RetryPolicy, Session, Zero,
 };
 use detour_health::{HealthChecker, HealthConfig, HealthEvent, OutlierConfig, OutlierDetector};
 use detour_lb::discovery::SystemResolver;
@@ -54,6 +59,10 @@ use crate::tls::{TlsClient, UpstreamTlsConfig};
 use crate::upstream::TcpConnector;
 
 mod inherit;
+mod telemetry;
+
+pub use telemetry::RequestMetrics;
+use telemetry::{attempt_handles, AttemptHandles, Lazy};
 
 /// One `[upstreams.NAME]` table.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -263,113 +272,22 @@ fn budget_config(policy: &RetryPolicy) -> BudgetConfig {
     b
 }
 
-/// Client-request metrics of one upstream (`detour_requests_total` by status
-/// class, `detour_request_duration_seconds`), as handles made once so that
-/// recording a request only bumps atomics.
-pub struct RequestMetrics {
-    by_class: [metrics::Counter; 5],
-    duration: metrics::Histogram,
-}
-
-impl std::fmt::Debug for RequestMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RequestMetrics")
-    }
-}
-
-impl RequestMetrics {
-    /// Handles labelled `upstream = name`.
-    pub fn new(name: &str) -> Self {
-        let class = |c: &'static str| metrics::counter!("detour_requests_total", "upstream" => name.to_string(), "status" => c);
-        RequestMetrics {
-            by_class: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
-            duration: metrics::histogram!("detour_request_duration_seconds", "upstream" => name.to_string()),
-        }
-    }
-
-    /// One client request answered with `status` after `elapsed`.
-    pub fn record(&self, status: u16, elapsed: Duration) {
-        let i = usize::from((status / 100).clamp(1, 5)) - 1;
-        self.by_class[i].increment(1);
-        self.duration.record(elapsed.as_secs_f64());
-    }
-}
-
 /// Hears every attempt to this upstream's backends: breakers and outlier
-/// detection learn from it, and the attempt metrics count it (handles are
-/// made once, so the request path only bumps atomics).
+/// detection learn from it, and the attempt metrics count it.
 struct UpstreamObserver {
     breakers: Option<Arc<BreakerRegistry>>,
     outlier: Arc<OutlierDetector>,
-    ok: metrics::Counter,
-    failed: metrics::Counter,
-    local: metrics::Counter,
-    latency: metrics::Histogram,
+    metrics: Arc<Lazy<AttemptHandles>>,
 }
 
 impl Observer for UpstreamObserver {
     fn on_attempt(&self, o: &AttemptOutcome<'_>) {
-        match o.class {
-            OutcomeClass::Success => self.ok.increment(1),
-            OutcomeClass::BackendFailure(_) => self.failed.increment(1),
-            OutcomeClass::Local(_) => self.local.increment(1),
-        }
-        if o.status.is_some() {
-            self.latency.record(o.latency.as_secs_f64());
-        }
+        self.metrics.get().record(o);
         if let Some(b) = &self.breakers {
             b.on_attempt(o);
         }
         self.outlier.on_attempt(o);
     }
-}
-
-/// The event of a change of an upstream's failure spread: a log line (a
-/// warning on entering concentrated or correlated failure), the
-/// `detour_upstream_failure_spread{upstream, state}` gauge (1 for the state in
-/// force, 0 for the others) and `detour_upstream_spread_changes_total{upstream, to}`.
-fn spread_events(upstream: &str) -> SpreadHook {
-    let name: Arc<str> = Arc::from(upstream);
-    let gauge = |state: Spread| {
-        metrics::gauge!(
-            "detour_upstream_failure_spread",
-            "upstream" => name.to_string(),
-            "state" => state.as_str(),
-        )
-    };
-    let gauges = [Spread::Normal, Spread::Concentrated, Spread::Correlated].map(gauge);
-    gauges[Spread::Normal as usize].set(1.0);
-    Arc::new(move |before: Verdict, after: Verdict| {
-        gauges[before.spread as usize].set(0.0);
-        gauges[after.spread as usize].set(1.0);
-        metrics::counter!(
-            "detour_upstream_spread_changes_total",
-            "upstream" => name.to_string(),
-            "to" => after.spread.as_str(),
-        )
-        .increment(1);
-        let (healthy, failing) = (after.healthy, after.failing);
-        match after.spread {
-            Spread::Concentrated => tracing::warn!(
-                upstream = &*name, healthy, failing,
-                "failure is concentrated: retries go past the budget and failing backends may be removed past the ceiling"
-            ),
-            Spread::Correlated => tracing::warn!(
-                upstream = &*name, failing,
-                "failure is correlated across every backend: retries of requests that reached a backend stop (correlated_brake)"
-            ),
-            Spread::Normal => tracing::info!(
-                upstream = &*name, from = before.spread.as_str(),
-                "failure spread back to normal"
-            ),
-        }
-    })
 }
 
 /// An upstream: its backends and everything that decides which one takes a
@@ -387,10 +305,15 @@ pub struct Upstream {
     policy: Arc<RetryPolicy>,
     options: PeerOptions,
     observer: Arc<dyn Observer>,
+    attempts: Arc<Lazy<AttemptHandles>>,
     discovery: Option<(Sources, Duration)>,
     requests: RequestMetrics,
     tls: Option<(TlsClient, Option<Arc<str>>)>,
     http2: bool,
+    /// Set by [`Upstream::start_services`]; [`Upstream::select`] reports an
+    /// upstream selecting without them, once (then `unstarted_logged` is set).
+    services_started: Arc<AtomicBool>,
+    unstarted_logged: AtomicBool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -456,7 +379,7 @@ impl Upstream {
         }
         let outlier = Arc::new(outlier);
         let cap = outlier.cap();
-        cap.spread().on_change(spread_events(name));
+        cap.spread().on_change(telemetry::spread_events(name));
         let breakers = if config.breaker.enabled {
             Some(Arc::new(
                 BreakerRegistry::new(config.breaker.clone())
@@ -547,14 +470,13 @@ impl Upstream {
             }
             None => None,
         };
-        let label = name.to_string();
+        let services_started = Arc::new(AtomicBool::new(false));
+        lb.on_panic(telemetry::panic_events(name, Arc::clone(&services_started)));
+        let attempts = Arc::new(Lazy::new(name, attempt_handles));
         let observer: Arc<dyn Observer> = Arc::new(UpstreamObserver {
             breakers: breakers.clone(),
             outlier: Arc::clone(&outlier),
-            ok: metrics::counter!("detour_upstream_attempts_total", "upstream" => label.clone(), "outcome" => "success"),
-            failed: metrics::counter!("detour_upstream_attempts_total", "upstream" => label.clone(), "outcome" => "backend_failure"),
-            local: metrics::counter!("detour_upstream_attempts_total", "upstream" => label.clone(), "outcome" => "local"),
-            latency: metrics::histogram!("detour_upstream_latency_seconds", "upstream" => label),
+            metrics: Arc::clone(&attempts),
         });
         Ok(Upstream {
             name: name.into(),
@@ -569,10 +491,13 @@ impl Upstream {
             policy: Arc::new(config.retry.clone()),
             options: config.timeouts.clone(),
             observer,
+            attempts,
             discovery,
             requests: RequestMetrics::new(name),
             tls,
             http2: config.http2,
+            services_started,
+            unstarted_logged: AtomicBool::new(false),
         })
     }
 
@@ -636,6 +561,9 @@ impl Upstream {
     /// `Overloaded` when the concurrency limit refuses; `CircuitOpen` (with
     /// `Retry-After`) when every breaker is open; `NoPeer` otherwise.
     pub async fn select(&self, session: &Session) -> detour_core::Result<HttpPeer> {
+        if !self.services_started.load(Ordering::Relaxed) {
+            self.log_unstarted();
+        }
         let guard = match &self.limit {
             Some(l) => Some(l.acquire().await.map_err(Error::from)?),
             None => None,
@@ -674,6 +602,22 @@ impl Upstream {
         Ok(peer.with_http2(self.http2))
     }
 
+    /// The first selection of an upstream whose services never started
+    /// says so, once: without them no check runs (backends waiting for their
+    /// first check stay out, and the balancer falls into panic mode, which
+    /// ignores breakers), no ejection ends early and discovery never runs.
+    #[cold]
+    fn log_unstarted(&self) {
+        if !self.unstarted_logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                upstream = %self.name,
+                "upstream selecting backends without its background services (health checks, \
+                 outlier sweeps, discovery): register it with HttpProxy::builder(..).upstream(..) \
+                 and run the proxy with Server::start or Server::run_forever"
+            );
+        }
+    }
+
     fn why_none(&self) -> Error {
         let backends = self.lb.backends();
         let all_open = !backends.is_empty()
@@ -710,7 +654,13 @@ impl Upstream {
 
     /// Start the background work — active checks, outlier sweeps, discovery —
     /// on `runtime`. It stops when the returned [`Services`] is dropped.
+    /// [`Server::start`](crate::Server::start) does this for the upstreams
+    /// registered with the proxy; call it yourself only for upstreams you
+    /// build later (as a reload does). The upstream's metric series are made
+    /// here too, so they exist (at 0) from the start.
     pub fn start_services(self: &Arc<Self>, runtime: &tokio::runtime::Handle) -> Services {
+        self.services_started.store(true, Ordering::Relaxed);
+        self.prime_metrics();
         let (stop, stopped) = watch::channel(false);
         let until = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -730,6 +680,32 @@ impl Upstream {
             });
         }
         Services { stop }
+    }
+}
+
+impl Upstream {
+    /// Make every metric series of this upstream now, with the recorder
+    /// installed at this moment.
+    fn prime_metrics(&self) {
+        self.requests.prime();
+        self.attempts.get();
+        telemetry::set_spread_gauge(&self.name, self.failure_spread().spread);
+        telemetry::prime_panic(&self.name, self.lb.in_panic(Instant::now()));
+    }
+}
+
+/// Run the first round of every upstream's checks and discovery
+/// ([`Upstream::first_round`]) on `runtime`, all at once, and wait for them.
+pub async fn first_rounds(upstreams: &[Arc<Upstream>], runtime: &tokio::runtime::Handle) {
+    let rounds: Vec<_> = upstreams
+        .iter()
+        .map(|u| {
+            let u = Arc::clone(u);
+            runtime.spawn(async move { u.first_round().await })
+        })
+        .collect();
+    for r in rounds {
+        let _ = r.await;
     }
 }
 

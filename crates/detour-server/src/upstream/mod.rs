@@ -11,5 +11,6 @@ pub(crate) mod pool;
 mod group;
 
 pub use group::{
-    build_all, DiscoveryConfig, EventHook, RequestMetrics, Services, Upstream, UpstreamConfig,
+    build_all, first_rounds, DiscoveryConfig, EventHook, RequestMetrics, Services, Upstream,
+    UpstreamConfig,
 };

@@ -119,6 +119,12 @@ pub fn start(addrs: &[SocketAddr], config: ServerConfig) -> Proxy {
     }
 }
 
+/// Stop `h` at once and wait for its workers (off the test's runtime).
+pub async fn shut(h: ServerHandle) {
+    h.stop(detour_server::Stop::Immediate);
+    tokio::task::spawn_blocking(move || h.join()).await.unwrap();
+}
+
 /// One request on a fresh connection.
 pub async fn send(addr: SocketAddr, raw: &str) -> std::io::Result<RawResponse> {
     let mut c = RawConnection::connect(addr).await?;

@@ -118,9 +118,10 @@ pub fn start(
     let upstreams: Vec<_> = state.upstreams.values().cloned().collect();
     let app = Arc::new(App::new(state));
     let proxy = HttpProxy::builder(DetourProxy::new(Arc::clone(&app), config.log.access_log))
+        .upstreams(upstreams)
         .config(config.server.clone())
         .build();
-    let mut handle = Server::new(config.server.clone()).start_with(proxy, &upstreams)?;
+    let mut handle = Server::new(config.server.clone()).start(proxy)?;
     let rt = handle
         .services_runtime()
         .ok_or("the server has no services runtime")?;

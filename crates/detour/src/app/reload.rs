@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use detour_server::config::ConfigError;
-use detour_server::upstream::{EventHook, Services, Upstream};
+use detour_server::upstream::{first_rounds, EventHook, Services, Upstream};
 use detour_server::TlsReloader;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -163,7 +163,7 @@ impl ReloadTask {
         // refuses the whole reload.
         self.tls.reload(&config.server)?;
         let upstreams: Vec<Arc<Upstream>> = state.upstreams.values().cloned().collect();
-        self.first_rounds(&upstreams).await;
+        first_rounds(&upstreams, &self.runtime).await;
         for (name, up) in &state.upstreams {
             if let Some(prev) = old.upstreams.get(name) {
                 up.inherit(prev);
@@ -206,21 +206,6 @@ impl ReloadTask {
             ));
         }
         Ok(config)
-    }
-
-    /// The first health round (and discovery round) of every new upstream,
-    /// all at once.
-    async fn first_rounds(&self, upstreams: &[Arc<Upstream>]) {
-        let rounds: Vec<_> = upstreams
-            .iter()
-            .map(|u| {
-                let u = Arc::clone(u);
-                self.runtime.spawn(async move { u.first_round().await })
-            })
-            .collect();
-        for r in rounds {
-            let _ = r.await;
-        }
     }
 
     /// Backends an operator put in maintenance stay out in `state`.
