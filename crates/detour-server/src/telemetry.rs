@@ -51,6 +51,8 @@ pub const FAMILIES: &[Family] = &[
     family("detour_breaker_transitions_total", Kind::Counter, "Circuit breaker state changes, by upstream, backend and state changed to."),
     family("detour_breaker_trips_refused_total", Kind::Counter, "Breaker trips the removal ceiling refused (the breaker stayed closed)."),
     family("detour_breakers_open", Kind::Gauge, "Circuit breakers not closed (open or half-open), all upstreams together."),
+    family("detour_upstream_panic", Kind::Gauge, "1 while the upstream's balancer is in panic mode (too few backends available: health ignored)."),
+    family("detour_upstream_panic_entries_total", Kind::Counter, "Times the upstream's balancer entered panic mode."),
 ];
 
 /// Hand every family's description to the installed recorder (a no-op
@@ -62,5 +64,45 @@ pub fn describe() {
             Kind::Gauge => metrics::describe_gauge!(f.name, f.help),
             Kind::Histogram => metrics::describe_histogram!(f.name, f.help),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `"detour_…"` name in the crates' sources is catalogued (the
+    /// binary's `detour_build_info` is described where it is set).
+    #[test]
+    fn every_family_in_the_sources_is_catalogued() {
+        let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut names = std::collections::BTreeSet::new();
+        let mut dirs = vec![crates];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() && !path.ends_with("tests") && !path.ends_with("target") {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    for piece in text.split("\"detour_").skip(1) {
+                        let name: String = piece
+                            .chars()
+                            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                            .collect();
+                        if !name.is_empty() && piece[name.len()..].starts_with('"') {
+                            names.insert(format!("detour_{name}"));
+                        }
+                    }
+                }
+            }
+        }
+        names.remove("detour_build_info");
+        let missing: Vec<_> = names
+            .iter()
+            .filter(|n| !FAMILIES.iter().any(|f| f.name == n.as_str()))
+            .collect();
+        assert!(names.len() >= 15, "{names:?}");
+        assert!(missing.is_empty(), "not catalogued: {missing:?}");
     }
 }
