@@ -37,6 +37,7 @@ pub const FAMILIES: &[Family] = &[
     family("detour_requests_total", Kind::Counter, "Client requests answered, by upstream and status class."),
     family("detour_request_duration_seconds", Kind::Histogram, "Whole client requests, from arrival to the end of the answer."),
     family("detour_upstream_attempts_total", Kind::Counter, "Attempts to backends, by upstream and outcome (success, backend_failure, local)."),
+    family("detour_backend_responses_total", Kind::Counter, "Attempts to each backend by how they ended: the status class of the response head, or error when none came."),
     family("detour_upstream_latency_seconds", Kind::Histogram, "Attempts to backends, from their start to the response head."),
     family("detour_retries_total", Kind::Counter, "Retries, by upstream, reason and kind (retry to a backend already tried, failover to another)."),
     family("detour_upstream_failure_spread", Kind::Gauge, "1 for the upstream's failure spread in force (normal, concentrated, correlated), 0 for the others."),

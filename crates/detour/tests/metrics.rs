@@ -63,6 +63,15 @@ async fn every_family_says_what_it_is_and_the_process_is_described() {
         "detour_build_info{{version=\"{}\"",
         env!("CARGO_PKG_VERSION")
     )));
+    // Per backend, by class: A answered 200s, B 503s, and the other classes
+    // are there at 0.
+    let series = |addr: std::net::SocketAddr, class: &str| {
+        format!("detour_backend_responses_total{{upstream=\"app\",backend=\"{addr}\",class=\"{class}\"}}")
+    };
+    assert!(value(&text, &series(a.addr(), "2xx")) > 0.0);
+    assert!(value(&text, &series(b.addr(), "5xx")) > 0.0);
+    assert_eq!(value(&text, &series(a.addr(), "4xx")), 0.0);
+    assert_eq!(value(&text, &series(b.addr(), "error")), 0.0);
     assert!(value(&text, "process_open_fds") >= 3.0);
     assert!(value(&text, "process_resident_memory_bytes") > 1e6);
     assert!(value(&text, "process_cpu_seconds_total") > 0.0);

@@ -62,7 +62,7 @@ mod inherit;
 mod telemetry;
 
 pub use telemetry::RequestMetrics;
-use telemetry::{attempt_handles, AttemptHandles, Lazy};
+use telemetry::{attempt_handles, AttemptHandles, BackendCounters, Lazy};
 
 /// One `[upstreams.NAME]` table.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -278,11 +278,13 @@ struct UpstreamObserver {
     breakers: Option<Arc<BreakerRegistry>>,
     outlier: Arc<OutlierDetector>,
     metrics: Arc<Lazy<AttemptHandles>>,
+    per_backend: Arc<BackendCounters>,
 }
 
 impl Observer for UpstreamObserver {
     fn on_attempt(&self, o: &AttemptOutcome<'_>) {
         self.metrics.get().record(o);
+        self.per_backend.record(o);
         if let Some(b) = &self.breakers {
             b.on_attempt(o);
         }
@@ -306,6 +308,7 @@ pub struct Upstream {
     options: PeerOptions,
     observer: Arc<dyn Observer>,
     attempts: Arc<Lazy<AttemptHandles>>,
+    per_backend: Arc<BackendCounters>,
     discovery: Option<(Sources, Duration)>,
     requests: RequestMetrics,
     tls: Option<(TlsClient, Option<Arc<str>>)>,
@@ -413,12 +416,15 @@ impl Upstream {
         };
         // Every backend that joins: its breaker, the removal ceiling, and (with
         // active checks) no traffic before its first passing check.
+        let per_backend = Arc::new(BackendCounters::new(name));
         {
             let breakers = breakers.clone();
             let outlier = Arc::clone(&outlier);
             let health = health.clone();
+            let per_backend = Arc::clone(&per_backend);
             lb.on_update(move |all| {
                 outlier.attach(all);
+                per_backend.members(all);
                 for b in all {
                     if let Some(r) = &breakers {
                         let _ = r.attach(b);
@@ -477,6 +483,7 @@ impl Upstream {
             breakers: breakers.clone(),
             outlier: Arc::clone(&outlier),
             metrics: Arc::clone(&attempts),
+            per_backend: Arc::clone(&per_backend),
         });
         Ok(Upstream {
             name: name.into(),
@@ -492,6 +499,7 @@ impl Upstream {
             options: config.timeouts.clone(),
             observer,
             attempts,
+            per_backend,
             discovery,
             requests: RequestMetrics::new(name),
             tls,
@@ -689,6 +697,7 @@ impl Upstream {
     fn prime_metrics(&self) {
         self.requests.prime();
         self.attempts.get();
+        self.per_backend.prime(&self.lb.backends());
         telemetry::set_spread_gauge(&self.name, self.failure_spread().spread);
         telemetry::prime_panic(&self.name, self.lb.in_panic(Instant::now()));
     }

@@ -12,12 +12,14 @@
 //! Rare events (a change of failure spread, entering or leaving panic mode)
 //! look their series up when they happen, so they need no handles kept.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use detour_core::spread::{SpreadHook, Verdict};
-use detour_core::{AttemptOutcome, OutcomeClass, Spread};
+use detour_core::{AddrMap, AttemptOutcome, Backend, OutcomeClass, Spread};
 use detour_lb::PanicChange;
 
 /// Metric handles made on first use from the upstream's name. After that,
@@ -125,6 +127,80 @@ impl AttemptHandles {
         }
         if o.status.is_some() {
             self.latency.record(o.latency.as_secs_f64());
+        }
+    }
+}
+
+/// The `class` label of `detour_backend_responses_total`: the response
+/// head's status class, or `error` when none came.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// `detour_backend_responses_total{upstream, backend, class}`: every attempt
+/// to each backend by how it ended. The series of every member exist at 0 once
+/// the server has started the upstream, and a backend that leaves takes its
+/// handles with it.
+pub(crate) struct BackendCounters {
+    upstream: Arc<str>,
+    /// Set when the server starts the upstream: handles made before would
+    /// miss a recorder installed later.
+    primed: AtomicBool,
+    by_backend: ArcSwap<AddrMap<Arc<[metrics::Counter; 6]>>>,
+}
+
+impl BackendCounters {
+    pub(crate) fn new(upstream: &str) -> Self {
+        BackendCounters {
+            upstream: Arc::from(upstream),
+            primed: AtomicBool::new(false),
+            by_backend: ArcSwap::from_pointee(AddrMap::default()),
+        }
+    }
+
+    /// Make the series of `backends` (at 0) from now on.
+    pub(crate) fn prime(&self, backends: &[Arc<Backend>]) {
+        self.primed.store(true, Ordering::Release);
+        self.members(backends);
+    }
+
+    /// The membership changed: handles for newcomers, none kept for leavers.
+    pub(crate) fn members(&self, backends: &[Arc<Backend>]) {
+        if !self.primed.load(Ordering::Acquire) {
+            return;
+        }
+        let old = self.by_backend.load();
+        let map = backends
+            .iter()
+            .map(|b| {
+                let addr = b.addr();
+                let handles = old
+                    .get(&addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(self.handles(addr)));
+                (addr, handles)
+            })
+            .collect();
+        self.by_backend.store(Arc::new(map));
+    }
+
+    fn handles(&self, addr: SocketAddr) -> [metrics::Counter; 6] {
+        CLASSES.map(|class| {
+            metrics::counter!(
+                "detour_backend_responses_total",
+                "upstream" => self.upstream.to_string(),
+                "backend" => addr.to_string(),
+                "class" => class,
+            )
+        })
+    }
+
+    /// Count one attempt.
+    pub(crate) fn record(&self, o: &AttemptOutcome<'_>) {
+        let map = self.by_backend.load();
+        if let Some(handles) = map.get(&o.addr) {
+            let i = o
+                .status
+                .map_or(5, |s| usize::from((s / 100).clamp(1, 5)) - 1);
+            handles[i].increment(1);
         }
     }
 }
