@@ -355,6 +355,20 @@ impl Backend {
         self.addr
     }
 
+    /// The same backend (address, priority, locality, metadata) with
+    /// `weight`, and a fresh state: what a load balancer swaps in when an
+    /// operator changes the weight at run time (it carries the state over).
+    pub fn reweighted(&self, weight: u32) -> Backend {
+        Backend {
+            addr: self.addr,
+            weight,
+            priority: self.priority,
+            locality: self.locality.clone(),
+            metadata: self.metadata.clone(),
+            state: BackendState::default(),
+        }
+    }
+
     /// The backend's weight.
     pub fn weight(&self) -> u32 {
         self.weight

@@ -19,6 +19,10 @@ use crate::selection::{Algorithm, Selection};
 use crate::set::{BackendSet, Group, HealthParams, HealthView, PanicScan, FULL};
 use crate::InvalidConfig;
 
+mod weights;
+
+pub use weights::WeightOverride;
+
 /// Keeps the tier pick of a hashing algorithm apart from its ring position.
 const TIER_SALT: u64 = 0x7f4a_7c15_9e37_79b9;
 
@@ -93,6 +97,9 @@ pub struct LoadBalancer<S: Selection = Algorithm> {
     /// Hear entries into and exits from panic mode. Locked only on such a
     /// change, never on an ordinary selection.
     panic_hooks: Mutex<Vec<PanicHook>>,
+    /// Weights an operator set at run time, by address (see
+    /// [`set_weight`](Self::set_weight)). Locked by updates only.
+    weights: Mutex<weights::Overrides>,
 }
 
 impl<S: Selection + fmt::Debug> fmt::Debug for LoadBalancer<S> {
@@ -136,6 +143,7 @@ impl<S: Selection> LoadBalancer<S> {
             hooks: Mutex::new(Vec::new()),
             panicking: AtomicBool::new(false),
             panic_hooks: Mutex::new(Vec::new()),
+            weights: Mutex::new(weights::Overrides::default()),
         }
     }
 
@@ -279,6 +287,9 @@ impl<S: Selection> LoadBalancer<S> {
     /// - A backend added to a non-empty set is marked recovered now, so slow
     ///   start ramps it in.
     ///
+    /// A weight set with [`set_weight`](Self::set_weight) applies to the
+    /// address for as long as `backends` gives it the weight it had then.
+    ///
     /// Nothing is swapped when nothing changed. Update hooks run after the
     /// swap.
     pub fn update<I>(&self, backends: I) -> Changes
@@ -286,10 +297,15 @@ impl<S: Selection> LoadBalancer<S> {
         I: IntoIterator,
         I::Item: Into<Arc<Backend>>,
     {
-        let now = Instant::now();
         let hooks = self.hooks.lock().unwrap_or_else(PoisonError::into_inner);
+        self.update_locked(&hooks, backends.into_iter().map(Into::into).collect())
+    }
+
+    /// [`update`](Self::update), with the update lock held as `hooks`.
+    fn update_locked(&self, hooks: &[UpdateHook], incoming: Vec<Arc<Backend>>) -> Changes {
+        let now = Instant::now();
         let old = self.set.load_full();
-        let mut incoming: Vec<Arc<Backend>> = backends.into_iter().map(Into::into).collect();
+        let mut incoming = self.apply_weights(incoming);
         // Stable sort: of duplicates, the first given stays first.
         incoming.sort_by_key(|b| b.addr());
         incoming.dedup_by(|later, first| {

@@ -56,7 +56,7 @@ mod rng;
 pub mod selection;
 mod set;
 
-pub use balancer::{AnyLoadBalancer, Changes, LoadBalancer, PanicChange};
+pub use balancer::{AnyLoadBalancer, Changes, LoadBalancer, PanicChange, WeightOverride};
 pub use detour_core::InvalidConfig;
 pub use discovery::{
     refresh, run_discovery, BackendSpec, DnsDiscovery, DnsTarget, FileDiscovery, ServiceDiscovery,

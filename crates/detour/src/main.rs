@@ -64,10 +64,23 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// The access log's target: on at `info` whenever `access_log = true`.
+const ACCESS_TARGET: &str = "detour::access=info";
+
+/// Install the subscriber. The filter is `RUST_LOG` when it is set and
+/// valid, else `[log] level`; with `access_log` the access log's target is
+/// then enabled at `info` whatever that filter says, since `access_log =
+/// false` is the one switch that turns it off.
+fn init_logging(format: LogFormat, level: &str, access_log: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if access_log {
+        match ACCESS_TARGET.parse() {
+            Ok(directive) => filter = filter.add_directive(directive),
+            Err(e) => eprintln!("access log filter: {e}"),
+        }
+    }
     // Colour only for a person at a terminal: escapes in a file or a
     // journal are noise to every log reader.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -121,7 +134,7 @@ fn main() -> ExitCode {
         clients,
     }) = cli.command
     {
-        init_logging(LogFormat::Text, "error");
+        init_logging(LogFormat::Text, "error", false);
         let handle = metrics();
         let rt = match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -166,11 +179,15 @@ fn main() -> ExitCode {
     if cli.dump_config {
         return dump_config(&config, &path);
     }
-    init_logging(config.log.format, &config.log.level);
+    init_logging(config.log.format, &config.log.level, config.log.access_log);
     let handle = metrics();
     match app::start(&config, Some(&path), handle, None) {
         Ok(running) => {
-            tracing::info!(addr = %running.addr(), admin = ?running.admin_addr, "detour serving");
+            tracing::info!(
+                addr = %running.addr(),
+                admin = running.admin_addr.map(tracing::field::display),
+                "detour serving"
+            );
             match running.run_until_signal() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

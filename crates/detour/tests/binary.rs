@@ -279,3 +279,110 @@ async fn relative_paths_are_the_config_file_s_whatever_the_working_directory() {
     let _ = d.child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A file whose `[log]` says `level = "warn"` and `format`.
+fn quiet(backend: SocketAddr, format: &str) -> String {
+    config(backend)
+        .replace("access_log = false", "access_log = true")
+        .replace(
+            "level = \"info\"",
+            &format!("level = \"warn\"\nformat = \"{format}\""),
+        )
+}
+
+/// The first line of `d`'s output that contains `needle` (10 s at most).
+fn line_with(d: &support::Detour, needle: &str) -> String {
+    loop {
+        let line = d.lines.recv_timeout(Duration::from_secs(10)).unwrap();
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+async fn get_with(addr: SocketAddr, target: &str, extra: &str) -> u16 {
+    let mut c = RawConnection::connect(addr).await.unwrap();
+    let raw = format!(
+        "POST {target} HTTP/1.1\r\nhost: t\r\nuser-agent: probe/1.0\r\nx-request-id: req-42\r\n{extra}content-length: 5\r\nconnection: close\r\n\r\nhello"
+    );
+    c.send(raw.as_bytes()).await.unwrap();
+    c.read_response().await.unwrap().status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_is_never_silenced_by_the_level_or_rust_log() {
+    let up = Upstream::start(Behavior::ok()).await.unwrap();
+    let dir = support::temp_dir("access-text");
+    let file = dir.join("detour.toml");
+    std::fs::write(&file, quiet(up.addr(), "text")).unwrap();
+    // RUST_LOG replaces `[log] level`, and even turning the target off
+    // leaves the access log on: `access_log = false` is its switch.
+    let d = support::start_env(
+        &file,
+        &[("RUST_LOG", "warn,detour=info,detour::access=off")],
+    );
+    assert_eq!(get_with(d.addr, "/p/q?a=1&b=2", "").await, 200);
+    let line = line_with(&d, "detour::access");
+    assert!(
+        !line.contains('\u{1b}'),
+        "no ANSI escapes in a pipe: {line}"
+    );
+    for field in [
+        "request_id=\"req-42\"",
+        "client=127.0.0.1",
+        "method=\"POST\"",
+        "host=\"t\"",
+        "path=\"/p/q\"",
+        "query=\"a=1&b=2\"",
+        "protocol=\"HTTP/1.1\"",
+        "status=200",
+        "bytes_in=5",
+        "upstream=\"app\"",
+        &format!("attempts={}:200:", up.addr()),
+        "user_agent=\"probe/1.0\"",
+        "duration_ms=",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    assert!(!line.contains("bytes_out=0"), "{line}");
+    let mut d = d;
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_have_flat_typed_fields_and_errors_carry_the_request_id() {
+    let up = Upstream::start(Behavior::ok()).await.unwrap();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = refused.local_addr().unwrap();
+    drop(refused);
+    let dir = support::temp_dir("access-json");
+    let file = dir.join("detour.toml");
+    let text = quiet(up.addr(), "json")
+        .replace("[admin]\nenabled = false", "[admin]\nlisten = \"127.0.0.1:0\"")
+        + &format!("[upstreams.gone]\nbackends = [{{ addr = \"{gone}\" }}]\n[[routes]]\npath_prefix = \"/gone\"\nupstream = \"gone\"\n");
+    // The route to `gone` must come first to be taken.
+    let text = text.replacen("[[routes]]\nupstream = \"app\"\n", "", 1)
+        + "[[routes]]\nupstream = \"app\"\n";
+    std::fs::write(&file, text).unwrap();
+    let d = support::start_env(&file, &[("RUST_LOG", "info")]);
+    assert!(
+        d.admin.is_some(),
+        "the serving line names the admin address"
+    );
+    assert_eq!(get_with(d.addr, "/x", "").await, 200);
+    let access: serde_json::Value = serde_json::from_str(&line_with(&d, "detour::access")).unwrap();
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["bytes_in"], 5);
+    assert_eq!(access["request_id"], "req-42");
+    assert_eq!(access["client"], "127.0.0.1");
+    assert!(access["duration_ms"].is_f64(), "{access}");
+    assert!(access.get("query").is_none(), "absent, not null or \"-\"");
+
+    assert_eq!(get_with(d.addr, "/gone", "").await, 502);
+    let error: serde_json::Value = serde_json::from_str(&line_with(&d, "proxy error")).unwrap();
+    assert_eq!(error["request_id"], "req-42");
+    let mut d = d;
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+}

@@ -282,3 +282,111 @@ async fn a_reload_keeps_open_breakers_ejections_and_drain_marks() {
     stop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two backends behind round robin with active checks; `a`'s weight in the
+/// file is `weight_a`.
+fn weighted(a: SocketAddr, b: SocketAddr, weight_a: u32) -> String {
+    format!(
+        "{}\n[upstreams.app]\nbackends = [{{ addr = \"{a}\", weight = {weight_a} }}, {{ addr = \"{b}\" }}]\n\
+         health = {{ kind = \"tcp\", interval = \"200ms\" }}\n[[routes]]\nupstream = \"app\"\n",
+        header("")
+    )
+}
+
+/// How many of `n` requests `backend` answered.
+async fn share(addr: SocketAddr, backend: SocketAddr, n: usize) -> usize {
+    let mut got = 0;
+    for _ in 0..n {
+        if answered_by(addr).await == backend.to_string() {
+            got += 1;
+        }
+    }
+    got
+}
+
+/// `/status`'s weight of the backend at `addr` in `app`.
+async fn weight_in_status(admin: SocketAddr, addr: SocketAddr) -> u64 {
+    let doc = json(&support::admin(admin, "GET", "/status", &[TOKEN]).await);
+    let all = doc["upstreams"]["app"]["backends"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let b = all.iter().find(|b| b["addr"] == addr.to_string()).unwrap();
+    b["weight"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_s_weight_changes_live_and_survives_a_reload() {
+    let a = Upstream::start(Behavior::ok()).await.unwrap();
+    let b = Upstream::start(Behavior::ok()).await.unwrap();
+    let dir = support::temp_dir("weight");
+    let file = dir.join("detour.toml");
+    std::fs::write(&file, weighted(a.addr(), b.addr(), 1)).unwrap();
+    let d = support::start(&file);
+    let admin = d.admin.unwrap();
+    let path = format!("/upstreams/app/backends/{}/weight", a.addr());
+    assert_eq!(share(d.addr, a.addr(), 8).await, 4);
+
+    // Query or form body; 0 takes it out of rotation, live.
+    let set = support::admin(admin, "POST", &format!("{path}?weight=0"), &[TOKEN]).await;
+    assert_eq!(
+        (set.status, text(&set)),
+        (200, format!("app/{}: weight 0\n", a.addr()))
+    );
+    assert_eq!(weight_in_status(admin, a.addr()).await, 0);
+    assert_eq!(share(d.addr, a.addr(), 6).await, 0);
+    let mut c = RawConnection::connect(admin).await.unwrap();
+    let raw = format!(
+        "POST {path} HTTP/1.1\r\nhost: {admin}\r\n{TOKEN}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 8\r\nconnection: close\r\n\r\nweight=3"
+    );
+    c.send(raw.as_bytes()).await.unwrap();
+    assert_eq!(c.read_response().await.unwrap().status, 200);
+    assert_eq!(share(d.addr, a.addr(), 8).await, 6, "3 of every 4");
+
+    // A reload of the same file keeps it; one that changes a's weight wins.
+    let reload = support::admin(admin, "POST", "/reload", &[TOKEN]).await;
+    assert_eq!(reload.status, 200, "{}", text(&reload));
+    assert_eq!(weight_in_status(admin, a.addr()).await, 3);
+    assert_eq!(share(d.addr, a.addr(), 8).await, 6);
+    std::fs::write(&file, weighted(a.addr(), b.addr(), 2)).unwrap();
+    assert_eq!(
+        support::admin(admin, "POST", "/reload", &[TOKEN])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(weight_in_status(admin, a.addr()).await, 2);
+    stop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_change_is_refused_with_the_reason() {
+    let a = Upstream::start(Behavior::ok()).await.unwrap();
+    let dir = support::temp_dir("weight-refused");
+    let file = dir.join("detour.toml");
+    std::fs::write(&file, one_upstream(a.addr(), "")).unwrap();
+    let d = support::start(&file);
+    let admin = d.admin.unwrap();
+    let path = format!("/upstreams/app/backends/{}/weight", a.addr());
+    for (query, why) in [
+        ("", "give weight=N (0 to 10000)"),
+        ("?weight=10001", "from 0 to 10000"),
+        ("?weight=-1", "from 0 to 10000"),
+        ("?weight=x", "from 0 to 10000"),
+    ] {
+        let got = support::admin(admin, "POST", &format!("{path}{query}"), &[TOKEN]).await;
+        assert_eq!(got.status, 400, "{query}");
+        assert!(text(&got).contains(why), "{query}: {}", text(&got));
+    }
+    let got = support::admin(admin, "POST", &format!("{path}?weight=1"), &[]).await;
+    assert_eq!(got.status, 401, "the admin token is required");
+    let got = support::admin(admin, "GET", &format!("{path}?weight=1"), &[TOKEN]).await;
+    assert_eq!((got.status, got.header("allow")), (405, Some("POST")));
+    let other = "/upstreams/app/backends/127.0.0.1:1/weight?weight=1";
+    assert_eq!(
+        support::admin(admin, "POST", other, &[TOKEN]).await.status,
+        404
+    );
+    assert_eq!(weight_in_status(admin, a.addr()).await, 1);
+    stop(d);
+}

@@ -251,9 +251,16 @@ impl<H: HealthCheck> HealthChecker<H> {
     /// `initially_healthy`, it is marked check-failed, so it takes no traffic
     /// before its first passing check. (The checker does the same when it
     /// first sees a backend; calling this closes the gap between publishing
-    /// and the checker's next pass.)
+    /// and the checker's next pass.) A backend the checker already tracks
+    /// keeps its verdict: an update that adds one backend must not take the
+    /// others down.
     pub fn prepare(&self, backend: &Backend) {
-        if !self.config.initially_healthy {
+        if self.config.initially_healthy {
+            return;
+        }
+        // The same key as `key_of`: the address of the shared `Backend`.
+        let key = std::ptr::from_ref(backend) as usize;
+        if !self.lock().tracks.contains_key(&key) {
             backend.state().set_check_failed(true);
         }
     }

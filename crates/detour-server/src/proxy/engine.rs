@@ -1091,11 +1091,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY)
         });
         if !proxy.suppress_error_log(&session, &ctx, &err) {
+            let id = session.headers().get(&self.shared.forwarding.request_id);
+            let request_id = id.and_then(|v| v.to_str().ok());
             if err.kind() == ErrorKind::InvalidRequest || err.kind() == ErrorKind::DownstreamClosed
             {
-                tracing::debug!(error = %err, status = status.as_u16(), "request refused");
+                tracing::debug!(request_id, error = %err, status = status.as_u16(), "request refused");
             } else {
-                tracing::warn!(error = %err, status = status.as_u16(), attempts = session.attempt(), "proxy error");
+                tracing::warn!(request_id, error = %err, status = status.as_u16(), attempts = session.attempt(), "proxy error");
             }
         }
         let grpc = grpc::is_call(session.req());

@@ -155,11 +155,14 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// One line per request on stdout (target `detour::access`). Default true.
+    /// One line per request on stdout (target `detour::access`, always at
+    /// `info` whatever `level` or `RUST_LOG` say). Default true.
     pub access_log: bool,
     /// `text` or `json`. Default `text`.
     pub format: LogFormat,
-    /// A tracing filter (`info`, `warn,detour::access=info`, …). Default `info`.
+    /// A tracing filter (`info`, `warn`, …). Default `info`. `RUST_LOG`,
+    /// when set, replaces it; neither silences the access log while
+    /// `access_log` is true.
     pub level: String,
 }
 

@@ -245,7 +245,12 @@ impl Running {
                 }
             }
         })?;
-        tracing::info!(?how, "stopping");
+        let word = match how {
+            Stop::Graceful => "graceful",
+            Stop::Immediate => "immediate",
+            Stop::Run => "run",
+        };
+        tracing::info!(how = word, "stopping");
         self.draining.send_replace(true);
         let Running {
             handle, admin_stop, ..

@@ -52,6 +52,8 @@ pub struct Ctx {
     /// Whether `attempts` is kept: only the access log reads it.
     log_attempts: bool,
     status: u16,
+    /// Request body bytes read from the client (and sent upstream).
+    bytes_in: u64,
 }
 
 /// The proxy behind the `detour` binary.
@@ -59,6 +61,8 @@ pub struct Ctx {
 pub struct DetourProxy {
     app: Arc<App>,
     access_log: bool,
+    /// The request-id header (`server.forwarding.request_id_header`).
+    request_id: http::HeaderName,
     /// Requests no route took (upstream label `-`).
     unrouted: RequestMetrics,
 }
@@ -66,9 +70,14 @@ pub struct DetourProxy {
 impl DetourProxy {
     /// Hooks over `app`; `access_log` turns the per-request line on.
     pub fn new(app: Arc<App>, access_log: bool) -> Self {
+        let header = &app.current().config.server.forwarding.request_id_header;
+        // Invariant: the server configuration validated the name.
+        let request_id = http::HeaderName::from_bytes(header.as_bytes())
+            .unwrap_or_else(|_| http::HeaderName::from_static("x-request-id"));
         DetourProxy {
             app,
             access_log,
+            request_id,
             unrouted: RequestMetrics::new("-"),
         }
     }
@@ -115,6 +124,7 @@ impl ProxyHttp for DetourProxy {
             attempts: Vec::new(),
             log_attempts: self.access_log,
             status: 0,
+            bytes_in: 0,
         }
     }
 
@@ -219,42 +229,122 @@ impl ProxyHttp for DetourProxy {
         Ok(())
     }
 
+    fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        chunk: &mut Bytes,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.bytes_in += chunk.len() as u64;
+        Ok(())
+    }
+
     fn logging(&self, session: &mut Session, err: Option<&Error>, ctx: &mut Ctx) {
-        let upstream = ctx.route.as_ref().map_or("-", |r| r.upstream.name());
+        let upstream = ctx.route.as_ref().map(|r| r.upstream.name());
+        // The status that went downstream, whoever made it (an upstream, a
+        // hook, or Detour itself).
+        let status = session.response_status().map_or(ctx.status, |s| s.as_u16());
         match &ctx.route {
             Some(r) => r.upstream.request_metrics(),
             None => &self.unrouted,
         }
-        .record(ctx.status, session.elapsed());
-        if !self.access_log {
-            return;
+        .record(status, session.elapsed());
+        if self.access_log {
+            let line = AccessLine {
+                session,
+                request_id: header_str(session, &self.request_id),
+                status,
+                bytes_in: ctx.bytes_in,
+                bytes_out: session.body_bytes_sent(),
+                upstream,
+                attempts: &ctx.attempts,
+                error: err,
+            };
+            line.write();
         }
-        let mut attempts = String::new();
-        let mut prev = Duration::ZERO;
-        for (i, a) in ctx.attempts.iter().enumerate() {
-            if i > 0 {
-                attempts.push(' ');
-            }
-            let took = a.at.saturating_sub(prev);
-            prev = a.at;
-            attempts.push_str(&format!(
-                "{}:{}:{:.1}ms",
-                a.backend,
-                a.outcome,
-                took.as_secs_f64() * 1e3
-            ));
+    }
+}
+
+/// A header's value as text, when present and visible ASCII.
+fn header_str<'s>(session: &'s Session, name: &http::HeaderName) -> Option<&'s str> {
+    session.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The protocol as the access log names it.
+fn protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The attempts as `backend:outcome:latency`, space-separated.
+fn attempts_text(attempts: &[AttemptLog]) -> String {
+    let mut text = String::new();
+    let mut prev = Duration::ZERO;
+    for (i, a) in attempts.iter().enumerate() {
+        if i > 0 {
+            text.push(' ');
         }
+        let took = a.at.saturating_sub(prev);
+        prev = a.at;
+        text.push_str(&format!(
+            "{}:{}:{:.1}ms",
+            a.backend,
+            a.outcome,
+            took.as_secs_f64() * 1e3
+        ));
+    }
+    text
+}
+
+/// Everything one access log line says about a request. What the session
+/// knows is read from it; the rest is given.
+pub struct AccessLine<'a> {
+    /// The request.
+    pub session: &'a Session,
+    /// Its request id (the configured header, the client's or generated).
+    pub request_id: Option<&'a str>,
+    /// The status sent downstream (0: none was).
+    pub status: u16,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// Response body bytes sent downstream.
+    pub bytes_out: u64,
+    /// The upstream the route chose, if a route matched.
+    pub upstream: Option<&'a str>,
+    /// Every attempt, in order.
+    pub attempts: &'a [AttemptLog],
+    /// The error that ended the request, if one did.
+    pub error: Option<&'a Error>,
+}
+
+impl AccessLine<'_> {
+    /// Write the line at target `detour::access`, level info. Absent values
+    /// are left out (never `-` or `None`), so JSON lines stay typed.
+    pub fn write(&self) {
+        let s = self.session;
         tracing::info!(
             target: "detour::access",
-            method = %session.method(),
-            path = %session.uri().path(),
-            host = session.host().unwrap_or("-"),
-            client = %session.client_addr().map_or_else(|| "-".to_string(), |a| a.ip().to_string()),
-            status = ctx.status,
-            upstream,
-            attempts = %attempts,
-            duration_ms = (session.elapsed().as_secs_f64() * 1e4).round() / 10.0,
-            error = err.map(|e| e.proxy_status_type()),
+            request_id = self.request_id,
+            client = s.client_addr().map(|a| tracing::field::display(a.ip())),
+            method = s.method().as_str(),
+            host = s.host(),
+            path = s.uri().path(),
+            query = s.uri().query(),
+            protocol = protocol(s.req().version),
+            status = self.status,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            duration_ms = (s.elapsed().as_secs_f64() * 1e4).round() / 10.0,
+            upstream = self.upstream,
+            attempts = %attempts_text(self.attempts),
+            user_agent = header_str(s, &http::header::USER_AGENT),
+            error = self.error.map(|e| e.proxy_status_type()),
         );
     }
 }

@@ -32,8 +32,14 @@ pub fn detour() -> Command {
 /// Start the binary on `file` and wait (30 s at most) for the line naming
 /// its address.
 pub fn start(file: &Path) -> Detour {
+    start_env(file, &[])
+}
+
+/// [`start`] with `env` set (`RUST_LOG`, ...).
+pub fn start_env(file: &Path, env: &[(&str, &str)]) -> Detour {
     let mut child = detour()
         .args(["--config", file.to_str().unwrap()])
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -48,23 +54,22 @@ pub fn start(file: &Path) -> Detour {
     });
     let serving = loop {
         let line = lines.recv_timeout(Duration::from_secs(30)).unwrap();
-        if line.contains(" addr=") {
+        if line.contains("detour serving") {
             break line;
         }
     };
-    let field = |name: &str| {
-        serving
+    // `[log] format = "json"`: one object with flat fields.
+    let json: Option<serde_json::Value> = serde_json::from_str(&serving).ok();
+    let field = |name: &str| match &json {
+        Some(j) => j[name].as_str().map(str::to_string),
+        None => serving
             .split(&format!(" {name}="))
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .map(str::to_string)
+            .map(str::to_string),
     };
     let addr = field("addr").unwrap().parse().unwrap();
-    let admin = field("admin").and_then(|a| {
-        a.strip_prefix("Some(")
-            .and_then(|a| a.strip_suffix(')'))
-            .map(|a| a.parse().unwrap())
-    });
+    let admin = field("admin").map(|a| a.parse().unwrap());
     Detour {
         child,
         pid,

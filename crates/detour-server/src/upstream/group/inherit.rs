@@ -1,10 +1,12 @@
 //! A reload builds every [`Upstream`] anew; [`Upstream::inherit`] hands the
 //! new one what the old one learnt about the backends both have, so a reload
 //! never puts a failing backend back in service nor a recovering one at full
-//! load.
+//! load. [`Upstream::set_weight`] swaps one backend for a reweighted copy
+//! the same way.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use detour_core::BackendState;
 use tokio::time::Instant;
@@ -21,7 +23,10 @@ impl Upstream {
     ///   multiplier ([`OutlierDetector::resume`]);
     /// - the slow-start ramp (when the backend came back into service);
     /// - an operator's drain mark, the latency average, and the outcomes of its
-    ///   last attempts (the failure spread's history, `detour_core::spread`).
+    ///   last attempts (the failure spread's history, `detour_core::spread`);
+    /// - a weight set at run time ([`set_weight`](Self::set_weight)), unless
+    ///   this upstream's configuration gives the backend another weight than
+    ///   it had.
     ///
     /// Removals still go through this upstream's removal cap. Active check
     /// verdicts are not carried: call this after [`first_round`], whose
@@ -32,6 +37,7 @@ impl Upstream {
     /// [`first_round`]: Self::first_round
     pub fn inherit(&self, prev: &Upstream) {
         let now = Instant::now();
+        self.lb.adopt_weights(&prev.lb.weight_overrides());
         let old = prev.backends();
         let old: HashMap<SocketAddr, &BackendState> =
             old.iter().map(|b| (b.addr(), b.state())).collect();
@@ -46,7 +52,7 @@ impl Upstream {
             let Some(was) = old.get(&addr) else {
                 continue;
             };
-            inherit_state(b.state(), was);
+            inherit_state(b.state(), was, was.is_draining());
             let breakers = self.breakers.as_ref().zip(prev.breakers.as_ref());
             if let Some((mine, theirs)) = breakers {
                 if let (Some(new), Some(old)) = (mine.breaker(addr), theirs.breaker(addr)) {
@@ -60,11 +66,48 @@ impl Upstream {
         // Tier loads and panic mode see the carried removals at once.
         self.lb.refresh_health(now);
     }
+
+    /// Give the backend at `addr` the weight `weight` (0: no new requests)
+    /// from now on, live: [`LoadBalancer::set_weight`] swaps in a reweighted
+    /// copy, which keeps everything [`inherit`](Self::inherit) keeps across a
+    /// reload (breaker, ejection, drain mark, slow start, latency, recent
+    /// outcomes); requests in flight finish on the old copy. A reload keeps
+    /// the weight while the configuration gives the backend the weight it
+    /// had; so does discovery.
+    ///
+    /// Returns `false`, changing nothing, when the upstream has no backend
+    /// at `addr`.
+    ///
+    /// [`LoadBalancer::set_weight`]: detour_lb::LoadBalancer::set_weight
+    pub fn set_weight(&self, addr: SocketAddr, weight: u32) -> bool {
+        let before = self.backends();
+        let Some(old) = before.iter().find(|b| b.addr() == addr) else {
+            return false;
+        };
+        // Read before the swap: the balancer marks the replaced copy draining.
+        let drained = old.state().is_draining();
+        let ejection = self.outlier.status().into_iter().find(|s| s.addr == addr);
+        if !self.lb.set_weight(addr, weight) {
+            return false;
+        }
+        let now = Instant::now();
+        if let Some(new) = self.backends().iter().find(|b| b.addr() == addr) {
+            if !Arc::ptr_eq(new, old) {
+                inherit_state(new.state(), old.state(), drained);
+            }
+        }
+        if let Some(status) = ejection {
+            self.outlier.resume(&status, now);
+        }
+        self.lb.refresh_health(now);
+        true
+    }
 }
 
-/// The per-backend facts of `was` that outlive a reload, onto `now`.
-fn inherit_state(now: &BackendState, was: &BackendState) {
-    if was.is_draining() {
+/// The per-backend facts of `was` that outlive a reload, onto `now`;
+/// `drained`: whether an operator drained it.
+fn inherit_state(now: &BackendState, was: &BackendState, drained: bool) {
+    if drained {
         now.set_draining(true);
     }
     if let Some(at) = was.recovered_at() {

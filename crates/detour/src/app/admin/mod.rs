@@ -10,6 +10,7 @@
 //! | `POST /upstreams/{name}/backends/{addr}/drain` | no new requests; in-flight ones finish |
 //! | `POST /upstreams/{name}/backends/{addr}/maintenance` | out of service until enabled |
 //! | `POST /upstreams/{name}/backends/{addr}/enable` | back in service |
+//! | `POST /upstreams/{name}/backends/{addr}/weight` | `weight=N` (query or body, 0 to [`MAX_WEIGHT`]): the backend's weight from now on |
 //!
 //! It binds where `[admin] listen` says (loopback by default; beyond
 //! loopback `[admin] token` is required). Every request but `/healthz`
@@ -62,9 +63,18 @@ enum Endpoint {
     Status,
     Config,
     Reload,
-    /// `/upstreams/{name}/backends/{addr}/{action}`.
+    /// `/upstreams/{name}/backends/{addr}/{drain|maintenance|enable}`.
     Control,
+    /// `/upstreams/{name}/backends/{addr}/weight`.
+    Weight,
 }
+
+/// The largest weight `POST …/weight` accepts: far above any useful ratio
+/// between backends, and small enough that no selection table overflows.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// The largest body `POST …/weight` reads (`weight=10000` is 12 bytes).
+const MAX_WEIGHT_BODY: usize = 1024;
 
 impl Endpoint {
     fn of(path: &str) -> Option<Endpoint> {
@@ -74,6 +84,7 @@ impl Endpoint {
             "/status" => Some(Endpoint::Status),
             "/config" => Some(Endpoint::Config),
             "/reload" => Some(Endpoint::Reload),
+            p if p.starts_with("/upstreams/") && p.ends_with("/weight") => Some(Endpoint::Weight),
             p if p.starts_with("/upstreams/") => Some(Endpoint::Control),
             _ => None,
         }
@@ -85,13 +96,13 @@ impl Endpoint {
             Endpoint::Healthz | Endpoint::Metrics | Endpoint::Status | Endpoint::Config => {
                 "GET, HEAD"
             }
-            Endpoint::Control | Endpoint::Reload => "POST",
+            Endpoint::Control | Endpoint::Weight | Endpoint::Reload => "POST",
         }
     }
 
     fn allows(self, method: &Method) -> bool {
         match self {
-            Endpoint::Control | Endpoint::Reload => method == Method::POST,
+            Endpoint::Control | Endpoint::Weight | Endpoint::Reload => method == Method::POST,
             _ => method == Method::GET || method == Method::HEAD,
         }
     }
@@ -215,6 +226,7 @@ impl Admin {
             Endpoint::Config => self.config(),
             Endpoint::Reload => self.reload().await,
             Endpoint::Control => self.control(req.uri().path()),
+            Endpoint::Weight => self.weight(req).await,
             Endpoint::Healthz => self.healthz(req.method()),
         }
     }
@@ -323,31 +335,13 @@ impl Admin {
 
     /// `/upstreams/{name}/backends/{addr}/{drain|maintenance|enable}`
     fn control(&self, path: &str) -> Response<Full<Bytes>> {
-        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let ["upstreams", name, "backends", addr, action] = parts.as_slice() else {
-            return text(
-                StatusCode::NOT_FOUND,
-                "expected /upstreams/{name}/backends/{addr}/{drain|maintenance|enable}",
-            );
+        let target = match BackendTarget::find(&self.app, path) {
+            Ok(t) => t,
+            Err((status, why)) => return text(status, why),
         };
-        let Ok(addr) = addr.parse::<SocketAddr>() else {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("{addr:?} is not an address"),
-            );
-        };
-        let state = self.app.current();
-        let Some(up) = state.upstreams.get(*name) else {
-            return text(StatusCode::NOT_FOUND, format!("no upstream {name:?}"));
-        };
-        let backends = up.backends();
-        let Some(b) = backends.iter().find(|b| b.addr() == addr) else {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("no backend {addr} in {name:?}"),
-            );
-        };
-        match *action {
+        let (name, addr, action) = (target.name, target.addr, target.action);
+        let b = &target.backend;
+        match action {
             "drain" => {
                 b.state().set_draining(true);
                 self.app.set_maintenance(name, addr, false);
@@ -373,5 +367,130 @@ impl Admin {
             StatusCode::OK,
             format!("{name}/{addr}: {}", health_word(&self.app, name, b)),
         )
+    }
+
+    /// `POST /upstreams/{name}/backends/{addr}/weight` with `weight=N` in
+    /// the query or the body: the backend's weight from now on (see
+    /// [`Upstream::set_weight`](detour_server::upstream::Upstream::set_weight)).
+    async fn weight(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (head, body) = req.into_parts();
+        let target = match BackendTarget::find(&self.app, head.uri.path()) {
+            Ok(t) => t,
+            Err((status, why)) => return text(status, why),
+        };
+        let body = match read_small_body(body).await {
+            Ok(b) => b,
+            Err((status, why)) => return text(status, why),
+        };
+        let given = head
+            .uri
+            .query()
+            .and_then(weight_param)
+            .or_else(|| std::str::from_utf8(&body).ok().and_then(weight_param));
+        let weight = match parse_weight(given) {
+            Ok(w) => w,
+            Err(why) => return text(StatusCode::BAD_REQUEST, why),
+        };
+        let (name, addr) = (target.name, target.addr);
+        if !target.upstream.set_weight(addr, weight) {
+            // A discovery round removed it since the lookup.
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no backend {addr} in {name:?}"),
+            );
+        }
+        tracing::info!(upstream = %name, backend = %addr, action = "weight", weight, "admin action");
+        text(StatusCode::OK, format!("{name}/{addr}: weight {weight}"))
+    }
+}
+
+/// A status and the text to answer with.
+type Refused = (StatusCode, String);
+
+/// The backend a control path names:
+/// `/upstreams/{name}/backends/{addr}/{action}`.
+struct BackendTarget<'p> {
+    name: &'p str,
+    addr: SocketAddr,
+    action: &'p str,
+    upstream: Arc<detour_server::upstream::Upstream>,
+    backend: Arc<Backend>,
+}
+
+impl<'p> BackendTarget<'p> {
+    /// Parse `path` and look the backend up in `app`'s current generation;
+    /// the answer to send instead when the path names nothing.
+    fn find(app: &App, path: &'p str) -> Result<Self, Refused> {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let ["upstreams", name, "backends", addr, action] = parts.as_slice() else {
+            return Err((
+                StatusCode::NOT_FOUND,
+                "expected /upstreams/{name}/backends/{addr}/{drain|maintenance|enable|weight}"
+                    .into(),
+            ));
+        };
+        let Ok(parsed) = addr.parse::<SocketAddr>() else {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("{addr:?} is not an address"),
+            ));
+        };
+        let state = app.current();
+        let Some(upstream) = state.upstreams.get(*name) else {
+            return Err((StatusCode::NOT_FOUND, format!("no upstream {name:?}")));
+        };
+        let backends = upstream.backends();
+        let Some(backend) = backends.iter().find(|b| b.addr() == parsed) else {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("no backend {parsed} in {name:?}"),
+            ));
+        };
+        Ok(BackendTarget {
+            name,
+            addr: parsed,
+            action,
+            upstream: Arc::clone(upstream),
+            backend: Arc::clone(backend),
+        })
+    }
+}
+
+/// The request body, when it is at most [`MAX_WEIGHT_BODY`] bytes.
+async fn read_small_body(body: Incoming) -> Result<Bytes, Refused> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, MAX_WEIGHT_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {MAX_WEIGHT_BODY} bytes"),
+        )),
+        Err(e) => Err((StatusCode::BAD_REQUEST, format!("reading the body: {e}"))),
+    }
+}
+
+/// The value of `weight=` in a query string or a form body.
+fn weight_param(pairs: &str) -> Option<&str> {
+    pairs
+        .trim()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("weight="))
+}
+
+/// `given` as a weight, or why it is not one.
+fn parse_weight(given: Option<&str>) -> Result<u32, String> {
+    let Some(given) = given else {
+        return Err(format!(
+            "give weight=N (0 to {MAX_WEIGHT}) in the query or the body"
+        ));
+    };
+    match given.parse::<u32>() {
+        Ok(w) if w <= MAX_WEIGHT => Ok(w),
+        _ => Err(format!(
+            "weight {given:?}: expected a whole number from 0 to {MAX_WEIGHT} (0: no new requests)"
+        )),
     }
 }
