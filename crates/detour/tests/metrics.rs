@@ -72,6 +72,19 @@ async fn every_family_says_what_it_is_and_the_process_is_described() {
     assert!(value(&text, &series(b.addr(), "5xx")) > 0.0);
     assert_eq!(value(&text, &series(a.addr(), "4xx")), 0.0);
     assert_eq!(value(&text, &series(b.addr(), "error")), 0.0);
+    // Event counters exist at 0 before their first event.
+    let down = format!(
+        "detour_health_transitions_total{{upstream=\"app\",backend=\"{}\",to=\"down\"}}",
+        a.addr()
+    );
+    assert_eq!(value(&text, &down), 0.0);
+    assert_eq!(
+        value(
+            &text,
+            "detour_outlier_ejections_total{upstream=\"app\",reason=\"success_rate\"}"
+        ),
+        0.0
+    );
     assert!(value(&text, "process_open_fds") >= 3.0);
     assert!(value(&text, "process_resident_memory_bytes") > 1e6);
     assert!(value(&text, "process_cpu_seconds_total") > 0.0);

@@ -698,6 +698,7 @@ impl Upstream {
         self.requests.prime();
         self.attempts.get();
         self.per_backend.prime(&self.lb.backends());
+        telemetry::prime_events(&self.name);
         telemetry::set_spread_gauge(&self.name, self.failure_spread().spread);
         telemetry::prime_panic(&self.name, self.lb.in_panic(Instant::now()));
     }

@@ -183,6 +183,16 @@ impl BackendCounters {
     }
 
     fn handles(&self, addr: SocketAddr) -> [metrics::Counter; 6] {
+        // The backend's event counters exist from now on too, at 0.
+        for to in ["down", "up", "ejected", "unejected"] {
+            metrics::counter!(
+                "detour_health_transitions_total",
+                "upstream" => self.upstream.to_string(),
+                "backend" => addr.to_string(),
+                "to" => to,
+            )
+            .increment(0);
+        }
         CLASSES.map(|class| {
             metrics::counter!(
                 "detour_backend_responses_total",
@@ -266,6 +276,33 @@ pub(crate) fn set_panic_gauge(upstream: &str, in_panic: bool) {
 /// entered panic mode.
 fn panic_entries(upstream: &str) -> metrics::Counter {
     metrics::counter!("detour_upstream_panic_entries_total", "upstream" => upstream.to_string())
+}
+
+/// Make the upstream's event counters (breaker transitions, outlier
+/// ejections and their refusals by detector) at 0, so alerts on them see 0
+/// rather than no data before the first event.
+pub(crate) fn prime_events(upstream: &str) {
+    for to in ["open", "half_open", "closed"] {
+        metrics::counter!(
+            "detour_breaker_transitions_total", "to" => to, "upstream" => upstream.to_string()
+        )
+        .increment(0);
+    }
+    for reason in [
+        "consecutive_5xx",
+        "consecutive_gateway_failure",
+        "consecutive_local_origin_failure",
+        "success_rate",
+        "failure_percentage",
+    ] {
+        for family in [
+            "detour_outlier_ejections_total",
+            "detour_outlier_ejections_refused_total",
+        ] {
+            metrics::counter!(family, "upstream" => upstream.to_string(), "reason" => reason)
+                .increment(0);
+        }
+    }
 }
 
 /// Make the panic series when the upstream starts serving: the gauge at
