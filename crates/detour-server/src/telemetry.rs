@@ -4,6 +4,18 @@
 //! Install a `metrics` recorder, then call [`describe`] once: the
 //! descriptions are handed to the recorder, which keeps them for the families
 //! as they appear. The `detour` binary does this at start.
+//!
+//! [`BackendSeries`] keeps the series labelled with a backend apart, so that a
+//! backend that leaves takes them with it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use metrics::Key;
+use tokio::time::Instant;
 
 /// What a family measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +80,167 @@ pub fn describe() {
     }
 }
 
+/// How long the series of a backend that left stay in `/metrics`: long
+/// enough for a scrape or two to see their last values, short enough that
+/// churn (DNS, file or fleet discovery) cannot grow them without bound.
+pub const KEEP_AFTER_LEAVING: Duration = Duration::from_secs(300);
+
+/// The series labelled with a `backend`, kept apart from the exporter's own
+/// registry so that a backend that leaves its upstream can take them with it
+/// (the Prometheus exporter cannot remove a series).
+///
+/// A recorder layer (the facade's `detour::metrics::install`) hands every
+/// counter and gauge whose key has a `backend` label to [`BackendSeries::global`],
+/// and appends [`render`](Self::render) to the exporter's page. An upstream
+/// reports its membership ([`keep_only`](Self::keep_only)); a backend's
+/// series go [`KEEP_AFTER_LEAVING`] after it left. Without the
+/// layer nothing registers here and the calls cost a lock on membership
+/// changes only.
+#[derive(Debug, Default)]
+pub struct BackendSeries {
+    series: Mutex<HashMap<Key, Series>>,
+}
+
+#[derive(Debug)]
+struct Series {
+    kind: Kind,
+    value: Arc<AtomicU64>,
+    upstream: String,
+    backend: String,
+    left_at: Option<Instant>,
+}
+
+impl BackendSeries {
+    /// The process's registry.
+    pub fn global() -> &'static BackendSeries {
+        static GLOBAL: OnceLock<BackendSeries> = OnceLock::new();
+        GLOBAL.get_or_init(BackendSeries::default)
+    }
+
+    /// Whether `key` names a per-backend series (it has a `backend` label).
+    pub fn owns(key: &Key) -> bool {
+        key.labels().any(|l| l.key() == "backend")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Series>> {
+        // Every change under the lock is a plain insert or remove: a
+        // poisoned map is still whole.
+        self.series.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn value(&self, key: &Key, kind: Kind) -> Arc<AtomicU64> {
+        let label = |name: &str| {
+            key.labels()
+                .find(|l| l.key() == name)
+                .map(|l| l.value().to_string())
+                .unwrap_or_default()
+        };
+        let mut all = self.lock();
+        let series = all.entry(key.clone()).or_insert_with(|| Series {
+            kind,
+            value: Arc::new(AtomicU64::new(0)),
+            upstream: label("upstream"),
+            backend: label("backend"),
+            left_at: None,
+        });
+        Arc::clone(&series.value)
+    }
+
+    /// The counter of `key`, made at 0 if new.
+    pub fn counter(&self, key: &Key) -> metrics::Counter {
+        metrics::Counter::from_arc(self.value(key, Kind::Counter))
+    }
+
+    /// The gauge of `key`, made at 0 if new.
+    pub fn gauge(&self, key: &Key) -> metrics::Gauge {
+        metrics::Gauge::from_arc(self.value(key, Kind::Gauge))
+    }
+
+    /// `members` are `upstream`'s backends as of `now`: the series of any
+    /// other backend of `upstream` are marked as left (they go once
+    /// [`KEEP_AFTER_LEAVING`] has passed), and those of a member that came
+    /// back are kept. An upstream a reload removed keeps no member.
+    pub fn keep_only(&self, upstream: &str, members: &[SocketAddr], now: Instant) {
+        let members: Vec<String> = members.iter().map(SocketAddr::to_string).collect();
+        for s in self.lock().values_mut() {
+            if s.upstream != upstream {
+                continue;
+            }
+            if members.contains(&s.backend) {
+                s.left_at = None;
+            } else if s.left_at.is_none() {
+                s.left_at = Some(now);
+            }
+        }
+    }
+
+    /// Series held now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no series is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drop the series of backends that left [`KEEP_AFTER_LEAVING`] ago or
+    /// more, then write the rest in the Prometheus text format, with the help
+    /// texts of [`FAMILIES`].
+    pub fn render(&self, now: Instant) -> String {
+        let mut all = self.lock();
+        all.retain(|_, s| {
+            s.left_at
+                .is_none_or(|at| now.saturating_duration_since(at) < KEEP_AFTER_LEAVING)
+        });
+        let mut by_family: BTreeMap<&str, Vec<(&Key, &Series)>> = BTreeMap::new();
+        for (key, s) in all.iter() {
+            by_family.entry(key.name()).or_default().push((key, s));
+        }
+        let mut out = String::new();
+        for (name, mut series) in by_family {
+            series.sort_by(|a, b| a.0.cmp(b.0));
+            let kind = series.first().map_or(Kind::Counter, |(_, s)| s.kind);
+            write_family(&mut out, name, kind, &series);
+        }
+        out
+    }
+}
+
+/// One family in the Prometheus text format.
+fn write_family(out: &mut String, name: &str, kind: Kind, series: &[(&Key, &Series)]) {
+    use std::fmt::Write as _;
+    if let Some(f) = FAMILIES.iter().find(|f| f.name == name) {
+        let _ = writeln!(out, "# HELP {name} {}", f.help);
+    }
+    let word = if kind == Kind::Gauge {
+        "gauge"
+    } else {
+        "counter"
+    };
+    let _ = writeln!(out, "# TYPE {name} {word}");
+    for (key, s) in series {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}=\"{}\"", l.key(), escape(l.value())))
+            .collect();
+        let bits = s.value.load(Ordering::Relaxed);
+        let value = match s.kind {
+            Kind::Gauge => f64::from_bits(bits).to_string(),
+            _ => bits.to_string(),
+        };
+        let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
+    }
+    out.push('\n');
+}
+
+/// A label value as the text format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +278,58 @@ mod tests {
             .collect();
         assert!(names.len() >= 15, "{names:?}");
         assert!(missing.is_empty(), "not catalogued: {missing:?}");
+    }
+
+    fn key(name: &'static str, upstream: &'static str, backend: &'static str) -> Key {
+        Key::from_parts(
+            name,
+            vec![
+                metrics::Label::new("upstream", upstream),
+                metrics::Label::new("backend", backend),
+            ],
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_that_left_takes_its_series_after_a_while() {
+        let reg = BackendSeries::default();
+        let a = key("detour_backend_responses_total", "app", "10.0.0.1:80");
+        let b = key("detour_backend_in_flight", "app", "10.0.0.2:80");
+        assert!(BackendSeries::owns(&a));
+        assert!(!BackendSeries::owns(&Key::from_name(
+            "detour_requests_total"
+        )));
+        reg.counter(&a).increment(3);
+        reg.gauge(&b).set(2.0);
+        let page = reg.render(Instant::now());
+        assert!(page.contains("# HELP detour_backend_responses_total "));
+        assert!(page.contains("# TYPE detour_backend_responses_total counter\n"));
+        assert!(page.contains(
+            "detour_backend_responses_total{upstream=\"app\",backend=\"10.0.0.1:80\"} 3\n"
+        ));
+        assert!(page.contains("# TYPE detour_backend_in_flight gauge\n"));
+        assert!(page.contains("backend=\"10.0.0.2:80\"} 2\n"));
+
+        // 10.0.0.2 leaves: shown for KEEP_AFTER_LEAVING, then gone.
+        let only_a: [SocketAddr; 1] = [([10, 0, 0, 1], 80).into()];
+        reg.keep_only("app", &only_a, Instant::now());
+        tokio::time::advance(KEEP_AFTER_LEAVING - Duration::from_secs(1)).await;
+        assert_eq!(reg.render(Instant::now()).matches("10.0.0.2:80").count(), 1);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let page = reg.render(Instant::now());
+        assert!(!page.contains("10.0.0.2:80"), "{page}");
+        assert!(page.contains("10.0.0.1:80"));
+        assert_eq!(reg.len(), 1);
+
+        // A backend that comes back before the time is up keeps its series.
+        reg.keep_only("app", &[], Instant::now());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        reg.keep_only("app", &only_a, Instant::now());
+        tokio::time::advance(KEEP_AFTER_LEAVING).await;
+        assert!(reg.render(Instant::now()).contains("10.0.0.1:80\"} 3"));
+        // Another upstream's membership does not touch it.
+        reg.keep_only("other", &[], Instant::now());
+        tokio::time::advance(KEEP_AFTER_LEAVING).await;
+        assert_eq!(reg.len(), 1);
     }
 }

@@ -95,7 +95,7 @@ fn init_logging(format: LogFormat, level: &str, access_log: bool) {
 
 /// Install the Prometheus recorder (see [`detour::metrics::install`]); the
 /// admin API's `/metrics` renders it.
-fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+fn metrics() -> Option<detour::metrics::MetricsHandle> {
     match detour::metrics::install() {
         Ok(h) => {
             app::process::start(env!("CARGO_PKG_VERSION"), env!("DETOUR_COMMIT"));

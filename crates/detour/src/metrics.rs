@@ -21,8 +21,11 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::sync::watch;
+
+use crate::server::telemetry::BackendSeries;
 
 /// Bucket bounds, in seconds, of the latency histograms.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -35,6 +38,82 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// 0.3 MB of samples, where two seconds was 2.6 MB of resident memory.
 const UPKEEP: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// The installed recorder's page: the Prometheus exporter's series, and the
+/// per-backend ones Detour keeps itself
+/// ([`BackendSeries`](crate::server::telemetry::BackendSeries)), so that a
+/// backend that leaves takes its series with it after a while.
+#[derive(Debug, Clone)]
+pub struct MetricsHandle {
+    prom: PrometheusHandle,
+}
+
+impl MetricsHandle {
+    /// The page `/metrics` serves, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut page = self.prom.render();
+        page.push_str(&BackendSeries::global().render(tokio::time::Instant::now()));
+        page
+    }
+
+    /// Fold recorded histogram samples into their buckets now.
+    pub fn run_upkeep(&self) {
+        self.prom.run_upkeep();
+    }
+}
+
+/// Installing the recorder failed.
+#[derive(Debug)]
+pub struct InstallError(String);
+
+impl std::fmt::Display for InstallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InstallError {}
+
+/// The recorder installed: series with a `backend` label go to
+/// [`BackendSeries`], everything else to the Prometheus exporter.
+struct Layer {
+    prom: PrometheusRecorder,
+    backends: &'static BackendSeries,
+}
+
+impl Recorder for Layer {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
+        self.prom.describe_counter(key, unit, text);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
+        self.prom.describe_gauge(key, unit, text);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
+        self.prom.describe_histogram(key, unit, text);
+    }
+
+    fn register_counter(&self, key: &Key, meta: &Metadata<'_>) -> Counter {
+        if BackendSeries::owns(key) {
+            self.backends.counter(key)
+        } else {
+            self.prom.register_counter(key, meta)
+        }
+    }
+
+    fn register_gauge(&self, key: &Key, meta: &Metadata<'_>) -> Gauge {
+        if BackendSeries::owns(key) {
+            self.backends.gauge(key)
+        } else {
+            self.prom.register_gauge(key, meta)
+        }
+    }
+
+    fn register_histogram(&self, key: &Key, meta: &Metadata<'_>) -> Histogram {
+        self.prom.register_histogram(key, meta)
+    }
+}
+
 /// Install the Prometheus recorder as the process's metrics recorder.
 /// Histograms are exported with [`LATENCY_BUCKETS`], and a background thread
 /// folds recorded samples into them every quarter second: the recorder keeps
@@ -43,10 +122,20 @@ const UPKEEP: std::time::Duration = std::time::Duration::from_millis(250);
 ///
 /// # Errors
 /// A recorder is installed already, or the buckets are refused.
-pub fn install() -> Result<PrometheusHandle, BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets(LATENCY_BUCKETS)?
-        .install_recorder()?;
+pub fn install() -> Result<MetricsHandle, InstallError> {
+    let prom = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .map_err(|e| InstallError(e.to_string()))?
+        .build_recorder();
+    let handle = MetricsHandle {
+        prom: prom.handle(),
+    };
+    let layer = Layer {
+        prom,
+        backends: BackendSeries::global(),
+    };
+    metrics::set_global_recorder(layer)
+        .map_err(|_| InstallError("a metrics recorder is installed already".into()))?;
     // `# HELP` for every family the crates emit.
     crate::server::telemetry::describe();
     let upkeep = handle.clone();
@@ -69,7 +158,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 #[derive(Debug)]
 pub struct MetricsEndpoint {
     addr: SocketAddr,
-    handle: PrometheusHandle,
+    handle: MetricsHandle,
     stop: watch::Sender<bool>,
 }
 
@@ -80,7 +169,7 @@ impl MetricsEndpoint {
     }
 
     /// The recorder's handle (`render()` is the page `/metrics` serves).
-    pub fn handle(&self) -> &PrometheusHandle {
+    pub fn handle(&self) -> &MetricsHandle {
         &self.handle
     }
 }
@@ -119,7 +208,7 @@ pub fn serve(listen: SocketAddr) -> std::io::Result<MetricsEndpoint> {
 /// Serve every connection on `listener` until `stopped` turns true.
 async fn accept(
     listener: std::net::TcpListener,
-    page: PrometheusHandle,
+    page: MetricsHandle,
     mut stopped: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -151,7 +240,7 @@ async fn accept(
     }
 }
 
-fn answer<B>(req: &Request<B>, page: &PrometheusHandle) -> Response<Full<Bytes>> {
+fn answer<B>(req: &Request<B>, page: &MetricsHandle) -> Response<Full<Bytes>> {
     let found = req.uri().path() == "/metrics"
         && (req.method() == Method::GET || req.method() == Method::HEAD);
     let (status, content_type, body) = if found {

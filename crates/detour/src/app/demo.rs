@@ -201,7 +201,7 @@ fn retries_from(metrics: &str) -> u64 {
 /// A backend or the proxy could not start.
 pub async fn run(
     opts: DemoOptions,
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    metrics: Option<crate::metrics::MetricsHandle>,
 ) -> Result<DemoSummary, Box<dyn std::error::Error + Send + Sync>> {
     let names = ["A", "B", "C"];
     let mut ups = Vec::new();

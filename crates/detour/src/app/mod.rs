@@ -110,7 +110,7 @@ impl std::fmt::Debug for Running {
 pub fn start(
     config: &Config,
     config_path: Option<&Path>,
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    metrics: Option<crate::metrics::MetricsHandle>,
     events: Option<EventHook>,
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     let config = &config.clone().validate()?;

@@ -174,6 +174,14 @@ impl ReloadTask {
             .iter()
             .map(|u| u.start_services(&self.runtime))
             .collect();
+        // An upstream the reload removed has no member left: its backends'
+        // series go after a while, like those of any backend that leaves.
+        for name in old.upstreams.keys() {
+            if !state.upstreams.contains_key(name) {
+                let now = tokio::time::Instant::now();
+                crate::server::telemetry::BackendSeries::global().keep_only(name, &[], now);
+            }
+        }
         self.app.swap(state);
         // The old generation's checks, sweeps and discovery stop here; its
         // backends live on while requests in flight still hold them.

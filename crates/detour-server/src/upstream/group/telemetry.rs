@@ -22,6 +22,8 @@ use detour_core::spread::{SpreadHook, Verdict};
 use detour_core::{AddrMap, AttemptOutcome, Backend, OutcomeClass, Spread};
 use detour_lb::PanicChange;
 
+use crate::telemetry::BackendSeries;
+
 /// Metric handles made on first use from the upstream's name. After that,
 /// reaching them costs one atomic load ([`OnceLock::get`]).
 pub(crate) struct Lazy<T> {
@@ -162,11 +164,14 @@ impl BackendCounters {
         self.members(backends);
     }
 
-    /// The membership changed: handles for newcomers, none kept for leavers.
+    /// The membership changed: handles for newcomers, none kept for leavers,
+    /// whose series go after a while ([`BackendSeries::keep_only`]).
     pub(crate) fn members(&self, backends: &[Arc<Backend>]) {
         if !self.primed.load(Ordering::Acquire) {
             return;
         }
+        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
+        BackendSeries::global().keep_only(&self.upstream, &addrs, tokio::time::Instant::now());
         let old = self.by_backend.load();
         let map = backends
             .iter()
@@ -347,5 +352,52 @@ pub(crate) fn panic_events(
                 "leaving panic mode: enough backends available again, selection honours health checks, ejections and breakers"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use detour_core::Backend;
+    use metrics::Key;
+
+    use crate::telemetry::{BackendSeries, KEEP_AFTER_LEAVING};
+    use crate::upstream::{Upstream, UpstreamConfig};
+
+    fn series_of(backend: &str) -> Key {
+        Key::from_parts(
+            "detour_backend_responses_total",
+            vec![
+                metrics::Label::new("upstream", "series-test"),
+                metrics::Label::new("backend", backend.to_string()),
+                metrics::Label::new("class", "2xx"),
+            ],
+        )
+    }
+
+    /// A backend that leaves its upstream (here through the load balancer,
+    /// as discovery does) takes its series after a while.
+    #[tokio::test(start_paused = true)]
+    async fn a_departed_backend_s_series_go_after_a_while() {
+        let config: UpstreamConfig =
+            toml::from_str(r#"backends = [{ addr = "127.0.0.1:1" }, { addr = "127.0.0.1:2" }]"#)
+                .unwrap();
+        let up = std::sync::Arc::new(Upstream::from_config("series-test", &config).unwrap());
+        let _services = up.start_services(&tokio::runtime::Handle::current());
+        let global = BackendSeries::global();
+        global.counter(&series_of("127.0.0.1:2")).increment(1);
+        let shown = |port: &str| {
+            global
+                .render(tokio::time::Instant::now())
+                .contains(&format!("backend=\"127.0.0.1:{port}\""))
+        };
+        assert!(shown("2"));
+        up.load_balancer()
+            .update([Backend::new(([127, 0, 0, 1], 1).into())]);
+        tokio::time::advance(KEEP_AFTER_LEAVING - Duration::from_secs(1)).await;
+        assert!(shown("2"), "still shown for a while");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!shown("2"), "gone");
     }
 }

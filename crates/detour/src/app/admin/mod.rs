@@ -50,7 +50,7 @@ use super::state::App;
 pub struct Admin {
     pub(crate) app: Arc<App>,
     pub(crate) guard: Guard,
-    pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub(crate) metrics: Option<crate::metrics::MetricsHandle>,
     pub(crate) draining: watch::Receiver<bool>,
     pub(crate) reloader: Reloader,
 }
@@ -191,7 +191,7 @@ impl Admin {
     pub fn new(
         app: Arc<App>,
         guard: Guard,
-        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        metrics: Option<crate::metrics::MetricsHandle>,
         draining: watch::Receiver<bool>,
         reloader: Reloader,
     ) -> Self {
