@@ -15,6 +15,7 @@ use detour_testkit::{Behavior, Upstream};
 use tokio::time::Instant;
 
 use super::config::Config;
+use super::status::{Breaker, Health};
 
 /// How long each phase lasts, and the client concurrency.
 #[derive(Debug, Clone, Copy)]
@@ -262,8 +263,8 @@ pub async fn run(
                         let Some(i) = addrs.iter().position(|a| *a == b.addr()) else {
                             continue;
                         };
-                        let now = super::admin::health_word(&app, "app", b) == "healthy"
-                            && super::admin::breaker_word(b) == "closed";
+                        let now = Health::of(&app, "app", b) == Health::Healthy
+                            && Breaker::of(b) == Breaker::Closed;
                         if now != was[i] {
                             was[i] = now;
                             if let Ok(mut t) = timeline.lock() {
@@ -333,8 +334,8 @@ pub async fn run(
                             "{} {:>3.0}% {}/{}",
                             name_of(b.addr()),
                             share,
-                            super::admin::health_word(&app, "app", b),
-                            super::admin::breaker_word(b)
+                            Health::of(&app, "app", b),
+                            Breaker::of(b)
                         ));
                     }
                 }

@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routes;
 pub mod state;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::path::Path;

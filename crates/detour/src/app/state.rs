@@ -9,6 +9,7 @@ use detour_server::upstream::Upstream;
 
 use super::config::Config;
 use super::routes::Route;
+use super::status::{Breaker, Health};
 
 /// One generation of configuration: what a request sees from start to end
 /// (a reload swaps in a new one; requests in flight keep theirs).
@@ -85,21 +86,13 @@ impl App {
         for (name, up) in &state.upstreams {
             for b in up.backends().iter() {
                 let addr = b.addr().to_string();
-                let word = super::admin::health_word(self, name, b);
+                let healthy = Health::of(self, name, b) == Health::Healthy;
                 let labels = [("upstream", name.clone()), ("backend", addr)];
-                metrics::gauge!("detour_backend_healthy", &labels).set(if word == "healthy" {
-                    1.0
-                } else {
-                    0.0
-                });
+                metrics::gauge!("detour_backend_healthy", &labels)
+                    .set(f64::from(u8::from(healthy)));
                 metrics::gauge!("detour_backend_in_flight", &labels)
                     .set(f64::from(b.state().in_flight()));
-                let breaker = match super::admin::breaker_word(b) {
-                    "open" => 2.0,
-                    "half_open" => 1.0,
-                    _ => 0.0,
-                };
-                metrics::gauge!("detour_breaker_state", &labels).set(breaker);
+                metrics::gauge!("detour_breaker_state", &labels).set(Breaker::of(b).gauge());
                 let ejected = b
                     .state()
                     .ejected_until(tokio::time::Instant::now())

@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use detour_core::{Backend, GateState};
+use detour_core::Backend;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -44,6 +44,7 @@ pub use listener::{serve, ListenerLimits};
 use super::effective;
 use super::reload::{ReloadReport, Reloader};
 use super::state::App;
+use super::status::{Breaker, Health};
 
 /// What the admin endpoints read and act on.
 #[derive(Clone)]
@@ -144,9 +145,9 @@ pub struct BackendStatus {
     /// Address.
     pub addr: SocketAddr,
     /// `healthy`, `unhealthy` (active check), `ejected`, `draining` or `maintenance`.
-    pub health: &'static str,
+    pub health: Health,
     /// `closed`, `open`, `half_open`, or `none` when the upstream has no breakers.
-    pub breaker: &'static str,
+    pub breaker: Breaker,
     /// Attempts in flight now.
     pub in_flight: u32,
     /// Weight.
@@ -157,33 +158,6 @@ pub struct BackendStatus {
     pub region: Option<String>,
     /// Upstream latency EWMA in milliseconds, once measured.
     pub latency_ms: Option<f64>,
-}
-
-/// Health as a word, most severe first.
-pub fn health_word(app: &App, upstream: &str, b: &Backend) -> &'static str {
-    let now = tokio::time::Instant::now();
-    let s = b.state();
-    if app.in_maintenance(upstream, b.addr()) {
-        "maintenance"
-    } else if s.is_draining() {
-        "draining"
-    } else if s.check_failed() {
-        "unhealthy"
-    } else if s.ejected_until(now).is_some() {
-        "ejected"
-    } else {
-        "healthy"
-    }
-}
-
-/// The breaker state as a word.
-pub fn breaker_word(b: &Backend) -> &'static str {
-    match b.state().gate().map(|g| g.state()) {
-        None => "none",
-        Some(GateState::Closed) => "closed",
-        Some(GateState::Open) => "open",
-        Some(GateState::HalfOpen) => "half_open",
-    }
 }
 
 impl Admin {
@@ -266,8 +240,8 @@ impl Admin {
                 .iter()
                 .map(|b| BackendStatus {
                     addr: b.addr(),
-                    health: health_word(&self.app, name, b),
-                    breaker: breaker_word(b),
+                    health: Health::of(&self.app, name, b),
+                    breaker: Breaker::of(b),
                     in_flight: b.state().in_flight(),
                     weight: b.weight(),
                     priority: b.priority(),
@@ -365,7 +339,7 @@ impl Admin {
         tracing::info!(upstream = %name, backend = %addr, action = %action, "admin action");
         text(
             StatusCode::OK,
-            format!("{name}/{addr}: {}", health_word(&self.app, name, b)),
+            format!("{name}/{addr}: {}", Health::of(&self.app, name, b)),
         )
     }
 
