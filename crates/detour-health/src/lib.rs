@@ -66,7 +66,7 @@ pub mod event;
 pub mod outlier;
 
 pub use active::{
-    BackendHealth, BoxHealthCheck, CheckFailure, CheckKind, ConfiguredCheck, FailureKind,
+    BackendHealth, BoxHealthCheck, CheckFailure, CheckFailureKind, CheckKind, ConfiguredCheck,
     HealthCheck, HealthChecker, HealthConfig, HttpCheck, StatusRange, TcpCheck, Verdict,
 };
 pub use detour_core::InvalidConfig;

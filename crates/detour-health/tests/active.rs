@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use detour_core::{AdmissionGate, Backend, GateState, Removal, RemovalCap};
 use detour_health::{
-    CheckFailure, ConfiguredCheck, EventKind, FailureKind, HealthCheck, HealthChecker,
+    CheckFailure, CheckFailureKind, ConfiguredCheck, EventKind, HealthCheck, HealthChecker,
     HealthConfig, HealthEvent, StatusRange, Verdict,
 };
 use detour_testkit::memory::{MemBehavior, MemoryConnector, MemoryNet};
@@ -579,7 +579,7 @@ async fn the_http_check_judges_status_and_body() {
     net.set(b.addr(), MemBehavior::status(503));
     let r = check(&config()).check(&b).await;
     assert_eq!(r.clone().unwrap_err().to_string(), "status 503");
-    assert_eq!(kind(r), Err(FailureKind::Status(503)));
+    assert_eq!(kind(r), Err(CheckFailureKind::Status(503)));
 
     net.set(b.addr(), MemBehavior::status(301));
     assert_eq!(kind(check(&config()).check(&b).await), Ok(()), "3xx passes");
@@ -587,7 +587,7 @@ async fn the_http_check_judges_status_and_body() {
     only_204.expected_statuses = vec![StatusRange::single(204)];
     assert_eq!(
         kind(check(&only_204).check(&b).await),
-        Err(FailureKind::Status(301))
+        Err(CheckFailureKind::Status(301))
     );
 
     // The in-memory backend answers "<status> from <addr>".
@@ -601,19 +601,19 @@ async fn the_http_check_judges_status_and_body() {
         r.clone().unwrap_err().to_string(),
         "body does not contain \"all good\""
     );
-    assert_eq!(kind(r), Err(FailureKind::Body));
+    assert_eq!(kind(r), Err(CheckFailureKind::Body));
 
     net.set(b.addr(), MemBehavior::Refuse);
     assert_eq!(
         kind(check(&config()).check(&b).await),
-        Err(FailureKind::Transport(
+        Err(CheckFailureKind::Transport(
             detour_core::ErrorKind::ConnectRefused
         ))
     );
     net.set(b.addr(), MemBehavior::CloseAfterRequest);
     assert!(matches!(
         kind(check(&config()).check(&b).await),
-        Err(FailureKind::Transport(_))
+        Err(CheckFailureKind::Transport(_))
     ));
 }
 

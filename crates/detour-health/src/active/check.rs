@@ -20,7 +20,7 @@ use detour_core::InvalidConfig;
 ///
 /// The checker applies the configured timeout around [`check`](Self::check),
 /// so an implementation need not; a check that overruns it fails with
-/// [`FailureKind::Timeout`]. Implement it for anything the built-in TCP and
+/// [`CheckFailureKind::Timeout`]. Implement it for anything the built-in TCP and
 /// HTTP checks cannot express (a gRPC health service, a query against a
 /// database).
 ///
@@ -58,7 +58,7 @@ impl<H: HealthCheck> HealthCheck for Arc<H> {
 /// What kind of failure a check saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum FailureKind {
+pub enum CheckFailureKind {
     /// The connection failed or broke, or the answer was not HTTP: refused,
     /// reset, closed early, invalid response.
     Transport(ErrorKind),
@@ -78,13 +78,13 @@ pub enum FailureKind {
 /// people (events and logs carry it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckFailure {
-    kind: FailureKind,
+    kind: CheckFailureKind,
     message: Cow<'static, str>,
 }
 
 impl CheckFailure {
     /// A failure of `kind` described by `message`.
-    pub fn new(kind: FailureKind, message: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(kind: CheckFailureKind, message: impl Into<Cow<'static, str>>) -> Self {
         CheckFailure {
             kind,
             message: message.into(),
@@ -93,12 +93,12 @@ impl CheckFailure {
 
     /// A custom check's failure.
     pub fn custom(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(FailureKind::Custom, message)
+        Self::new(CheckFailureKind::Custom, message)
     }
 
     /// A transport failure of `kind`, described by the kind itself.
     pub fn transport(kind: ErrorKind) -> Self {
-        Self::new(FailureKind::Transport(kind), kind.to_string())
+        Self::new(CheckFailureKind::Transport(kind), kind.to_string())
     }
 
     /// A transport failure from an I/O error.
@@ -107,17 +107,20 @@ impl CheckFailure {
         match kind {
             // The kind says all there is to say.
             ErrorKind::ConnectRefused | ErrorKind::ConnectionReset => Self::transport(kind),
-            _ => Self::new(FailureKind::Transport(kind), format!("{kind}: {err}")),
+            _ => Self::new(CheckFailureKind::Transport(kind), format!("{kind}: {err}")),
         }
     }
 
     /// The check overran `timeout`.
     pub fn timeout(timeout: Duration) -> Self {
-        Self::new(FailureKind::Timeout, format!("timed out after {timeout:?}"))
+        Self::new(
+            CheckFailureKind::Timeout,
+            format!("timed out after {timeout:?}"),
+        )
     }
 
     /// What kind of failure it was.
-    pub fn kind(&self) -> FailureKind {
+    pub fn kind(&self) -> CheckFailureKind {
         self.kind
     }
 

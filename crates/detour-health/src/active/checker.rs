@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use super::check::{CheckFailure, ConfiguredCheck, FailureKind, HealthCheck};
+use super::check::{CheckFailure, CheckFailureKind, ConfiguredCheck, HealthCheck};
 use super::config::HealthConfig;
 use crate::event::{EventCallback, EventKind, Events, HealthEvent};
 use detour_core::InvalidConfig;
@@ -418,9 +418,9 @@ impl<H: HealthCheck> HealthChecker<H> {
                     return;
                 };
                 let failure = if e.is_panic() {
-                    CheckFailure::new(FailureKind::Panicked, "the check panicked")
+                    CheckFailure::new(CheckFailureKind::Panicked, "the check panicked")
                 } else {
-                    CheckFailure::new(FailureKind::Custom, "the check was cancelled")
+                    CheckFailure::new(CheckFailureKind::Custom, "the check was cancelled")
                 };
                 (key, backend, Err(failure))
             }

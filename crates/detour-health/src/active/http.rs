@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::check::{CheckFailure, FailureKind, HealthCheck};
+use super::check::{CheckFailure, CheckFailureKind, HealthCheck};
 use super::config::{HealthConfig, StatusRange};
 use super::tcp::connect_failure;
 use detour_core::InvalidConfig;
@@ -64,7 +64,7 @@ impl<C: Connect> HttpCheck<C> {
         let status = resp.status().as_u16();
         if !self.expected.iter().any(|r| r.contains(status)) {
             return Err(CheckFailure::new(
-                FailureKind::Status(status),
+                CheckFailureKind::Status(status),
                 format!("status {status}"),
             ));
         }
@@ -149,7 +149,7 @@ async fn body_contains(mut body: Incoming, needle: &str) -> Result<(), CheckFail
         }
     }
     Err(CheckFailure::new(
-        FailureKind::Body,
+        CheckFailureKind::Body,
         format!("body does not contain {needle:?}"),
     ))
 }
@@ -167,5 +167,5 @@ fn hyper_failure(err: &hyper::Error) -> CheckFailure {
     } else {
         ErrorKind::ConnectionClosed
     };
-    CheckFailure::new(FailureKind::Transport(kind), format!("{kind}: {err}"))
+    CheckFailure::new(CheckFailureKind::Transport(kind), format!("{kind}: {err}"))
 }

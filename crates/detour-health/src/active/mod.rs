@@ -18,7 +18,7 @@ mod config;
 mod http;
 mod tcp;
 
-pub use check::{BoxHealthCheck, CheckFailure, ConfiguredCheck, FailureKind, HealthCheck};
+pub use check::{BoxHealthCheck, CheckFailure, CheckFailureKind, ConfiguredCheck, HealthCheck};
 pub use checker::{BackendHealth, HealthChecker, Verdict};
 pub use config::{CheckKind, HealthConfig, ParseStatusRangeError, StatusRange};
 pub use http::HttpCheck;

@@ -5,7 +5,7 @@ use std::io;
 use detour_core::connect::{Connect, TcpConnector};
 use detour_core::{Backend, ErrorKind};
 
-use super::check::{CheckFailure, FailureKind, HealthCheck};
+use super::check::{CheckFailure, CheckFailureKind, HealthCheck};
 
 /// Passes when the backend accepts a connection, which is closed at once.
 #[derive(Debug, Clone, Default)]
@@ -35,7 +35,7 @@ pub(crate) fn connect_failure(err: &io::Error) -> CheckFailure {
         io::ErrorKind::ConnectionRefused => CheckFailure::transport(ErrorKind::ConnectRefused),
         io::ErrorKind::TimedOut => CheckFailure::transport(ErrorKind::ConnectTimeout),
         _ => CheckFailure::new(
-            FailureKind::Transport(ErrorKind::from_io(err.kind())),
+            CheckFailureKind::Transport(ErrorKind::from_io(err.kind())),
             format!("connect failed: {err}"),
         ),
     }
