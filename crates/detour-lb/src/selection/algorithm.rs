@@ -109,6 +109,13 @@ impl<'de> Deserialize<'de> for Algorithm {
     }
 }
 
+/// Written as its config name, so a dumped configuration reads back.
+impl serde::Serialize for Algorithm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 macro_rules! each_algorithm {
     ($($variant:ident => $table:ident),* $(,)?) => {
         /// The table of whichever algorithm an [`Algorithm`] holds.

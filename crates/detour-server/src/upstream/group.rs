@@ -71,7 +71,7 @@ use telemetry::{attempt_handles, AttemptHandles, BackendCounters, Lazy};
 pub struct UpstreamConfig {
     /// Selection: `round_robin` (default), `random`, `least_request`,
     /// `peak_ewma`, `consistent_hash` (Ketama) or `maglev`.
-    pub lb: String,
+    pub lb: Algorithm,
     /// What a consistent hash keys on: `header:NAME`, `cookie:NAME`,
     /// `query:NAME`, `path`, `uri`, `host`, `client_ip`, `method`.
     pub hash_key: Option<HashKey>,
@@ -113,7 +113,7 @@ pub struct UpstreamConfig {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
-            lb: "round_robin".into(),
+            lb: Algorithm::default(),
             hash_key: None,
             backends: Vec::new(),
             discovery: None,
@@ -182,13 +182,7 @@ impl UpstreamConfig {
     /// The first invalid value.
     pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
         let at = |field: &str| format!("upstreams.{name}.{field}");
-        let algo: Algorithm = self
-            .lb
-            .parse()
-            .map_err(|e| ConfigError::field(at("lb"), format!("{e}")))?;
-        if matches!(algo, Algorithm::ConsistentHash(_) | Algorithm::Maglev(_))
-            && self.hash_key.is_none()
-        {
+        if detour_lb::Selection::hashes_key(&self.lb) && self.hash_key.is_none() {
             return Err(ConfigError::field(
                 at("hash_key"),
                 "consistent hashing needs a hash_key (e.g. \"header:x-user\")",
@@ -363,7 +357,7 @@ impl Upstream {
         let bad = |field: &str, e: &dyn std::fmt::Display| {
             ConfigError::field(format!("upstreams.{name}.{field}"), e.to_string())
         };
-        let algo: Algorithm = config.lb.parse().map_err(|e| bad("lb", &e))?;
+        let algo = config.lb;
         let lb = Arc::new(
             AnyLoadBalancer::try_new(algo, config.lb_options()).map_err(|e| bad("failover", &e))?,
         );
