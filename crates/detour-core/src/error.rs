@@ -366,10 +366,36 @@ impl fmt::Display for Error {
         if let Some(ctx) = &self.inner.context {
             write!(f, ": {ctx}")?;
         }
-        if let Some(cause) = &self.inner.cause {
-            write!(f, " ({cause})")?;
+        // The cause is `source()`'s to give, not repeated here; `chain()`
+        // writes both for a log line.
+        Ok(())
+    }
+}
+
+/// An [`Error`] and every cause below it, for a log line (see
+/// [`Error::chain`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(&'a Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = std::error::Error::source(self.0);
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
         }
         Ok(())
+    }
+}
+
+impl Error {
+    /// This error followed by each of its causes, `: `-separated, for logs:
+    /// `upstream connection refused: Connection refused (os error 111)`.
+    /// `Display` writes this error alone, as the error guidelines ask (its
+    /// cause is [`source`](std::error::Error::source)'s).
+    pub fn chain(&self) -> Chain<'_> {
+        Chain(self)
     }
 }
 
@@ -462,6 +488,13 @@ mod tests {
             Error::from_upstream_io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert_eq!(e.kind(), ErrorKind::ConnectRefused);
         assert!(std::error::Error::source(&e).is_some());
+        // Display does not repeat the source; the chain writes both.
+        let cause = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).to_string();
+        assert_eq!(e.to_string(), "upstream connection refused");
+        assert_eq!(
+            e.chain().to_string(),
+            format!("upstream connection refused: {cause}")
+        );
         assert!(e.caused_by_backend());
         assert!(!Error::internal(ErrorKind::CircuitOpen).caused_by_backend());
         assert_eq!(

@@ -50,7 +50,7 @@ pub mod spread;
 pub use addr_hash::{AddrHash, AddrHasher, AddrMap};
 pub use backend::{AdmissionGate, Backend, BackendState, GateState, Permit, Removal, RemovalCap};
 pub use commit::CommitPoint;
-pub use error::{BoxError, Error, ErrorKind, ErrorSide, FailureKind, Result, RetryHint};
+pub use error::{BoxError, Chain, Error, ErrorKind, ErrorSide, FailureKind, Result, RetryHint};
 pub use invalid::{check_duration, check_optional_duration, InvalidConfig, Zero, MAX_DURATION};
 pub use observe::{AttemptOutcome, Observer, OutcomeClass};
 pub use peer::{HttpPeer, PeerOptions, PeerTls, RetryBudgetGate};

@@ -504,7 +504,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                             spread = spread_of(&peer);
                             session.set_last_error(Some(err.kind()));
                             if !decision.is_retry() {
-                                tracing::debug!(error = %err, commit = commit.as_str(), ?decision, "not retrying");
+                                tracing::debug!(error = %err.chain(), commit = commit.as_str(), ?decision, "not retrying");
                                 let name = Arc::clone(&peer.upstream);
                                 drop(peer);
                                 return Box::pin(self.answer_error(
@@ -564,7 +564,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     let next = match proxy.upstream_peer(&mut session, &mut ctx).await {
                         Ok(p) => p,
                         Err(e) => {
-                            tracing::debug!(error = %e, "no peer for a retry");
+                            tracing::debug!(error = %e.chain(), "no peer for a retry");
                             return Box::pin(self.give_up(
                                 session,
                                 ctx,
@@ -1095,9 +1095,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             let request_id = id.and_then(|v| v.to_str().ok());
             if err.kind() == ErrorKind::InvalidRequest || err.kind() == ErrorKind::DownstreamClosed
             {
-                tracing::debug!(request_id, error = %err, status = status.as_u16(), "request refused");
+                tracing::debug!(request_id, error = %err.chain(), status = status.as_u16(), "request refused");
             } else {
-                tracing::warn!(request_id, error = %err, status = status.as_u16(), attempts = session.attempt(), "proxy error");
+                tracing::warn!(request_id, error = %err.chain(), status = status.as_u16(), attempts = session.attempt(), "proxy error");
             }
         }
         let grpc = grpc::is_call(session.req());

@@ -7,6 +7,7 @@
 //! shutdown grace period ends. Never pooled. A tunnel keeps its client's
 //! connection slot ([`ConnSlot`]) until it ends.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,12 @@ impl Drop for Live {
 }
 
 /// Wait for both sides to finish upgrading, then copy bytes until done.
+///
+/// The two directions are pumped concurrently: a pump blocked writing one way
+/// (a peer that does not read) never stops the other way from being read. A
+/// single loop that writes one direction before reading the other can
+/// deadlock against an echoing peer, with neither side's write ever timing
+/// out where the client's `send_timeout` watches.
 pub(crate) async fn run(
     down: OnUpgrade,
     up: OnUpgrade,
@@ -66,45 +73,81 @@ pub(crate) async fn run(
             return;
         }
     };
-    let mut down = TokioIo::new(down);
-    let mut up = TokioIo::new(up);
-    let (mut dbuf, mut ubuf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
-    let (mut down_open, mut up_open) = (true, true);
-    let mut last = Instant::now();
-    while down_open || up_open {
-        if *hard_stop.borrow() {
-            break;
+    if *hard_stop.borrow() {
+        return;
+    }
+    let (mut down_r, mut down_w) = tokio::io::split(TokioIo::new(down));
+    let (mut up_r, mut up_w) = tokio::io::split(TokioIo::new(up));
+    let activity = Activity::new();
+    let both = async {
+        tokio::try_join!(
+            pump(&mut down_r, &mut up_w, idle, &activity),
+            pump(&mut up_r, &mut down_w, idle, &activity),
+        )
+    };
+    tokio::select! {
+        _ = both => {}
+        () = activity.idle_for(idle) => tracing::debug!("upgraded tunnel idle, closing"),
+        _ = hard_stop.changed() => {}
+    }
+}
+
+/// When bytes last moved through a tunnel, either way.
+struct Activity {
+    start: Instant,
+    /// Nanoseconds after `start` of the last read.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
         }
-        tokio::select! {
-            r = down.read(&mut dbuf), if down_open => match r {
-                Ok(0) | Err(_) => {
-                    down_open = false;
-                    let _ = up.shutdown().await;
-                }
-                Ok(n) => {
-                    last = Instant::now();
-                    if !write_within(&mut up, &dbuf[..n], idle).await {
-                        break;
-                    }
-                }
-            },
-            r = up.read(&mut ubuf), if up_open => match r {
-                Ok(0) | Err(_) => {
-                    up_open = false;
-                    let _ = down.shutdown().await;
-                }
-                Ok(n) => {
-                    last = Instant::now();
-                    if !write_within(&mut down, &ubuf[..n], idle).await {
-                        break;
-                    }
-                }
-            },
-            _ = tokio::time::sleep_until(last + idle) => {
-                tracing::debug!("upgraded tunnel idle, closing");
-                break;
+    }
+
+    fn touch(&self) {
+        let n = self.start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.last.store(n, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+
+    /// Completes once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let deadline = self.last() + idle;
+            tokio::time::sleep_until(deadline).await;
+            if self.last() + idle <= Instant::now() {
+                return;
             }
-            _ = hard_stop.changed() => break,
+        }
+    }
+}
+
+/// Copy `from` to `to` until `from` ends (then shut `to`'s write side, a
+/// half-close) or either side fails.
+///
+/// # Errors
+/// `from` failed, or `to` failed or took no bytes within `idle`.
+async fn pump<R, W>(from: &mut R, to: &mut W, idle: Duration, activity: &Activity) -> Result<(), ()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.map_err(|_| ())?;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        activity.touch();
+        if !write_within(to, &buf[..n], idle).await {
+            return Err(());
         }
     }
 }
