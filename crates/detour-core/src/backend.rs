@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::error::ErrorKind;
 use crate::observe::OutcomeClass;
 use crate::spread::{FailureSpread, History};
 
@@ -281,6 +282,9 @@ impl BackendState {
         let failed = match class {
             OutcomeClass::Local(_) => return,
             OutcomeClass::BackendFailure(kind) if kind.is_local() => return,
+            // A retriable status below 500 (a 429 a policy lists) is the
+            // backend answering as designed, not failing: not remembered.
+            OutcomeClass::BackendFailure(ErrorKind::HttpStatus(s)) if s < 500 => return,
             OutcomeClass::BackendFailure(_) => true,
             OutcomeClass::Success => status.is_some_and(|s| s >= 500),
         };
@@ -680,5 +684,37 @@ mod tests {
         s.record_latency(Duration::from_millis(20));
         let v = s.latency_ewma().unwrap().as_secs_f64() * 1000.0;
         assert!((v - 11.0).abs() < 0.01, "{v}");
+    }
+
+    #[test]
+    fn only_outcomes_the_backend_caused_are_remembered() {
+        let s = BackendState::default();
+        let now = Instant::now();
+        s.record_outcome(OutcomeClass::Success, Some(200), now);
+        s.record_outcome(OutcomeClass::Success, Some(500), now);
+        s.record_outcome(
+            OutcomeClass::BackendFailure(ErrorKind::HttpStatus(503)),
+            Some(503),
+            now,
+        );
+        s.record_outcome(
+            OutcomeClass::BackendFailure(ErrorKind::ConnectionReset),
+            None,
+            now,
+        );
+        assert_eq!(s.history().recent(), (4, 3));
+        // Not the backend's doing, or not a failure: left out.
+        s.record_outcome(
+            OutcomeClass::BackendFailure(ErrorKind::HttpStatus(429)),
+            Some(429),
+            now,
+        );
+        s.record_outcome(OutcomeClass::Local(ErrorKind::DownstreamClosed), None, now);
+        s.record_outcome(
+            OutcomeClass::BackendFailure(ErrorKind::CircuitOpen),
+            None,
+            now,
+        );
+        assert_eq!(s.history().recent(), (4, 3));
     }
 }

@@ -296,6 +296,14 @@ impl FailureSpread {
         if last_step == step || self.classifying.swap(true, Ordering::Acquire) {
             return unpack(bits);
         }
+        // Another caller may have classified this step between our load and
+        // our taking the flag: theirs stands, and its change was announced.
+        let bits = self.verdict.load(Ordering::Acquire);
+        let last_step = bits >> 32;
+        if last_step == step {
+            self.classifying.store(false, Ordering::Release);
+            return unpack(bits);
+        }
         let idle = step.saturating_sub(last_step) * STEP.as_nanos() as u64;
         let forget = last_step != 0 && idle >= FORGET_AFTER.as_nanos() as u64;
         let verdict = classify(&self.members(forget));
@@ -337,24 +345,26 @@ impl FailureSpread {
     }
 
     /// Whether passive removal may go past the ceiling to take `history`'s
-    /// backend out: the last verdict is concentrated, a clearly healthy
-    /// backend is in service, and this one is failing (so it is not one of
-    /// the healthy).
+    /// backend out: the verdict now is concentrated, a clearly healthy
+    /// backend is in service, and this one is failing on enough attempts to
+    /// judge (so it is not one of the healthy).
     pub fn allows_overflow(&self, history: &History) -> bool {
-        let v = self.last();
+        let v = self.at(Instant::now());
         let (attempts, failures) = history.recent();
         v.spread == Spread::Concentrated
             && v.healthy > 0
-            && attempts > 0
+            && attempts >= MIN_ATTEMPTS
             && f64::from(failures) >= FAILING_AT_LEAST * f64::from(attempts)
     }
 
     /// Whether a passively removed backend should still count as available
     /// for the panic threshold: the failure is concentrated and clearly
     /// healthy backends remain, so too few available does not mean the
-    /// signals are wrong.
+    /// signals are wrong. Classifies again if a step has passed, so a
+    /// healthy backend that has since failed its check (and gets no
+    /// attempts to refresh the verdict) is not counted on.
     pub fn trusts_removals(&self) -> bool {
-        let v = self.last();
+        let v = self.at(Instant::now());
         v.spread == Spread::Concentrated && v.healthy > 0
     }
 }

@@ -148,7 +148,7 @@ impl HealthView {
     }
 
     fn scan<T>(&self, groups: &[Group<T>], now: Instant, p: HealthParams) -> PanicScan {
-        let (mut total, mut available, mut sum) = (0u64, 0u64, 0u64);
+        let (mut total, mut available, mut sum, mut trusted_all) = (0u64, 0u64, 0u64, 0u64);
         for (g, group) in groups.iter().enumerate() {
             let t = group.members.len() as u64;
             let (mut a, mut trusted) = (0u64, 0u64);
@@ -160,7 +160,8 @@ impl HealthView {
                 }
             }
             total += t;
-            available += a + trusted;
+            available += a;
+            trusted_all += trusted;
             let h = ((a as f64 * f64::from(FULL) * p.overprovisioning) / t.max(1) as f64)
                 .min(f64::from(FULL)) as u32;
             self.health[g].store(h, Ordering::Relaxed);
@@ -179,6 +180,11 @@ impl HealthView {
                 end = (end + h).min(u64::from(FULL));
             }
             self.cumulative[g].store(end as u32, Ordering::Relaxed);
+        }
+        // Trusted removals count only while something is really available:
+        // with nothing left, panic mode is the last resort as ever.
+        if available > 0 {
+            available += trusted_all;
         }
         let panic = p.panic_threshold > 0 && available * 100 < u64::from(p.panic_threshold) * total;
         self.panic.store(panic, Ordering::Release);

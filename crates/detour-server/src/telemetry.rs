@@ -98,7 +98,15 @@ pub const KEEP_AFTER_LEAVING: Duration = Duration::from_secs(300);
 /// changes only.
 #[derive(Debug, Default)]
 pub struct BackendSeries {
-    series: Mutex<HashMap<Key, Series>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    series: HashMap<Key, Series>,
+    /// Each upstream's members as last reported: a series that appears for
+    /// a backend not among them (an event arriving late) is born leaving.
+    members: HashMap<String, Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -122,10 +130,10 @@ impl BackendSeries {
         key.labels().any(|l| l.key() == "backend")
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Series>> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every change under the lock is a plain insert or remove: a
         // poisoned map is still whole.
-        self.series.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn value(&self, key: &Key, kind: Kind) -> Arc<AtomicU64> {
@@ -135,15 +143,25 @@ impl BackendSeries {
                 .map(|l| l.value().to_string())
                 .unwrap_or_default()
         };
-        let mut all = self.lock();
-        let series = all.entry(key.clone()).or_insert_with(|| Series {
+        let mut inner = self.lock();
+        if let Some(s) = inner.series.get(key) {
+            return Arc::clone(&s.value);
+        }
+        let (upstream, backend) = (label("upstream"), label("backend"));
+        let gone = inner
+            .members
+            .get(&upstream)
+            .is_some_and(|m| !m.contains(&backend));
+        let series = Series {
             kind,
             value: Arc::new(AtomicU64::new(0)),
-            upstream: label("upstream"),
-            backend: label("backend"),
-            left_at: None,
-        });
-        Arc::clone(&series.value)
+            upstream,
+            backend,
+            left_at: gone.then(Instant::now),
+        };
+        let value = Arc::clone(&series.value);
+        inner.series.insert(key.clone(), series);
+        value
     }
 
     /// The counter of `key`, made at 0 if new.
@@ -162,7 +180,9 @@ impl BackendSeries {
     /// back are kept. An upstream a reload removed keeps no member.
     pub fn keep_only(&self, upstream: &str, members: &[SocketAddr], now: Instant) {
         let members: Vec<String> = members.iter().map(SocketAddr::to_string).collect();
-        for s in self.lock().values_mut() {
+        let mut inner = self.lock();
+        inner.members.insert(upstream.to_string(), members.clone());
+        for s in inner.series.values_mut() {
             if s.upstream != upstream {
                 continue;
             }
@@ -176,7 +196,7 @@ impl BackendSeries {
 
     /// Series held now.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().series.len()
     }
 
     /// Whether no series is held.
@@ -188,7 +208,8 @@ impl BackendSeries {
     /// more, then write the rest in the Prometheus text format, with the help
     /// texts of [`FAMILIES`].
     pub fn render(&self, now: Instant) -> String {
-        let mut all = self.lock();
+        let mut inner = self.lock();
+        let all = &mut inner.series;
         all.retain(|_, s| {
             s.left_at
                 .is_none_or(|at| now.saturating_duration_since(at) < KEEP_AFTER_LEAVING)
@@ -327,6 +348,14 @@ mod tests {
         reg.keep_only("app", &only_a, Instant::now());
         tokio::time::advance(KEEP_AFTER_LEAVING).await;
         assert!(reg.render(Instant::now()).contains("10.0.0.1:80\"} 3"));
+        // A series that first appears for a backend that already left (a
+        // late event) is born leaving.
+        let late = key("detour_backend_in_flight", "app", "10.0.0.9:80");
+        reg.gauge(&late).set(1.0);
+        assert_eq!(reg.len(), 2);
+        tokio::time::advance(KEEP_AFTER_LEAVING).await;
+        assert!(!reg.render(Instant::now()).contains("10.0.0.9:80"));
+        assert_eq!(reg.len(), 1);
         // Another upstream's membership does not touch it.
         reg.keep_only("other", &[], Instant::now());
         tokio::time::advance(KEEP_AFTER_LEAVING).await;

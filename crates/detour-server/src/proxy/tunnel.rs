@@ -132,7 +132,7 @@ impl Activity {
 /// half-close) or either side fails.
 ///
 /// # Errors
-/// `from` failed, or `to` failed or took no bytes within `idle`.
+/// `to` failed or took no bytes within `idle`.
 async fn pump<R, W>(from: &mut R, to: &mut W, idle: Duration, activity: &Activity) -> Result<(), ()>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -140,7 +140,9 @@ where
 {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = from.read(&mut buf).await.map_err(|_| ())?;
+        // A failed read ends this direction like an end of stream: the other
+        // may still have bytes to deliver (a half-close).
+        let n = from.read(&mut buf).await.unwrap_or(0);
         if n == 0 {
             let _ = to.shutdown().await;
             return Ok(());
