@@ -15,11 +15,11 @@ use bytes::Bytes;
 use detour_core::retry::{
     admit_retry, decide, parse_retry_after, AttemptFacts, NoRetry, RetryDecision, RetryLimits,
 };
-use detour_core::Spread;
 use detour_core::{
     AttemptOutcome, BoxError, CommitPoint, Error, ErrorKind, HttpPeer, OutcomeClass, ProxyHttp,
     RetryHint, RetryPolicy, Session,
 };
+use detour_core::{RemovalCap, Spread};
 use http::header::{self, HeaderValue};
 use http::{response, Request, Response, StatusCode};
 use http_body::Body;
@@ -92,11 +92,15 @@ fn proxy_status(proxy: &str, detail: &str, upstream: Option<&str>) -> Option<Hea
     HeaderValue::from_str(&v).ok()
 }
 
+/// The passive-removal cap of the upstream of `peer`'s backend: it counts the
+/// upstream's members and keeps its failure spread.
+fn cap_of(peer: &HttpPeer) -> Option<&Arc<RemovalCap>> {
+    peer.backend().and_then(|b| b.state().removal_cap())
+}
+
 /// Backends in the upstream of `peer`'s backend, when it keeps count.
 fn members_of(peer: &HttpPeer) -> Option<u32> {
-    peer.backend()
-        .and_then(|b| b.state().removal_cap())
-        .map(|cap| cap.total())
+    cap_of(peer).map(|cap| cap.total())
 }
 
 /// Whether the request has backends of its upstream (`members`) left to
@@ -108,9 +112,7 @@ fn untried_remain(session: &Session, members: Option<u32>) -> bool {
 /// How failure is spread over the upstream of `peer`'s backend (normal
 /// when the peer carries no backend, or its upstream keeps no spread).
 fn spread_of(peer: &HttpPeer) -> Spread {
-    peer.backend()
-        .and_then(|b| b.state().removal_cap())
-        .map_or(Spread::Normal, |cap| cap.spread().last().spread)
+    cap_of(peer).map_or(Spread::Normal, |cap| cap.spread().last().spread)
 }
 
 /// `fut`, unless it is still running at `limit` plus the time `clock` says
