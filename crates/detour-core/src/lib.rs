@@ -10,7 +10,9 @@
 //! - [`session`]: the downstream request as hooks see it ([`Session`]).
 //! - [`error`]: one [`Error`] type with an [`ErrorKind`] to match on.
 //! - [`commit`]: how far an attempt got ([`CommitPoint`]).
-//! - [`retry`]: [`RetryPolicy`] and the pure retry decision [`retry::decide`].
+//! - [`retry`]: [`RetryPolicy`] and the pure safety ceiling [`retry::decide`].
+//! - [`plan`]: the attempt [`Planner`], which makes every decision about a
+//!   request's attempts and keeps their history.
 //! - [`backend`]: [`Backend`] and its lock-free [`BackendState`], admission [`Permit`]s.
 //! - [`peer`]: [`HttpPeer`] and [`PeerOptions`], where one attempt goes.
 //! - [`connect`]: the [`Connect`](connect::Connect) trait every dialer takes.
@@ -42,6 +44,7 @@ pub mod error;
 mod invalid;
 pub mod observe;
 pub mod peer;
+pub mod plan;
 pub mod proxy;
 pub mod retry;
 pub mod session;
@@ -54,7 +57,8 @@ pub use error::{BoxError, Chain, Error, ErrorKind, ErrorSide, FailureKind, Resul
 pub use invalid::{check_duration, check_optional_duration, InvalidConfig, Zero, MAX_DURATION};
 pub use observe::{AttemptOutcome, Observer, OutcomeClass};
 pub use peer::{HttpPeer, PeerOptions, PeerTls, RetryBudgetGate};
+pub use plan::{Attempt, AttemptId, Decision, Outcome, Planner};
 pub use proxy::ProxyHttp;
 pub use retry::{RetryDecision, RetryPolicy};
-pub use session::{RawUri, Session};
+pub use session::{EngineKey, RawUri, Session};
 pub use spread::{FailureSpread, Spread};

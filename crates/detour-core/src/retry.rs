@@ -2,8 +2,9 @@
 //! attempt may be tried again.
 //!
 //! The decision is a *ceiling* (see the Failure semantics in the design): it says
-//! whether another attempt is allowed at all. Within it, the engine still checks the
-//! retry count, the deadline, the retry budget and the backends already tried.
+//! whether another attempt is allowed at all. Within it, the attempt
+//! [`Planner`](crate::plan::Planner) checks the retry count, the deadline, the
+//! retry budget ([`admit_retry`]) and the backends already tried.
 
 use std::time::Duration;
 
@@ -266,6 +267,55 @@ pub enum NoRetry {
     /// The upstream's failure is correlated and the policy's
     /// `correlated_brake` is on.
     CorrelatedFailure,
+    /// A hook, or the error itself, said never to retry
+    /// ([`RetryHint::Never`](crate::RetryHint::Never)).
+    Declined,
+    /// The policy's `max_retries` are spent.
+    RetriesExhausted,
+    /// The deadline passed, or the wait before the next attempt would pass it.
+    OutOfTime,
+    /// No backend could take the retry.
+    NoPeer,
+    /// The upstream asked (`Retry-After`) for a wait longer than `max_delay`.
+    RetryAfterTooLong,
+}
+
+impl NoRetry {
+    /// A short name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoRetry::Committed => "committed",
+            NoRetry::NotSafe => "not_safe",
+            NoRetry::BodyNotReplayable => "body_not_replayable",
+            NoRetry::NotRetriable => "not_retriable",
+            NoRetry::BudgetExhausted => "budget_exhausted",
+            NoRetry::CorrelatedFailure => "correlated_failure",
+            NoRetry::Declined => "declined",
+            NoRetry::RetriesExhausted => "retries_exhausted",
+            NoRetry::OutOfTime => "out_of_time",
+            NoRetry::NoPeer => "no_peer",
+            NoRetry::RetryAfterTooLong => "retry_after_too_long",
+        }
+    }
+}
+
+impl std::fmt::Display for NoRetry {
+    /// Why, in words: "request already sent and not safe to repeat".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NoRetry::Committed => "response bytes already went to the client",
+            NoRetry::NotSafe => "request already sent and not safe to repeat",
+            NoRetry::BodyNotReplayable => "request body no longer held for a replay",
+            NoRetry::NotRetriable => "the policy does not retry this outcome",
+            NoRetry::BudgetExhausted => "retry budget spent",
+            NoRetry::CorrelatedFailure => "every backend is failing alike",
+            NoRetry::Declined => "a hook or the error said never",
+            NoRetry::RetriesExhausted => "max_retries spent",
+            NoRetry::OutOfTime => "no time left before the deadline",
+            NoRetry::NoPeer => "no backend left for a retry",
+            NoRetry::RetryAfterTooLong => "Retry-After beyond max_delay",
+        })
+    }
 }
 
 /// What the limits need to know about a retry the ceiling ([`decide`])
@@ -420,179 +470,6 @@ pub fn parse_retry_after(
 mod tests {
     use super::*;
     use CommitPoint::*;
-
-    /// One row of the failure-semantics table: the facts, and the answer
-    /// written out by hand (not recomputed by the rules under test).
-    type Row = (ErrorKind, CommitPoint, bool, bool, bool, RetryDecision);
-
-    const RETRY: RetryDecision = RetryDecision::Retry {
-        stale_connection: false,
-    };
-    const STALE: RetryDecision = RetryDecision::Retry {
-        stale_connection: true,
-    };
-    const NOT_SAFE: RetryDecision = RetryDecision::Stop(NoRetry::NotSafe);
-    const NOT_LISTED: RetryDecision = RetryDecision::Stop(NoRetry::NotRetriable);
-    const NO_BODY: RetryDecision = RetryDecision::Stop(NoRetry::BodyNotReplayable);
-    const COMMITTED: RetryDecision = RetryDecision::Stop(NoRetry::Committed);
-
-    fn check(policy: &RetryPolicy, rows: &[Row]) {
-        for &(kind, commit, safe, replay_intact, reused, expected) in rows {
-            let f = AttemptFacts {
-                kind,
-                commit,
-                safe,
-                replay_intact,
-                reused,
-            };
-            assert_eq!(decide(policy, &f), expected, "{f:?}");
-        }
-    }
-
-    /// The design's table, row by row, with the default policy. Columns:
-    /// kind, commit point, safe, replay buffer intact, pooled connection.
-    #[test]
-    fn the_failure_table_row_by_row() {
-        use ErrorKind::*;
-        check(
-            &RetryPolicy::default(),
-            &[
-                // Never reached the upstream: retried, any method.
-                (ConnectRefused, NotConnected, false, true, false, RETRY),
-                (ConnectTimeout, NotConnected, false, true, false, RETRY),
-                (TlsHandshake, Connected, false, true, false, RETRY),
-                (ConnectionReset, Connected, false, true, false, RETRY),
-                (StreamRefused, RequestSent, false, true, false, RETRY),
-                // Request bytes written, no response yet: safe requests only.
-                (ConnectionReset, RequestSent, false, true, false, NOT_SAFE),
-                (ConnectionReset, RequestSent, true, true, false, RETRY),
-                (ReadTimeout, RequestSent, true, true, false, RETRY),
-                (
-                    ReadTimeout,
-                    RequestPartiallySent,
-                    false,
-                    true,
-                    false,
-                    NOT_SAFE,
-                ),
-                (WriteTimeout, RequestPartiallySent, true, true, false, RETRY),
-                (InvalidResponse, RequestSent, true, true, false, NOT_LISTED),
-                // The replay buffer lost the body: never, not even unsent.
-                (ConnectionClosed, RequestSent, true, false, false, NO_BODY),
-                (ConnectRefused, NotConnected, false, false, false, NO_BODY),
-                // A retriable status: safe requests, before anything went down.
-                (HttpStatus(503), ResponseStarted, true, true, false, RETRY),
-                (HttpStatus(502), ResponseStarted, true, true, true, RETRY),
-                (
-                    HttpStatus(503),
-                    ResponseStarted,
-                    false,
-                    true,
-                    false,
-                    NOT_SAFE,
-                ),
-                (
-                    HttpStatus(500),
-                    ResponseStarted,
-                    true,
-                    true,
-                    false,
-                    NOT_LISTED,
-                ),
-                // Response bytes went downstream: never.
-                (
-                    ConnectionReset,
-                    ResponseForwarded,
-                    true,
-                    true,
-                    false,
-                    COMMITTED,
-                ),
-                (
-                    HttpStatus(503),
-                    ResponseForwarded,
-                    true,
-                    true,
-                    false,
-                    COMMITTED,
-                ),
-                // A stale pooled connection: free, and for a request already
-                // written only if it is safe.
-                (ConnectionReset, Connected, false, true, true, STALE),
-                (ConnectionClosed, RequestSent, true, true, true, STALE),
-                (ConnectionClosed, RequestSent, false, true, true, NOT_SAFE),
-                (ConnectionClosed, ResponseStarted, true, true, true, RETRY),
-            ],
-        );
-    }
-
-    /// `retry_on` is authoritative: a policy that leaves connect failures out
-    /// does not retry them. Only what no entry can name stays retried: a
-    /// refused HTTP/2 stream, and a stale pooled connection.
-    #[test]
-    fn retry_on_narrows_connect_failures_too() {
-        use ErrorKind::*;
-        let narrow = RetryPolicy {
-            retry_on: vec![RetryOn::ReadTimeout],
-            ..RetryPolicy::default()
-        };
-        check(
-            &narrow,
-            &[
-                (ConnectRefused, NotConnected, false, true, false, NOT_LISTED),
-                (ConnectTimeout, NotConnected, true, true, false, NOT_LISTED),
-                (TlsHandshake, Connected, true, true, false, NOT_LISTED),
-                (ReadTimeout, RequestSent, true, true, false, RETRY),
-                (StreamRefused, RequestSent, false, true, false, RETRY),
-                (ConnectionClosed, Connected, false, true, true, STALE),
-            ],
-        );
-    }
-
-    #[test]
-    fn spot_checks_of_the_contract() {
-        let p = RetryPolicy::default();
-        let facts = |kind, commit, safe| AttemptFacts {
-            kind,
-            commit,
-            safe,
-            replay_intact: true,
-            reused: false,
-        };
-        // A POST that never reached the upstream is retried.
-        assert!(decide(&p, &facts(ErrorKind::ConnectRefused, NotConnected, false)).is_retry());
-        // A POST on an HTTP/2 stream the upstream refused is retried…
-        assert!(decide(&p, &facts(ErrorKind::StreamRefused, RequestSent, false)).is_retry());
-        // …but a POST whose bytes were written and then reset is not.
-        assert_eq!(
-            decide(&p, &facts(ErrorKind::ConnectionReset, RequestSent, false)),
-            RetryDecision::Stop(NoRetry::NotSafe)
-        );
-        // A POST whose bytes were written is never retried.
-        assert_eq!(
-            decide(&p, &facts(ErrorKind::ConnectionReset, RequestSent, false)),
-            RetryDecision::Stop(NoRetry::NotSafe)
-        );
-        // A GET reset after sending is retried.
-        assert!(decide(&p, &facts(ErrorKind::ConnectionReset, RequestSent, true)).is_retry());
-        // A 503 for a GET is retried before anything went downstream…
-        assert!(decide(
-            &p,
-            &facts(ErrorKind::HttpStatus(503), ResponseStarted, true)
-        )
-        .is_retry());
-        // …but not a 500, and never after bytes went downstream.
-        assert!(!decide(
-            &p,
-            &facts(ErrorKind::HttpStatus(500), ResponseStarted, true)
-        )
-        .is_retry());
-        assert!(!decide(
-            &p,
-            &facts(ErrorKind::ConnectionReset, ResponseForwarded, true)
-        )
-        .is_retry());
-    }
 
     #[test]
     fn safety_of_methods_and_idempotency_key() {

@@ -7,51 +7,7 @@ use http::request::Parts;
 use tokio::time::Instant;
 
 use crate::error::ErrorKind;
-
-/// The distinct addresses a request has tried, oldest first: the first few
-/// inline (most requests make one or two attempts, and then need no
-/// allocation), the rest on the heap.
-#[derive(Debug, Clone)]
-enum Tried {
-    Inline(u8, [SocketAddr; INLINE_TRIED]),
-    Heap(Vec<SocketAddr>),
-}
-
-const INLINE_TRIED: usize = 3;
-
-impl Default for Tried {
-    fn default() -> Self {
-        Tried::Inline(0, [SocketAddr::from(([0, 0, 0, 0], 0)); INLINE_TRIED])
-    }
-}
-
-impl Tried {
-    fn as_slice(&self) -> &[SocketAddr] {
-        match self {
-            Tried::Inline(len, addrs) => &addrs[..usize::from(*len)],
-            Tried::Heap(v) => v,
-        }
-    }
-
-    /// Add `addr` unless it is there already.
-    fn insert(&mut self, addr: SocketAddr) {
-        if self.as_slice().contains(&addr) {
-            return;
-        }
-        match self {
-            Tried::Inline(len, addrs) if usize::from(*len) < INLINE_TRIED => {
-                addrs[usize::from(*len)] = addr;
-                *len += 1;
-            }
-            Tried::Inline(_, addrs) => {
-                let mut v = addrs.to_vec();
-                v.push(addr);
-                *self = Tried::Heap(v);
-            }
-            Tried::Heap(v) => v.push(addr),
-        }
-    }
-}
+use crate::plan::{Attempt, Planner};
 
 /// The request target exactly as the client sent it, kept in the request's
 /// extensions when the server rewrote the target (path normalization, see
@@ -65,22 +21,30 @@ pub struct RawUri(pub http::Uri);
 /// The downstream request and the state of its attempts.
 ///
 /// Hooks read and change the request head through [`req`](Session::req) and
-/// [`req_mut`](Session::req_mut); the engine keeps the attempt bookkeeping.
+/// [`req_mut`](Session::req_mut), and read the attempts through
+/// [`attempts`](Session::attempts). The engine's bookkeeping (the attempt
+/// [`Planner`], the response's status and size) changes only with the
+/// [`EngineKey`] the engine takes before any hook runs.
 #[derive(Debug)]
 pub struct Session {
     req: Parts,
     client_addr: Option<SocketAddr>,
     started: Instant,
-    deadline: Option<Instant>,
-    attempt: u32,
-    tried: Tried,
-    body_replayable: bool,
-    last_error: Option<ErrorKind>,
-    safe: bool,
+    plan: Planner,
     tls: bool,
     response_status: Option<http::StatusCode>,
     body_bytes_sent: u64,
+    /// Whether the key was handed out.
+    key_taken: bool,
+    key_id: u64,
 }
+
+/// The engine's key to a [`Session`]'s bookkeeping, from
+/// [`Session::engine_key`]: handed out once, to whoever asks first — the
+/// engine, before any hook sees the session — and good for that session
+/// only.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineKey(u64);
 
 impl Session {
     /// A session for a request head, received from `client_addr` at `started`.
@@ -89,16 +53,52 @@ impl Session {
             req,
             client_addr,
             started,
-            deadline: None,
-            attempt: 0,
-            tried: Tried::default(),
-            body_replayable: true,
-            last_error: None,
-            safe: false,
+            plan: Planner::new(),
             tls: false,
             response_status: None,
             body_bytes_sent: 0,
+            key_taken: false,
+            key_id: fastrand::u64(..),
         }
+    }
+
+    /// The key to this session's bookkeeping, the first time it is asked
+    /// for; `None` after that. The engine takes it as it makes the session,
+    /// so hooks cannot change what the engine keeps (the safe flag, the
+    /// attempts, the tried list).
+    pub fn engine_key(&mut self) -> Option<EngineKey> {
+        (!std::mem::replace(&mut self.key_taken, true)).then_some(EngineKey(self.key_id))
+    }
+
+    fn check(&self, key: EngineKey) {
+        // A key is only made from its own session's id (engine_key), so a
+        // mismatch is a key carried over from another session.
+        assert_eq!(key.0, self.key_id, "an EngineKey from another session");
+    }
+
+    /// The attempt planner, to drive.
+    ///
+    /// # Panics
+    /// When `key` belongs to another session.
+    pub fn plan_mut(&mut self, key: EngineKey) -> &mut Planner {
+        self.check(key);
+        &mut self.plan
+    }
+
+    /// The attempt planner, to read.
+    pub fn planner(&self) -> &Planner {
+        &self.plan
+    }
+
+    /// This request's attempts, oldest first: where each went and why, what
+    /// happened (with its commit point) and what was decided on it.
+    pub fn attempts(&self) -> &[Attempt] {
+        self.plan.attempts()
+    }
+
+    /// The attempt begun last: its peer is where the request is now.
+    pub fn current_attempt(&self) -> Option<&Attempt> {
+        self.plan.current()
     }
 
     /// Whether the client connected over TLS (the request's scheme is
@@ -108,7 +108,11 @@ impl Session {
     }
 
     /// Record that the client connected over TLS (set by the server).
-    pub fn set_tls(&mut self, tls: bool) {
+    ///
+    /// # Panics
+    /// When `key` belongs to another session.
+    pub fn set_tls(&mut self, key: EngineKey, tls: bool) {
+        self.check(key);
         self.tls = tls;
     }
 
@@ -173,60 +177,58 @@ impl Session {
         self.started.elapsed()
     }
 
-    /// The overall deadline of the attempts, if any.
+    /// The overall deadline of the attempts, if any (moved on by time spent
+    /// waiting for the client's request body).
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        self.plan.deadline()
     }
 
     /// Time left before the deadline (`None`: no deadline).
     pub fn time_left(&self) -> Option<Duration> {
-        self.deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
+        self.plan.time_left(Instant::now())
     }
 
     /// Set (or shorten) the overall deadline. A later deadline than the current
     /// one is ignored: hooks may narrow, never widen.
     pub fn set_deadline(&mut self, deadline: Instant) {
-        self.deadline = Some(match self.deadline {
-            Some(d) => d.min(deadline),
-            None => deadline,
-        });
+        self.plan.narrow_deadline(deadline);
     }
 
     /// The number of the current attempt: 1 for the first, 2 for the first
     /// retry… (0 before any attempt).
     pub fn attempt(&self) -> u32 {
-        self.attempt
+        self.plan.current().map_or(0, |a| a.id.number())
     }
 
     /// Retries made so far.
     pub fn retries(&self) -> u32 {
-        self.attempt.saturating_sub(1)
+        self.attempt().saturating_sub(1)
     }
 
     /// The addresses already tried for this request, oldest first.
     pub fn tried(&self) -> &[SocketAddr] {
-        self.tried.as_slice()
+        self.plan.tried()
     }
 
     /// Whether `addr` was already tried for this request.
     pub fn was_tried(&self, addr: SocketAddr) -> bool {
-        self.tried.as_slice().contains(&addr)
+        self.plan.was_tried(addr)
     }
 
     /// Whether the request body can still be sent again in full.
     pub fn body_replayable(&self) -> bool {
-        self.body_replayable
+        self.plan.body_replayable()
     }
 
-    /// The error of the previous attempt, if it failed.
+    /// The error of the last attempt that settled with one (a status the
+    /// policy retries counts as [`ErrorKind::HttpStatus`]).
     pub fn last_error(&self) -> Option<ErrorKind> {
-        self.last_error
+        self.plan.last_error()
     }
 
     /// Whether the request is safe to deliver twice (idempotent, or opted in).
     pub fn is_safe(&self) -> bool {
-        self.safe
+        self.plan.is_safe()
     }
 
     /// The status of the response sent downstream, once its head is final
@@ -245,40 +247,21 @@ impl Session {
     }
 
     /// Engine bookkeeping: the response head going downstream has `status`.
-    #[doc(hidden)]
-    pub fn set_response_status(&mut self, status: http::StatusCode) {
+    ///
+    /// # Panics
+    /// When `key` belongs to another session.
+    pub fn set_response_status(&mut self, key: EngineKey, status: http::StatusCode) {
+        self.check(key);
         self.response_status = Some(status);
     }
 
     /// Engine bookkeeping: `n` more body bytes went downstream.
-    #[doc(hidden)]
-    pub fn add_body_bytes_sent(&mut self, n: u64) {
+    ///
+    /// # Panics
+    /// When `key` belongs to another session.
+    pub fn add_body_bytes_sent(&mut self, key: EngineKey, n: u64) {
+        self.check(key);
         self.body_bytes_sent += n;
-    }
-
-    /// Engine bookkeeping: an attempt to `addr` begins.
-    #[doc(hidden)]
-    pub fn begin_attempt(&mut self, addr: SocketAddr) {
-        self.attempt += 1;
-        self.tried.insert(addr);
-    }
-
-    /// Engine bookkeeping: the previous attempt failed with `kind`.
-    #[doc(hidden)]
-    pub fn set_last_error(&mut self, kind: Option<ErrorKind>) {
-        self.last_error = kind;
-    }
-
-    /// Engine bookkeeping: whether the body is still replayable.
-    #[doc(hidden)]
-    pub fn set_body_replayable(&mut self, replayable: bool) {
-        self.body_replayable = replayable;
-    }
-
-    /// Engine bookkeeping: whether the request is safe to repeat.
-    #[doc(hidden)]
-    pub fn set_safe(&mut self, safe: bool) {
-        self.safe = safe;
     }
 }
 
@@ -290,17 +273,36 @@ mod tests {
     fn tried_keeps_distinct_addresses_in_order_past_the_inline_ones() {
         let req = http::Request::new(()).into_parts().0;
         let mut s = Session::new(req, None, Instant::now());
+        let key = s.engine_key().unwrap();
         let addrs: Vec<SocketAddr> = (1..=5)
             .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
             .collect();
+        let now = Instant::now();
         for a in &addrs {
-            s.begin_attempt(*a);
-            s.begin_attempt(addrs[0]); // a repeat is counted, not listed twice
+            s.plan_mut(key).begin(*a, now);
+            s.plan_mut(key).begin(addrs[0], now); // a repeat is counted, not listed twice
         }
         assert_eq!(s.tried(), &addrs[..]);
         assert_eq!(s.attempt(), 10);
         assert!(s.was_tried(addrs[4]));
         assert!(!s.was_tried(SocketAddr::from(([127, 0, 0, 1], 9))));
+    }
+
+    #[test]
+    fn the_engine_key_is_handed_out_once_and_fits_only_its_session() {
+        let parts = || http::Request::new(()).into_parts().0;
+        let mut s = Session::new(parts(), None, Instant::now());
+        let key = s.engine_key().expect("the first ask gets the key");
+        assert!(s.engine_key().is_none(), "a hook asking later gets nothing");
+        s.set_response_status(key, http::StatusCode::OK);
+        assert_eq!(s.response_status(), Some(http::StatusCode::OK));
+
+        let mut other = Session::new(parts(), None, Instant::now());
+        let stolen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            other.add_body_bytes_sent(key, 1);
+        }));
+        assert!(stolen.is_err(), "a key from another session is refused");
+        assert_eq!(other.body_bytes_sent(), 0);
     }
 
     #[test]

@@ -575,9 +575,8 @@ where
 
 /// What happens when a proxied response body ends.
 pub(crate) struct Finish<P: ProxyHttp> {
-    pub(crate) proxy: Arc<P>,
-    pub(crate) session: Session,
-    pub(crate) ctx: P::CTX,
+    /// Logged when the body ends (or by its own drop, if it never does).
+    pub(crate) ex: super::exchange::Exchange<P>,
     /// The peer (and its admission permit) stays held while the body streams.
     pub(crate) peer: HttpPeer,
     pub(crate) pool: Option<(Arc<Pool>, Sender, Duration)>,
@@ -595,7 +594,7 @@ impl<P: ProxyHttp> Finish<P> {
                 pool.checkin(self.peer.addr, sender, keep_for);
             }
         }
-        self.proxy.logging(&mut self.session, err, &mut self.ctx);
+        self.ex.log(err);
     }
 }
 
@@ -712,7 +711,9 @@ impl<P: ProxyHttp> ProxyBody<P> {
             return Poll::Ready(None);
         }
         if let (Some(up), Some(f)) = (s.upload.as_mut(), s.finish.as_mut()) {
-            if let Poll::Ready(r) = up.poll_upload(cx, &f.proxy, &mut f.session, &mut f.ctx) {
+            if let Poll::Ready(r) =
+                up.poll_upload(cx, &f.ex.proxy, &mut f.ex.session, &mut f.ex.ctx)
+            {
                 if let Err(e) = r {
                     // Dropping the channel unfinished aborts the upstream
                     // request, which ends this response with an error below.
@@ -729,18 +730,20 @@ impl<P: ProxyHttp> ProxyBody<P> {
                 let frame = match frame.into_data() {
                     Ok(mut data) => {
                         if let Some(f) = s.finish.as_mut() {
-                            if let Err(e) = f.proxy.response_body_filter(
-                                &mut f.session,
+                            let ex = &mut f.ex;
+                            if let Err(e) = ex.proxy.response_body_filter(
+                                &mut ex.session,
                                 &mut data,
                                 end,
-                                &mut f.ctx,
+                                &mut ex.ctx,
                             ) {
                                 if let Some(f) = s.finish.take() {
                                     f.complete(Some(&e));
                                 }
                                 return Poll::Ready(Some(Err(e)));
                             }
-                            f.session.add_body_bytes_sent(data.len() as u64);
+                            f.ex.session
+                                .add_body_bytes_sent(f.ex.key, data.len() as u64);
                         }
                         Frame::data(data)
                     }

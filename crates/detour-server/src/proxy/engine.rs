@@ -1,22 +1,21 @@
-//! The request path: hooks, attempts, the retry loop, and the response.
+//! The request path: hooks, attempts, and the response.
 //!
-//! The safety rule is a ceiling ([`detour_core::retry::decide`]); within it the
-//! retry count, the deadline and the set of backends already tried decide
-//! whether another attempt happens. Failing over to a *different* backend is
-//! immediate; backoff applies only when the next attempt goes back to a backend
-//! already tried, and no wait runs past the deadline.
-
+//! The engine drives the request's [`Planner`](detour_core::Planner), which
+//! makes every decision about attempts (see [`detour_core::plan`]): `run`
+//! calls the request hooks, `drive` loops — attempt (connect, send, await),
+//! settle (the hook that may change the outcome, then the planner, then the
+//! charge to the backend), ask for the next, choose a peer, wait — and
+//! `forward` or `answer_error` answers. No retry rule lives here.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use detour_core::retry::{
-    admit_retry, decide, parse_retry_after, AttemptFacts, NoRetry, RetryDecision, RetryLimits,
-};
+use detour_core::plan::{Choice, Limits, Report};
+use detour_core::retry::{parse_retry_after, NoRetry};
 use detour_core::{
-    AttemptOutcome, BoxError, CommitPoint, Error, ErrorKind, HttpPeer, OutcomeClass, ProxyHttp,
+    AttemptId, BoxError, CommitPoint, Decision, Error, ErrorKind, HttpPeer, Outcome, ProxyHttp,
     RetryHint, RetryPolicy, Session,
 };
 use detour_core::{RemovalCap, Spread};
@@ -31,6 +30,8 @@ use super::body::{
     ClientClock, ClientLimits, Finish, ProxyBody, PumpError, RequestBody, Rest, UpFrame, Upload,
     UpstreamBody,
 };
+use super::charge::{charge, Charge};
+use super::exchange::Exchange;
 use super::forward::{self, strip_hop_by_hop};
 use super::{grpc, path, tunnel, HttpProxy};
 use crate::upstream::dial::{self, Conn};
@@ -101,12 +102,6 @@ fn cap_of(peer: &HttpPeer) -> Option<&Arc<RemovalCap>> {
 /// Backends in the upstream of `peer`'s backend, when it keeps count.
 fn members_of(peer: &HttpPeer) -> Option<u32> {
     cap_of(peer).map(|cap| cap.total())
-}
-
-/// Whether the request has backends of its upstream (`members`) left to
-/// try; without a count, assume so.
-fn untried_remain(session: &Session, members: Option<u32>) -> bool {
-    members.is_none_or(|n| (session.tried().len() as u64) < u64::from(n))
 }
 
 /// How failure is spread over the upstream of `peer`'s backend (normal
@@ -198,11 +193,67 @@ struct Held<P: ProxyHttp> {
     rest: Option<Box<dyn Upload<P>>>,
 }
 
+/// A settled attempt: what it left, the wait its `Retry-After` asks for,
+/// and its upstream's limits as they stand after its report.
+struct Settled<P: ProxyHttp> {
+    left: Left<P>,
+    retry_after: Option<Duration>,
+    spread: Spread,
+    members: Option<u32>,
+}
+
+/// How the attempts ended.
+// Unboxed on purpose: one per request, and a box would be an allocation on
+// every request's path for a value moved once.
+#[allow(clippy::large_enum_variant)]
+enum Ended<P: ProxyHttp> {
+    /// Pass this upstream response on; `retriable`: a retriable status that
+    /// was not retried (it carries `Proxy-Status`).
+    Answer(Held<P>, bool),
+    /// Answer with this error, from the upstream named.
+    Error(Error, Option<Arc<str>>),
+}
+
+/// What one settled attempt left behind while the next is considered.
+// Unboxed on purpose: one per request, and a box would be an allocation on
+// every request's path for a value moved once.
+#[allow(clippy::large_enum_variant)]
+enum Left<P: ProxyHttp> {
+    /// A response head (a retriable status, unless delivered).
+    Answer(Held<P>),
+    /// A failure, with its upstream's name.
+    Failed(Error, Arc<str>),
+}
+
+impl<P: ProxyHttp> Left<P> {
+    /// The attempts end here: the held answer goes on as it is, or the
+    /// failure becomes the error answered (a spent budget says so).
+    fn end(self, why: Option<NoRetry>) -> Ended<P> {
+        match self {
+            Left::Answer(held) => Ended::Answer(held, why.is_some()),
+            Left::Failed(err, upstream) => {
+                tracing::debug!(error = %err.chain(), why = why.map(NoRetry::as_str), "not retrying");
+                let err = match why {
+                    Some(NoRetry::BudgetExhausted) => {
+                        Error::internal(ErrorKind::BudgetExhausted).context("retry budget spent")
+                    }
+                    _ => err,
+                };
+                Ended::Error(err, Some(upstream))
+            }
+        }
+    }
+}
+
 impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// Proxy one request: run the hooks, try upstreams, and answer.
     ///
     /// Never fails: every error becomes a response (a 4xx for a bad request,
     /// 502/503/504 with `Proxy-Status` when no upstream answered).
+    ///
+    /// Cancel safety: dropping the future before it resolves drops the
+    /// attempt in flight (its connection is not pooled, its backend is not
+    /// charged) and still runs the `logging` hook, once.
     pub async fn handle<B>(
         &self,
         req: Request<B>,
@@ -236,17 +287,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let upgrade = forward::filter_upgrade(&mut parts, &sh.forwarding.config.upgrade_protocols);
         let down_upgrade = parts.extensions.remove::<OnUpgrade>().filter(|_| upgrade);
         self.prepare_head(&mut parts, upgrade);
-        let mut session = Session::new(parts, client, started);
-        session.set_tls(tls);
-        let ctx = sh.proxy.new_ctx();
+        let session = Session::new(parts, client, started);
+        let mut ex = Exchange::new(Arc::clone(&sh.proxy), session, sh.proxy.new_ctx());
+        ex.session.set_tls(ex.key, tls);
         match checked {
-            Ok(len) => self.run(session, ctx, body, len, down_upgrade).await,
+            Ok(len) => self.run(ex, body, len, down_upgrade).await,
             Err(bad) => {
                 let err = Error::downstream(ErrorKind::InvalidRequest)
                     .context(bad.reason)
                     .never_retry();
-                let mut resp =
-                    Box::pin(self.answer_error(session, ctx, err, None, Some(bad.status))).await;
+                let mut resp = Box::pin(self.answer_error(ex, err, None, Some(bad.status))).await;
                 if bad.status == StatusCode::METHOD_NOT_ALLOWED {
                     let allow = forward::allowed_methods(&sh.limits);
                     resp.headers_mut().insert(header::ALLOW, allow);
@@ -281,6 +331,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
     }
 
+    /// The request hooks, the attempts, and the answer.
+    ///
     /// Written as a function returning an `async move` block rather than an
     /// `async fn`: an `async fn` keeps each argument twice in its state (the
     /// argument, and the binding its body moves it into), and this future
@@ -290,8 +342,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     #[allow(clippy::manual_async_fn)]
     fn run<B>(
         &self,
-        mut session: Session,
-        mut ctx: P::CTX,
+        mut ex: Exchange<P>,
         body: B,
         content_length: Option<u64>,
         down_upgrade: Option<OnUpgrade>,
@@ -301,390 +352,312 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         B::Error: Into<BoxError>,
     {
         async move {
-            let sh = &*self.shared;
-            let proxy = &*sh.proxy;
-            if let Err(e) = proxy.early_request_filter(&mut session, &mut ctx).await {
-                return Box::pin(self.answer_error(session, ctx, e, None, None)).await;
+            let proxy = &*self.shared.proxy;
+            let (session, ctx) = (&mut ex.session, &mut ex.ctx);
+            if let Err(e) = proxy.early_request_filter(session, ctx).await {
+                return Box::pin(self.answer_error(ex, e, None, None)).await;
             }
-            match proxy.request_filter(&mut session, &mut ctx).await {
-                Ok(Some(resp)) => return Box::pin(self.answer_local(session, ctx, resp)).await,
+            match proxy.request_filter(session, ctx).await {
+                Ok(Some(resp)) => return Box::pin(self.answer_local(ex, resp)).await,
                 Ok(None) => {}
-                Err(e) => return Box::pin(self.answer_error(session, ctx, e, None, None)).await,
+                Err(e) => return Box::pin(self.answer_error(ex, e, None, None)).await,
             }
-            // A block, so that the loop's locals (the peer, the request body,
-            // the policy) end with it and `forward`'s state can reuse their space.
-            let (answer, retriable_status) = {
-                let mut peer = match proxy.upstream_peer(&mut session, &mut ctx).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        return Box::pin(self.answer_error(session, ctx, e, None, None)).await
-                    }
-                };
-                // The hook's choice, else the first peer's upstream's, else the server's.
-                let policy = proxy
-                    .retry_policy(&session, &ctx)
-                    .or_else(|| peer.policy().cloned())
-                    .unwrap_or_else(|| Arc::clone(&sh.policy));
-                let safe = policy.is_safe(session.method(), session.headers());
-                session.set_safe(safe);
-                if let Some(d) = policy.deadline {
-                    session.set_deadline(session.started() + d);
+            let peer = match proxy.upstream_peer(session, ctx).await {
+                Ok(p) => p,
+                Err(e) => return Box::pin(self.answer_error(ex, e, None, None)).await,
+            };
+            let policy = self.arm(&mut ex, &peer);
+            let body = (!body.is_end_stream()).then(|| {
+                let limits = &self.shared.limits;
+                RequestBody::new(
+                    body,
+                    policy.replay_buffer_limit,
+                    limits.max_body_size,
+                    content_length,
+                    ClientLimits::new(limits),
+                )
+            });
+            // Awaited in place, so that the driver's state (the peer, the
+            // request body) shares space with `forward`'s that follows it.
+            match self.drive(&mut ex, peer, &policy, body).await {
+                Ended::Answer(held, retriable) => {
+                    self.forward(ex, held, retriable, down_upgrade).await
                 }
-                // gRPC rides on HTTP/2 only: the HTTP/1.1 path pays one comparison.
-                let grpc_call = grpc::is_call(session.req());
-                if grpc_call {
-                    if let Some(t) = grpc::timeout(session.req()) {
-                        let at = session.started() + t;
-                        if session.deadline().is_none_or(|d| at < d) {
-                            session.set_deadline(at);
-                        }
-                    }
+                Ended::Error(err, upstream) => {
+                    Box::pin(self.answer_error(ex, err, upstream.as_deref(), None)).await
                 }
-                let mut body = (!body.is_end_stream()).then(|| {
-                    RequestBody::new(
-                        body,
-                        policy.replay_buffer_limit,
-                        sh.limits.max_body_size,
-                        content_length,
-                        ClientLimits::new(&sh.limits),
-                    )
-                });
-                let mut rng: Option<fastrand::Rng> = None;
-                // Set after a stale pooled connection: the next attempt connects afresh.
-                let mut fresh = false;
-                let mut stale_retries = 0u32;
+            }
+        }
+    }
 
-                // The first peer's upstream budget pays for this request's retries.
-                let budget = peer.budget().cloned();
-                if let Some(b) = &budget {
-                    b.deposit(session.started());
-                }
-                // The loop ends with the answer to pass on; `forward` runs after it,
-                // so its state shares space with the loop's instead of adding to it.
-                loop {
-                    session.begin_attempt(peer.addr);
-                    let attempt_started = Instant::now();
-                    let result = self
-                        .attempt(
-                            &mut session,
-                            &mut ctx,
-                            &peer,
-                            body.as_mut(),
-                            &policy,
-                            Mode { fresh },
-                        )
-                        .await;
-                    let latency = attempt_started.elapsed();
-                    let mut result = result;
-                    // An upload still going when the response head came: the response
-                    // body carries it on (full duplex), so it cannot be replayed.
-                    let mut rest: Option<Box<dyn Upload<P>>> = None;
-                    if let Ok(ok) = &mut result {
-                        // Only take the body when an upload is really unfinished: a
-                        // tuple pattern would take (and drop) it in any case, and a
-                        // retry would then go out without its body.
-                        if let Some(tx) = ok.upload.take() {
-                            if let Some(b) = body.take() {
-                                rest = Some(Box::new(Rest::new(b, tx)));
-                            }
-                        }
-                    }
-                    let replay_intact =
-                        rest.is_none() && body.as_ref().is_none_or(|b| b.replayable());
-                    session.set_body_replayable(replay_intact);
+    /// Arm the request's planner: the policy (the hook's choice, else the
+    /// first peer's upstream's, else the server's), whether the request is
+    /// safe to repeat, and its deadline (the policy's, or a gRPC call's own
+    /// `grpc-timeout` when sooner).
+    fn arm(&self, ex: &mut Exchange<P>, peer: &HttpPeer) -> Arc<RetryPolicy> {
+        let policy = self
+            .shared
+            .proxy
+            .retry_policy(&ex.session, &ex.ctx)
+            .or_else(|| peer.policy().cloned())
+            .unwrap_or_else(|| Arc::clone(&self.shared.policy));
+        let session = &mut ex.session;
+        let safe = policy.is_safe(session.method(), session.headers());
+        let started = session.started();
+        let mut deadline = policy.deadline.map(|d| started + d);
+        // gRPC rides on HTTP/2 only: the HTTP/1.1 path pays one comparison.
+        if let Some(t) = grpc::is_call(session.req())
+            .then(|| grpc::timeout(session.req()))
+            .flatten()
+        {
+            deadline = Some(deadline.map_or(started + t, |d| d.min(started + t)));
+        }
+        let plan = session.plan_mut(ex.key);
+        plan.arm(Arc::clone(&policy), safe);
+        if let Some(d) = deadline {
+            plan.narrow_deadline(d);
+        }
+        policy
+    }
 
-                    let mut retry_after = None;
-                    let mut stale = false;
-                    let mut held = None;
-                    let mut last_err = None;
-                    // What the limits need: whether the failed attempt reached
-                    // its backend, and how failure is spread over its upstream.
-                    // (Read after the attempt was reported, so it counts.)
-                    let spread;
-                    let spread_members = members_of(&peer);
-                    let mut reached = true;
-                    match result {
-                        Ok(mut ok) => {
-                            let status = if grpc_call {
-                                grpc::effective_status(&ok.head)
-                            } else {
-                                ok.head.status.as_u16()
-                            };
-                            let policy_says = policy.retries_status(status);
-                            // Every 5xx is reported as the backend's failure, and so is
-                            // a status the policy retries; breakers and outlier
-                            // detection filter by their own status lists.
-                            let class = if policy_says || status >= 500 {
-                                OutcomeClass::BackendFailure(ErrorKind::HttpStatus(status))
-                            } else {
-                                OutcomeClass::Success
-                            };
-                            if grpc_call && grpc::outcome_in_trailers(&ok.head) {
-                                // Reported when the trailers arrive (see grpc.rs).
-                                ok.grpc = Some(grpc::Pending {
-                                    observers: sh.observers.clone(),
-                                    latency,
-                                    attempt: session.attempt(),
-                                });
-                            } else {
-                                self.report(
-                                    &peer,
-                                    class,
-                                    Some(status),
-                                    latency,
-                                    CommitPoint::ResponseStarted,
-                                    &session,
-                                );
-                            }
-                            spread = spread_of(&peer);
-                            let wants = status != 101
-                                && proxy.should_retry_response(
-                                    &session,
-                                    &ok.head,
-                                    policy_says,
-                                    &mut ctx,
-                                );
-                            if !wants {
-                                break (Held { ok, peer, rest }, false);
-                            }
-                            let facts = AttemptFacts {
-                                kind: ErrorKind::HttpStatus(status),
-                                commit: CommitPoint::ResponseStarted,
-                                safe,
-                                replay_intact,
-                                reused: ok.reused,
-                            };
-                            if !decide(&policy, &facts).is_retry() {
-                                break (Held { ok, peer, rest }, true);
-                            }
-                            if policy.honour_retry_after {
-                                retry_after =
-                                    ok.head.headers.get(header::RETRY_AFTER).and_then(|v| {
-                                        parse_retry_after(v, std::time::SystemTime::now())
-                                    });
-                            }
-                            session.set_last_error(Some(ErrorKind::HttpStatus(status)));
-                            held = Some(Held { ok, peer, rest });
-                        }
-                        Err(fail) => {
-                            let AttemptErr {
-                                err,
-                                commit,
-                                reused,
-                                connecting,
-                            } = fail;
-                            let err = if connecting {
-                                proxy.fail_to_connect(&mut session, &peer, &mut ctx, err)
-                            } else {
-                                proxy.error_while_proxying(&mut session, &peer, &mut ctx, err)
-                            };
-                            let facts = AttemptFacts {
-                                kind: err.kind(),
-                                commit,
-                                safe,
-                                replay_intact,
-                                reused,
-                            };
-                            reached = facts.reached_backend();
-                            let decision = if err.retry_hint() == RetryHint::Never {
-                                RetryDecision::Stop(NoRetry::NotRetriable)
-                            } else {
-                                decide(&policy, &facts)
-                            };
-                            stale = matches!(
-                                decision,
-                                RetryDecision::Retry {
-                                    stale_connection: true
-                                }
-                            );
-                            let class = if stale || !err.caused_by_backend() {
-                                OutcomeClass::Local(err.kind())
-                            } else {
-                                OutcomeClass::BackendFailure(err.kind())
-                            };
-                            self.report(&peer, class, None, latency, commit, &session);
-                            spread = spread_of(&peer);
-                            session.set_last_error(Some(err.kind()));
-                            if !decision.is_retry() {
-                                tracing::debug!(error = %err.chain(), commit = commit.as_str(), ?decision, "not retrying");
-                                let name = Arc::clone(&peer.upstream);
-                                drop(peer);
-                                return Box::pin(self.answer_error(
-                                    session,
-                                    ctx,
-                                    err,
-                                    Some(&name),
-                                    None,
-                                ))
-                                .await;
-                            }
-                            last_err = Some((err, Arc::clone(&peer.upstream)));
-                            drop(peer);
-                        }
-                    }
-
-                    // The ceiling allows another attempt; do the limits?
-                    // A stale pooled connection says nothing about the backend: it costs
-                    // no retry, and the next attempt opens a fresh connection (so at most
-                    // one stale retry in a row).
-                    fresh = stale;
-                    if stale {
-                        stale_retries += 1;
-                    }
-                    let exhausted =
-                        session.retries().saturating_sub(stale_retries) >= policy.max_retries;
-                    let out_of_time = session.time_left().is_some_and(|t| t.is_zero());
-                    if exhausted || out_of_time {
-                        return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade))
-                            .await;
-                    }
-                    // The upstream's limits (detour_core::retry::admit_retry): the
-                    // budget, and how failure is spread over the backends. When they
-                    // refuse, the client gets the held upstream answer as it was, or
-                    // the last error (a 503 for a spent budget).
-                    let ended = attempt_started + latency;
-                    let limits = RetryLimits {
-                        reached_backend: reached,
-                        stale_connection: stale,
-                        untried_remain: untried_remain(&session, spread_members),
-                        spread,
-                    };
-                    let withdraw = || budget.as_ref().is_none_or(|b| b.try_withdraw(ended));
-                    if let Err(why) = admit_retry(&policy, limits, withdraw) {
-                        tracing::debug!(?why, %spread, "not retrying");
-                        let last_err = last_err.map(|(err, name)| match why {
-                            NoRetry::BudgetExhausted => {
-                                let err = Error::internal(ErrorKind::BudgetExhausted)
-                                    .context("retry budget spent");
-                                (err, name)
-                            }
-                            _ => (err, name),
-                        });
-                        return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade))
-                            .await;
-                    }
-                    let next = match proxy.upstream_peer(&mut session, &mut ctx).await {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tracing::debug!(error = %e.chain(), "no peer for a retry");
-                            return Box::pin(self.give_up(
-                                session,
-                                ctx,
-                                held,
-                                last_err,
-                                down_upgrade,
-                            ))
-                            .await;
-                        }
-                    };
-                    let again = session.was_tried(next.addr);
-                    if !stale {
-                        let reason = match session.last_error() {
-                            Some(ErrorKind::HttpStatus(code)) => format!("status_{code}"),
-                            Some(kind) => kind.proxy_status_type().to_string(),
-                            None => "unknown".to_string(),
-                        };
-                        metrics::counter!(
-                            "detour_retries_total",
-                            "upstream" => next.upstream.to_string(),
-                            "reason" => reason,
-                            "kind" => if again { "retry" } else { "failover" },
-                        )
-                        .increment(1);
-                    }
-                    let mut wait = Duration::ZERO;
-                    if again && !stale {
-                        let rng = rng.get_or_insert_with(fastrand::Rng::new);
-                        wait = policy.backoff(session.retries() + 1, rng);
-                        if let Some(ra) = retry_after {
-                            // Honoured, but never past max_delay (nor the deadline below):
-                            // a longer wish ends the retries and passes the answer on.
-                            if ra > policy.max_delay {
-                                return Box::pin(self.give_up(
-                                    session,
-                                    ctx,
-                                    held,
-                                    last_err,
-                                    down_upgrade,
-                                ))
-                                .await;
-                            }
-                            wait = wait.max(ra);
-                        }
-                    }
-                    if session.time_left().is_some_and(|left| wait >= left) {
-                        return Box::pin(self.give_up(session, ctx, held, last_err, down_upgrade))
-                            .await;
-                    }
-                    drop(held);
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
-                    }
-                    peer = next;
+    /// Drive the planner: attempt, settle, ask for the next, choose a peer,
+    /// wait, and again, until an answer or an error is left.
+    async fn drive<B>(
+        &self,
+        ex: &mut Exchange<P>,
+        mut peer: HttpPeer,
+        policy: &RetryPolicy,
+        mut body: Option<RequestBody<B>>,
+    ) -> Ended<P>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        // The first peer's upstream budget pays for this request's retries.
+        let budget = peer.budget().cloned();
+        if let Some(b) = &budget {
+            b.deposit(ex.session.started());
+        }
+        loop {
+            let begun = Instant::now();
+            let plan = ex.session.plan_mut(ex.key);
+            let id = plan.begin(peer.addr, begun);
+            let mode = Mode {
+                fresh: plan.fresh_connection(),
+            };
+            let result = self.attempt(ex, &peer, body.as_mut(), policy, mode).await;
+            let Settled {
+                left,
+                retry_after,
+                spread,
+                members,
+            } = self.settle(ex, id, peer, result, &mut body, begun);
+            let limits = Limits {
+                spread,
+                members,
+                budget: budget.as_deref(),
+            };
+            match ex.session.plan_mut(ex.key).next(id, limits, Instant::now()) {
+                Decision::Deliver => return left.end(None),
+                Decision::Stop(why) => return left.end(Some(why)),
+                _ => {}
+            }
+            let proxy = &*self.shared.proxy;
+            let next = match proxy.upstream_peer(&mut ex.session, &mut ex.ctx).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e.chain(), "no peer for a retry");
+                    ex.session.plan_mut(ex.key).no_peer(id);
+                    return left.end(Some(NoRetry::NoPeer));
                 }
             };
-            self.forward(session, ctx, answer, retriable_status, down_upgrade)
-                .await
+            let plan = ex.session.plan_mut(ex.key);
+            let scheduled = match plan.schedule(id, next.addr, retry_after, Instant::now()) {
+                Ok(s) => s,
+                Err(why) => return left.end(Some(why)),
+            };
+            if scheduled.counted {
+                count_retry(&next.upstream, ex.session.last_error(), scheduled.choice);
+            }
+            drop(left);
+            if !scheduled.wait.is_zero() {
+                tokio::time::sleep(scheduled.wait).await;
+            }
+            peer = next;
         }
     }
 
-    /// No further attempt: pass on the held upstream response, or answer the
-    /// last attempt's error.
-    async fn give_up(
+    /// Settle attempt `id` to `peer` that began at `begun`: run the hook
+    /// that may change its error or decline its answer, tell the planner,
+    /// and charge the outcome the planner names.
+    fn settle<B>(
         &self,
-        session: Session,
-        ctx: P::CTX,
-        held: Option<Held<P>>,
-        last_err: Option<(Error, Arc<str>)>,
-        down_upgrade: Option<OnUpgrade>,
-    ) -> Response<ProxyBody<P>> {
-        match (held, last_err) {
-            (Some(h), _) => self.forward(session, ctx, h, true, down_upgrade).await,
-            (None, Some((err, upstream))) => {
-                Box::pin(self.answer_error(session, ctx, err, Some(&upstream), None)).await
+        ex: &mut Exchange<P>,
+        id: AttemptId,
+        peer: HttpPeer,
+        result: Result<AttemptOk, AttemptErr>,
+        body: &mut Option<RequestBody<B>>,
+        begun: Instant,
+    ) -> Settled<P>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let latency = begun.elapsed();
+        let mut rest: Option<Box<dyn Upload<P>>> = None;
+        let (report, got, retry_after) = match result {
+            Ok(mut ok) => {
+                // An upload still going when the response head came: the
+                // response body carries it on (full duplex), so it cannot be
+                // replayed. (Only then is the body taken: a retry needs it.)
+                if let Some(tx) = ok.upload.take() {
+                    if let Some(b) = body.take() {
+                        rest = Some(Box::new(Rest::new(b, tx)));
+                    }
+                }
+                let (report, retry_after) = self.judge_answer(ex, &ok);
+                (report, Ok(ok), retry_after)
             }
-            (None, None) => {
-                let err = Error::internal(ErrorKind::NoPeer);
-                Box::pin(self.answer_error(session, ctx, err, None, None)).await
+            Err(fail) => {
+                let (report, err) = self.judge_failure(ex, &peer, fail);
+                (report, Err(err), None)
             }
-        }
-    }
-
-    fn report(
-        &self,
-        peer: &HttpPeer,
-        class: OutcomeClass,
-        status: Option<u16>,
-        latency: Duration,
-        commit: CommitPoint,
-        session: &Session,
-    ) {
-        if let Some(b) = peer.backend() {
-            b.state()
-                .record_attempt(class, status, latency, Instant::now());
-        }
-        let observers = &self.shared.observers;
-        if observers.is_empty() && peer.observer().is_none() {
-            return;
-        }
-        let outcome = AttemptOutcome {
-            backend: peer.backend(),
-            addr: peer.addr,
-            upstream: &peer.upstream,
-            class,
-            status,
-            latency,
-            commit,
-            attempt: session.attempt(),
         };
-        if let Some(o) = peer.observer() {
-            o.on_attempt(&outcome);
+        let replay_intact = rest.is_none() && body.as_ref().is_none_or(|b| b.replayable());
+        let report = Report {
+            replay_intact,
+            ..report
+        };
+        let class = ex
+            .session
+            .plan_mut(ex.key)
+            .settle(id, report, begun + latency);
+        let mut deferred = false;
+        if let (Ok(ok), Some(_)) = (&got, class) {
+            deferred = grpc::is_call(ex.session.req()) && grpc::outcome_in_trailers(&ok.head);
         }
-        for o in observers {
-            o.on_attempt(&outcome);
+        let mut got = got;
+        if let (Some(class), false) = (class, deferred) {
+            let status = match report.outcome {
+                Outcome::Answered(s) => Some(s),
+                _ => None,
+            };
+            let commit = report.outcome.commit().unwrap_or(CommitPoint::NotConnected);
+            let c = Charge {
+                class,
+                status,
+                latency,
+                commit,
+                attempt: id.number(),
+            };
+            charge(&self.shared.observers, &peer, c);
+        } else if let (Ok(ok), true) = (&mut got, deferred) {
+            // Reported when the trailers arrive (see grpc.rs).
+            ok.grpc = Some(grpc::Pending {
+                observers: self.shared.observers.clone(),
+                latency,
+                attempt: id.number(),
+            });
+        }
+        // Read after the report, so that it counts.
+        let (spread, members) = (spread_of(&peer), members_of(&peer));
+        let left = match got {
+            Ok(ok) => Left::Answer(Held { ok, peer, rest }),
+            // The peer (and its admission permit) goes before the next is chosen.
+            Err(err) => Left::Failed(err, Arc::clone(&peer.upstream)),
+        };
+        Settled {
+            left,
+            retry_after,
+            spread,
+            members,
         }
     }
 
+    /// An answer's report: its status (a gRPC call's from `grpc-status`),
+    /// whether `should_retry_response` wants it retried, and the wait its
+    /// `Retry-After` asks for.
+    fn judge_answer(&self, ex: &mut Exchange<P>, ok: &AttemptOk) -> (Report, Option<Duration>) {
+        let session = &mut ex.session;
+        let status = if grpc::is_call(session.req()) {
+            grpc::effective_status(&ok.head)
+        } else {
+            ok.head.status.as_u16()
+        };
+        let listed = session
+            .planner()
+            .policy()
+            .is_some_and(|p| p.retries_status(status));
+        let wants = status != 101
+            && self
+                .shared
+                .proxy
+                .should_retry_response(session, &ok.head, listed, &mut ex.ctx);
+        let retry_after = ok
+            .head
+            .headers
+            .get(header::RETRY_AFTER)
+            .filter(|_| wants)
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let hint = if wants {
+            RetryHint::Default
+        } else {
+            RetryHint::Never
+        };
+        let report = Report {
+            reused: ok.reused,
+            hint,
+            ..Report::new(Outcome::Answered(status))
+        };
+        (report, retry_after)
+    }
+
+    /// A failure's report, after the hook that may change its error
+    /// (`fail_to_connect` or `error_while_proxying`).
+    fn judge_failure(
+        &self,
+        ex: &mut Exchange<P>,
+        peer: &HttpPeer,
+        fail: AttemptErr,
+    ) -> (Report, Error) {
+        let proxy = &*self.shared.proxy;
+        let (session, ctx) = (&mut ex.session, &mut ex.ctx);
+        let err = if fail.connecting {
+            proxy.fail_to_connect(session, peer, ctx, fail.err)
+        } else {
+            proxy.error_while_proxying(session, peer, ctx, fail.err)
+        };
+        let report = Report {
+            reused: fail.reused,
+            hint: err.retry_hint(),
+            by_backend: err.caused_by_backend(),
+            ..Report::new(Outcome::Failed {
+                kind: err.kind(),
+                commit: fail.commit,
+            })
+        };
+        (report, err)
+    }
+}
+
+/// Count a retry in `detour_retries_total`, by the error that caused it and
+/// whether it fails over or goes back to a backend already tried.
+fn count_retry(upstream: &str, last: Option<ErrorKind>, choice: Choice) {
+    let reason = match last {
+        Some(ErrorKind::HttpStatus(code)) => format!("status_{code}"),
+        Some(kind) => kind.proxy_status_type().to_string(),
+        None => "unknown".to_string(),
+    };
+    metrics::counter!(
+        "detour_retries_total",
+        "upstream" => upstream.to_string(),
+        "reason" => reason,
+        "kind" => if choice == Choice::Retry { "retry" } else { "failover" },
+    )
+    .increment(1);
+}
+
+impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// One attempt, bounded by the per-try timeout, the read timeout (until
     /// response headers) and the overall deadline. All three measure the
     /// backend: time spent waiting for the client's request body is left out
@@ -692,8 +665,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// `client_body_min_rate`, govern it), and the deadline moves on by it.
     async fn attempt<B>(
         &self,
-        session: &mut Session,
-        ctx: &mut P::CTX,
+        ex: &mut Exchange<P>,
         peer: &HttpPeer,
         body: Option<&mut RequestBody<B>>,
         policy: &RetryPolicy,
@@ -708,8 +680,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         if let Some(t) = peer.options.per_try_timeout.or(policy.per_try_timeout) {
             limit = limit.min(start + t);
         }
-        let deadline_binds = session.deadline().is_some_and(|d| d <= limit);
-        if let Some(d) = session.deadline() {
+        let deadline = ex.session.deadline();
+        let deadline_binds = deadline.is_some_and(|d| d <= limit);
+        if let Some(d) = deadline {
             limit = limit.min(d);
         }
         let clock = ClientClock::new(start);
@@ -721,14 +694,21 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         // Built in place: a local holding the inner future would take its
         // size a second time in this future's state.
         let timed = within(
-            self.attempt_inner(session, ctx, peer, body, mode, &mut progress),
+            self.attempt_inner(
+                &mut ex.session,
+                &mut ex.ctx,
+                peer,
+                body,
+                mode,
+                &mut progress,
+            ),
             limit,
             &clock,
         )
         .await;
         let client_time = clock.client_time(Instant::now());
-        if let (false, Some(d)) = (client_time.is_zero(), session.deadline()) {
-            session.set_deadline(d + client_time);
+        if !client_time.is_zero() {
+            ex.session.plan_mut(ex.key).add_client_time(client_time);
         }
         match timed {
             Some(r) => r,
@@ -935,8 +915,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     #[allow(clippy::manual_async_fn)]
     fn forward(
         &self,
-        mut session: Session,
-        mut ctx: P::CTX,
+        mut ex: Exchange<P>,
         answer: Held<P>,
         retriable_status: bool,
         down_upgrade: Option<OnUpgrade>,
@@ -945,6 +924,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             let sh = &*self.shared;
             let proxy = &*sh.proxy;
             let Held { ok, peer, rest } = answer;
+            let (session, ctx) = (&mut ex.session, &mut ex.ctx);
             let AttemptOk {
                 mut head,
                 body,
@@ -972,24 +952,20 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 }
             }
             if let Err(e) = proxy
-                .upstream_response_filter(&mut session, &mut head, &mut ctx)
+                .upstream_response_filter(session, &mut head, ctx)
                 .await
             {
-                return Box::pin(self.answer_error(session, ctx, e, Some(&peer.upstream), None))
-                    .await;
+                return Box::pin(self.answer_error(ex, e, Some(&peer.upstream), None)).await;
             }
-            if let Err(e) = proxy
-                .response_filter(&mut session, &mut head, &mut ctx)
-                .await
-            {
-                return Box::pin(self.answer_error(session, ctx, e, Some(&peer.upstream), None))
-                    .await;
+            if let Err(e) = proxy.response_filter(session, &mut head, ctx).await {
+                return Box::pin(self.answer_error(ex, e, Some(&peer.upstream), None)).await;
             }
             if self.is_draining() && !switching {
                 head.headers
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            session.set_response_status(head.status);
+            ex.session.set_response_status(ex.key, head.status);
+            let session = &mut ex.session;
 
             if switching {
                 let offered = forward::upgrade_was_offered(session.headers(), &head.headers);
@@ -1008,17 +984,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                         let err = Error::upstream(ErrorKind::InvalidResponse).context(
                             "101 Switching Protocols to a protocol the request did not offer",
                         );
-                        return Box::pin(self.answer_error(
-                            session,
-                            ctx,
-                            err,
-                            Some(&peer.upstream),
-                            None,
-                        ))
-                        .await;
+                        return Box::pin(self.answer_error(ex, err, Some(&peer.upstream), None))
+                            .await;
                     }
                 }
-                proxy.logging(&mut session, None, &mut ctx);
+                ex.log(None);
                 return Response::from_parts(head, ProxyBody::full(Bytes::new()));
             }
 
@@ -1034,14 +1004,12 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     p.report(&peer, None, None);
                 }
                 drop(peer);
-                proxy.logging(&mut session, None, &mut ctx);
+                ex.log(None);
                 return Response::from_parts(head, ProxyBody::full(Bytes::new()));
             }
             let read_timeout = peer.options.read_timeout;
             let finish = Finish {
-                proxy: Arc::clone(&sh.proxy),
-                session,
-                ctx,
+                ex,
                 peer,
                 pool,
                 grpc: grpc_pending,
@@ -1053,24 +1021,23 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// Answer with a response a hook made.
     async fn answer_local(
         &self,
-        mut session: Session,
-        mut ctx: P::CTX,
+        mut ex: Exchange<P>,
         resp: Response<Bytes>,
     ) -> Response<ProxyBody<P>> {
         let proxy = &*self.shared.proxy;
         let (mut head, body) = resp.into_parts();
         if let Err(e) = proxy
-            .response_filter(&mut session, &mut head, &mut ctx)
+            .response_filter(&mut ex.session, &mut head, &mut ex.ctx)
             .await
         {
-            return Box::pin(self.answer_error(session, ctx, e, None, None)).await;
+            return Box::pin(self.answer_error(ex, e, None, None)).await;
         }
         if self.is_draining() {
             head.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        sent_whole(&mut session, head.status, &body);
-        proxy.logging(&mut session, None, &mut ctx);
+        sent_whole(&mut ex, head.status, &body);
+        ex.log(None);
         Response::from_parts(head, ProxyBody::full(body))
     }
 
@@ -1080,19 +1047,19 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// the upstream.
     async fn answer_error(
         &self,
-        mut session: Session,
-        mut ctx: P::CTX,
+        mut ex: Exchange<P>,
         err: Error,
         upstream: Option<&str>,
         status: Option<StatusCode>,
     ) -> Response<ProxyBody<P>> {
         let proxy = &*self.shared.proxy;
+        let (session, ctx) = (&mut ex.session, &mut ex.ctx);
         let fixed = status.is_some();
         let status = status.unwrap_or_else(|| {
-            let code = proxy.fail_to_proxy(&mut session, &err, &mut ctx);
+            let code = proxy.fail_to_proxy(session, &err, ctx);
             StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY)
         });
-        if !proxy.suppress_error_log(&session, &ctx, &err) {
+        if !proxy.suppress_error_log(session, ctx, &err) {
             let id = session.headers().get(&self.shared.forwarding.request_id);
             let request_id = id.and_then(|v| v.to_str().ok());
             if err.kind() == ErrorKind::InvalidRequest || err.kind() == ErrorKind::DownstreamClosed
@@ -1106,26 +1073,23 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let custom = if fixed || grpc {
             None
         } else {
-            proxy.fail_to_proxy_response(&mut session, &err, status, &mut ctx)
+            proxy.fail_to_proxy_response(session, &err, status, ctx)
         };
         let (mut head, body) = match custom {
             Some(resp) => resp.into_parts(),
             None => own_error_response(status, &err, grpc),
         };
-        self.add_error_headers(&mut head, &session, &err, upstream);
+        self.add_error_headers(&mut head, session, &err, upstream);
         let close = err.side() == detour_core::ErrorSide::Downstream || self.is_draining();
-        if let Err(e) = proxy
-            .response_filter(&mut session, &mut head, &mut ctx)
-            .await
-        {
+        if let Err(e) = proxy.response_filter(session, &mut head, ctx).await {
             tracing::debug!(error = %e, "response_filter failed on an error response");
         }
         if close {
             head.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        sent_whole(&mut session, head.status, &body);
-        proxy.logging(&mut session, Some(&err), &mut ctx);
+        sent_whole(&mut ex, head.status, &body);
+        ex.log(Some(&err));
         Response::from_parts(head, ProxyBody::full(body))
     }
 
@@ -1185,9 +1149,9 @@ fn own_error_response(status: StatusCode, err: &Error, grpc: bool) -> (response:
 
 /// Record a response sent whole: its status, and its body's size (none for
 /// a HEAD request, whose response carries no body).
-fn sent_whole(session: &mut Session, status: StatusCode, body: &Bytes) {
-    session.set_response_status(status);
-    if session.method() != http::Method::HEAD {
-        session.add_body_bytes_sent(body.len() as u64);
+fn sent_whole<P: ProxyHttp>(ex: &mut Exchange<P>, status: StatusCode, body: &Bytes) {
+    ex.session.set_response_status(ex.key, status);
+    if ex.session.method() != http::Method::HEAD {
+        ex.session.add_body_bytes_sent(ex.key, body.len() as u64);
     }
 }

@@ -20,14 +20,13 @@
 //! a call, the client gets a gRPC answer (HTTP 200, `grpc-status`
 //! `DEADLINE_EXCEEDED` for a timeout, `UNAVAILABLE` otherwise), not a page.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour_core::{
-    AttemptOutcome, Backend, CommitPoint, Error, ErrorKind, HttpPeer, Observer, OutcomeClass,
-};
+use detour_core::{CommitPoint, Error, ErrorKind, HttpPeer, Observer, OutcomeClass};
 use http::header::{self, HeaderMap, HeaderValue};
+
+use super::charge::Charge;
 use http::{request, response, StatusCode, Version};
 
 /// `INTERNAL`: the `grpc-status` of a call Detour refused as malformed.
@@ -153,46 +152,14 @@ impl Pending {
                 None,
             ),
         };
-        report(
-            &self.observers,
-            peer,
+        let charge = Charge {
             class,
             status,
-            self.latency,
-            self.attempt,
-        );
-    }
-}
-
-fn report(
-    observers: &[Arc<dyn Observer>],
-    peer: &HttpPeer,
-    class: OutcomeClass,
-    status: Option<u16>,
-    latency: Duration,
-    attempt: u32,
-) {
-    let backend: Option<&Arc<Backend>> = peer.backend();
-    if let Some(b) = backend {
-        b.state()
-            .record_attempt(class, status, latency, tokio::time::Instant::now());
-    }
-    let addr: SocketAddr = peer.addr;
-    let outcome = AttemptOutcome {
-        backend,
-        addr,
-        upstream: &peer.upstream,
-        class,
-        status,
-        latency,
-        commit: CommitPoint::ResponseForwarded,
-        attempt,
-    };
-    if let Some(o) = peer.observer() {
-        o.on_attempt(&outcome);
-    }
-    for o in observers {
-        o.on_attempt(&outcome);
+            latency: self.latency,
+            commit: CommitPoint::ResponseForwarded,
+            attempt: self.attempt,
+        };
+        super::charge::charge(&self.observers, peer, charge);
     }
 }
 

@@ -3,8 +3,10 @@
 //! and the retry loop.
 
 pub(crate) mod body;
+mod charge;
 mod conn;
 pub(crate) mod engine;
+mod exchange;
 pub(crate) mod forward;
 mod grpc;
 pub(crate) mod path;

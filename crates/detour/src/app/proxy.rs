@@ -1,12 +1,13 @@
 //! The `detour` binary's hooks: route, pick a peer from the route's upstream,
-//! remember every attempt for the access log.
+//! write the access log line (its attempts are the session's history).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use detour_core::{Error, ErrorKind, HttpPeer, ProxyHttp, RawUri, Result, RetryPolicy, Session};
+use detour_core::{
+    Error, ErrorKind, HttpPeer, Outcome, ProxyHttp, RawUri, Result, RetryPolicy, Session,
+};
 use http::{request, response, Response, StatusCode, Uri};
 
 use detour_server::upstream::RequestMetrics;
@@ -14,43 +15,11 @@ use detour_server::upstream::RequestMetrics;
 use super::routes::{self, RequestPath, Route};
 use super::state::{App, State};
 
-/// One attempt, as the access log lists it.
-#[derive(Debug, Clone)]
-pub struct AttemptLog {
-    /// Where it went.
-    pub backend: SocketAddr,
-    /// `ok`, a status such as `503`, or an error type such as `connection_refused`.
-    pub outcome: Outcome,
-    /// Time since the request began when the attempt ended.
-    pub at: Duration,
-}
-
-/// How an attempt ended.
-#[derive(Debug, Clone, Copy)]
-pub enum Outcome {
-    /// The upstream answered with this status.
-    Status(u16),
-    /// It failed with this error type (RFC 9209 names).
-    Error(&'static str),
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Outcome::Status(s) => write!(f, "{s}"),
-            Outcome::Error(e) => f.write_str(e),
-        }
-    }
-}
-
 /// Per-request context.
 #[derive(Debug)]
 pub struct Ctx {
     state: Arc<State>,
     route: Option<Arc<Route>>,
-    attempts: Vec<AttemptLog>,
-    /// Whether `attempts` is kept: only the access log reads it.
-    log_attempts: bool,
     status: u16,
     /// Request body bytes read from the client (and sent upstream).
     bytes_in: u64,
@@ -83,30 +52,6 @@ impl DetourProxy {
     }
 }
 
-/// Note an attempt for the access log line (nothing to keep when it is off).
-fn record(ctx: &mut Ctx, session: &Session, backend: SocketAddr, outcome: Outcome) {
-    if !ctx.log_attempts {
-        return;
-    }
-    ctx.attempts.push(AttemptLog {
-        backend,
-        outcome,
-        at: session.elapsed(),
-    });
-}
-
-/// Note a failed attempt for the access log and hand the error back unchanged:
-/// what both failure hooks do.
-fn record_error(ctx: &mut Ctx, session: &Session, peer: &HttpPeer, err: Error) -> Error {
-    record(
-        ctx,
-        session,
-        peer.addr,
-        Outcome::Error(err.proxy_status_type()),
-    );
-    err
-}
-
 /// `uri` as an upstream request target: `/path?query`, never the client's
 /// authority (the upstream head is built the same way).
 fn origin_form(uri: &Uri) -> Uri {
@@ -121,8 +66,6 @@ impl ProxyHttp for DetourProxy {
         Ctx {
             state: self.app.current(),
             route: None,
-            attempts: Vec::new(),
-            log_attempts: self.access_log,
             status: 0,
             bytes_in: 0,
         }
@@ -181,44 +124,6 @@ impl ProxyHttp for DetourProxy {
         Ok(())
     }
 
-    fn should_retry_response(
-        &self,
-        session: &Session,
-        response: &response::Parts,
-        policy_says: bool,
-        ctx: &mut Ctx,
-    ) -> bool {
-        if let Some(&addr) = session.tried().last() {
-            record(
-                ctx,
-                session,
-                addr,
-                Outcome::Status(response.status.as_u16()),
-            );
-        }
-        policy_says
-    }
-
-    fn fail_to_connect(
-        &self,
-        session: &mut Session,
-        peer: &HttpPeer,
-        ctx: &mut Ctx,
-        err: Error,
-    ) -> Error {
-        record_error(ctx, session, peer, err)
-    }
-
-    fn error_while_proxying(
-        &self,
-        session: &mut Session,
-        peer: &HttpPeer,
-        ctx: &mut Ctx,
-        err: Error,
-    ) -> Error {
-        record_error(ctx, session, peer, err)
-    }
-
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -258,7 +163,6 @@ impl ProxyHttp for DetourProxy {
                 bytes_in: ctx.bytes_in,
                 bytes_out: session.body_bytes_sent(),
                 upstream,
-                attempts: &ctx.attempts,
                 error: err,
             };
             line.write();
@@ -283,19 +187,24 @@ fn protocol(version: http::Version) -> &'static str {
 }
 
 /// The attempts as `backend:outcome:latency`, space-separated.
-fn attempts_text(attempts: &[AttemptLog]) -> String {
+fn attempts_text(session: &Session) -> String {
     let mut text = String::new();
-    let mut prev = Duration::ZERO;
-    for (i, a) in attempts.iter().enumerate() {
+    for (i, a) in session.attempts().iter().enumerate() {
         if i > 0 {
             text.push(' ');
         }
-        let took = a.at.saturating_sub(prev);
-        prev = a.at;
+        let outcome = match a.outcome {
+            Some(Outcome::Answered(status)) => status.to_string(),
+            Some(Outcome::Failed { kind, .. }) => kind.proxy_status_type().to_string(),
+            Some(Outcome::Cancelled) => "cancelled".to_string(),
+            // Not settled: the request ended while it was in flight.
+            None | Some(_) => "in_flight".to_string(),
+        };
+        let took = a.ended.map_or(Duration::ZERO, |e| e - a.started);
         text.push_str(&format!(
             "{}:{}:{:.1}ms",
-            a.backend,
-            a.outcome,
+            a.peer,
+            outcome,
             took.as_secs_f64() * 1e3
         ));
     }
@@ -317,8 +226,6 @@ pub struct AccessLine<'a> {
     pub bytes_out: u64,
     /// The upstream the route chose, if a route matched.
     pub upstream: Option<&'a str>,
-    /// Every attempt, in order.
-    pub attempts: &'a [AttemptLog],
     /// The error that ended the request, if one did.
     pub error: Option<&'a Error>,
 }
@@ -342,7 +249,7 @@ impl AccessLine<'_> {
             bytes_out = self.bytes_out,
             duration_ms = (s.elapsed().as_secs_f64() * 1e4).round() / 10.0,
             upstream = self.upstream,
-            attempts = %attempts_text(self.attempts),
+            attempts = %attempts_text(s),
             user_agent = header_str(s, &http::header::USER_AGENT),
             error = self.error.map(|e| e.proxy_status_type()),
         );
