@@ -261,13 +261,16 @@ pub struct Scheduled {
     pub counted: bool,
 }
 
-/// A request's attempts: the first inline (most requests make one), the
-/// rest on the heap.
+/// A request's attempts: the first inline (most requests make one, and
+/// then allocate nothing for it), the rest on the heap.
 #[derive(Debug, Clone, Default)]
+// Unboxed on purpose: boxing the first attempt would cost every request an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 enum History {
     #[default]
     Empty,
-    One(Box<Attempt>),
+    One(Attempt),
     Many(Vec<Attempt>),
 }
 
@@ -290,8 +293,8 @@ impl History {
 
     fn push(&mut self, a: Attempt) {
         *self = match std::mem::take(self) {
-            History::Empty => History::One(Box::new(a)),
-            History::One(first) => History::Many(vec![*first, a]),
+            History::Empty => History::One(a),
+            History::One(first) => History::Many(vec![first, a]),
             History::Many(mut v) => {
                 v.push(a);
                 History::Many(v)

@@ -254,25 +254,28 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// Cancel safety: dropping the future before it resolves drops the
     /// attempt in flight (its connection is not pooled, its backend is not
     /// charged) and still runs the `logging` hook, once.
-    pub async fn handle<B>(
+    pub fn handle<B>(
         &self,
         req: Request<B>,
         client: Option<SocketAddr>,
-    ) -> Response<ProxyBody<P>>
+    ) -> impl Future<Output = Response<ProxyBody<P>>> + Send + '_
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        self.handle_from(req, client, false).await
+        self.handle_from(req, client, false)
     }
 
     /// [`handle`](Self::handle) for a client that came over TLS when `tls`.
-    pub(crate) async fn handle_from<B>(
+    ///
+    /// The head is checked and the session made before the future is: what
+    /// the future keeps is only what it needs across its awaits.
+    pub(crate) fn handle_from<B>(
         &self,
         req: Request<B>,
         client: Option<SocketAddr>,
         tls: bool,
-    ) -> Response<ProxyBody<P>>
+    ) -> impl Future<Output = Response<ProxyBody<P>>> + Send + '_
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -288,22 +291,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let down_upgrade = parts.extensions.remove::<OnUpgrade>().filter(|_| upgrade);
         self.prepare_head(&mut parts, upgrade);
         let session = Session::new(parts, client, started);
-        let mut ex = Exchange::new(Arc::clone(&sh.proxy), session, sh.proxy.new_ctx());
-        ex.session.set_tls(ex.key, tls);
-        match checked {
-            Ok(len) => self.run(ex, body, len, down_upgrade).await,
-            Err(bad) => {
-                let err = Error::downstream(ErrorKind::InvalidRequest)
-                    .context(bad.reason)
-                    .never_retry();
-                let mut resp = Box::pin(self.answer_error(ex, err, None, Some(bad.status))).await;
-                if bad.status == StatusCode::METHOD_NOT_ALLOWED {
-                    let allow = forward::allowed_methods(&sh.limits);
-                    resp.headers_mut().insert(header::ALLOW, allow);
-                }
-                resp
-            }
-        }
+        let ex = Exchange::new(Arc::clone(&sh.proxy), session, sh.proxy.new_ctx(), tls);
+        self.run(ex, body, checked, down_upgrade)
     }
 
     /// The downstream head as hooks and the upstream see it: one `Host`
@@ -331,27 +320,34 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
     }
 
-    /// The request hooks, the attempts, and the answer.
+    /// The request hooks, the attempts, and the answer; or, for a request
+    /// `checked` refused, its 4xx.
     ///
     /// Written as a function returning an `async move` block rather than an
     /// `async fn`: an `async fn` keeps each argument twice in its state (the
     /// argument, and the binding its body moves it into), and this future
     /// lives in every connection's in-flight slot and is moved into it per
-    /// request.
+    /// request. Locals that are borrowed keep their space across every later
+    /// await even once moved, so the peer, the policy and the request body
+    /// live in `drive`, and what `drive` returns is taken apart at once.
     // Deliberately not `async fn`: see the note above.
     #[allow(clippy::manual_async_fn)]
     fn run<B>(
         &self,
         mut ex: Exchange<P>,
         body: B,
-        content_length: Option<u64>,
+        checked: Result<Option<u64>, forward::BadRequest>,
         down_upgrade: Option<OnUpgrade>,
-    ) -> impl Future<Output = Response<ProxyBody<P>>> + '_
+    ) -> impl Future<Output = Response<ProxyBody<P>>> + Send + '_
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         async move {
+            let content_length = match checked {
+                Ok(len) => len,
+                Err(bad) => return Box::pin(self.refuse(ex, bad)).await,
+            };
             let proxy = &*self.shared.proxy;
             let (session, ctx) = (&mut ex.session, &mut ex.ctx);
             if let Err(e) = proxy.early_request_filter(session, ctx).await {
@@ -362,32 +358,28 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 Ok(None) => {}
                 Err(e) => return Box::pin(self.answer_error(ex, e, None, None)).await,
             }
-            let peer = match proxy.upstream_peer(session, ctx).await {
-                Ok(p) => p,
-                Err(e) => return Box::pin(self.answer_error(ex, e, None, None)).await,
-            };
-            let policy = self.arm(&mut ex, &peer);
-            let body = (!body.is_end_stream()).then(|| {
-                let limits = &self.shared.limits;
-                RequestBody::new(
-                    body,
-                    policy.replay_buffer_limit,
-                    limits.max_body_size,
-                    content_length,
-                    ClientLimits::new(limits),
-                )
-            });
-            // Awaited in place, so that the driver's state (the peer, the
-            // request body) shares space with `forward`'s that follows it.
-            match self.drive(&mut ex, peer, &policy, body).await {
-                Ended::Answer(held, retriable) => {
-                    self.forward(ex, held, retriable, down_upgrade).await
-                }
+            let (held, retriable) = match self.drive(&mut ex, body, content_length).await {
+                Ended::Answer(held, retriable) => (held, retriable),
                 Ended::Error(err, upstream) => {
-                    Box::pin(self.answer_error(ex, err, upstream.as_deref(), None)).await
+                    return Box::pin(self.answer_error(ex, err, upstream.as_deref(), None)).await;
                 }
-            }
+            };
+            self.forward(ex, held, retriable, down_upgrade).await
         }
+    }
+
+    /// Answer a request refused before any hook: its 4xx (with `Allow` for
+    /// a method the server does not take).
+    async fn refuse(&self, ex: Exchange<P>, bad: forward::BadRequest) -> Response<ProxyBody<P>> {
+        let err = Error::downstream(ErrorKind::InvalidRequest)
+            .context(bad.reason)
+            .never_retry();
+        let mut resp = Box::pin(self.answer_error(ex, err, None, Some(bad.status))).await;
+        if bad.status == StatusCode::METHOD_NOT_ALLOWED {
+            let allow = forward::allowed_methods(&self.shared.limits);
+            resp.headers_mut().insert(header::ALLOW, allow);
+        }
+        resp
     }
 
     /// Arm the request's planner: the policy (the hook's choice, else the
@@ -420,19 +412,30 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         policy
     }
 
-    /// Drive the planner: attempt, settle, ask for the next, choose a peer,
-    /// wait, and again, until an answer or an error is left.
-    async fn drive<B>(
-        &self,
-        ex: &mut Exchange<P>,
-        mut peer: HttpPeer,
-        policy: &RetryPolicy,
-        mut body: Option<RequestBody<B>>,
-    ) -> Ended<P>
+    /// Drive the planner: choose the first peer and arm the planner, then
+    /// attempt, settle, ask for the next, choose a peer, wait, and again,
+    /// until an answer or an error is left.
+    async fn drive<B>(&self, ex: &mut Exchange<P>, body: B, content_length: Option<u64>) -> Ended<P>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        let proxy = &*self.shared.proxy;
+        let mut peer = match proxy.upstream_peer(&mut ex.session, &mut ex.ctx).await {
+            Ok(p) => p,
+            Err(e) => return Ended::Error(e, None),
+        };
+        let policy = self.arm(ex, &peer);
+        let mut body = (!body.is_end_stream()).then(|| {
+            let limits = &self.shared.limits;
+            RequestBody::new(
+                body,
+                policy.replay_buffer_limit,
+                limits.max_body_size,
+                content_length,
+                ClientLimits::new(limits),
+            )
+        });
         // The first peer's upstream budget pays for this request's retries.
         let budget = peer.budget().cloned();
         if let Some(b) = &budget {
@@ -445,7 +448,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             let mode = Mode {
                 fresh: plan.fresh_connection(),
             };
-            let result = self.attempt(ex, &peer, body.as_mut(), policy, mode).await;
+            let result = self.attempt(ex, &peer, body.as_mut(), &policy, mode).await;
             let Settled {
                 left,
                 retry_after,
@@ -462,8 +465,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 Decision::Stop(why) => return left.end(Some(why)),
                 _ => {}
             }
-            let proxy = &*self.shared.proxy;
-            let next = match proxy.upstream_peer(&mut ex.session, &mut ex.ctx).await {
+            // Chosen straight into `peer` (settled, its slot is free): a
+            // second local would keep its own space across the wait.
+            peer = match proxy.upstream_peer(&mut ex.session, &mut ex.ctx).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(error = %e.chain(), "no peer for a retry");
@@ -472,18 +476,17 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 }
             };
             let plan = ex.session.plan_mut(ex.key);
-            let scheduled = match plan.schedule(id, next.addr, retry_after, Instant::now()) {
+            let scheduled = match plan.schedule(id, peer.addr, retry_after, Instant::now()) {
                 Ok(s) => s,
                 Err(why) => return left.end(Some(why)),
             };
             if scheduled.counted {
-                count_retry(&next.upstream, ex.session.last_error(), scheduled.choice);
+                count_retry(&peer.upstream, ex.session.last_error(), scheduled.choice);
             }
             drop(left);
             if !scheduled.wait.is_zero() {
                 tokio::time::sleep(scheduled.wait).await;
             }
-            peer = next;
         }
     }
 
@@ -761,6 +764,25 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         Ok(conn)
     }
 
+    /// A pooled connection to `peer` that is still open: HTTP/2's shared
+    /// one, or an idle HTTP/1.1 one. A request that is not `safe` to repeat
+    /// only takes a connection used just now, so a backend's idle close
+    /// cannot race it.
+    async fn checkout(&self, peer: &HttpPeer, safe: bool) -> Option<Conn> {
+        if peer.http2 {
+            if let Some(s) = self.h2pool.checkout(peer.addr) {
+                return Some(Conn::H2(s));
+            }
+        }
+        let window = (!safe).then_some(self.shared.pool_config.unsafe_max_idle);
+        while let Some(mut s) = self.pool.checkout(peer.addr, window) {
+            if s.ready().await.is_ok() {
+                return Some(Conn::H1(s));
+            }
+        }
+        None
+    }
+
     async fn attempt_inner<B>(
         &self,
         session: &mut Session,
@@ -776,22 +798,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     {
         let sh = &*self.shared;
         let proxy = &*sh.proxy;
-        // A request that is not safe to repeat only takes a connection that was
-        // used just now, so a backend's idle close cannot race it.
-        let window = (!session.is_safe()).then_some(sh.pool_config.unsafe_max_idle);
-        let mut pooled = None;
-        if peer.http2 && !mode.fresh {
-            pooled = self.h2pool.checkout(peer.addr).map(Conn::H2);
-        }
-        while let Some(mut s) = (!mode.fresh && pooled.is_none())
-            .then(|| self.pool.checkout(peer.addr, window))
-            .flatten()
-        {
-            if s.ready().await.is_ok() {
-                pooled = Some(Conn::H1(s));
-                break;
-            }
-        }
+        let pooled = if mode.fresh {
+            None
+        } else {
+            self.checkout(peer, session.is_safe()).await
+        };
         let reused = pooled.is_some();
         progress.reused = reused;
         let mut sender = match pooled {
@@ -833,38 +844,18 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         } else {
             CommitPoint::RequestSent
         };
-        let mut pump_done = true;
-        let result = match (&tx, body) {
+        let (result, pump_done) = match (&tx, body) {
             (Some(tx), Some(b)) => {
-                pump_done = false;
                 let write_timeout = peer.options.write_timeout;
                 // Boxed: only requests with a body pay for the pump's state.
-                let clock = progress.clock;
-                let mut pump = Box::pin(b.pump(tx, write_timeout, clock, |chunk, end| {
+                let pump = Box::pin(b.pump(tx, write_timeout, progress.clock, |chunk, end| {
                     proxy.request_body_filter(session, chunk, end, ctx)
                 }));
-                tokio::pin!(send);
-                loop {
-                    tokio::select! {
-                        biased;
-                        r = &mut send => break r,
-                        p = &mut pump, if !pump_done => {
-                            pump_done = true;
-                            let err = match p {
-                                Ok(()) | Err(PumpError::UpstreamGone) => continue,
-                                Err(PumpError::Downstream(e)) | Err(PumpError::Filter(e)) => e.never_retry(),
-                                Err(PumpError::TooLarge) => Error::downstream(ErrorKind::HttpStatus(413))
-                                    .context("request body over the limit")
-                                    .never_retry(),
-                                Err(PumpError::WriteTimeout) => Error::upstream(ErrorKind::WriteTimeout)
-                                    .context("upstream did not take the request body in time"),
-                            };
-                            return Err(at(err, CommitPoint::RequestPartiallySent));
-                        }
-                    }
-                }
+                sent_with_body(send, pump)
+                    .await
+                    .map_err(|err| at(err, CommitPoint::RequestPartiallySent))?
             }
-            _ => send.await,
+            _ => (send.await, true),
         };
         let sent = if pump_done {
             CommitPoint::RequestSent
@@ -1153,5 +1144,39 @@ fn sent_whole<P: ProxyHttp>(ex: &mut Exchange<P>, status: StatusCode, body: &Byt
     ex.session.set_response_status(ex.key, status);
     if ex.session.method() != http::Method::HEAD {
         ex.session.add_body_bytes_sent(ex.key, body.len() as u64);
+    }
+}
+
+/// Await the upstream's response head while the request body is pumped up
+/// beside it; the answer may come before the body is all sent (the pump
+/// then stops being polled, and `false` says it did not finish). A pump
+/// that fails on the client's side, or times out writing, ends the attempt
+/// with that error.
+async fn sent_with_body<S, R>(
+    send: S,
+    mut pump: std::pin::Pin<Box<impl Future<Output = Result<(), PumpError>>>>,
+) -> Result<(R, bool), Error>
+where
+    S: Future<Output = R>,
+{
+    tokio::pin!(send);
+    let mut pump_done = false;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut send => return Ok((r, pump_done)),
+            p = &mut pump, if !pump_done => {
+                pump_done = true;
+                return Err(match p {
+                    Ok(()) | Err(PumpError::UpstreamGone) => continue,
+                    Err(PumpError::Downstream(e)) | Err(PumpError::Filter(e)) => e.never_retry(),
+                    Err(PumpError::TooLarge) => Error::downstream(ErrorKind::HttpStatus(413))
+                        .context("request body over the limit")
+                        .never_retry(),
+                    Err(PumpError::WriteTimeout) => Error::upstream(ErrorKind::WriteTimeout)
+                        .context("upstream did not take the request body in time"),
+                });
+            }
+        }
     }
 }

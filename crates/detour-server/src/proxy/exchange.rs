@@ -23,13 +23,15 @@ pub(crate) struct Exchange<P: ProxyHttp> {
 }
 
 impl<P: ProxyHttp> Exchange<P> {
-    /// An exchange for a session no one has taken the key of yet.
-    pub(crate) fn new(proxy: Arc<P>, mut session: Session, ctx: P::CTX) -> Self {
+    /// An exchange for a session no one has taken the key of yet, from a
+    /// client that came over TLS when `tls`.
+    pub(crate) fn new(proxy: Arc<P>, mut session: Session, ctx: P::CTX, tls: bool) -> Self {
         // Invariant: the session was made just now by the engine, and no hook
         // has seen it, so its key is still there to take.
         let key = session
             .engine_key()
             .expect("a new session's key is taken once, here");
+        session.set_tls(key, tls);
         Exchange {
             proxy,
             session,
