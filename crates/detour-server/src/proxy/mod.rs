@@ -25,7 +25,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-pub use body::{ProxyBody, UpstreamBody};
+pub use body::ProxyBody;
+// Defined on the upstream side, which the pools and the dialer are typed by.
+pub use crate::upstream::UpstreamBody;
 
 use crate::config::{Http2Config, LimitsConfig, PoolConfig, ServerConfig};
 use crate::framing::{AmbiguousFraming, Answered, ConnWatch, FramingGuard};

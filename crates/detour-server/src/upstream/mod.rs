@@ -4,11 +4,16 @@
 
 pub use detour_core::connect::{Connect, TcpConnector};
 
+mod body;
+pub(crate) mod classify;
 pub(crate) mod dial;
 pub(crate) mod h2pool;
 pub(crate) mod pool;
 
 mod group;
+
+pub use body::UpstreamBody;
+pub(crate) use body::UpFrame;
 
 pub use group::{
     build_all, first_rounds, DiscoveryConfig, EventHook, RequestMetrics, Services, Upstream,
