@@ -42,6 +42,7 @@
 #[doc(hidden)]
 pub mod bench;
 pub mod config;
+mod error;
 mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
