@@ -234,7 +234,6 @@ impl connection::Site for Shared {
 }
 
 impl Shared {
-
     /// Listens again, unless already listening, killed, or told to refuse.
     fn ensure_listening(&self) -> io::Result<()> {
         let mut life = lock(&self.lifecycle);
@@ -261,8 +260,11 @@ impl Shared {
         // Forget connections that have ended, so a long test does not accumulate them.
         while life.connections.try_join_next().is_some() {}
         let kill = self.kill.subscribe();
-        life.connections
-            .spawn(connection::run(stream, Arc::clone(self) as Arc<dyn connection::Site>, kill));
+        life.connections.spawn(connection::run(
+            stream,
+            Arc::clone(self) as Arc<dyn connection::Site>,
+            kill,
+        ));
         Poll::Ready(Ok(()))
     }
 }

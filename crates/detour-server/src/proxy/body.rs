@@ -702,8 +702,7 @@ impl<P: ProxyHttp> ProxyBody<P> {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                let err =
-                    classify_hyper(e).context("reading the response body");
+                let err = classify_hyper(e).context("reading the response body");
                 if let Some(f) = s.finish.take() {
                     f.complete(Some(&err));
                 }

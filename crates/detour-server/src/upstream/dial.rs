@@ -20,10 +20,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::upstream::UpstreamBody;
 use crate::tls::ALPN_H2;
 use crate::upstream::classify::classify_hyper;
 use crate::upstream::pool::Sender;
+use crate::upstream::UpstreamBody;
 
 /// An HTTP/2 request sender; clones share one connection.
 pub(crate) type H2Sender = hyper::client::conn::http2::SendRequest<UpstreamBody>;

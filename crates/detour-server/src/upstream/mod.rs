@@ -12,8 +12,8 @@ pub(crate) mod pool;
 
 mod group;
 
-pub use body::UpstreamBody;
 pub(crate) use body::UpFrame;
+pub use body::UpstreamBody;
 
 pub use group::{
     build_all, first_rounds, DiscoveryConfig, EventHook, RequestMetrics, Services, Upstream,
