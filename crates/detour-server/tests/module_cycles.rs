@@ -86,7 +86,9 @@ fn cycles(src: &Path) -> Vec<(ModPath, Vec<String>, Vec<String>)> {
     let mut modules: BTreeMap<ModPath, String> = BTreeMap::new();
     for f in &files {
         let Some(m) = module_of(src, f) else { continue };
-        let text = drop_cfg_test(&strip(&std::fs::read_to_string(f).unwrap()));
+        let text = drop_cfg_test(&strip(
+            &std::fs::read_to_string(f).expect("a source file is readable"),
+        ));
         modules.insert(m, text);
     }
     let reexports: HashMap<ModPath, HashMap<String, ModPath>> = modules
@@ -141,7 +143,10 @@ fn display(m: &ModPath) -> String {
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
+    for e in std::fs::read_dir(dir)
+        .expect("a source folder is readable")
+        .flatten()
+    {
         let p = e.path();
         if p.is_dir() {
             out.extend(rust_files(&p));
@@ -154,7 +159,10 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 
 /// The module a file holds; `None` for a binary's root (a crate of its own).
 fn module_of(src: &Path, file: &Path) -> Option<ModPath> {
-    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let rel = file
+        .strip_prefix(src)
+        .expect("the file was found under src")
+        .with_extension("");
     let mut parts: ModPath = rel
         .components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -239,8 +247,8 @@ fn raw_string_len(s: &str) -> Option<usize> {
 /// `'\u{1F600}'`), or `None` for a lifetime or anything else.
 fn char_literal_len(s: &str) -> Option<usize> {
     let body = s.strip_prefix('\'')?;
-    if body.starts_with('\\') {
-        let close = body[1..].find('\'')? + 1;
+    if let Some(escaped) = body.strip_prefix('\\') {
+        let close = escaped.find('\'')? + 1;
         return (close <= 10).then_some(close + 2);
     }
     let ch = body.chars().next()?;
@@ -491,11 +499,11 @@ fn strongly_connected(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<Str
                 if !self.index.contains_key(w) {
                     self.visit(w);
                     let lw = self.low[w];
-                    let lv = self.low.get_mut(v).unwrap();
+                    let lv = self.low.get_mut(v).expect("v was visited");
                     *lv = (*lv).min(lw);
                 } else if self.on_stack.contains(w) {
                     let iw = self.index[w];
-                    let lv = self.low.get_mut(v).unwrap();
+                    let lv = self.low.get_mut(v).expect("v was visited");
                     *lv = (*lv).min(iw);
                 }
             }
