@@ -2,11 +2,15 @@
 //! retry loop that drives a user's [`ProxyHttp`](detour_core::ProxyHttp) hooks.
 //!
 //! # Layout
+//! Requests flow one way, downstream → engine → upstream; no module uses one
+//! to its left (`tests/module_cycles.rs` keeps every crate free of cycles).
 //! - [`server`]: [`Server`] — config file + command line, workers, signals.
 //! - [`proxy`]: [`HttpProxy`] — serves downstream HTTP/1.1 and HTTP/2 (cleartext
-//!   or TLS) and runs the hooks.
-//! - [`upstream`]: the [`Connect`] trait and the per-worker connection pool.
-//! - [`config`]: [`ServerConfig`], validated at load with the field named.
+//!   or TLS; one drain path for all) and runs the hooks in the engine.
+//! - [`upstream`]: the [`Connect`] trait, dialing, the per-worker connection
+//!   pools, the upstream body type, error classification, and [`Upstream`](upstream::Upstream).
+//! - [`config`]: [`ServerConfig`], validated at load with the field named
+//!   ([`ConfigError`]).
 //! - [`tls`]: certificates for TLS listeners (reloadable) and TLS to upstreams.
 //! - [`telemetry`]: every metric family emitted, with its help text.
 //!
@@ -42,6 +46,7 @@
 #[doc(hidden)]
 pub mod bench;
 pub mod config;
+mod error;
 mod framing;
 #[doc(hidden)]
 pub mod fuzzing;

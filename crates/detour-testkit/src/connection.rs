@@ -3,6 +3,7 @@
 
 use std::future::pending;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::behavior::{Action, Installed};
 use crate::http1::{
     self, BodyKind, BodyReader, Conn, HeadBuilder, ReadError, RequestHead, LAST_CHUNK,
 };
-use crate::upstream::Shared;
+use crate::journal::Journal;
 
 /// How long a closing connection keeps reading, and discarding, what the client still
 /// sends. Closing a socket with unread bytes sends RST instead of FIN, and a RST can make
@@ -55,15 +56,27 @@ impl From<ReadError> for Stop {
     }
 }
 
+/// What a connection task needs of the upstream that accepted it. The
+/// upstream implements it, so connections do not depend on the upstream's
+/// own state type (and the upstream, which spawns them, on connections only).
+pub(crate) trait Site: Send + Sync {
+    /// The address the upstream listens on.
+    fn addr(&self) -> SocketAddr;
+    /// Where requests and connections are recorded.
+    fn journal(&self) -> &Journal;
+    /// The behavior for a request whose head was just read.
+    fn installed(&self) -> Arc<Installed>;
+}
+
 /// Serves one connection until the behavior ends it, the client leaves, or the upstream
 /// is killed (`kill` changes), which resets it wherever it is.
-pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, mut kill: watch::Receiver<u64>) {
+pub(crate) async fn run(stream: TcpStream, shared: Arc<dyn Site>, mut kill: watch::Receiver<u64>) {
     // Faults are placed at byte boundaries; Nagle's algorithm would blur them.
     let _ = stream.set_nodelay(true);
     let mut conn = Conn::new(stream);
     let stop = tokio::select! {
         _ = kill.changed() => Stop::Reset,
-        stop = serve(&mut conn, &shared) => stop,
+        stop = serve(&mut conn, &*shared) => stop,
     };
     let mut stream = conn.into_inner();
     match stop {
@@ -99,7 +112,7 @@ async fn linger_close(stream: &mut TcpStream) {
     .await;
 }
 
-async fn serve(conn: &mut Conn<TcpStream>, shared: &Shared) -> Stop {
+async fn serve(conn: &mut Conn<TcpStream>, shared: &dyn Site) -> Stop {
     loop {
         if let Err(stop) = serve_one(conn, shared).await {
             return stop;
@@ -108,7 +121,7 @@ async fn serve(conn: &mut Conn<TcpStream>, shared: &Shared) -> Stop {
 }
 
 /// Waits for a request and answers it; `Ok` means the connection is ready for the next.
-async fn serve_one(conn: &mut Conn<TcpStream>, shared: &Shared) -> Result<(), Stop> {
+async fn serve_one(conn: &mut Conn<TcpStream>, shared: &dyn Site) -> Result<(), Stop> {
     let waiting = shared.installed();
     if matches!(waiting.behavior.action, Action::Blackhole) {
         return pending().await;
@@ -140,7 +153,7 @@ async fn serve_one(conn: &mut Conn<TcpStream>, shared: &Shared) -> Result<(), St
         Err(ReadError::Io(e)) => return Err(e.into()),
         Err(ReadError::Malformed(why)) => return Err(bad_request(conn, shared, &why).await),
     };
-    let record = shared.journal.record(&head);
+    let record = shared.journal().record(&head);
     let installed = shared.installed();
     Exchange {
         shared,
@@ -153,9 +166,9 @@ async fn serve_one(conn: &mut Conn<TcpStream>, shared: &Shared) -> Result<(), St
 }
 
 /// Answers a request that could not be parsed: `400`, then close.
-async fn bad_request(conn: &mut Conn<TcpStream>, shared: &Shared, why: &str) -> Stop {
+async fn bad_request(conn: &mut Conn<TcpStream>, shared: &dyn Site, why: &str) -> Stop {
     let mut head = HeadBuilder::new(400);
-    head.header("x-upstream", shared.addr)
+    head.header("x-upstream", shared.addr())
         .header("content-length", why.len())
         .header("connection", "close");
     let mut response = head.finish();
@@ -213,7 +226,7 @@ impl Sink {
 
 /// One request being answered.
 struct Exchange<'a> {
-    shared: &'a Shared,
+    shared: &'a dyn Site,
     installed: &'a Installed,
     head: &'a RequestHead,
     /// Index of this request in the journal.
@@ -305,7 +318,7 @@ impl Exchange<'_> {
         let mut body = self.open_body(conn).await?;
         match body.drain(conn).await {
             Ok(len) => {
-                self.shared.journal.set_body_len(self.record, len);
+                self.shared.journal().set_body_len(self.record, len);
                 Ok(())
             }
             Err(ReadError::Malformed(why)) => Err(bad_request(conn, self.shared, &why).await),
@@ -356,7 +369,7 @@ impl Exchange<'_> {
     /// Status line and the fields every response of this exchange carries.
     fn common_head(&self, status: u16) -> HeadBuilder {
         let mut head = HeadBuilder::new(status);
-        head.header("x-upstream", self.shared.addr);
+        head.header("x-upstream", self.shared.addr());
         if let Some(id) = self.head.header("x-request-id") {
             head.header("x-request-id", id);
         }
@@ -381,8 +394,8 @@ impl Exchange<'_> {
     fn body_text(&self, status: u16) -> Bytes {
         self.installed.behavior.body.clone().unwrap_or_else(|| {
             let text = match status {
-                200 => format!("ok from {}", self.shared.addr),
-                _ => format!("{status} from {}", self.shared.addr),
+                200 => format!("ok from {}", self.shared.addr()),
+                _ => format!("{status} from {}", self.shared.addr()),
             };
             Bytes::from(text)
         })
@@ -441,7 +454,7 @@ impl Exchange<'_> {
             sink.write(&mut conn.io, &chunk).await?;
         }
         self.shared
-            .journal
+            .journal()
             .set_body_len(self.record, body.bytes_read());
         sink.finish(&mut conn.io).await
     }

@@ -219,12 +219,21 @@ impl Drop for Upstream {
     }
 }
 
-impl Shared {
-    /// The behavior for a request whose head was just read.
-    pub(crate) fn installed(&self) -> Arc<Installed> {
-        Arc::clone(&lock(&self.behavior))
+impl connection::Site for Shared {
+    fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
+    fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    fn installed(&self) -> Arc<Installed> {
+        Arc::clone(&lock(&self.behavior))
+    }
+}
+
+impl Shared {
     /// Listens again, unless already listening, killed, or told to refuse.
     fn ensure_listening(&self) -> io::Result<()> {
         let mut life = lock(&self.lifecycle);
@@ -251,8 +260,11 @@ impl Shared {
         // Forget connections that have ended, so a long test does not accumulate them.
         while life.connections.try_join_next().is_some() {}
         let kill = self.kill.subscribe();
-        life.connections
-            .spawn(connection::run(stream, Arc::clone(self), kill));
+        life.connections.spawn(connection::run(
+            stream,
+            Arc::clone(self) as Arc<dyn connection::Site>,
+            kill,
+        ));
         Poll::Ready(Ok(()))
     }
 }

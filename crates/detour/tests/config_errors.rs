@@ -314,14 +314,14 @@ const fn setting(
 const CORE_PEER: &str = "detour-core/src/peer.rs";
 const CORE_RETRY: &str = "detour-core/src/retry.rs";
 const SERVER: &str = "detour-server/src/config.rs";
-const UPSTREAM: &str = "detour-server/src/upstream/group.rs";
+const UPSTREAM: &str = "detour-server/src/upstream/group/config.rs";
 const HEALTH: &str = "detour-health/src/active/config.rs";
 const OUTLIER: &str = "detour-health/src/outlier/config.rs";
 const BREAKER: &str = "detour-breaker/src/breaker/config.rs";
 const BUDGET: &str = "detour-breaker/src/budget/config.rs";
 const LIMIT: &str = "detour-breaker/src/limit/config.rs";
 const FAILOVER: &str = "detour-lb/src/failover.rs";
-const APP: &str = "detour/src/app/config.rs";
+const APP: &str = "detour/src/app/config/mod.rs";
 
 /// Every duration a user can write. A duration field added anywhere in the
 /// crates without a line here fails `every_duration_field_is_listed`; one

@@ -1,5 +1,6 @@
-//! The [`HealthCheck`] trait, its failure type, and the check a configuration
-//! describes.
+//! The [`HealthCheck`] trait, its failure type, and [`BoxHealthCheck`], which
+//! erases a check's type. The built-in checks depend on this module, never
+//! the other way round.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -8,13 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour_core::connect::{Connect, TcpConnector};
 use detour_core::{Backend, ErrorKind};
-
-use super::config::{CheckKind, HealthConfig};
-use super::http::HttpCheck;
-use super::tcp::TcpCheck;
-use detour_core::InvalidConfig;
 
 /// One probe of one backend: passes with `Ok(())`, fails with the reason.
 ///
@@ -137,37 +132,6 @@ impl fmt::Display for CheckFailure {
 }
 
 impl std::error::Error for CheckFailure {}
-
-/// The check a [`HealthConfig`] describes: TCP or HTTP, dialling through `C`.
-#[derive(Debug, Clone)]
-pub enum ConfiguredCheck<C = TcpConnector> {
-    /// `kind = "tcp"`.
-    Tcp(TcpCheck<C>),
-    /// `kind = "http"`.
-    Http(HttpCheck<C>),
-}
-
-impl<C: Connect> ConfiguredCheck<C> {
-    /// The check `config` describes, dialling through `connector`.
-    ///
-    /// # Errors
-    /// [`InvalidConfig`] when the configuration does not validate.
-    pub fn from_config(config: &HealthConfig, connector: C) -> Result<Self, InvalidConfig> {
-        Ok(match config.kind {
-            CheckKind::Tcp => ConfiguredCheck::Tcp(TcpCheck::new(connector)),
-            CheckKind::Http => ConfiguredCheck::Http(HttpCheck::from_config(config, connector)?),
-        })
-    }
-}
-
-impl<C: Connect> HealthCheck for ConfiguredCheck<C> {
-    async fn check(&self, backend: &Backend) -> Result<(), CheckFailure> {
-        match self {
-            ConfiguredCheck::Tcp(c) => c.check(backend).await,
-            ConfiguredCheck::Http(c) => c.check(backend).await,
-        }
-    }
-}
 
 type BoxedResult<'a> = Pin<Box<dyn Future<Output = Result<(), CheckFailure>> + Send + 'a>>;
 

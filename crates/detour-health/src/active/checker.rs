@@ -19,8 +19,9 @@ use tokio::sync::Notify;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use super::check::{CheckFailure, CheckFailureKind, ConfiguredCheck, HealthCheck};
+use super::check::{CheckFailure, CheckFailureKind, HealthCheck};
 use super::config::HealthConfig;
+use super::configured::ConfiguredCheck;
 use crate::event::{EventCallback, EventKind, Events, HealthEvent};
 use detour_core::InvalidConfig;
 

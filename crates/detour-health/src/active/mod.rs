@@ -15,11 +15,13 @@
 mod check;
 mod checker;
 mod config;
+mod configured;
 mod http;
 mod tcp;
 
-pub use check::{BoxHealthCheck, CheckFailure, CheckFailureKind, ConfiguredCheck, HealthCheck};
+pub use check::{BoxHealthCheck, CheckFailure, CheckFailureKind, HealthCheck};
 pub use checker::{BackendHealth, HealthChecker, Verdict};
 pub use config::{CheckKind, HealthConfig, ParseStatusRangeError, StatusRange};
+pub use configured::ConfiguredCheck;
 pub use http::HttpCheck;
 pub use tcp::TcpCheck;

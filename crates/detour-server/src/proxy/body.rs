@@ -3,8 +3,9 @@
 //! * [`RequestBody`] reads the client's body as the upstream accepts it and keeps
 //!   a copy (cheap `Bytes` clones) up to the replay limit, so a retry can send it
 //!   again. A body longer than the limit streams through once, in constant memory.
-//! * [`UpstreamBody`] is what the upstream connection reads from: fed chunk by
-//!   chunk through a one-slot channel, which gives backpressure both ways.
+//!   Each attempt opens a fresh [`UpstreamBody`] (the upstream side's type) and
+//!   feeds it chunk by chunk through a one-slot channel, which gives
+//!   backpressure both ways.
 //! * [`ProxyBody`] is what the client reads: a local answer, or the upstream's
 //!   body with the read-idle timeout, the body filter, the return of the
 //!   connection to the pool and the `logging` hook at the end.
@@ -25,73 +26,9 @@ use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
 use crate::lazy_timer::LazyTimer;
+use crate::upstream::classify::classify_hyper;
 use crate::upstream::pool::{Pool, Sender};
-
-/// A frame on its way upstream; `None` marks the end of the body. A channel
-/// that closes without that mark means the upload was cut short, and the
-/// upstream connection is aborted rather than told the body is complete (a
-/// truncated chunked body must never look whole to a backend).
-pub(crate) type UpFrame = Option<Frame<Bytes>>;
-
-/// The request body as the upstream connection reads it.
-#[derive(Debug)]
-pub struct UpstreamBody {
-    rx: Option<mpsc::Receiver<UpFrame>>,
-    len: Option<u64>,
-}
-
-impl UpstreamBody {
-    pub(crate) fn empty() -> Self {
-        UpstreamBody {
-            rx: None,
-            len: Some(0),
-        }
-    }
-
-    fn channel(rx: mpsc::Receiver<UpFrame>, len: Option<u64>) -> Self {
-        UpstreamBody { rx: Some(rx), len }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let Some(rx) = self.rx.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match rx.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Some(frame))) => Poll::Ready(Some(Ok(frame))),
-            Poll::Ready(Some(None)) => {
-                self.rx = None;
-                Poll::Ready(None)
-            }
-            Poll::Ready(None) => {
-                self.rx = None;
-                Poll::Ready(Some(Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "request body cut short",
-                ))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.rx.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.len {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
-    }
-}
+use crate::upstream::{UpFrame, UpstreamBody};
 
 /// Why pumping the request body stopped early.
 #[derive(Debug)]
@@ -768,8 +705,7 @@ impl<P: ProxyHttp> ProxyBody<P> {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                let err =
-                    crate::proxy::engine::classify_hyper(e).context("reading the response body");
+                let err = classify_hyper(e).context("reading the response body");
                 if let Some(f) = s.finish.take() {
                     f.complete(Some(&err));
                 }

@@ -6,12 +6,12 @@
 //! streams, and the rapid-reset defence (CVE-2023-44487): a client that
 //! resets more streams than `max_pending_accept_reset_streams` before the
 //! server took them up, or makes the server reset more than
-//! `max_local_error_reset_streams`, loses its connection (GOAWAY). While
-//! draining, the server sends GOAWAY and lets the streams in flight finish.
+//! `max_local_error_reset_streams`, loses its connection (GOAWAY). Draining
+//! and idle connections are handled by [`run_until_drained`], the one drain
+//! path HTTP/1.1 connections take too.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::time::Duration;
 
 use detour_core::ProxyHttp;
@@ -22,98 +22,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
+use super::drain::{run_until_drained, IdleClose};
 use super::{ConnSlot, HttpProxy};
 use crate::listener::ListenSpec;
 use crate::send_timeout::{SendTimeout, StreamExec};
 use crate::tls::ALPN_H2;
 use crate::upstream::Connect;
-
-/// A connection future that can be asked to shut down gracefully.
-trait Graceful: std::future::Future {
-    fn shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S, E, B> Graceful for http2::Connection<I, S, E>
-where
-    Self: std::future::Future,
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: http_body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn shutdown(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-/// Drive `conn` to its end; when `drain` turns true (or the server goes
-/// away), or when the connection has had no stream for `idle` (per
-/// `streams`), shut it down gracefully (HTTP/2: GOAWAY) and let it finish.
-/// A client that never opens a stream (nor even sends the preface) is closed
-/// the same way.
-async fn run_until_drained<F, E>(
-    conn: F,
-    mut drain: watch::Receiver<bool>,
-    client: Option<SocketAddr>,
-    streams: StreamExec,
-    idle: Duration,
-) where
-    F: Graceful<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    tokio::pin!(conn);
-    let mut draining = false;
-    // Checked a few times per idle period: it closes between `idle` and
-    // 1.25 × `idle` after the last stream ended.
-    let tick = (idle / 4).max(Duration::from_millis(10));
-    let mut quiet_since = Some(Instant::now());
-    // When the connection was asked to close for being idle.
-    let mut idle_closing: Option<Instant> = None;
-    let mut next_check = Instant::now() + tick;
-    loop {
-        if !draining && *drain.borrow_and_update() {
-            draining = true;
-            conn.as_mut().shutdown();
-        }
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, ?client, "downstream connection ended with an error");
-                }
-                return;
-            }
-            changed = drain.changed(), if !draining => {
-                if changed.is_err() {
-                    draining = true;
-                    conn.as_mut().shutdown();
-                }
-            }
-            () = tokio::time::sleep_until(next_check), if !draining || idle_closing.is_some() => {
-                let now = Instant::now();
-                next_check = now + tick;
-                if let Some(at) = idle_closing {
-                    // A connection still in its handshake cannot be sent a
-                    // GOAWAY: a client that never sent the preface is dropped.
-                    if now - at >= idle {
-                        tracing::debug!(?client, "HTTP/2 connection did not close after GOAWAY; dropping it");
-                        return;
-                    }
-                } else if streams.live_streams() > 0 {
-                    quiet_since = None;
-                } else if now - *quiet_since.get_or_insert(now) >= idle {
-                    tracing::debug!(?client, "HTTP/2 connection idle for keepalive_timeout; closing");
-                    draining = true;
-                    idle_closing = Some(now);
-                    conn.as_mut().shutdown();
-                }
-            }
-        }
-    }
-}
 
 impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// Serve a connection accepted on a listener described by `spec`.
@@ -202,8 +117,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let mut builder = http2::Builder::new(exec.clone());
         self.apply_http2(&mut builder);
         let conn = builder.serve_connection(TokioIo::new(io), service);
-        let idle = self.shared.limits.keepalive_timeout;
-        run_until_drained(conn, drain, client, exec, idle).await;
+        let idle = IdleClose {
+            streams: exec,
+            idle: self.shared.limits.keepalive_timeout,
+        };
+        if let Some(Err(e)) = run_until_drained(conn, drain, client, Some(idle)).await {
+            tracing::debug!(error = %e, ?client, "downstream connection ended with an error");
+        }
     }
 }
 

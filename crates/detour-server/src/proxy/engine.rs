@@ -27,46 +27,16 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use super::body::{
-    ClientClock, ClientLimits, Finish, ProxyBody, PumpError, RequestBody, Rest, UpFrame, Upload,
-    UpstreamBody,
+    ClientClock, ClientLimits, Finish, ProxyBody, PumpError, RequestBody, Rest, Upload,
 };
 use super::charge::{charge, Charge};
 use super::exchange::Exchange;
 use super::forward::{self, strip_hop_by_hop};
 use super::{grpc, path, tunnel, HttpProxy};
+use crate::upstream::classify::classify_hyper;
 use crate::upstream::dial::{self, Conn};
 use crate::upstream::pool::{keep_alive_limit, Sender};
-use crate::upstream::Connect;
-
-/// Classify an error from hyper's client side by what actually happened.
-pub(crate) fn classify_hyper(e: hyper::Error) -> Error {
-    let mut io_kind = None;
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-    let mut h2_kind = None;
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            io_kind = Some(io.kind());
-            break;
-        }
-        if let Some(k) = dial::h2_kind(s) {
-            h2_kind = Some(k);
-            break;
-        }
-        src = s.source();
-    }
-    let kind = if e.is_parse() || e.is_parse_status() {
-        ErrorKind::InvalidResponse
-    } else if let Some(k) = h2_kind {
-        k
-    } else if let Some(k) = io_kind {
-        ErrorKind::from_io(k)
-    } else if e.is_timeout() {
-        ErrorKind::ReadTimeout
-    } else {
-        ErrorKind::ConnectionClosed
-    };
-    Error::upstream(kind).cause(e)
-}
+use crate::upstream::{Connect, UpFrame, UpstreamBody};
 
 /// An RFC 8941 string: quoted, with `"` and `\\` escaped.
 fn sf_string(s: &str) -> String {

@@ -5,6 +5,7 @@
 pub(crate) mod body;
 mod charge;
 mod conn;
+mod drain;
 pub(crate) mod engine;
 mod exchange;
 pub(crate) mod forward;
@@ -27,7 +28,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-pub use body::{ProxyBody, UpstreamBody};
+pub use body::ProxyBody;
+// Defined on the upstream side, which the pools and the dialer are typed by.
+pub use crate::upstream::UpstreamBody;
 
 use crate::config::{Http2Config, LimitsConfig, PoolConfig, ServerConfig};
 use crate::framing::{AmbiguousFraming, Answered, ConnWatch, FramingGuard};
@@ -35,6 +38,7 @@ use crate::send_timeout::SendTimeout;
 use crate::upstream::h2pool::H2Pool;
 use crate::upstream::pool::Pool;
 use crate::upstream::{Connect, TcpConnector, Upstream};
+use drain::run_until_drained;
 use forward::{Forwarding, RequestIds};
 
 /// What every worker's copy of a proxy shares.
@@ -303,7 +307,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         io: I,
         client: Option<SocketAddr>,
         tls: bool,
-        mut drain: watch::Receiver<bool>,
+        drain: watch::Receiver<bool>,
         place: Option<ConnSlot>,
     ) -> bool
     where
@@ -341,32 +345,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             .http1_builder()
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        tokio::pin!(conn);
-        let mut draining = false;
-        loop {
-            if !draining && *drain.borrow_and_update() {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            tokio::select! {
-                r = conn.as_mut() => {
-                    let slow_head = watch.head_timed_out()
-                        || r.as_ref().is_err_and(|e| e.is_timeout()) && watch.in_partial_head();
-                    if slow_head {
-                        tracing::debug!(?client, "request head too slow");
-                    } else if let Err(e) = r {
-                        tracing::debug!(error = %e, ?client, "downstream connection ended with an error");
-                    }
-                    return slow_head;
-                }
-                changed = drain.changed(), if !draining => {
-                    if changed.is_err() {
-                        // The server is gone: treat it as a drain.
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                }
-            }
+        let r = run_until_drained(conn, drain, client, None).await;
+        let slow_head = watch.head_timed_out()
+            || r.as_ref()
+                .is_some_and(|r| r.as_ref().is_err_and(|e| e.is_timeout()))
+                && watch.in_partial_head();
+        if slow_head {
+            tracing::debug!(?client, "request head too slow");
+        } else if let Some(Err(e)) = r {
+            tracing::debug!(error = %e, ?client, "downstream connection ended with an error");
         }
+        slow_head
     }
 }

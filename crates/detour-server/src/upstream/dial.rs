@@ -20,9 +20,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::proxy::body::UpstreamBody;
 use crate::tls::ALPN_H2;
+use crate::upstream::classify::classify_hyper;
 use crate::upstream::pool::Sender;
+use crate::upstream::UpstreamBody;
 
 /// An HTTP/2 request sender; clones share one connection.
 pub(crate) type H2Sender = hyper::client::conn::http2::SendRequest<UpstreamBody>;
@@ -202,7 +203,7 @@ where
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
-        .map_err(crate::proxy::engine::classify_hyper)?;
+        .map_err(classify_hyper)?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::trace!(error = %e, "upstream connection ended");
@@ -219,35 +220,11 @@ where
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(io))
         .await
-        .map_err(crate::proxy::engine::classify_hyper)?;
+        .map_err(classify_hyper)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::trace!(error = %e, "upstream HTTP/2 connection ended");
         }
     });
     Ok(Conn::H2(sender))
-}
-
-/// The kind of an HTTP/2 failure found in an error's source chain.
-///
-/// A stream the upstream refused (`REFUSED_STREAM`), and one above the last
-/// stream id of the upstream's `GOAWAY` (or opened after it), were provably
-/// not processed: [`ErrorKind::StreamRefused`], retried whatever the method.
-/// Any other reset is [`ErrorKind::ConnectionReset`], retried only for safe
-/// requests, as on HTTP/1.1.
-pub(crate) fn h2_kind(err: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
-    let e = err.downcast_ref::<h2::Error>()?;
-    if e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM) {
-        return Some(ErrorKind::StreamRefused);
-    }
-    if e.is_go_away() && e.is_remote() {
-        return Some(ErrorKind::StreamRefused);
-    }
-    if e.is_reset() || e.is_go_away() {
-        return Some(ErrorKind::ConnectionReset);
-    }
-    if e.is_io() {
-        return e.get_io().map(|io| ErrorKind::from_io(io.kind()));
-    }
-    None
 }

@@ -14,7 +14,7 @@ use detour_core::AddrMap;
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
-use crate::proxy::body::UpstreamBody;
+use crate::upstream::UpstreamBody;
 
 /// An HTTP/1.1 request sender for one upstream connection.
 pub(crate) type Sender = SendRequest<UpstreamBody>;

@@ -263,7 +263,7 @@ pub async fn run(
                         let Some(i) = addrs.iter().position(|a| *a == b.addr()) else {
                             continue;
                         };
-                        let now = Health::of(&app, "app", b) == Health::Healthy
+                        let now = app.health("app", b) == Health::Healthy
                             && Breaker::of(b) == Breaker::Closed;
                         if now != was[i] {
                             was[i] = now;
@@ -334,7 +334,7 @@ pub async fn run(
                             "{} {:>3.0}% {}/{}",
                             name_of(b.addr()),
                             share,
-                            Health::of(&app, "app", b),
+                            app.health("app", b),
                             Breaker::of(b)
                         ));
                     }

@@ -10,14 +10,14 @@
 //! - [`reload`]: the task that applies reloads, and what a reload keeps.
 //! - [`effective`]: the configuration as `--dump-config` and `/config` print
 //!   it, and the changes a reload cannot apply live.
-//! - [`paths`]: relative paths, resolved against the file's directory.
+//! - [`config::paths`]: relative paths, resolved against the file's directory
+//!   (part of loading a [`Config`], re-exported here as [`paths`]).
 //! - [`demo`]: `detour demo`.
 
 pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod effective;
-pub mod paths;
 pub mod process;
 pub mod proxy;
 pub mod reload;
@@ -34,7 +34,7 @@ use detour_server::upstream::{build_all, EventHook};
 use detour_server::{HttpProxy, Server, ServerHandle, Stop};
 use tokio::sync::watch;
 
-pub use config::Config;
+pub use config::{paths, Config};
 pub use proxy::DetourProxy;
 pub use reload::{Reloaded, Reloader};
 pub use state::{App, State};

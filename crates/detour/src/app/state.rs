@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use detour_core::Backend;
 use detour_server::upstream::Upstream;
 
 use super::config::Config;
@@ -79,6 +80,11 @@ impl App {
             .unwrap_or_default()
     }
 
+    /// The state of backend `b` of `upstream` now, maintenance included.
+    pub fn health(&self, upstream: &str, b: &Backend) -> Health {
+        Health::of(b, self.in_maintenance(upstream, b.addr()))
+    }
+
     /// Refresh the per-backend gauges (called at every scrape, so they are
     /// exact without any work on the request path).
     pub fn record_gauges(&self) {
@@ -86,7 +92,7 @@ impl App {
         for (name, up) in &state.upstreams {
             for b in up.backends().iter() {
                 let addr = b.addr().to_string();
-                let healthy = Health::of(self, name, b) == Health::Healthy;
+                let healthy = self.health(name, b) == Health::Healthy;
                 let labels = [("upstream", name.clone()), ("backend", addr)];
                 metrics::gauge!("detour_backend_healthy", &labels)
                     .set(f64::from(u8::from(healthy)));

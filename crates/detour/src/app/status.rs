@@ -1,11 +1,12 @@
 //! A backend's state in one type, for everything that shows it: the admin
 //! API's `/status` and action answers, the gauges set at each scrape, and the
 //! demo's table.
+//!
+//! Plain types with no knowledge of the application's state, which reads
+//! them: [`App::health`](super::App::health) is the usual way in.
 
 use detour_core::{Backend, GateState};
 use serde::Serialize;
-
-use super::state::App;
 
 /// What a backend is doing, most severe first: an operator's mark, then the
 /// active checks, then outlier detection.
@@ -25,10 +26,12 @@ pub enum Health {
 }
 
 impl Health {
-    /// The state of `b` in `upstream` now.
-    pub fn of(app: &App, upstream: &str, b: &Backend) -> Health {
+    /// The state of `b` now; `in_maintenance`: an operator put it in
+    /// maintenance (kept by [`App`](super::App), which
+    /// [`App::health`](super::App::health) asks).
+    pub fn of(b: &Backend, in_maintenance: bool) -> Health {
         let s = b.state();
-        if app.in_maintenance(upstream, b.addr()) {
+        if in_maintenance {
             Health::Maintenance
         } else if s.is_draining() {
             Health::Draining

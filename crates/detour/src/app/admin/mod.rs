@@ -240,7 +240,7 @@ impl Admin {
                 .iter()
                 .map(|b| BackendStatus {
                     addr: b.addr(),
-                    health: Health::of(&self.app, name, b),
+                    health: self.app.health(name, b),
                     breaker: Breaker::of(b),
                     in_flight: b.state().in_flight(),
                     weight: b.weight(),
@@ -339,7 +339,7 @@ impl Admin {
         tracing::info!(upstream = %name, backend = %addr, action = %action, "admin action");
         text(
             StatusCode::OK,
-            format!("{name}/{addr}: {}", Health::of(&self.app, name, b)),
+            format!("{name}/{addr}: {}", self.app.health(name, b)),
         )
     }
 

@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use super::routes::HostPattern;
 
+pub mod paths;
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -238,7 +240,7 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the file, line and field at fault.
     pub fn from_toml(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
-        let base_dir = file.map(super::paths::base_dir_of).transpose()?;
+        let base_dir = file.map(paths::base_dir_of).transpose()?;
         Self::load(text, file, base_dir.as_deref())
     }
 
@@ -270,7 +272,7 @@ impl Config {
         inherit_retry(&mut doc).map_err(attach)?;
         let mut config = Config::deserialize(doc)
             .map_err(|e| attach(ConfigError::field("retry", e.message().to_string())))?;
-        super::paths::resolve(&mut config, base_dir).map_err(attach)?;
+        paths::resolve(&mut config, base_dir).map_err(attach)?;
         config.validate().map_err(attach)
     }
 

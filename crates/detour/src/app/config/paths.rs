@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use detour_server::config::ConfigError;
 
-use super::config::Config;
+use super::Config;
 
 /// The directory that relative paths of the file at `file` are resolved
 /// against: its parent, made absolute against the working directory now

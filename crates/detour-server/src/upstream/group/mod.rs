@@ -27,264 +27,54 @@
 //! [`Server::start`](crate::Server::start) or
 //! [`Server::run_forever`](crate::Server::run_forever) runs them. An upstream
 //! whose services never started logs an error on its first `select`.
+//!
+//! # Layout
+//! - this module: the [`Upstream`] type — building it, selecting a backend.
+//! - `config`: [`UpstreamConfig`] and [`DiscoveryConfig`], validated at load.
+//! - `observer`: the observer that feeds breakers, outlier detection and
+//!   attempt metrics from every attempt's outcome.
+//! - `telemetry`: the metric series ([`RequestMetrics`], per backend, events).
+//! - `discovery`: the backend sources (static, DNS, file) asked together.
+//! - `services`: [`Services`], the background work's stop handle, and
+//!   [`first_rounds`].
+//! - `inherit`: what a reloaded upstream keeps from the one it replaces.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour_breaker::{
-    BreakerConfig, BreakerRegistry, BudgetConfig, ConcurrencyLimit, LimitConfig, RetryBudget,
-};
+use detour_breaker::{BreakerRegistry, ConcurrencyLimit, RetryBudget};
 use detour_core::spread::Verdict;
 use detour_core::{
-    check_duration, AttemptOutcome, Backend, Error, ErrorKind, GateState, HttpPeer, InvalidConfig,
-    Observer, PeerOptions, RemovalCap, RetryBudgetGate, RetryPolicy, Session, Zero,
+    Backend, Error, ErrorKind, GateState, HttpPeer, Observer, PeerOptions, RemovalCap,
+    RetryBudgetGate, RetryPolicy, Session,
 };
-use detour_health::{HealthChecker, HealthConfig, HealthEvent, OutlierConfig, OutlierDetector};
-use detour_lb::discovery::SystemResolver;
-use detour_lb::{
-    run_discovery, Algorithm, AnyLoadBalancer, BackendSpec, DiscoveryError, DnsDiscovery,
-    DnsTarget, Failover, FileDiscovery, HashKey, LbOptions, ServiceDiscovery, SlowStart,
-    StaticDiscovery,
-};
-use serde::{Deserialize, Serialize};
+use detour_health::{HealthChecker, HealthEvent, OutlierDetector};
+use detour_lb::{run_discovery, AnyLoadBalancer, HashKey};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::ConfigError;
-use crate::tls::{TlsClient, UpstreamTlsConfig};
+use crate::tls::TlsClient;
 use crate::upstream::TcpConnector;
 
+mod config;
+mod discovery;
 mod inherit;
+mod observer;
+mod services;
 mod telemetry;
 
+pub use config::{DiscoveryConfig, UpstreamConfig};
+pub use services::{first_rounds, Services};
 pub use telemetry::RequestMetrics;
+
+use config::budget_config;
+use discovery::Sources;
+use observer::UpstreamObserver;
 use telemetry::{attempt_handles, AttemptHandles, BackendCounters, Lazy};
-
-/// One `[upstreams.NAME]` table.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct UpstreamConfig {
-    /// Selection: `round_robin` (default), `random`, `least_request`,
-    /// `peak_ewma`, `consistent_hash` (Ketama) or `maglev`.
-    pub lb: Algorithm,
-    /// What a consistent hash keys on: `header:NAME`, `cookie:NAME`,
-    /// `query:NAME`, `path`, `uri`, `host`, `client_ip`, `method`.
-    pub hash_key: Option<HashKey>,
-    /// Static backends.
-    pub backends: Vec<BackendSpec>,
-    /// Discovery instead of (or on top of) static backends.
-    pub discovery: Option<DiscoveryConfig>,
-    /// Failover strategy (`[upstreams.NAME.failover]`, `kind = "active_active"`
-    /// (default), `"priority"` or `"locality"`).
-    pub failover: Failover,
-    /// Below this percentage of available backends (over the whole upstream),
-    /// selection ignores health, ejection and breakers. 0 = off: a clean 503.
-    /// Default 50.
-    pub panic_threshold: u8,
-    /// Slow start for recovered backends (`[upstreams.NAME.slow_start]`); off
-    /// when absent.
-    pub slow_start: Option<SlowStart>,
-    /// Retries and the retry budget (`[upstreams.NAME.retry]`).
-    pub retry: RetryPolicy,
-    /// Per-attempt timeouts (`[upstreams.NAME.timeouts]`).
-    pub timeouts: PeerOptions,
-    /// Active health checks; none when the table is absent.
-    pub health: Option<HealthConfig>,
-    /// Passive outlier detection (on with its defaults).
-    pub outlier: OutlierConfig,
-    /// Circuit breakers, one per backend (on with their defaults).
-    pub breaker: BreakerConfig,
-    /// Concurrency limit for the whole upstream; none when absent.
-    pub concurrency: Option<LimitConfig>,
-    /// TLS to the backends (`tls = { sni, verify, ca }`); cleartext when
-    /// absent.
-    pub tls: Option<UpstreamTlsConfig>,
-    /// Speak HTTP/2 to the backends: with TLS, ALPN offers `h2` first (a
-    /// backend may still choose HTTP/1.1); in cleartext, HTTP/2 by prior
-    /// knowledge. Requests share one connection per backend. Default false.
-    pub http2: bool,
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        UpstreamConfig {
-            lb: Algorithm::default(),
-            hash_key: None,
-            backends: Vec::new(),
-            discovery: None,
-            failover: Failover::default(),
-            panic_threshold: LbOptions::default().panic_threshold,
-            slow_start: None,
-            retry: RetryPolicy::default(),
-            timeouts: PeerOptions::default(),
-            health: None,
-            outlier: OutlierConfig::default(),
-            breaker: BreakerConfig::default(),
-            concurrency: None,
-            tls: None,
-            http2: false,
-        }
-    }
-}
-
-/// Where backends come from besides the static list.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiscoveryConfig {
-    /// DNS names to resolve: `host:port` (A/AAAA) or `srv:_service._proto.name`
-    /// (SRV); one string or a list.
-    #[serde(default, deserialize_with = "one_or_many")]
-    pub dns: Vec<String>,
-    /// A TOML file of `backends = [...]`, re-read on the interval.
-    pub file: Option<PathBuf>,
-    /// How often to refresh. Default 5 s.
-    #[serde(default = "five_seconds", with = "humantime_serde")]
-    pub interval: Duration,
-}
-
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => vec![s],
-        OneOrMany::Many(v) => v,
-    })
-}
-
-fn five_seconds() -> Duration {
-    Duration::from_secs(5)
-}
-
-impl UpstreamConfig {
-    /// The load balancer's options this table describes.
-    pub fn lb_options(&self) -> LbOptions {
-        let mut o = LbOptions::default()
-            .with_failover(self.failover.clone())
-            .with_panic_threshold(self.panic_threshold);
-        if let Some(s) = &self.slow_start {
-            o = o.with_slow_start(*s);
-        }
-        o
-    }
-
-    /// Check every value, naming the field (`upstreams.NAME.…`) at fault.
-    ///
-    /// # Errors
-    /// The first invalid value.
-    pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
-        let at = |field: &str| format!("upstreams.{name}.{field}");
-        if detour_lb::Selection::hashes_key(&self.lb) && self.hash_key.is_none() {
-            return Err(ConfigError::field(
-                at("hash_key"),
-                "consistent hashing needs a hash_key (e.g. \"header:x-user\")",
-            ));
-        }
-        if self.backends.is_empty()
-            && self
-                .discovery
-                .as_ref()
-                .is_none_or(|d| d.dns.is_empty() && d.file.is_none())
-        {
-            return Err(ConfigError::field(
-                at("backends"),
-                "an upstream needs backends or discovery",
-            ));
-        }
-        if let Some(d) = &self.discovery {
-            for (i, t) in d.dns.iter().enumerate() {
-                t.parse::<DnsTarget>().map_err(|e| {
-                    ConfigError::field(at(&format!("discovery.dns[{i}]")), format!("{e}"))
-                })?;
-            }
-        }
-        // The crates name their fields with their table ("health.rise",
-        // "breaker.open_for"); the retry policy's and the budget's keys live in
-        // the retry table.
-        let bad = |e: InvalidConfig| ConfigError::field(at(e.field), e.reason);
-        if let Some(d) = &self.discovery {
-            check_duration("discovery.interval", d.interval, Zero::Refused).map_err(bad)?;
-        }
-        self.timeouts
-            .validate()
-            .map_err(|e| ConfigError::field(at(&format!("timeouts.{}", e.field)), e.reason))?;
-        self.lb_options().validate().map_err(bad)?;
-        self.retry
-            .clone()
-            .validate()
-            .map_err(|e| ConfigError::field(at(&format!("retry.{}", e.field)), e.reason))?;
-        budget_config(&self.retry).validate().map_err(|e| {
-            let key = e.field.replace("budget.", "retry.budget_");
-            ConfigError::field(at(&key), e.reason)
-        })?;
-        if let Some(h) = &self.health {
-            h.clone().validate().map_err(bad)?;
-        }
-        self.outlier.clone().validate().map_err(bad)?;
-        self.breaker.validate().map_err(bad)?;
-        if let Some(c) = &self.concurrency {
-            // detour-breaker names the table `limit`; here it is `concurrency`.
-            c.validate().map_err(|e| {
-                let key = e.field.replacen("limit.", "concurrency.", 1);
-                ConfigError::field(at(&key), e.reason)
-            })?;
-        }
-        // Active HTTP checks speak cleartext HTTP/1.1: against TLS or h2c
-        // backends every check would fail and take them all out of service.
-        if let Some(h) = &self.health {
-            if h.kind == detour_health::CheckKind::Http && (self.tls.is_some() || self.http2) {
-                return Err(ConfigError::field(
-                    at("health.kind"),
-                    "HTTP checks speak cleartext HTTP/1.1; with tls or http2 use kind = \"tcp\"",
-                ));
-            }
-        }
-        if let Some(t) = &self.tls {
-            if let Some(sni) = &t.sni {
-                crate::tls::check_sni(sni, &at("tls.sni"))?;
-            }
-            TlsClient::new(t, self.http2, &at("tls"))?;
-        }
-        Ok(())
-    }
-}
-
-/// The retry budget a policy asks for.
-fn budget_config(policy: &RetryPolicy) -> BudgetConfig {
-    let mut b = BudgetConfig::default();
-    b.ratio = policy.budget_ratio;
-    b.min_per_second = policy.budget_min_per_second;
-    b.window = policy.budget_window;
-    b
-}
-
-/// Hears every attempt to this upstream's backends: breakers and outlier
-/// detection learn from it, and the attempt metrics count it.
-struct UpstreamObserver {
-    breakers: Option<Arc<BreakerRegistry>>,
-    outlier: Arc<OutlierDetector>,
-    metrics: Arc<Lazy<AttemptHandles>>,
-    per_backend: Arc<BackendCounters>,
-}
-
-impl Observer for UpstreamObserver {
-    fn on_attempt(&self, o: &AttemptOutcome<'_>) {
-        self.metrics.get().record(o);
-        self.per_backend.record(o);
-        if let Some(b) = &self.breakers {
-            b.on_attempt(o);
-        }
-        self.outlier.on_attempt(o);
-    }
-}
 
 /// An upstream: its backends and everything that decides which one takes a
 /// request. Build it with [`Upstream::from_config`].
@@ -681,7 +471,7 @@ impl Upstream {
                 run_discovery(lb, sources, interval, stop).await;
             });
         }
-        Services { stop }
+        Services::new(stop)
     }
 }
 
@@ -695,81 +485,6 @@ impl Upstream {
         telemetry::prime_events(&self.name);
         telemetry::set_spread_gauge(&self.name, self.failure_spread().spread);
         telemetry::prime_panic(&self.name, self.lb.in_panic(Instant::now()));
-    }
-}
-
-/// Run the first round of every upstream's checks and discovery
-/// ([`Upstream::first_round`]) on `runtime`, all at once, and wait for them.
-pub async fn first_rounds(upstreams: &[Arc<Upstream>], runtime: &tokio::runtime::Handle) {
-    let rounds: Vec<_> = upstreams
-        .iter()
-        .map(|u| {
-            let u = Arc::clone(u);
-            runtime.spawn(async move { u.first_round().await })
-        })
-        .collect();
-    for r in rounds {
-        let _ = r.await;
-    }
-}
-
-/// Every source an upstream's backends come from, asked together: the
-/// static list, DNS, a file. A round that fails anywhere changes nothing.
-#[derive(Clone)]
-struct Sources(Arc<SourcesInner>);
-
-struct SourcesInner {
-    fixed: StaticDiscovery,
-    dns: Option<DnsDiscovery<SystemResolver>>,
-    file: Option<FileDiscovery>,
-}
-
-impl Sources {
-    fn new(config: &UpstreamConfig, d: &DiscoveryConfig) -> Result<Self, DiscoveryError> {
-        let dns = if d.dns.is_empty() {
-            None
-        } else {
-            // Validated already: every target parses.
-            let targets: Vec<DnsTarget> = d.dns.iter().filter_map(|t| t.parse().ok()).collect();
-            Some(DnsDiscovery::system(targets)?)
-        };
-        Ok(Sources(Arc::new(SourcesInner {
-            fixed: StaticDiscovery::new(config.backends.iter().cloned()),
-            dns,
-            file: d.file.as_ref().map(FileDiscovery::new),
-        })))
-    }
-}
-
-impl ServiceDiscovery for Sources {
-    async fn discover(&self) -> Result<Vec<Backend>, DiscoveryError> {
-        let mut all = self.0.fixed.discover().await?;
-        if let Some(dns) = &self.0.dns {
-            all.extend(dns.discover().await?);
-        }
-        if let Some(file) = &self.0.file {
-            all.extend(file.discover().await?);
-        }
-        Ok(all)
-    }
-}
-
-/// An upstream's background work; dropping it stops everything.
-#[derive(Debug)]
-pub struct Services {
-    stop: watch::Sender<bool>,
-}
-
-impl Services {
-    /// Stop now (also what dropping does).
-    pub fn stop(&self) {
-        self.stop.send_replace(true);
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        self.stop.send_replace(true);
     }
 }
 
