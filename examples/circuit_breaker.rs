@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use detour::breaker::Transition;
 use detour::server::upstream::{Upstream as DUpstream, UpstreamConfig};
-use detour::testkit::Behavior;
+use detour::testkit::{Behavior, Upstream};
 use detour::GateState;
 use examples::{backends, check, ok_count, send, serve, shutdown, Fallible, Tally};
 use tokio::sync::mpsc;
@@ -38,47 +38,9 @@ async fn main() -> Fallible<()> {
     let (backends, names) = backends(&["A", "B", "C"]).await?;
     let c = &backends[2];
 
-    let toml = format!(
-        r#"
-        lb = "round_robin"
-        backends = [{{ addr = "{}" }}, {{ addr = "{}" }}, {{ addr = "{}" }}]
-        [breaker]
-        consecutive_failures = 5
-        open_for = "2s"
-        jitter = 0.0
-        half_open_probes = 1
-        half_open_successes = 3
-        [outlier]
-        consecutive_5xx = 0
-        consecutive_gateway_failure = 0
-        consecutive_local_origin_failure = 0
-        success_rate = {{ enabled = false }}
-        "#,
-        backends[0].addr(),
-        backends[1].addr(),
-        backends[2].addr()
-    );
-    let cfg: UpstreamConfig = toml::from_str(&toml)?;
-    let up = Arc::new(DUpstream::from_config("app", &cfg)?);
-
+    let up = upstream(&backends)?;
+    let transitions = print_transitions(&up, names.clone(), t0)?;
     let breakers = up.breakers().ok_or("breakers are on by default")?;
-    let (tx, mut transitions) = mpsc::unbounded_channel();
-    let t_names = names.clone();
-    breakers.on_transition(move |t: &Transition| {
-        let who = t.addr.and_then(|a| t_names.get(&a).copied()).unwrap_or("?");
-        let open = t
-            .open_for
-            .map(|d| format!(", for {d:?}"))
-            .unwrap_or_default();
-        println!(
-            "  [{:5.2}s] breaker {who}: {:?} → {:?} ({}{open})",
-            t0.elapsed().as_secs_f64(),
-            t.from,
-            t.to,
-            t.reason.as_str()
-        );
-        let _ = tx.send((t.from, t.to));
-    });
     let c_breaker = breakers.breaker(c.addr()).ok_or("C has a breaker")?;
 
     let server = serve(Arc::clone(&up)).await?;
@@ -138,6 +100,7 @@ async fn main() -> Fallible<()> {
 
     shutdown(server).await?;
     let mut got = Vec::new();
+    let mut transitions = transitions;
     while let Ok(t) = transitions.try_recv() {
         got.push(t);
     }
@@ -155,4 +118,59 @@ async fn main() -> Fallible<()> {
     )?;
     println!("\ndone in {:.1}s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The upstream over the three backends: round robin, a breaker that opens
+/// after 5 failures for 2 s and closes after 3 successful probes, outlier
+/// detection off (so the breaker alone acts).
+fn upstream(backends: &[Upstream]) -> Fallible<Arc<DUpstream>> {
+    let toml = format!(
+        r#"
+        lb = "round_robin"
+        backends = [{{ addr = "{}" }}, {{ addr = "{}" }}, {{ addr = "{}" }}]
+        [breaker]
+        consecutive_failures = 5
+        open_for = "2s"
+        jitter = 0.0
+        half_open_probes = 1
+        half_open_successes = 3
+        [outlier]
+        consecutive_5xx = 0
+        consecutive_gateway_failure = 0
+        consecutive_local_origin_failure = 0
+        success_rate = {{ enabled = false }}
+        "#,
+        backends[0].addr(),
+        backends[1].addr(),
+        backends[2].addr()
+    );
+    let cfg: UpstreamConfig = toml::from_str(&toml)?;
+    Ok(Arc::new(DUpstream::from_config("app", &cfg)?))
+}
+
+/// Print every breaker transition as it happens, and send it down the
+/// channel returned.
+fn print_transitions(
+    up: &DUpstream,
+    names: examples::Names,
+    t0: Instant,
+) -> Fallible<mpsc::UnboundedReceiver<(GateState, GateState)>> {
+    let breakers = up.breakers().ok_or("breakers are on by default")?;
+    let (tx, transitions) = mpsc::unbounded_channel();
+    breakers.on_transition(move |t: &Transition| {
+        let who = t.addr.and_then(|a| names.get(&a).copied()).unwrap_or("?");
+        let open = t
+            .open_for
+            .map(|d| format!(", for {d:?}"))
+            .unwrap_or_default();
+        println!(
+            "  [{:5.2}s] breaker {who}: {:?} → {:?} ({}{open})",
+            t0.elapsed().as_secs_f64(),
+            t.from,
+            t.to,
+            t.reason.as_str()
+        );
+        let _ = tx.send((t.from, t.to));
+    });
+    Ok(transitions)
 }

@@ -40,38 +40,10 @@ const REGIONS: [&str; 3] = ["eu-west", "eu-central", "us-east"];
 async fn main() -> Fallible<()> {
     let t0 = Instant::now();
     let (backends, names) = backends(&["W1", "W2", "C1", "U1"]).await?;
-    let regions = [REGIONS[0], REGIONS[0], REGIONS[1], REGIONS[2]];
-    let specs: Vec<String> = backends
-        .iter()
-        .zip(regions)
-        .map(|(b, r)| format!(r#"{{ addr = "{}", locality = "{r}" }}"#, b.addr()))
-        .collect();
     let [w1, w2, c1, _u1] = &backends[..] else {
         return Err("four backends".into());
     };
-
-    // The panic threshold counts the whole upstream: with 1 of 4 backends up
-    // the default 50 % would spread traffic over dead ones. Off here.
-    let toml = format!(
-        r#"
-        lb = "round_robin"
-        backends = [{}]
-        panic_threshold = 0
-        [failover]
-        kind = "locality"
-        local = "eu-west"
-        order = ["eu-central", "us-east"]
-        [health]
-        path = "/healthz"
-        interval = "1s"
-        fast_interval = "250ms"
-        timeout = "300ms"
-        fall = 2
-        rise = 2
-        "#,
-        specs.join(", ")
-    );
-    let cfg: UpstreamConfig = toml::from_str(&toml)?;
+    let cfg = config(&backends)?;
     let (on_event, mut events) = health_events(&names, t0);
     let up = Arc::new(DUpstream::from_config_with_events("app", &cfg, on_event)?);
 
@@ -151,4 +123,37 @@ async fn main() -> Fallible<()> {
     shutdown(server).await?;
     println!("\ndone in {:.1}s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Round robin over W1, W2 (eu-west), C1 (eu-central) and U1 (us-east),
+/// failing over by locality from eu-west, with fast health checks.
+fn config(backends: &[Upstream]) -> Fallible<UpstreamConfig> {
+    let regions = [REGIONS[0], REGIONS[0], REGIONS[1], REGIONS[2]];
+    let specs: Vec<String> = backends
+        .iter()
+        .zip(regions)
+        .map(|(b, r)| format!(r#"{{ addr = "{}", locality = "{r}" }}"#, b.addr()))
+        .collect();
+    // The panic threshold counts the whole upstream: with 1 of 4 backends up
+    // the default 50 % would spread traffic over dead ones. Off here.
+    let toml = format!(
+        r#"
+        lb = "round_robin"
+        backends = [{}]
+        panic_threshold = 0
+        [failover]
+        kind = "locality"
+        local = "eu-west"
+        order = ["eu-central", "us-east"]
+        [health]
+        path = "/healthz"
+        interval = "1s"
+        fast_interval = "250ms"
+        timeout = "300ms"
+        fall = 2
+        rise = 2
+        "#,
+        specs.join(", ")
+    );
+    Ok(toml::from_str(&toml)?)
 }

@@ -463,8 +463,64 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     ensure_program("h2load", "nghttp2-client")?;
     let nginx = ensure_program("nginx", "nginx")?;
     let haproxy = ensure_program("haproxy", "haproxy")?;
-    let (nginx, haproxy) = (nginx.to_string_lossy(), haproxy.to_string_lossy());
+    let (detour_bin, floor_bin) = build_binaries(root)?;
 
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    // Load generator and backend on core 0, the proxy under test on core 1.
+    let (gen_core, proxy_core) = if cores >= 2 {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
+
+    let dir = root.join("target/bench/run");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    ensure_program("openssl", "openssl")?;
+    make_certificate(&dir)?;
+    // Every process ends with the run, or at the latest when this limit
+    // passes should the harness itself be killed.
+    let limit = Duration::from_secs(
+        (opts.rounds * (opts.connections.len() * 4 + 6)) as u64 * (opts.duration.as_secs() + 1)
+            + 180,
+    );
+    let setup = Setup {
+        dir,
+        limit,
+        proxy_core,
+        nginx: nginx.to_string_lossy().into_owned(),
+        haproxy: haproxy.to_string_lossy().into_owned(),
+        detour_bin,
+        floor_bin,
+    };
+    let backend_port = free_port()?;
+    let conf = setup.write("backend.conf", nginx_backend_conf(&setup.dir, backend_port))?;
+    let mut cmd = pinned(gen_core, &setup.nginx);
+    cmd.args(["-e", "stderr", "-c"]).arg(&conf);
+    let _backend = setup.spawn("backend", cmd)?;
+    wait_listening(backend_port, "the backend")?;
+
+    let targets = setup.start_targets(opts, backend_port)?;
+    for t in &targets {
+        check_ok(t.port, t.name)?;
+    }
+    // Warm-up: connection pools filled, caches and allocator arenas grown.
+    for t in &targets {
+        wrk(gen_core, t, 256, Duration::from_secs(2))?;
+    }
+    let loads: Vec<Load> = opts
+        .connections
+        .iter()
+        .map(|&c| Load::H1(c))
+        .chain([Load::H2(H2::Clear), Load::H2(H2::Tls)])
+        .collect();
+    let samples = measure(gen_core, &targets, &loads, opts)?;
+    let rows = summarize(&targets, &loads, &samples);
+    write_results(root, opts, &rows, cores)
+}
+
+/// Build the detour binary and the hyper floor (release); their paths.
+fn build_binaries(root: &Path) -> Result<(PathBuf, PathBuf), String> {
     println!("building the detour binary and the hyper floor (release)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for (package, kind, name) in [
@@ -482,119 +538,114 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
             ));
         }
     }
-    let detour_bin = root.join("target/release/detour");
-    let floor_bin = root.join("target/release/examples/hyper_floor");
+    Ok((
+        root.join("target/release/detour"),
+        root.join("target/release/examples/hyper_floor"),
+    ))
+}
 
-    let cores = thread::available_parallelism().map_or(1, |n| n.get());
-    // Load generator and backend on core 0, the proxy under test on core 1.
-    let (gen_core, proxy_core) = if cores >= 2 {
-        (Some(0), Some(1))
-    } else {
-        (None, None)
-    };
+/// Where the run keeps its files and how it starts the proxies.
+struct Setup {
+    dir: PathBuf,
+    limit: Duration,
+    proxy_core: Option<usize>,
+    nginx: String,
+    haproxy: String,
+    detour_bin: PathBuf,
+    floor_bin: PathBuf,
+}
 
-    let dir = root.join("target/bench/run");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let write = |name: &str, text: String| -> Result<PathBuf, String> {
-        let p = dir.join(name);
+impl Setup {
+    fn write(&self, name: &str, text: String) -> Result<PathBuf, String> {
+        let p = self.dir.join(name);
         fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
         Ok(p)
-    };
-
-    ensure_program("openssl", "openssl")?;
-    make_certificate(&dir)?;
-    let backend_port = free_port()?;
-    let conf = write("backend.conf", nginx_backend_conf(&dir, backend_port))?;
-    // Every process ends with the run, or at the latest when this limit
-    // passes should the harness itself be killed.
-    let limit = Duration::from_secs(
-        (opts.rounds * (opts.connections.len() * 4 + 6)) as u64 * (opts.duration.as_secs() + 1)
-            + 180,
-    );
-    let spawn =
-        |name: &str, cmd: Command| Guard::spawn(name, cmd, &dir.join(format!("{name}.log")), limit);
-    let mut cmd = pinned(gen_core, &nginx);
-    cmd.args(["-e", "stderr", "-c"]).arg(&conf);
-    let _backend = spawn("backend", cmd)?;
-    wait_listening(backend_port, "the backend")?;
-
-    let wanted = |name: &str| {
-        opts.only
-            .as_ref()
-            .is_none_or(|o| o.iter().any(|n| n == &name.to_ascii_lowercase()))
-    };
-    let mut targets = Vec::new();
-    if wanted("direct") {
-        targets.push(Target {
-            name: "direct",
-            port: backend_port,
-            h2c_port: None,
-            tls_port: None,
-            proc: None,
-        });
-    }
-    if wanted("detour") {
-        let ports = Ports::free()?;
-        let admin = free_port()?;
-        let conf = write("detour.toml", detour_conf(&dir, ports, admin, backend_port))?;
-        let mut cmd = pinned(proxy_core, &detour_bin.to_string_lossy());
-        cmd.arg("--config").arg(&conf);
-        let p = spawn("detour", cmd)?;
-        targets.push(Target::proxy("Detour", ports, p));
-    }
-    if wanted("floor") {
-        // hyper's server and client with nothing in between: what any proxy
-        // built on them costs at least (crates/detour-server/examples).
-        let port = free_port()?;
-        let mut cmd = pinned(proxy_core, &floor_bin.to_string_lossy());
-        cmd.arg(format!("127.0.0.1:{port}"))
-            .arg(format!("127.0.0.1:{backend_port}"));
-        let p = spawn("floor", cmd)?;
-        targets.push(Target {
-            name: "hyper floor",
-            port,
-            h2c_port: None,
-            tls_port: None,
-            proc: Some(p),
-        });
-    }
-    if wanted("nginx") {
-        let ports = Ports::free()?;
-        let conf = write("proxy.conf", nginx_proxy_conf(&dir, ports, backend_port))?;
-        let mut cmd = pinned(proxy_core, &nginx);
-        cmd.args(["-e", "stderr", "-c"]).arg(&conf);
-        let p = spawn("nginx", cmd)?;
-        targets.push(Target::proxy("nginx", ports, p));
-    }
-    if wanted("haproxy") {
-        let ports = Ports::free()?;
-        let conf = write("haproxy.cfg", haproxy_conf(&dir, ports, backend_port))?;
-        let mut cmd = pinned(proxy_core, &haproxy);
-        cmd.arg("-db").arg("-f").arg(&conf);
-        let p = spawn("haproxy", cmd)?;
-        targets.push(Target::proxy("HAProxy", ports, p));
-    }
-    for t in &targets {
-        check_ok(t.port, t.name)?;
     }
 
-    // Warm-up: connection pools filled, caches and allocator arenas grown.
-    for t in &targets {
-        wrk(gen_core, t, 256, Duration::from_secs(2))?;
+    fn spawn(&self, name: &str, cmd: Command) -> Result<Guard, String> {
+        Guard::spawn(name, cmd, &self.dir.join(format!("{name}.log")), self.limit)
     }
 
-    let loads: Vec<Load> = opts
-        .connections
-        .iter()
-        .map(|&c| Load::H1(c))
-        .chain([Load::H2(H2::Clear), Load::H2(H2::Tls)])
-        .collect();
+    /// Start every proxy `opts` asks for, in front of the backend.
+    fn start_targets(&self, opts: &Options, backend_port: u16) -> Result<Vec<Target>, String> {
+        let dir = &self.dir;
+        let proxy_core = self.proxy_core;
+        let (nginx, haproxy) = (&self.nginx, &self.haproxy);
+        let (detour_bin, floor_bin) = (&self.detour_bin, &self.floor_bin);
+        let write = |name: &str, text: String| self.write(name, text);
+        let spawn = |name: &str, cmd: Command| self.spawn(name, cmd);
+        let wanted = |name: &str| {
+            opts.only
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|n| n == &name.to_ascii_lowercase()))
+        };
+        let mut targets = Vec::new();
+        if wanted("direct") {
+            targets.push(Target {
+                name: "direct",
+                port: backend_port,
+                h2c_port: None,
+                tls_port: None,
+                proc: None,
+            });
+        }
+        if wanted("detour") {
+            let ports = Ports::free()?;
+            let admin = free_port()?;
+            let conf = write("detour.toml", detour_conf(dir, ports, admin, backend_port))?;
+            let mut cmd = pinned(proxy_core, &detour_bin.to_string_lossy());
+            cmd.arg("--config").arg(&conf);
+            let p = spawn("detour", cmd)?;
+            targets.push(Target::proxy("Detour", ports, p));
+        }
+        if wanted("floor") {
+            // hyper's server and client with nothing in between: what any proxy
+            // built on them costs at least (crates/detour-server/examples).
+            let port = free_port()?;
+            let mut cmd = pinned(proxy_core, &floor_bin.to_string_lossy());
+            cmd.arg(format!("127.0.0.1:{port}"))
+                .arg(format!("127.0.0.1:{backend_port}"));
+            let p = spawn("floor", cmd)?;
+            targets.push(Target {
+                name: "hyper floor",
+                port,
+                h2c_port: None,
+                tls_port: None,
+                proc: Some(p),
+            });
+        }
+        if wanted("nginx") {
+            let ports = Ports::free()?;
+            let conf = write("proxy.conf", nginx_proxy_conf(dir, ports, backend_port))?;
+            let mut cmd = pinned(proxy_core, nginx);
+            cmd.args(["-e", "stderr", "-c"]).arg(&conf);
+            let p = spawn("nginx", cmd)?;
+            targets.push(Target::proxy("nginx", ports, p));
+        }
+        if wanted("haproxy") {
+            let ports = Ports::free()?;
+            let conf = write("haproxy.cfg", haproxy_conf(dir, ports, backend_port))?;
+            let mut cmd = pinned(proxy_core, haproxy);
+            cmd.arg("-db").arg("-f").arg(&conf);
+            let p = spawn("haproxy", cmd)?;
+            targets.push(Target::proxy("HAProxy", ports, p));
+        }
+        Ok(targets)
+    }
+}
+
+/// Every round of every load against every target.
+fn measure(
+    gen_core: Option<usize>,
+    targets: &[Target],
+    loads: &[Load],
+    opts: &Options,
+) -> Result<BTreeMap<(Load, &'static str), Vec<Sample>>, String> {
     let mut samples: BTreeMap<(Load, &'static str), Vec<Sample>> = BTreeMap::new();
     // Every round of one load before the next load: RSS only grows, so an
     // HTTP/1.1 row measured after an HTTP/2 round (a thousand streams in
     // flight) would report that load's memory, not its own.
-    for &load in &loads {
+    for &load in loads {
         for round in 0..opts.rounds {
             for i in 0..targets.len() {
                 let t = &targets[(i + round) % targets.len()];
@@ -623,7 +674,12 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         }
     }
 
-    let rows = summarize(&targets, &loads, &samples);
+    Ok(samples)
+}
+
+/// Print the table, and (unless a dry run) append it to the history and
+/// the performance chapter.
+fn write_results(root: &Path, opts: &Options, rows: &[Row], cores: usize) -> Result<(), String> {
     let commit = git(root, &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty = git(root, &["status", "--porcelain", "--untracked-files=no"])
         .is_some_and(|s| !s.is_empty());
@@ -640,13 +696,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     let history_path = root.join("xtask/bench-history.tsv");
     let history = fs::read_to_string(&history_path).unwrap_or_default();
     let previous = last_detour_run(&history);
-    let table = render(&rows, opts, &commit, &date, cores, previous.as_ref());
+    let table = render(rows, opts, &commit, &date, cores, previous.as_ref());
     println!("\n{table}");
 
     let out = root.join("target/bench");
     fs::write(out.join("latest.md"), &table).map_err(|e| e.to_string())?;
     if !opts.dry {
-        append_history(&history_path, &history, &rows, &commit, &date)?;
+        append_history(&history_path, &history, rows, &commit, &date)?;
         update_doc(&root.join("docs/src/performance.md"), &table)?;
         println!(
             "wrote {}, docs/src/performance.md and target/bench/latest.md",

@@ -626,6 +626,11 @@ impl Planner {
     /// long to wait first, or why it cannot happen after all (a
     /// `Retry-After` beyond `max_delay`, a wait past the deadline). The wait
     /// and any change of decision are written to the history.
+    ///
+    /// # Errors
+    /// [`NoRetry::RetryAfterTooLong`] or [`NoRetry::OutOfTime`]: the retry
+    /// cannot happen after all (also [`NoRetry::NotRetriable`] for an
+    /// unarmed planner).
     pub fn schedule(
         &mut self,
         id: AttemptId,

@@ -124,6 +124,10 @@ pub trait ProxyHttp: Send + Sync + 'static {
 
     /// Inspect or change one chunk of the request body on its way upstream.
     /// A replayed body is not filtered twice.
+    ///
+    /// # Errors
+    /// An error ends the request: the attempt stops, and the client gets the
+    /// error's answer (as the hook made it, e.g. a 413 never retried).
     fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -170,6 +174,11 @@ pub trait ProxyHttp: Send + Sync + 'static {
     }
 
     /// Inspect or change one chunk of the response body on its way downstream.
+    ///
+    /// # Errors
+    /// An error ends the response where it is: the downstream connection
+    /// (HTTP/1.1) or stream (HTTP/2) is closed, as response bytes already
+    /// went out.
     fn response_body_filter(
         &self,
         _session: &mut Session,

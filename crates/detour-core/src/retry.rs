@@ -348,6 +348,10 @@ pub struct RetryLimits {
 /// * otherwise → the budget decides.
 ///
 /// The retry count and the deadline are the caller's.
+///
+/// # Errors
+/// [`NoRetry::CorrelatedFailure`] or [`NoRetry::BudgetExhausted`]: why the
+/// limits refuse.
 pub fn admit_retry(
     policy: &RetryPolicy,
     limits: RetryLimits,

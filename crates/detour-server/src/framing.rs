@@ -298,41 +298,10 @@ impl Scanner {
                     }
                     return;
                 }
-                Phase::Head => {
-                    // Skip blank lines between requests (RFC 9112 §2.2).
-                    if self.head.is_empty() {
-                        let blank = bytes.iter().take_while(|b| **b == b'\r' || **b == b'\n');
-                        let n = blank.count();
-                        bytes = &bytes[n..];
-                        if bytes.is_empty() {
-                            return;
-                        }
-                        if self.head_started.is_none() {
-                            self.head_started = Some(Instant::now());
-                        }
-                    }
-                    let before = self.head.len();
-                    self.head.extend_from_slice(bytes);
-                    let from = before.saturating_sub(3);
-                    match find_end(&self.head[from..]) {
-                        Some(end) => {
-                            let end = from + end;
-                            let rest_at = end - before;
-                            self.head.truncate(end);
-                            self.finish_head();
-                            bytes = &bytes[rest_at.min(bytes.len())..];
-                        }
-                        None => {
-                            if self.head.len() > self.max_head {
-                                // hyper answers 431; nothing more to follow.
-                                self.phase = Phase::Off;
-                                self.head = Vec::new();
-                                self.head_started = None;
-                            }
-                            return;
-                        }
-                    }
-                }
+                Phase::Head => match self.feed_head(bytes) {
+                    Some(rest) => bytes = rest,
+                    None => return,
+                },
                 Phase::Length(n) => {
                     let take = (*n).min(bytes.len() as u64);
                     *n -= take;
@@ -392,6 +361,40 @@ impl Scanner {
                 }
             }
         }
+    }
+
+    /// Bytes of a request head: gathered up to its blank line, then looked
+    /// at. Returns the bytes after the head, or `None` when all were taken.
+    fn feed_head<'b>(&mut self, mut bytes: &'b [u8]) -> Option<&'b [u8]> {
+        // Skip blank lines between requests (RFC 9112 §2.2).
+        if self.head.is_empty() {
+            let blank = bytes.iter().take_while(|b| **b == b'\r' || **b == b'\n');
+            let n = blank.count();
+            bytes = &bytes[n..];
+            if bytes.is_empty() {
+                return None;
+            }
+            if self.head_started.is_none() {
+                self.head_started = Some(Instant::now());
+            }
+        }
+        let before = self.head.len();
+        self.head.extend_from_slice(bytes);
+        let from = before.saturating_sub(3);
+        let Some(end) = find_end(&self.head[from..]) else {
+            if self.head.len() > self.max_head {
+                // hyper answers 431; nothing more to follow.
+                self.phase = Phase::Off;
+                self.head = Vec::new();
+                self.head_started = None;
+            }
+            return None;
+        };
+        let end = from + end;
+        let rest_at = end - before;
+        self.head.truncate(end);
+        self.finish_head();
+        Some(&bytes[rest_at.min(bytes.len())..])
     }
 
     fn next_request(&mut self) {

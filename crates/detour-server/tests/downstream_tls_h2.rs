@@ -212,7 +212,7 @@ async fn a_rapid_reset_flood_gets_goaway_and_the_server_serves_on() {
     let _ = tcp.write_all(&out).await;
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
             match tcp.read(&mut buf).await {
                 Ok(0) | Err(_) => break,

@@ -360,36 +360,7 @@ fn h1_bytes(r: &H1Request, id: &str) -> Vec<u8> {
         head.push_str("connection: x-hop\r\nx-hop: secret\r\n");
     }
     let body = &v.body;
-    let chunked = |style: ChunkStyle, sizes: &[usize]| {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        let ext = if style.extensions {
-            ";n=v;q=\"a;b\""
-        } else {
-            ""
-        };
-        for size in sizes.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (now, later) = rest.split_at((*size).min(rest.len()));
-            let size = if style.padded_upper {
-                format!("{:04X}", now.len())
-            } else {
-                format!("{:x}", now.len())
-            };
-            out.extend_from_slice(format!("{size}{ext}\r\n").as_bytes());
-            out.extend_from_slice(now);
-            out.extend_from_slice(b"\r\n");
-            rest = later;
-        }
-        out.extend_from_slice(format!("0{ext}\r\n").as_bytes());
-        if style.trailer {
-            out.extend_from_slice(b"x-trailer: t\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out
-    };
+    let chunked = |style: ChunkStyle, sizes: &[usize]| chunked(body, style, sizes);
     let plain = ChunkStyle::default();
     let len = body.len();
     let (framing, payload): (String, Vec<u8>) = match r.broken {
@@ -448,6 +419,38 @@ fn h1_bytes(r: &H1Request, id: &str) -> Vec<u8> {
     }
     let mut out = head.into_bytes();
     out.extend_from_slice(&payload);
+    out
+}
+
+/// `body` in chunks of `sizes` (cycled), written in `style`.
+fn chunked(body: &[u8], style: ChunkStyle, sizes: &[usize]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    let ext = if style.extensions {
+        ";n=v;q=\"a;b\""
+    } else {
+        ""
+    };
+    for size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (now, later) = rest.split_at((*size).min(rest.len()));
+        let size = if style.padded_upper {
+            format!("{:04X}", now.len())
+        } else {
+            format!("{:x}", now.len())
+        };
+        out.extend_from_slice(format!("{size}{ext}\r\n").as_bytes());
+        out.extend_from_slice(now);
+        out.extend_from_slice(b"\r\n");
+        rest = later;
+    }
+    out.extend_from_slice(format!("0{ext}\r\n").as_bytes());
+    if style.trailer {
+        out.extend_from_slice(b"x-trailer: t\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
     out
 }
 

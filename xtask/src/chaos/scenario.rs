@@ -158,14 +158,6 @@ pub(crate) const CLOSED_CLIENTS: usize = 8;
 pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
     let e = length / 8;
     let (fault, repair) = (2 * e, 5 * e);
-    let step = |at: Duration, backend: usize, action: Action| Step {
-        at,
-        backend,
-        action,
-    };
-    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
-    let one =
-        |broken: Action, healed: Action| vec![step(fault, 1, broken), step(repair, 1, healed)];
     // The partial outages: several backends fail while passing their checks.
     let failing = |n: usize| {
         (0..n)
@@ -230,7 +222,27 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
                 min_served: 0.15,
             },
         ),
-        other => steady(match other {
+        other => steady(steady_faults(other, e)?),
+    };
+    Some(Scenario {
+        name: NAMES.iter().find(|n| **n == name)?,
+        summary,
+        dead_at_start,
+        steps,
+        length,
+        backends,
+        clients,
+        bar,
+    })
+}
+
+/// The faults of the one-backend scenarios (and all-down, comes-back), in
+/// eighths `e` of the run: summary, backends dead at the start, steps.
+fn steady_faults(name: &str, e: Duration) -> Option<(String, Vec<usize>, Vec<Step>)> {
+    let (fault, repair) = (2 * e, 5 * e);
+    let one =
+        |broken: Action, healed: Action| vec![step(fault, 1, broken), step(repair, 1, healed)];
+    Some(match name {
         "killed" => (
             format!(
                 "B is killed (refuses connections, open ones reset) at {}, restarted at {}",
@@ -316,18 +328,19 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
             one(Action::ResetAfterRequest, Action::Heal),
         ),
         _ => return None,
-        }),
-    };
-    Some(Scenario {
-        name: NAMES.iter().find(|n| **n == name)?,
-        summary,
-        dead_at_start,
-        steps,
-        length,
-        backends,
-        clients,
-        bar,
     })
+}
+
+fn step(at: Duration, backend: usize, action: Action) -> Step {
+    Step {
+        at,
+        backend,
+        action,
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
 }
 
 /// Backend `b`'s name in the tables: A, B, C…

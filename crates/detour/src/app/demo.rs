@@ -196,6 +196,51 @@ fn retries_from(metrics: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Backend names, in the order of their addresses.
+const NAMES: [&str; 3] = ["A", "B", "C"];
+
+/// The script: each phase's title, and the fault injected as it begins.
+const SCRIPT: [(&str, u32); 5] = [
+    ("all three backends healthy", 0),
+    ("B is killed (stops listening, resets its connections)", 1),
+    ("B is back; C is blackholed (accepts, never answers)", 2),
+    ("C is back; A answers 503 to everything", 3),
+    ("A is healthy again: everything recovers", 4),
+];
+
+/// When each backend went out of service or back in: (since the start,
+/// backend index, in service).
+type Timeline = Arc<Mutex<Vec<(Duration, usize, bool)>>>;
+
+/// What the phases share: the backends, the proxy's state, the clients'
+/// counters and the metrics.
+struct Stage {
+    ups: Vec<Upstream>,
+    addrs: Vec<SocketAddr>,
+    app: Arc<super::state::App>,
+    counters: Arc<Counters>,
+    metrics: Option<crate::metrics::MetricsHandle>,
+    start: Instant,
+    live: bool,
+    /// Requests, errors and requests per backend at the last live line.
+    last: (u64, u64, BTreeMap<SocketAddr, u64>),
+}
+
+impl Stage {
+    fn name_of(&self, a: SocketAddr) -> &'static str {
+        self.addrs
+            .iter()
+            .position(|x| *x == a)
+            .map_or("?", |i| NAMES[i])
+    }
+
+    fn retries(&self) -> u64 {
+        self.metrics
+            .as_ref()
+            .map_or(0, |m| retries_from(&m.render()))
+    }
+}
+
 /// Run the demo. `metrics` is the recorder's handle (retry counts come from it).
 ///
 /// # Errors
@@ -204,83 +249,101 @@ pub async fn run(
     opts: DemoOptions,
     metrics: Option<crate::metrics::MetricsHandle>,
 ) -> Result<DemoSummary, Box<dyn std::error::Error + Send + Sync>> {
-    let names = ["A", "B", "C"];
     let mut ups = Vec::new();
     for _ in 0..3 {
         ups.push(Upstream::start(Behavior::ok()).await?);
     }
     let addrs: Vec<SocketAddr> = ups.iter().map(Upstream::addr).collect();
-    let name_of = |a: SocketAddr| addrs.iter().position(|x| *x == a).map_or("?", |i| names[i]);
-    let config = demo_config(&addrs);
-    let running = super::start(&config, None, metrics.clone(), None)?;
+    let running = super::start(&demo_config(&addrs), None, metrics.clone(), None)?;
     let proxy = running.addr();
-    let app = Arc::clone(&running.app);
     if opts.live {
-        println!(
-            "detour demo: proxy on {proxy}, backends A={} B={} C={}",
-            addrs[0], addrs[1], addrs[2]
-        );
-        if let Some(a) = running.admin_addr {
-            println!("admin API on http://{a}/status and /metrics while it runs");
-        }
-        println!(
-            "{} clients send GETs; each phase lasts {:?}.\n",
-            opts.clients, opts.phase
-        );
+        print_intro(&opts, proxy, &addrs, running.admin_addr);
     }
-
     let counters = Arc::new(Counters::default());
-    let phases = 5u32;
-    let until = Instant::now() + opts.phase * phases;
-    let mut tasks = Vec::new();
-    for _ in 0..opts.clients {
-        tasks.push(tokio::spawn(client(
-            proxy,
-            Arc::clone(&counters),
-            opts.pause,
-            until,
-        )));
+    let until = Instant::now() + opts.phase * SCRIPT.len() as u32;
+    let tasks: Vec<_> = (0..opts.clients)
+        .map(|_| tokio::spawn(client(proxy, Arc::clone(&counters), opts.pause, until)))
+        .collect();
+    let mut stage = Stage {
+        ups,
+        addrs,
+        app: Arc::clone(&running.app),
+        counters,
+        metrics,
+        start: Instant::now(),
+        live: opts.live,
+        last: (0, 0, BTreeMap::new()),
+    };
+    let timeline = Timeline::default();
+    let watcher = spawn_watcher(&stage, Arc::clone(&timeline), until);
+    let mut phase_starts = Vec::new();
+    for (title, step) in SCRIPT {
+        phase_starts.push(stage.start.elapsed());
+        stage.inject(step).await?;
+        stage.watch_phase(title, opts.phase).await;
     }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = watcher.await;
+    let summary = stage.summary(&timeline, &phase_starts);
+    tokio::task::spawn_blocking(move || running.stop(Stop::Graceful)).await?;
+    if opts.live {
+        print_summary(&summary);
+    }
+    Ok(summary)
+}
 
-    let script: [(&str, u32); 5] = [
-        ("all three backends healthy", 0),
-        ("B is killed (stops listening, resets its connections)", 1),
-        ("B is back; C is blackholed (accepts, never answers)", 2),
-        ("C is back; A answers 503 to everything", 3),
-        ("A is healthy again: everything recovers", 4),
-    ];
-    let start = Instant::now();
-    // Samples, every 10 ms, whether each backend is in service (healthy and
-    // its breaker closed), and logs every change with its time.
-    let timeline: Arc<Mutex<Vec<(Duration, usize, bool)>>> = Arc::default();
-    let watcher = {
-        let (app, timeline, addrs) = (Arc::clone(&app), Arc::clone(&timeline), addrs.clone());
-        tokio::spawn(async move {
-            let mut was = [true; 3];
-            while Instant::now() < until {
-                if let Some(up) = app.current().upstreams.get("app") {
-                    for b in up.backends().iter() {
-                        let Some(i) = addrs.iter().position(|a| *a == b.addr()) else {
-                            continue;
-                        };
-                        let now = app.health("app", b) == Health::Healthy
-                            && Breaker::of(b) == Breaker::Closed;
-                        if now != was[i] {
-                            was[i] = now;
-                            if let Ok(mut t) = timeline.lock() {
-                                t.push((start.elapsed(), i, now));
-                            }
+fn print_intro(
+    opts: &DemoOptions,
+    proxy: SocketAddr,
+    addrs: &[SocketAddr],
+    admin: Option<SocketAddr>,
+) {
+    println!(
+        "detour demo: proxy on {proxy}, backends A={} B={} C={}",
+        addrs[0], addrs[1], addrs[2]
+    );
+    if let Some(a) = admin {
+        println!("admin API on http://{a}/status and /metrics while it runs");
+    }
+    println!(
+        "{} clients send GETs; each phase lasts {:?}.\n",
+        opts.clients, opts.phase
+    );
+}
+
+/// Sample, every 10 ms until `until`, whether each backend is in service
+/// (healthy and its breaker closed), and write every change to `timeline`.
+fn spawn_watcher(stage: &Stage, timeline: Timeline, until: Instant) -> tokio::task::JoinHandle<()> {
+    let (app, addrs, start) = (Arc::clone(&stage.app), stage.addrs.clone(), stage.start);
+    tokio::spawn(async move {
+        let mut was = [true; 3];
+        while Instant::now() < until {
+            if let Some(up) = app.current().upstreams.get("app") {
+                for b in up.backends().iter() {
+                    let Some(i) = addrs.iter().position(|a| *a == b.addr()) else {
+                        continue;
+                    };
+                    let now = app.health("app", b) == Health::Healthy
+                        && Breaker::of(b) == Breaker::Closed;
+                    if now != was[i] {
+                        was[i] = now;
+                        if let Ok(mut t) = timeline.lock() {
+                            t.push((start.elapsed(), i, now));
                         }
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        })
-    };
-    let mut phase_starts = Vec::new();
-    let mut last = (0u64, 0u64, BTreeMap::new());
-    for (title, step) in script {
-        phase_starts.push(start.elapsed());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+}
+
+impl Stage {
+    /// The fault of script step `step`.
+    async fn inject(&mut self, step: u32) -> std::io::Result<()> {
+        let ups = &mut self.ups;
         match step {
             1 => ups[1].kill().await,
             2 => {
@@ -294,140 +357,150 @@ pub async fn run(
             4 => ups[0].set_behavior(Behavior::ok()),
             _ => {}
         }
-        if opts.live {
-            println!("== {:>4.1}s  {title}", start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Wait out one phase, printing a line a second when live.
+    async fn watch_phase(&mut self, title: &str, length: Duration) {
+        if self.live {
+            println!("== {:>4.1}s  {title}", self.start.elapsed().as_secs_f64());
             println!(
                 "   time   req/s  errors  p99 ms  retries | share of traffic, health/breaker per backend"
             );
         }
-        let phase_end = Instant::now() + opts.phase;
+        let c = Arc::clone(&self.counters);
+        let phase_end = Instant::now() + length;
         while Instant::now() < phase_end {
             tokio::time::sleep(Duration::from_secs(1).min(phase_end - Instant::now())).await;
-            let reqs = counters.requests.load(Ordering::Relaxed);
-            let errs = counters.errors.load(Ordering::Relaxed);
-            let served = counters
-                .served
-                .lock()
-                .map(|s| s.clone())
-                .unwrap_or_default();
-            let retries = metrics.as_ref().map_or(0, |m| retries_from(&m.render()));
-            let mut recent = counters
+            let reqs = c.requests.load(Ordering::Relaxed);
+            let errs = c.errors.load(Ordering::Relaxed);
+            let served = c.served.lock().map(|s| s.clone()).unwrap_or_default();
+            let mut recent = c
                 .recent
                 .lock()
                 .map(|mut v| std::mem::take(&mut *v))
                 .unwrap_or_default();
             let p99 = percentiles(&mut recent)[1];
-            if opts.live {
-                let state = app.current();
-                let mut cols = Vec::new();
-                if let Some(up) = state.upstreams.get("app") {
-                    let total: u64 = served.values().sum::<u64>() - last.2.values().sum::<u64>();
-                    for b in up.backends().iter() {
-                        let now_n = served.get(&b.addr()).copied().unwrap_or(0);
-                        let was = last.2.get(&b.addr()).copied().unwrap_or(0);
-                        let share = if total == 0 {
-                            0.0
-                        } else {
-                            (now_n - was) as f64 * 100.0 / total as f64
-                        };
-                        cols.push(format!(
-                            "{} {:>3.0}% {}/{}",
-                            name_of(b.addr()),
-                            share,
-                            app.health("app", b),
-                            Breaker::of(b)
-                        ));
-                    }
-                }
+            let last = &self.last;
+            if self.live {
                 println!(
                     "  {:>5.1}s {:>6} {:>7} {:>7.1} {:>8} | {}",
-                    start.elapsed().as_secs_f64(),
+                    self.start.elapsed().as_secs_f64(),
                     reqs - last.0,
                     errs - last.1,
                     p99.as_secs_f64() * 1e3,
-                    retries,
-                    cols.join("   ")
+                    self.retries(),
+                    self.columns(&served, &last.2)
                 );
             }
-            last = (reqs, errs, served);
+            self.last = (reqs, errs, served);
         }
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let _ = watcher.await;
-    // (what, backend, broken at, repaired at)
-    let faults = [
-        ("B killed", 1, phase_starts[1], phase_starts[2]),
-        ("C blackholed", 2, phase_starts[2], phase_starts[3]),
-        ("A answering 503", 0, phase_starts[3], phase_starts[4]),
-    ];
-    let timeline = timeline.lock().map(|t| t.clone()).unwrap_or_default();
-    let detection = faults
-        .iter()
-        .map(|&(what, i, broken, repaired)| {
-            let first = |from: Duration, in_service: bool| {
-                timeline
-                    .iter()
-                    .find(|&&(t, j, s)| j == i && s == in_service && t >= from)
-                    .map(|&(t, ..)| t - from)
+
+    /// Each backend's share of the requests served since `before`, and its
+    /// health and breaker.
+    fn columns(
+        &self,
+        served: &BTreeMap<SocketAddr, u64>,
+        before: &BTreeMap<SocketAddr, u64>,
+    ) -> String {
+        let state = self.app.current();
+        let Some(up) = state.upstreams.get("app") else {
+            return String::new();
+        };
+        let total: u64 = served.values().sum::<u64>() - before.values().sum::<u64>();
+        let mut cols = Vec::new();
+        for b in up.backends().iter() {
+            let now_n = served.get(&b.addr()).copied().unwrap_or(0);
+            let was = before.get(&b.addr()).copied().unwrap_or(0);
+            let share = if total == 0 {
+                0.0
+            } else {
+                (now_n - was) as f64 * 100.0 / total as f64
             };
-            (
-                what.to_string(),
-                first(broken, false),
-                first(repaired, true),
-            )
-        })
-        .collect();
-    let mut all = counters
-        .all
-        .lock()
-        .map(|mut v| std::mem::take(&mut *v))
-        .unwrap_or_default();
-    let served = counters
-        .served
-        .lock()
-        .map(|s| s.clone())
-        .unwrap_or_default();
-    let summary = DemoSummary {
-        requests: counters.requests.load(Ordering::Relaxed),
-        client_errors: counters.errors.load(Ordering::Relaxed),
-        retries: metrics.as_ref().map_or(0, |m| retries_from(&m.render())),
-        served_by: served
+            cols.push(format!(
+                "{} {:>3.0}% {}/{}",
+                self.name_of(b.addr()),
+                share,
+                self.app.health("app", b),
+                Breaker::of(b)
+            ));
+        }
+        cols.join("   ")
+    }
+
+    /// The run's figures, with each fault's detection and recovery times
+    /// read from `timeline`.
+    fn summary(&self, timeline: &Timeline, phase_starts: &[Duration]) -> DemoSummary {
+        // (what, backend, broken at, repaired at)
+        let faults = [
+            ("B killed", 1, phase_starts[1], phase_starts[2]),
+            ("C blackholed", 2, phase_starts[2], phase_starts[3]),
+            ("A answering 503", 0, phase_starts[3], phase_starts[4]),
+        ];
+        let timeline = timeline.lock().map(|t| t.clone()).unwrap_or_default();
+        let detection = faults
             .iter()
-            .map(|(a, n)| (name_of(*a).to_string(), *n))
-            .collect(),
-        latency: percentiles(&mut all),
-        detection,
-    };
-    tokio::task::spawn_blocking(move || running.stop(Stop::Graceful)).await?;
-    if opts.live {
-        println!(
-            "\nsummary: {} GETs, {} client-visible errors, {} retries/failovers by the proxy",
-            summary.requests, summary.client_errors, summary.retries
-        );
-        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
-        let [p50, p99, max] = summary.latency;
-        println!(
-            "client latency: p50 {}, p99 {}, max {}",
-            ms(p50),
-            ms(p99),
-            ms(max)
-        );
-        for (name, n) in &summary.served_by {
-            println!("  backend {name} answered {n}");
-        }
-        let opt = |d: Option<Duration>| d.map_or("not seen".to_string(), ms);
-        for (what, out, back) in &summary.detection {
-            println!(
-                "  {what}: out of service after {}, back in service {} after its repair",
-                opt(*out),
-                opt(*back)
-            );
-        }
-        if summary.client_errors == 0 {
-            println!("every GET succeeded while backends died, hung and failed.");
+            .map(|&(what, i, broken, repaired)| {
+                let first = |from: Duration, in_service: bool| {
+                    timeline
+                        .iter()
+                        .find(|&&(t, j, s)| j == i && s == in_service && t >= from)
+                        .map(|&(t, ..)| t - from)
+                };
+                (
+                    what.to_string(),
+                    first(broken, false),
+                    first(repaired, true),
+                )
+            })
+            .collect();
+        let c = &self.counters;
+        let mut all = c
+            .all
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        let served = c.served.lock().map(|s| s.clone()).unwrap_or_default();
+        DemoSummary {
+            requests: c.requests.load(Ordering::Relaxed),
+            client_errors: c.errors.load(Ordering::Relaxed),
+            retries: self.retries(),
+            served_by: served
+                .iter()
+                .map(|(a, n)| (self.name_of(*a).to_string(), *n))
+                .collect(),
+            latency: percentiles(&mut all),
+            detection,
         }
     }
-    Ok(summary)
+}
+
+fn print_summary(summary: &DemoSummary) {
+    println!(
+        "\nsummary: {} GETs, {} client-visible errors, {} retries/failovers by the proxy",
+        summary.requests, summary.client_errors, summary.retries
+    );
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    let [p50, p99, max] = summary.latency;
+    println!(
+        "client latency: p50 {}, p99 {}, max {}",
+        ms(p50),
+        ms(p99),
+        ms(max)
+    );
+    for (name, n) in &summary.served_by {
+        println!("  backend {name} answered {n}");
+    }
+    let opt = |d: Option<Duration>| d.map_or("not seen".to_string(), ms);
+    for (what, out, back) in &summary.detection {
+        println!(
+            "  {what}: out of service after {}, back in service {} after its repair",
+            opt(*out),
+            opt(*back)
+        );
+    }
+    if summary.client_errors == 0 {
+        println!("every GET succeeded while backends died, hung and failed.");
+    }
 }
