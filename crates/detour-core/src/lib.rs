@@ -15,7 +15,9 @@
 //!   request's attempts and keeps their history.
 //! - [`backend`]: [`Backend`] and its lock-free [`BackendState`], admission [`Permit`]s.
 //! - [`peer`]: [`HttpPeer`] and [`PeerOptions`], where one attempt goes.
-//! - [`connect`]: the [`Connect`](connect::Connect) trait every dialer takes.
+//! - [`connect`]: the [`Connect`](connect::Connect) trait every dialer takes, and
+//!   [`ClientExchange`](connect::ClientExchange), one request on a connection of
+//!   its own (how active HTTP checks dial like the engine).
 //! - [`observe`]: [`AttemptOutcome`], its [`OutcomeClass`] and the
 //!   [`Observer`] trait.
 //! - [`spread`]: how failure is spread across an upstream's backends

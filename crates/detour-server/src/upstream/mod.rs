@@ -10,6 +10,7 @@ pub use detour_core::connect::{Connect, TcpConnector};
 mod body;
 pub(crate) mod classify;
 pub(crate) mod dial;
+pub(crate) mod exchange;
 pub(crate) mod h2pool;
 pub(crate) mod pool;
 
