@@ -15,28 +15,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock::{from_nanos, to_nanos};
 use crate::error::ErrorKind;
-use crate::observe::OutcomeClass;
-use crate::spread::{FailureSpread, History};
-
-/// The process-wide base that atomics store instants against (nanoseconds since).
-fn clock_base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-/// `at` as nanoseconds since the clock base, never 0 (0 means "unset").
-pub(crate) fn clock_nanos(at: Instant) -> u64 {
-    to_nanos(at)
-}
-
-fn to_nanos(at: Instant) -> u64 {
-    (at.saturating_duration_since(clock_base()).as_nanos() as u64).max(1)
-}
-
-fn from_nanos(n: u64) -> Instant {
-    clock_base() + Duration::from_nanos(n)
-}
+use crate::outcome::OutcomeClass;
+use crate::spread::{FailureSpread, History, SpreadMember};
 
 /// A gate that may refuse or admit attempts to one backend (a circuit breaker
 /// implements it). Admission and release must be cheap and lock-free.
@@ -432,6 +414,20 @@ impl Backend {
             backend: Arc::clone(self),
             gated,
         })
+    }
+}
+
+impl SpreadMember for Backend {
+    fn in_rotation(&self) -> bool {
+        self.weight > 0 && !self.state.check_failed() && !self.state.is_draining()
+    }
+
+    fn history(&self) -> &History {
+        &self.state.history
+    }
+
+    fn is_passively_removed(&self) -> bool {
+        self.state.is_passively_removed()
     }
 }
 

@@ -341,6 +341,17 @@ impl Error {
     pub fn from_upstream_io(err: std::io::Error) -> Self {
         Self::upstream(ErrorKind::from_io(err.kind())).cause(err)
     }
+
+    /// Classify a failed connect to an upstream: `ConnectTimeout` when the
+    /// system timed it out, `ConnectRefused` otherwise (no connection was
+    /// made, so nothing was sent, whatever the cause).
+    pub fn from_connect_io(err: std::io::Error) -> Self {
+        let kind = match err.kind() {
+            std::io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
+            _ => ErrorKind::ConnectRefused,
+        };
+        Self::upstream(kind).cause(err)
+    }
 }
 
 impl fmt::Debug for Error {
@@ -497,6 +508,16 @@ mod tests {
         );
         assert!(e.caused_by_backend());
         assert!(!Error::internal(ErrorKind::CircuitOpen).caused_by_backend());
+        // A connect that failed never sent anything: refused unless it timed out.
+        let connect = |k| Error::from_connect_io(std::io::Error::from(k)).kind();
+        assert_eq!(
+            connect(std::io::ErrorKind::TimedOut),
+            ErrorKind::ConnectTimeout
+        );
+        assert_eq!(
+            connect(std::io::ErrorKind::AddrNotAvailable),
+            ErrorKind::ConnectRefused
+        );
         assert_eq!(
             std::mem::size_of::<Result<()>>(),
             std::mem::size_of::<usize>()

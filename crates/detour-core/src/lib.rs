@@ -15,8 +15,11 @@
 //!   request's attempts and keeps their history.
 //! - [`backend`]: [`Backend`] and its lock-free [`BackendState`], admission [`Permit`]s.
 //! - [`peer`]: [`HttpPeer`] and [`PeerOptions`], where one attempt goes.
-//! - [`connect`]: the [`Connect`](connect::Connect) trait every dialer takes.
-//! - [`observe`]: [`AttemptOutcome`] and the [`Observer`] trait.
+//! - [`connect`]: the [`Connect`](connect::Connect) trait every dialer takes, and
+//!   [`ClientExchange`](connect::ClientExchange), one request on a connection of
+//!   its own (how active HTTP checks dial like the engine).
+//! - [`observe`]: [`AttemptOutcome`], its [`OutcomeClass`] and the
+//!   [`Observer`] trait.
 //! - [`spread`]: how failure is spread across an upstream's backends
 //!   (concentrated or correlated), from each backend's recent attempts.
 //!
@@ -38,11 +41,13 @@
 
 mod addr_hash;
 pub mod backend;
+mod clock;
 pub mod commit;
 pub mod connect;
 pub mod error;
 mod invalid;
 pub mod observe;
+mod outcome;
 pub mod peer;
 pub mod plan;
 pub mod proxy;

@@ -15,7 +15,9 @@
 //! in its [`BackendState`](crate::BackendState)), not a count over the
 //! upstream: a count cannot say whether the failures sit on a few backends or
 //! on all of them. [`classify`] is the pure rule; [`FailureSpread`] applies it
-//! to an upstream's members at most once per [`STEP`].
+//! to an upstream's members at most once per [`STEP`]. It reads them through
+//! [`SpreadMember`], which [`Backend`](crate::Backend) implements, so the
+//! spread never depends on the backend module that owns a history.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::{clock_nanos, Backend};
+use crate::clock::to_nanos;
 
 /// Attempts each backend's history remembers.
 pub const HISTORY: u32 = 56;
@@ -216,6 +218,21 @@ pub fn classify(members: &[Member]) -> Verdict {
     }
 }
 
+/// One backend of an upstream as [`FailureSpread`] reads it.
+/// [`Backend`](crate::Backend) implements it; the spread holds its members
+/// weakly, so a backend gone from the upstream is simply skipped.
+pub trait SpreadMember: Send + Sync {
+    /// Whether the backend takes traffic at all now. Backends of weight 0,
+    /// taken out by the active checks, or draining are left out of
+    /// [`classify`]: they take no traffic whatever the spread.
+    fn in_rotation(&self) -> bool;
+    /// The backend's last attempts.
+    fn history(&self) -> &History;
+    /// Whether the backend is passively removed now (ejected, or its
+    /// breaker open).
+    fn is_passively_removed(&self) -> bool;
+}
+
 /// Called with `(before, after)` when an upstream's spread changes.
 pub type SpreadHook = Arc<dyn Fn(Verdict, Verdict) + Send + Sync>;
 
@@ -227,7 +244,7 @@ pub type SpreadHook = Arc<dyn Fn(Verdict, Verdict) + Send + Sync>;
 /// members from [`RemovalCap::attach`](crate::RemovalCap::attach), and its
 /// ceiling and the retry decision both read the verdict.
 pub struct FailureSpread {
-    members: Mutex<Vec<Weak<Backend>>>,
+    members: Mutex<Vec<Weak<dyn SpreadMember>>>,
     /// `step << 32 | healthy << 16 | failing << 8 | spread`; step 0 = never.
     verdict: AtomicU64,
     classifying: AtomicBool,
@@ -277,8 +294,11 @@ impl FailureSpread {
     }
 
     /// Make `backends` the members classified.
-    pub fn set_members(&self, backends: &[Arc<Backend>]) {
-        let weak = backends.iter().map(Arc::downgrade).collect();
+    pub fn set_members<M: SpreadMember + 'static>(&self, backends: &[Arc<M>]) {
+        let weak = backends
+            .iter()
+            .map(|b| Arc::downgrade(b) as Weak<dyn SpreadMember>)
+            .collect();
         *self.members.lock().unwrap_or_else(|e| e.into_inner()) = weak;
     }
 
@@ -290,7 +310,7 @@ impl FailureSpread {
     /// The verdict at `now`: the last one, or a new one if a [`STEP`] has
     /// passed since (one caller classifies; the others read the last).
     pub fn at(&self, now: Instant) -> Verdict {
-        let step = clock_nanos(now) / STEP.as_nanos() as u64 + 1;
+        let step = to_nanos(now) / STEP.as_nanos() as u64 + 1;
         let bits = self.verdict.load(Ordering::Acquire);
         let last_step = bits >> 32;
         if last_step == step || self.classifying.swap(true, Ordering::Acquire) {
@@ -325,20 +345,16 @@ impl FailureSpread {
         members
             .iter()
             .filter_map(Weak::upgrade)
-            .filter(|b| {
-                let s = b.state();
-                b.weight() > 0 && !s.check_failed() && !s.is_draining()
-            })
+            .filter(|b| b.in_rotation())
             .map(|b| {
-                let s = b.state();
                 if forget {
-                    s.history().clear();
+                    b.history().clear();
                 }
-                let (attempts, failures) = s.history().recent();
+                let (attempts, failures) = b.history().recent();
                 Member {
                     attempts,
                     failures,
-                    removed: s.is_passively_removed(),
+                    removed: b.is_passively_removed(),
                 }
             })
             .collect()

@@ -20,7 +20,10 @@
 //!
 //! # Layout
 //! - [`active`]: [`HealthConfig`], [`HealthCheck`], [`TcpCheck`], [`HttpCheck`],
-//!   [`HealthChecker`].
+//!   [`HealthChecker`]. HTTP checks talk through a
+//!   [`ClientExchange`](detour_core::connect::ClientExchange) a server hands
+//!   them (its own TLS and HTTP/2 dialing), or plain-TCP HTTP/1.1 without
+//!   one.
 //! - [`outlier`]: [`OutlierConfig`], [`OutlierDetector`].
 //! - [`event`]: [`HealthEvent`], [`EventKind`], [`EjectCause`], the metrics.
 //!
@@ -65,6 +68,7 @@ pub mod active;
 pub mod event;
 pub mod outlier;
 
+pub use active::read_response;
 pub use active::{
     BackendHealth, BoxHealthCheck, CheckFailure, CheckFailureKind, CheckKind, ConfiguredCheck,
     HealthCheck, HealthChecker, HealthConfig, HttpCheck, StatusRange, TcpCheck, Verdict,

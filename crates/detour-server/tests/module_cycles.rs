@@ -19,13 +19,7 @@ type ModPath = Vec<String>;
 
 /// Known cycles, each with the reason it is still here; `(crate, members)`.
 /// The test fails when one of these is gone too, so the list stays true.
-const KNOWN: &[(&str, &[&str])] = &[
-    // backend.rs keeps a backend's failure history (spread) and its last
-    // outcome's class (observe), while both name `Backend`. detour-core is
-    // being rebuilt under issue 16 points 1-2 (the attempt planner and its
-    // history); untangle these there.
-    ("detour-core", &["backend", "observe", "spread"]),
-];
+const KNOWN: &[(&str, &[&str])] = &[];
 
 #[test]
 fn no_crate_has_a_module_cycle() {

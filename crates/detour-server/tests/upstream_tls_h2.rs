@@ -19,7 +19,7 @@ use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use support::h2backend::{H2Backend, Mode};
-use support::tls::TestCert;
+use support::tls::{server_tls, TestCert};
 use support::{send, upstream, Selecting};
 
 fn serve(up: &Arc<Upstream>) -> ServerHandle {
@@ -29,24 +29,6 @@ fn serve(up: &Arc<Upstream>) -> ServerHandle {
         .config(cfg.clone())
         .build();
     Server::new(cfg).start(proxy).unwrap()
-}
-
-fn server_tls(cert: &TestCert, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
-    let certs = vec![cert.der.clone()];
-    let key = {
-        use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key).unwrap()
-    };
-    let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    Arc::new(c)
 }
 
 /// An HTTP/1.1-only TLS backend (ALPN offers http/1.1 alone); counts requests.

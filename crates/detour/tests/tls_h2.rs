@@ -170,20 +170,20 @@ fn tls_and_http2_settings_load_and_bad_ones_are_refused_by_field() {
     );
     refused(&up("tls = { verify = \"no\" }"), "upstreams.app.tls");
     refused(&up("http2 = \"yes\""), "upstreams.app.http2");
-    // Active HTTP checks are cleartext HTTP/1.1: refused next to tls or http2.
+    // Active HTTP checks dial like the traffic (TLS, HTTP/2): they load next
+    // to tls or http2, and over HTTP/2 their Host must be an authority.
+    for extra in [
+        "http2 = true\n[upstreams.app.health]\nkind = \"http\"",
+        "tls = { verify = false }\n[upstreams.app.health]\nkind = \"http\"",
+        "http2 = true\ntls = { verify = false }\n[upstreams.app.health]\nkind = \"http\"\nhost = \"app.internal:8443\"",
+        "http2 = true\n[upstreams.app.health]\nkind = \"tcp\"",
+    ] {
+        Config::from_toml(&up(extra), None).unwrap();
+    }
     refused(
-        &up("http2 = true\n[upstreams.app.health]\nkind = \"http\""),
-        "upstreams.app.health.kind",
+        &up("http2 = true\n[upstreams.app.health]\nkind = \"http\"\nhost = \"a b\""),
+        "upstreams.app.health.host",
     );
-    refused(
-        &up("tls = { verify = false }\n[upstreams.app.health]\nkind = \"http\""),
-        "upstreams.app.health.kind",
-    );
-    Config::from_toml(
-        &up("http2 = true\n[upstreams.app.health]\nkind = \"tcp\""),
-        None,
-    )
-    .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other);
 }

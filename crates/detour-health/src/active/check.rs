@@ -3,13 +3,13 @@
 //! the other way round.
 
 use std::borrow::Cow;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour_core::{Backend, ErrorKind};
+use detour_core::{Backend, Error, ErrorKind};
 
 /// One probe of one backend: passes with `Ok(())`, fails with the reason.
 ///
@@ -103,6 +103,35 @@ impl CheckFailure {
             // The kind says all there is to say.
             ErrorKind::ConnectRefused | ErrorKind::ConnectionReset => Self::transport(kind),
             _ => Self::new(CheckFailureKind::Transport(kind), format!("{kind}: {err}")),
+        }
+    }
+
+    /// A transport failure from a [`detour_core::Error`] (what a
+    /// [`ClientExchange`](detour_core::connect::ClientExchange) fails with):
+    /// its kind, and its context and causes for people. A refused or reset
+    /// connection with nothing more to say is described by the kind alone.
+    pub fn from_error(err: &Error) -> Self {
+        let kind = err.kind();
+        let mut message = kind.to_string();
+        if let Some(context) = err.context_str() {
+            message.push_str(": ");
+            message.push_str(context);
+        }
+        let mut plain = err.context_str().is_none();
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            // An I/O cause of the same kind repeats what the kind says.
+            plain &= cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| ErrorKind::from_io(io.kind()) == kind);
+            let _ = write!(message, ": {cause}");
+            source = cause.source();
+        }
+        match kind {
+            ErrorKind::ConnectRefused | ErrorKind::ConnectionReset if plain => {
+                Self::transport(kind)
+            }
+            _ => Self::new(CheckFailureKind::Transport(kind), message),
         }
     }
 

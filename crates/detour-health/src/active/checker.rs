@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use detour_core::connect::Connect;
+use detour_core::connect::{ClientExchange, Connect};
 use detour_core::{Backend, Removal};
 use tokio::sync::Notify;
 use tokio::task::{JoinError, JoinSet};
@@ -189,6 +189,23 @@ impl<C: Connect> HealthChecker<ConfiguredCheck<C>> {
         backends: impl Fn() -> Vec<Arc<Backend>> + Send + Sync + 'static,
     ) -> Result<Self, InvalidConfig> {
         let check = ConfiguredCheck::from_config(&config, connector)?;
+        Self::new(config, check, backends)
+    }
+
+    /// Like [`from_config`](Self::from_config), with HTTP checks sent through
+    /// `exchange` — the server's own dialing, so an upstream with TLS or
+    /// HTTP/2 is checked the way its traffic reaches it. TCP checks still
+    /// dial through `connector`.
+    ///
+    /// # Errors
+    /// [`InvalidConfig`] when the configuration does not validate.
+    pub fn from_config_with_exchange(
+        config: HealthConfig,
+        connector: C,
+        exchange: Arc<dyn ClientExchange>,
+        backends: impl Fn() -> Vec<Arc<Backend>> + Send + Sync + 'static,
+    ) -> Result<Self, InvalidConfig> {
+        let check = ConfiguredCheck::from_config_with_exchange(&config, connector, exchange)?;
         Self::new(config, check, backends)
     }
 }

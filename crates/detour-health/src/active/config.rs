@@ -186,7 +186,8 @@ pub struct HealthConfig {
     pub path: String,
     /// HTTP: the request's method. Default `GET`.
     pub method: String,
-    /// HTTP: the `Host` header. Default: the backend's address.
+    /// HTTP: the `Host` header (the `:authority` over HTTP/2). Default: the
+    /// backend's address.
     pub host: Option<String>,
     /// HTTP: statuses that pass. Default `["200-399"]`.
     pub expected_statuses: Vec<StatusRange>,

@@ -1,21 +1,18 @@
-//! The HTTP check: one request on a fresh HTTP/1.1 connection (hyper's client
-//! connection), judged by its status and, optionally, its body.
+//! The HTTP check: one request on a fresh connection, judged by its status
+//! and, optionally, its body.
 
-use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use detour_core::connect::{Connect, TcpConnector};
-use detour_core::{Backend, ErrorKind};
-use http::header::{CONNECTION, HOST, USER_AGENT};
-use http::{HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use detour_core::connect::{ClientExchange, Connect, ExchangeRequest};
+use detour_core::Backend;
+use http::header::{HOST, USER_AGENT};
+use http::HeaderValue;
+use tokio::time::Instant;
 
 use super::check::{CheckFailure, CheckFailureKind, HealthCheck};
 use super::config::{HealthConfig, StatusRange};
-use super::tcp::connect_failure;
+use super::exchange::Http1Exchange;
 use detour_core::InvalidConfig;
 
 /// How much of a body is searched for `body_contains`.
@@ -23,45 +20,96 @@ const BODY_LIMIT: usize = 64 * 1024;
 
 /// Sends `method path` with a `Host` header and passes when the status is
 /// accepted and, if asked, the body contains the expected text. Each check
-/// opens a fresh connection (`Connection: close`), so the backend's accept
-/// path is part of what is checked.
-#[derive(Debug, Clone)]
-pub struct HttpCheck<C = TcpConnector> {
-    connector: C,
-    method: Method,
-    uri: Uri,
-    host: Option<HeaderValue>,
+/// opens a fresh connection, so the backend's accept path is part of what is
+/// checked.
+///
+/// The request goes through a [`ClientExchange`]: the server's own (the
+/// upstream's TLS and HTTP/2, as traffic dials) when one is given
+/// ([`with_exchange`](Self::with_exchange)), otherwise plain-TCP HTTP/1.1
+/// over a [`Connect`] ([`from_config`](Self::from_config)).
+#[derive(Clone)]
+pub struct HttpCheck {
+    exchange: Arc<dyn ClientExchange>,
+    /// Boxed: a header map is large, and checks are moved around whole.
+    request: Box<ExchangeRequest>,
+    timeout: Duration,
     expected: Arc<[StatusRange]>,
     body_contains: Option<Arc<str>>,
 }
 
-impl<C: Connect> HttpCheck<C> {
+impl std::fmt::Debug for HttpCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCheck")
+            .field("request", &self.request)
+            .field("expected", &self.expected)
+            .field("body_contains", &self.body_contains)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpCheck {
     /// The HTTP check `config` describes (its `method`, `path`, `host`,
-    /// `expected_statuses` and `body_contains`), dialling through `connector`.
+    /// `expected_statuses`, `body_contains` and `timeout`), in plain HTTP/1.1
+    /// over `connector`.
     ///
     /// # Errors
     /// [`InvalidConfig`] when the configuration does not validate.
-    pub fn from_config(config: &HealthConfig, connector: C) -> Result<Self, InvalidConfig> {
+    pub fn from_config<C: Connect>(
+        config: &HealthConfig,
+        connector: C,
+    ) -> Result<Self, InvalidConfig> {
+        Self::with_exchange(config, Arc::new(Http1Exchange::new(connector)))
+    }
+
+    /// The HTTP check `config` describes, sent through `exchange`.
+    ///
+    /// # Errors
+    /// [`InvalidConfig`] when the configuration does not validate.
+    pub fn with_exchange(
+        config: &HealthConfig,
+        exchange: Arc<dyn ClientExchange>,
+    ) -> Result<Self, InvalidConfig> {
         let config = config.clone().validate()?;
-        let host = match &config.host {
-            Some(h) => Some(
-                HeaderValue::from_str(h)
-                    .map_err(|_| InvalidConfig::new("health.host", "not a valid Host"))?,
-            ),
-            None => None,
-        };
+        let mut request = ExchangeRequest::new(config.parsed_method()?, config.parsed_path()?);
+        // Without a configured Host, the exchange names the backend's address.
+        if let Some(h) = &config.host {
+            let host = HeaderValue::from_str(h)
+                .map_err(|_| InvalidConfig::new("health.host", "not a valid Host"))?;
+            request.headers.insert(HOST, host);
+        }
+        request
+            .headers
+            .insert(USER_AGENT, HeaderValue::from_static("detour-health"));
+        if config.body_contains.is_some() {
+            request.body_limit = BODY_LIMIT;
+        }
         Ok(HttpCheck {
-            connector,
-            method: config.parsed_method()?,
-            uri: config.parsed_path()?,
-            host,
+            exchange,
+            request: Box::new(request),
+            timeout: config.timeout,
             expected: config.expected_statuses.into(),
             body_contains: config.body_contains.map(Into::into),
         })
     }
+}
 
-    async fn judge(&self, resp: http::Response<Incoming>) -> Result<(), CheckFailure> {
-        let status = resp.status().as_u16();
+impl HealthCheck for HttpCheck {
+    async fn check(&self, backend: &Backend) -> Result<(), CheckFailure> {
+        let start = Instant::now();
+        let resp = self
+            .exchange
+            .exchange(backend.addr(), &self.request, self.timeout)
+            .await
+            .map_err(|e| {
+                // An exchange that ran out the check's time is the check's
+                // timeout, whichever of the two timers noticed first.
+                if e.kind().is_timeout() && start.elapsed() >= self.timeout {
+                    CheckFailure::timeout(self.timeout)
+                } else {
+                    CheckFailure::from_error(&e)
+                }
+            })?;
+        let status = resp.status.as_u16();
         if !self.expected.iter().any(|r| r.contains(status)) {
             return Err(CheckFailure::new(
                 CheckFailureKind::Status(status),
@@ -69,103 +117,15 @@ impl<C: Connect> HttpCheck<C> {
             ));
         }
         match &self.body_contains {
-            Some(needle) => body_contains(resp.into_body(), needle).await,
-            None => Ok(()),
+            Some(needle) if !contains(&resp.body, needle.as_bytes()) => Err(CheckFailure::new(
+                CheckFailureKind::Body,
+                format!("body does not contain {needle:?}"),
+            )),
+            _ => Ok(()),
         }
     }
 }
 
-impl<C: Connect> HealthCheck for HttpCheck<C> {
-    async fn check(&self, backend: &Backend) -> Result<(), CheckFailure> {
-        let addr = backend.addr();
-        let io = self
-            .connector
-            .connect(addr)
-            .await
-            .map_err(|e| connect_failure(&e))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
-                .await
-                .map_err(|e| hyper_failure(&e))?;
-        let host = match &self.host {
-            Some(h) => h.clone(),
-            None => HeaderValue::try_from(addr.to_string())
-                .map_err(|e| CheckFailure::custom(format!("no Host for {addr}: {e}")))?,
-        };
-        let req = Request::builder()
-            .method(self.method.clone())
-            .uri(self.uri.clone())
-            .header(HOST, host)
-            .header(USER_AGENT, "detour-health")
-            .header(CONNECTION, "close")
-            .body(Empty::new())
-            .map_err(|e| CheckFailure::custom(format!("cannot build the request: {e}")))?;
-        let exchange = async {
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| hyper_failure(&e))?;
-            self.judge(resp).await
-        };
-        // The connection future does the I/O and must be polled until the
-        // body is read; it runs in this task (not spawned), so a check cut by
-        // its timeout leaves no connection behind.
-        let mut conn = std::pin::pin!(conn);
-        let mut exchange = std::pin::pin!(exchange);
-        let mut conn_done = false;
-        std::future::poll_fn(|cx| {
-            if !conn_done && conn.as_mut().poll(cx).is_ready() {
-                // Its error, if any, reaches the exchange as a closed channel.
-                conn_done = true;
-            }
-            exchange.as_mut().poll(cx)
-        })
-        .await
-    }
-}
-
-async fn body_contains(mut body: Incoming, needle: &str) -> Result<(), CheckFailure> {
-    let needle_bytes = needle.as_bytes();
-    let mut seen: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| hyper_failure(&e))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        // Search only where a new match can start.
-        let from = seen
-            .len()
-            .saturating_sub(needle_bytes.len().saturating_sub(1));
-        let take = data.len().min(BODY_LIMIT - seen.len());
-        seen.extend_from_slice(&data[..take]);
-        if seen[from..]
-            .windows(needle_bytes.len())
-            .any(|w| w == needle_bytes)
-        {
-            return Ok(());
-        }
-        if seen.len() >= BODY_LIMIT {
-            break;
-        }
-    }
-    Err(CheckFailure::new(
-        CheckFailureKind::Body,
-        format!("body does not contain {needle:?}"),
-    ))
-}
-
-fn hyper_failure(err: &hyper::Error) -> CheckFailure {
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return CheckFailure::io(io);
-        }
-        source = s.source();
-    }
-    let kind = if err.is_parse() || err.is_parse_status() {
-        ErrorKind::InvalidResponse
-    } else {
-        ErrorKind::ConnectionClosed
-    };
-    CheckFailure::new(CheckFailureKind::Transport(kind), format!("{kind}: {err}"))
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -30,7 +30,7 @@ impl<C: Connect> HealthCheck for TcpCheck<C> {
 }
 
 /// The failure of a connect: refused, timed out, or otherwise failed.
-pub(crate) fn connect_failure(err: &io::Error) -> CheckFailure {
+fn connect_failure(err: &io::Error) -> CheckFailure {
     match err.kind() {
         io::ErrorKind::ConnectionRefused => CheckFailure::transport(ErrorKind::ConnectRefused),
         io::ErrorKind::TimedOut => CheckFailure::transport(ErrorKind::ConnectTimeout),

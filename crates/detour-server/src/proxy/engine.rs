@@ -711,23 +711,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             reused: false,
             connecting: true,
         };
-        let io = match tokio::time::timeout(
-            peer.options.connect_timeout,
-            self.shared.connector.connect(peer.addr),
-        )
-        .await
-        {
-            Err(_) => return Err(failed(Error::upstream(ErrorKind::ConnectTimeout))),
-            Ok(Err(e)) => {
-                let kind = match e.kind() {
-                    std::io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
-                    _ => ErrorKind::ConnectRefused,
-                };
-                return Err(failed(Error::upstream(kind).cause(e)));
-            }
-            Ok(Ok(io)) => io,
-        };
-        let conn = dial::handshake(io, peer).await.map_err(failed)?;
+        let conn = dial::connect(&self.shared.connector, peer)
+            .await
+            .map_err(failed)?;
         if let Conn::H2(s) = &conn {
             self.h2pool.insert(peer.addr, s);
         }

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use detour_core::connect::Connect;
 use detour_core::{Error, ErrorKind, HttpPeer};
 use http::header::{self, HeaderValue};
 use http::{request, Request, Response, Uri, Version};
@@ -144,6 +145,25 @@ fn to_http2(head: &mut request::Parts, peer: &HttpPeer) {
 /// Whether `alpn` names HTTP/2.
 fn is_h2(alpn: Option<&[u8]>) -> bool {
     alpn == Some(ALPN_H2)
+}
+
+/// A fresh connection to `peer` through `connector`: the transport within
+/// the peer's connect timeout, then [`handshake`]. The engine dials every
+/// new connection this way, and so do the active health checks, so a check
+/// reaches a backend the way traffic does.
+///
+/// # Errors
+/// `ConnectTimeout` or `ConnectRefused` when no transport was made (nothing
+/// was sent), otherwise as [`handshake`] failed.
+pub(crate) async fn connect<C: Connect>(connector: &C, peer: &HttpPeer) -> Result<Conn, Error> {
+    let io = match tokio::time::timeout(peer.options.connect_timeout, connector.connect(peer.addr))
+        .await
+    {
+        Err(_) => return Err(Error::upstream(ErrorKind::ConnectTimeout)),
+        Ok(Err(e)) => return Err(Error::from_connect_io(e)),
+        Ok(Ok(io)) => io,
+    };
+    handshake(io, peer).await
 }
 
 /// Handshake over `io`: TLS first when the peer wants it (bounded by the

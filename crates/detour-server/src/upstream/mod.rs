@@ -2,7 +2,9 @@
 //! and kept (the per-worker pools: HTTP/1.1 idle connections, and shared
 //! HTTP/2 connections), with TLS and ALPN when a peer asks for them; the
 //! request body type they carry ([`UpstreamBody`]), how their errors are
-//! classified (`classify`), and [`Upstream`], a named group of backends.
+//! classified (`classify`), the active checks' client (`exchange`: one
+//! request per fresh connection, dialled exactly as traffic is), and
+//! [`Upstream`], a named group of backends.
 //! Nothing here uses the engine (`proxy`): the engine calls in.
 
 pub use detour_core::connect::{Connect, TcpConnector};
@@ -10,6 +12,7 @@ pub use detour_core::connect::{Connect, TcpConnector};
 mod body;
 pub(crate) mod classify;
 pub(crate) mod dial;
+pub(crate) mod exchange;
 pub(crate) mod h2pool;
 pub(crate) mod pool;
 

@@ -53,6 +53,25 @@ impl TestCert {
     }
 }
 
+/// A server config for `cert`, offering `alpn`.
+pub fn server_tls(cert: &TestCert, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    let certs = vec![cert.der.clone()];
+    let key = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key).unwrap()
+    };
+    let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(c)
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

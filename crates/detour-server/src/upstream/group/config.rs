@@ -186,13 +186,17 @@ impl UpstreamConfig {
                 ConfigError::field(at(&key), e.reason)
             })?;
         }
-        // Active HTTP checks speak cleartext HTTP/1.1: against TLS or h2c
-        // backends every check would fail and take them all out of service.
-        if let Some(h) = &self.health {
-            if h.kind == detour_health::CheckKind::Http && (self.tls.is_some() || self.http2) {
+        // HTTP checks dial as the traffic does; over HTTP/2 their Host is
+        // the request's :authority, which must be one.
+        let http_check = self
+            .health
+            .as_ref()
+            .filter(|h| h.kind == detour_health::CheckKind::Http);
+        if let Some(host) = http_check.and_then(|h| h.host.as_deref()) {
+            if self.http2 && host.parse::<http::uri::Authority>().is_err() {
                 return Err(ConfigError::field(
-                    at("health.kind"),
-                    "HTTP checks speak cleartext HTTP/1.1; with tls or http2 use kind = \"tcp\"",
+                    at("health.host"),
+                    format!("{host:?} is no authority (host[:port]), which HTTP/2 needs"),
                 ));
             }
         }

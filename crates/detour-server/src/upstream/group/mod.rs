@@ -51,13 +51,14 @@ use detour_core::{
     Backend, Error, ErrorKind, GateState, HttpPeer, Observer, PeerOptions, RemovalCap,
     RetryBudgetGate, RetryPolicy, Session,
 };
-use detour_health::{HealthChecker, HealthEvent, OutlierDetector};
+use detour_health::{ConfiguredCheck, HealthChecker, HealthConfig, HealthEvent, OutlierDetector};
 use detour_lb::{run_discovery, AnyLoadBalancer, HashKey};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::ConfigError;
 use crate::tls::TlsClient;
+use crate::upstream::exchange::{CheckExchange, PeerDialing};
 use crate::upstream::TcpConnector;
 
 mod config;
@@ -85,7 +86,7 @@ pub struct Upstream {
     breakers: Option<Arc<BreakerRegistry>>,
     budget: Option<Arc<dyn RetryBudgetGate>>,
     limit: Option<Arc<ConcurrencyLimit>>,
-    health: Option<Arc<HealthChecker<detour_health::ConfiguredCheck<TcpConnector>>>>,
+    health: Option<Arc<HealthChecker<ConfiguredCheck<TcpConnector>>>>,
     outlier: Arc<OutlierDetector>,
     cap: Arc<RemovalCap>,
     policy: Arc<RetryPolicy>,
@@ -95,8 +96,8 @@ pub struct Upstream {
     per_backend: Arc<BackendCounters>,
     discovery: Option<(Sources, Duration)>,
     requests: RequestMetrics,
-    tls: Option<(TlsClient, Option<Arc<str>>)>,
-    http2: bool,
+    /// TLS and HTTP/2, for the peers it selects and its HTTP checks alike.
+    dialing: PeerDialing,
     /// Set by [`Upstream::start_services`]; [`Upstream::select`] reports an
     /// upstream selecting without them, once (then `unstarted_logged` is set).
     services_started: Arc<AtomicBool>,
@@ -176,26 +177,9 @@ impl Upstream {
         } else {
             None
         };
+        let dialing = dialing(name, config)?;
         let health = match &config.health {
-            Some(h) => {
-                let lb2 = Arc::clone(&lb);
-                let mut checker = HealthChecker::from_config(h.clone(), TcpConnector, move || {
-                    lb2.backends().to_vec()
-                })
-                .map_err(|e| bad("health", &e))?
-                .upstream(name);
-                // Tier loads and panic mode follow the checks at once, not at
-                // the load balancer's next periodic refresh.
-                let lb3 = Arc::clone(&lb);
-                let ev = events.clone();
-                checker = checker.on_event(move |e| {
-                    lb3.refresh_health(Instant::now());
-                    if let Some(ev) = &ev {
-                        ev(e);
-                    }
-                });
-                Some(Arc::new(checker))
-            }
+            Some(h) => Some(checker(name, h, &dialing, &lb, events.clone())?),
             None => None,
         };
         // Every backend that joins: its breaker, the removal ceiling, and (with
@@ -246,20 +230,6 @@ impl Upstream {
             )),
             None => None,
         };
-        let tls = match &config.tls {
-            Some(t) => {
-                if !t.verify {
-                    tracing::warn!(
-                        upstream = name,
-                        "TLS certificate verification is OFF for this upstream (tls.verify = false): \
-                         any certificate is accepted, so anyone on the path can impersonate its backends"
-                    );
-                }
-                let client = TlsClient::new(t, config.http2, &format!("upstreams.{name}.tls"))?;
-                Some((client, t.sni.as_deref().map(Arc::from)))
-            }
-            None => None,
-        };
         let services_started = Arc::new(AtomicBool::new(false));
         lb.on_panic(telemetry::panic_events(name, Arc::clone(&services_started)));
         let attempts = Arc::new(Lazy::new(name, attempt_handles));
@@ -286,8 +256,7 @@ impl Upstream {
             per_backend,
             discovery,
             requests: RequestMetrics::new(name),
-            tls,
-            http2: config.http2,
+            dialing,
             services_started,
             unstarted_logged: AtomicBool::new(false),
         })
@@ -382,16 +351,7 @@ impl Upstream {
         if let Some(g) = guard {
             peer = peer.with_guard(g);
         }
-        if let Some((client, sni)) = &self.tls {
-            // Without a configured name, the backend's IP address is the
-            // name verified (and no SNI is sent, as TLS wants for addresses).
-            let name = match sni {
-                Some(n) => Arc::clone(n),
-                None => Arc::from(peer.addr.ip().to_string()),
-            };
-            peer = peer.with_tls(client.peer_tls(name));
-        }
-        Ok(peer.with_http2(self.http2))
+        Ok(self.dialing.apply(peer))
     }
 
     /// The first selection of an upstream whose services never started
@@ -486,6 +446,61 @@ impl Upstream {
         telemetry::set_spread_gauge(&self.name, self.failure_spread().spread);
         telemetry::prime_panic(&self.name, self.lb.in_panic(Instant::now()));
     }
+}
+
+/// How upstream `name`'s peers are dialled: its TLS client (built here,
+/// with a warning when verification is off) and HTTP/2.
+fn dialing(name: &str, config: &UpstreamConfig) -> Result<PeerDialing, ConfigError> {
+    let tls = match &config.tls {
+        Some(t) => {
+            if !t.verify {
+                tracing::warn!(
+                    upstream = name,
+                    "TLS certificate verification is OFF for this upstream (tls.verify = false): \
+                     any certificate is accepted, so anyone on the path can impersonate its backends"
+                );
+            }
+            let client = TlsClient::new(t, config.http2, &format!("upstreams.{name}.tls"))?;
+            Some((client, t.sni.as_deref().map(Arc::from)))
+        }
+        None => None,
+    };
+    Ok(PeerDialing::new(tls, config.http2))
+}
+
+/// Upstream `name`'s active checks as `health` describes them, over the
+/// backends of `lb`. HTTP checks dial as the traffic does (`dialing`: TLS,
+/// SNI, HTTP/2), on connections of their own.
+fn checker(
+    name: &str,
+    health: &HealthConfig,
+    dialing: &PeerDialing,
+    lb: &Arc<AnyLoadBalancer>,
+    events: Option<EventHook>,
+) -> Result<Arc<HealthChecker<ConfiguredCheck<TcpConnector>>>, ConfigError> {
+    let exchange = Arc::new(CheckExchange::new(
+        TcpConnector,
+        dialing.clone(),
+        Arc::from(name),
+    ));
+    let members = Arc::clone(lb);
+    let checker = HealthChecker::from_config_with_exchange(
+        health.clone(),
+        TcpConnector,
+        exchange,
+        move || members.backends().to_vec(),
+    )
+    .map_err(|e| ConfigError::field(format!("upstreams.{name}.health"), e.to_string()))?
+    .upstream(name);
+    // Tier loads and panic mode follow the checks at once, not at the load
+    // balancer's next periodic refresh.
+    let lb = Arc::clone(lb);
+    Ok(Arc::new(checker.on_event(move |e| {
+        lb.refresh_health(Instant::now());
+        if let Some(ev) = &events {
+            ev(e);
+        }
+    })))
 }
 
 /// Build every upstream of a `[upstreams]` table.

@@ -1,0 +1,142 @@
+//! Active HTTP checks dial like the engine.
+//!
+//! [`PeerDialing`] is how an upstream's peers are spoken to beyond their
+//! address — its TLS client and server name, HTTP/2 or not — and
+//! [`CheckExchange`] is detour-core's [`ClientExchange`] over the engine's
+//! own [`dial::connect`]: the same connector, TLS settings, SNI and ALPN as
+//! the upstream's traffic, so an upstream with `tls` or `http2` can have
+//! HTTP checks. Each check takes a fresh connection that never enters the
+//! pools and is closed once the answer is read.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use detour_core::connect::{
+    ClientExchange, Connect, ExchangeFuture, ExchangeRequest, ExchangeResponse,
+};
+use detour_core::{Error, ErrorKind, HttpPeer, PeerOptions};
+use detour_health::read_response;
+use http::header::CONNECTION;
+use http::{HeaderValue, Request};
+use tokio::time::Instant;
+
+use crate::tls::TlsClient;
+use crate::upstream::classify::classify_hyper;
+use crate::upstream::dial::{self, Conn};
+use crate::upstream::UpstreamBody;
+
+/// How an upstream's peers are dialled beyond their address: TLS (the
+/// client configuration and the configured server name) and HTTP/2.
+/// Selection shapes every peer with it, and so does the check exchange, so
+/// both reach a backend one way.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PeerDialing {
+    tls: Option<(TlsClient, Option<Arc<str>>)>,
+    http2: bool,
+}
+
+impl PeerDialing {
+    /// TLS with `client` and server name `sni` when `tls` is set; HTTP/2
+    /// when `http2`.
+    pub(crate) fn new(tls: Option<(TlsClient, Option<Arc<str>>)>, http2: bool) -> Self {
+        PeerDialing { tls, http2 }
+    }
+
+    /// `peer`, to be dialled this way.
+    pub(crate) fn apply(&self, mut peer: HttpPeer) -> HttpPeer {
+        if let Some((client, sni)) = &self.tls {
+            // Without a configured name, the backend's IP address is the
+            // name verified (and no SNI is sent, as TLS wants for addresses).
+            let name = match sni {
+                Some(n) => Arc::clone(n),
+                None => Arc::from(peer.addr.ip().to_string()),
+            };
+            peer = peer.with_tls(client.peer_tls(name));
+        }
+        peer.with_http2(self.http2)
+    }
+}
+
+/// One check request per fresh connection, dialled through `C` exactly as
+/// the engine dials a new connection for the upstream's traffic.
+#[derive(Debug)]
+pub(crate) struct CheckExchange<C> {
+    connector: C,
+    dialing: PeerDialing,
+    upstream: Arc<str>,
+}
+
+impl<C: Connect> CheckExchange<C> {
+    /// Checks of upstream `upstream`, dialled through `connector` as
+    /// `dialing` says.
+    pub(crate) fn new(connector: C, dialing: PeerDialing, upstream: Arc<str>) -> Self {
+        CheckExchange {
+            connector,
+            dialing,
+            upstream,
+        }
+    }
+
+    async fn run(
+        &self,
+        addr: SocketAddr,
+        request: &ExchangeRequest,
+        timeout: Duration,
+    ) -> Result<ExchangeResponse, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut options = PeerOptions::default();
+        options.connect_timeout = timeout;
+        options.tls_timeout = timeout;
+        let peer = self
+            .dialing
+            .apply(HttpPeer::new(addr, Arc::clone(&self.upstream)).with_options(options));
+        let mut conn = tokio::time::timeout_at(deadline, dial::connect(&self.connector, &peer))
+            .await
+            .map_err(|_| Error::upstream(ErrorKind::ConnectTimeout))??;
+        let req = head(&conn, &peer, request)?;
+        // `conn` is dropped on return: an HTTP/1.1 connection was asked to
+        // close, and an HTTP/2 one closes with its last handle. Neither was
+        // ever offered to the pools.
+        tokio::time::timeout_at(deadline, async {
+            let resp = conn
+                .send(req)
+                .await
+                .map_err(|e| classify_hyper(e.into_error()))?;
+            read_response(resp, request.body_limit)
+                .await
+                .map_err(classify_hyper)
+        })
+        .await
+        .unwrap_or_else(|_| Err(Error::upstream(ErrorKind::ReadTimeout)))
+    }
+}
+
+impl<C: Connect> ClientExchange for CheckExchange<C> {
+    fn exchange<'a>(
+        &'a self,
+        addr: SocketAddr,
+        request: &'a ExchangeRequest,
+        timeout: Duration,
+    ) -> ExchangeFuture<'a> {
+        Box::pin(self.run(addr, request, timeout))
+    }
+}
+
+/// The check's request shaped for `conn` as the engine shapes traffic: a
+/// `Host` naming the backend when the check names none, `Connection: close`
+/// on HTTP/1.1, `:scheme` and `:authority` on HTTP/2.
+fn head(
+    conn: &Conn,
+    peer: &HttpPeer,
+    request: &ExchangeRequest,
+) -> Result<Request<UpstreamBody>, Error> {
+    let mut req = request.to_request(peer.addr, UpstreamBody::empty())?;
+    if matches!(conn, Conn::H1(_)) {
+        req.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    let (mut parts, body) = req.into_parts();
+    conn.adapt_head(&mut parts, peer, false);
+    Ok(Request::from_parts(parts, body))
+}
