@@ -292,14 +292,15 @@ impl History {
     }
 
     fn push(&mut self, a: Attempt) {
-        *self = match std::mem::take(self) {
-            History::Empty => History::One(a),
-            History::One(first) => History::Many(vec![first, a]),
-            History::Many(mut v) => {
-                v.push(a);
-                History::Many(v)
+        match self {
+            History::Empty => *self = History::One(a),
+            History::Many(v) => v.push(a),
+            History::One(_) => {
+                if let History::One(first) = std::mem::take(self) {
+                    *self = History::Many(vec![first, a]);
+                }
             }
-        };
+        }
     }
 }
 
@@ -357,16 +358,14 @@ impl Tried {
 pub struct Planner {
     policy: Option<Arc<RetryPolicy>>,
     safe: bool,
-    /// The deadline as set (by the policy, gRPC or hooks)…
+    /// The deadline as set (by the policy, gRPC or hooks), moved on by the
+    /// time attempts spent waiting for the client.
     deadline: Option<Instant>,
-    /// …moved on by the time attempts spent waiting for the client.
-    client_time: Duration,
     history: History,
     tried: Tried,
     /// Stale-connection retries so far (they do not count).
     stale: u32,
     body_replayable: bool,
-    rng: Option<fastrand::Rng>,
 }
 
 impl Planner {
@@ -383,11 +382,6 @@ impl Planner {
     pub fn arm(&mut self, policy: Arc<RetryPolicy>, safe: bool) {
         self.policy = Some(policy);
         self.safe = safe;
-    }
-
-    /// Draw backoff jitter from a seeded generator (tests).
-    pub fn seed(&mut self, seed: u64) {
-        self.rng = Some(fastrand::Rng::with_seed(seed));
     }
 
     /// The request's retry policy, once armed.
@@ -408,7 +402,7 @@ impl Planner {
     /// The deadline of the attempts, moved on by the time they spent
     /// waiting for the client's body.
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline.map(|d| d + self.client_time)
+        self.deadline
     }
 
     /// Time left at `now` before the deadline (`None`: no deadline).
@@ -418,14 +412,13 @@ impl Planner {
 
     /// Set or shorten the deadline: a later one than the current is ignored.
     pub fn narrow_deadline(&mut self, at: Instant) {
-        let at = at.checked_sub(self.client_time).unwrap_or(at);
         self.deadline = Some(self.deadline.map_or(at, |d| d.min(at)));
     }
 
     /// Move the deadline on by time an attempt spent waiting for the client
     /// (its own limits govern that time, not the backend's).
     pub fn add_client_time(&mut self, waited: Duration) {
-        self.client_time += waited;
+        self.deadline = self.deadline.map(|d| d + waited);
     }
 
     /// The attempts so far, oldest first.
@@ -663,8 +656,7 @@ impl Planner {
         };
         let mut wait = Duration::ZERO;
         if again && !stale {
-            let rng = self.rng.get_or_insert_with(fastrand::Rng::new);
-            wait = policy.backoff(begun, rng);
+            wait = policy.backoff(begun, &mut fastrand::Rng::new());
             if let Some(ra) = retry_after.filter(|_| policy.honour_retry_after) {
                 // Honoured, but never past max_delay (nor the deadline below):
                 // a longer wish ends the retries and passes the answer on.
@@ -674,9 +666,7 @@ impl Planner {
                 wait = wait.max(ra);
             }
         }
-        let left = self
-            .deadline
-            .map(|d| (d + self.client_time).saturating_duration_since(now));
+        let left = self.deadline.map(|d| d.saturating_duration_since(now));
         if left.is_some_and(|left| wait >= left) {
             return Err(NoRetry::OutOfTime);
         }

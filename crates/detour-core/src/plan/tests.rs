@@ -15,7 +15,6 @@ fn addr(port: u16) -> SocketAddr {
 fn armed(policy: RetryPolicy, safe: bool) -> Planner {
     let mut p = Planner::new();
     p.arm(Arc::new(policy), safe);
-    p.seed(7);
     p
 }
 

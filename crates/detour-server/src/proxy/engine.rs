@@ -16,7 +16,7 @@ use detour_core::plan::{Choice, Limits, Report};
 use detour_core::retry::{parse_retry_after, NoRetry};
 use detour_core::{
     AttemptId, BoxError, CommitPoint, Decision, Error, ErrorKind, HttpPeer, Outcome, ProxyHttp,
-    RetryHint, RetryPolicy, Session,
+    RetryHint, Session,
 };
 use detour_core::{RemovalCap, Spread};
 use http::header::{self, HeaderValue};
@@ -237,9 +237,6 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     }
 
     /// [`handle`](Self::handle) for a client that came over TLS when `tls`.
-    ///
-    /// The head is checked and the session made before the future is: what
-    /// the future keeps is only what it needs across its awaits.
     pub(crate) fn handle_from<B>(
         &self,
         req: Request<B>,
@@ -250,6 +247,24 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        self.run(req, client, tls)
+    }
+
+    /// The head checked and normalized, and the request's exchange made: a
+    /// plain function, so that its locals (borrowed while the head is
+    /// checked) take no space in the request's future.
+    #[allow(clippy::type_complexity)]
+    fn prepare<B>(
+        &self,
+        req: Request<B>,
+        client: Option<SocketAddr>,
+        tls: bool,
+    ) -> (
+        Exchange<P>,
+        B,
+        Result<Option<u64>, forward::BadRequest>,
+        Option<OnUpgrade>,
+    ) {
         let started = Instant::now();
         let sh = &*self.shared;
         let (mut parts, body) = req.into_parts();
@@ -262,7 +277,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         self.prepare_head(&mut parts, upgrade);
         let session = Session::new(parts, client, started);
         let ex = Exchange::new(Arc::clone(&sh.proxy), session, sh.proxy.new_ctx(), tls);
-        self.run(ex, body, checked, down_upgrade)
+        (ex, body, checked, down_upgrade)
     }
 
     /// The downstream head as hooks and the upstream see it: one `Host`
@@ -291,29 +306,35 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     }
 
     /// The request hooks, the attempts, and the answer; or, for a request
-    /// `checked` refused, its 4xx.
+    /// the checks refuse, its 4xx.
+    ///
+    /// Nothing is done until the future is first polled: the future made
+    /// here is small and moves into the connection's in-flight slot cheaply,
+    /// and the request's state is built in place (`prepare`, then the hooks,
+    /// `drive` and `forward`). Each level of awaited future costs a copy of
+    /// the whole future when it starts, so these are the only levels.
     ///
     /// Written as a function returning an `async move` block rather than an
     /// `async fn`: an `async fn` keeps each argument twice in its state (the
     /// argument, and the binding its body moves it into), and this future
-    /// lives in every connection's in-flight slot and is moved into it per
-    /// request. Locals that are borrowed keep their space across every later
-    /// await even once moved, so the peer, the policy and the request body
-    /// live in `drive`, and what `drive` returns is taken apart at once.
+    /// lives in every connection's in-flight slot. Locals that are borrowed
+    /// keep their space across every later await even once moved, so the
+    /// peer, the policy and the request body live in `drive`, and what
+    /// `drive` returns is taken apart at once.
     // Deliberately not `async fn`: see the note above.
     #[allow(clippy::manual_async_fn)]
     fn run<B>(
         &self,
-        mut ex: Exchange<P>,
-        body: B,
-        checked: Result<Option<u64>, forward::BadRequest>,
-        down_upgrade: Option<OnUpgrade>,
+        req: Request<B>,
+        client: Option<SocketAddr>,
+        tls: bool,
     ) -> impl Future<Output = Response<ProxyBody<P>>> + Send + '_
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         async move {
+            let (mut ex, body, checked, down_upgrade) = self.prepare(req, client, tls);
             let content_length = match checked {
                 Ok(len) => len,
                 Err(bad) => return Box::pin(self.refuse(ex, bad)).await,
@@ -356,7 +377,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// first peer's upstream's, else the server's), whether the request is
     /// safe to repeat, and its deadline (the policy's, or a gRPC call's own
     /// `grpc-timeout` when sooner).
-    fn arm(&self, ex: &mut Exchange<P>, peer: &HttpPeer) -> Arc<RetryPolicy> {
+    fn arm(&self, ex: &mut Exchange<P>, peer: &HttpPeer) {
         let policy = self
             .shared
             .proxy
@@ -375,11 +396,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             deadline = Some(deadline.map_or(started + t, |d| d.min(started + t)));
         }
         let plan = session.plan_mut(ex.key);
-        plan.arm(Arc::clone(&policy), safe);
+        plan.arm(policy, safe);
         if let Some(d) = deadline {
             plan.narrow_deadline(d);
         }
-        policy
     }
 
     /// Drive the planner: choose the first peer and arm the planner, then
@@ -395,12 +415,17 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             Ok(p) => p,
             Err(e) => return Ended::Error(e, None),
         };
-        let policy = self.arm(ex, &peer);
+        self.arm(ex, &peer);
+        let replay_limit = ex
+            .session
+            .planner()
+            .policy()
+            .map_or(0, |p| p.replay_buffer_limit);
         let mut body = (!body.is_end_stream()).then(|| {
             let limits = &self.shared.limits;
             RequestBody::new(
                 body,
-                policy.replay_buffer_limit,
+                replay_limit,
                 limits.max_body_size,
                 content_length,
                 ClientLimits::new(limits),
@@ -418,7 +443,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             let mode = Mode {
                 fresh: plan.fresh_connection(),
             };
-            let result = self.attempt(ex, &peer, body.as_mut(), &policy, mode).await;
+            let result = self.attempt(ex, &peer, body.as_mut(), mode, begun).await;
             let Settled {
                 left,
                 retry_after,
@@ -430,7 +455,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 members,
                 budget: budget.as_deref(),
             };
-            match ex.session.plan_mut(ex.key).next(id, limits, Instant::now()) {
+            // The attempt's end is "now" enough: no clock read on the way out.
+            let settled_at = ex.session.planner().attempt(id).and_then(|a| a.ended);
+            let now = settled_at.unwrap_or(begun);
+            match ex.session.plan_mut(ex.key).next(id, limits, now) {
                 Decision::Deliver => return left.end(None),
                 Decision::Stop(why) => return left.end(Some(why)),
                 _ => {}
@@ -641,16 +669,20 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         ex: &mut Exchange<P>,
         peer: &HttpPeer,
         body: Option<&mut RequestBody<B>>,
-        policy: &RetryPolicy,
         mode: Mode,
+        start: Instant,
     ) -> Result<AttemptOk, AttemptErr>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let start = Instant::now();
         let mut limit = start + peer.options.read_timeout;
-        if let Some(t) = peer.options.per_try_timeout.or(policy.per_try_timeout) {
+        let policy_try = ex
+            .session
+            .planner()
+            .policy()
+            .and_then(|p| p.per_try_timeout);
+        if let Some(t) = peer.options.per_try_timeout.or(policy_try) {
             limit = limit.min(start + t);
         }
         let deadline = ex.session.deadline();
