@@ -363,8 +363,6 @@ pub struct Planner {
     deadline: Option<Instant>,
     history: History,
     tried: Tried,
-    /// Stale-connection retries so far (they do not count).
-    stale: u32,
     body_replayable: bool,
 }
 
@@ -525,9 +523,6 @@ impl Planner {
         rec.outcome = Some(report.outcome);
         rec.ceiling = ceiling;
         rec.stale = stale;
-        if stale {
-            self.stale += 1;
-        }
         class
     }
 
@@ -573,7 +568,10 @@ impl Planner {
             return d;
         }
         let begun = u32::try_from(self.attempts().len()).unwrap_or(u32::MAX);
-        if begun.saturating_sub(1).saturating_sub(self.stale) >= policy.max_retries {
+        // Stale-connection retries are free.
+        let stale = self.attempts().iter().filter(|a| a.stale).count();
+        let stale = u32::try_from(stale).unwrap_or(u32::MAX);
+        if begun.saturating_sub(1).saturating_sub(stale) >= policy.max_retries {
             return Decision::Stop(NoRetry::RetriesExhausted);
         }
         if self.time_left(now).is_some_and(|t| t.is_zero()) {

@@ -170,6 +170,8 @@ struct Settled<P: ProxyHttp> {
     retry_after: Option<Duration>,
     spread: Spread,
     members: Option<u32>,
+    /// When it settled.
+    ended: Instant,
 }
 
 /// How the attempts ended.
@@ -449,6 +451,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 retry_after,
                 spread,
                 members,
+                ended,
             } = self.settle(ex, id, peer, result, &mut body, begun);
             let limits = Limits {
                 spread,
@@ -456,9 +459,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 budget: budget.as_deref(),
             };
             // The attempt's end is "now" enough: no clock read on the way out.
-            let settled_at = ex.session.planner().attempt(id).and_then(|a| a.ended);
-            let now = settled_at.unwrap_or(begun);
-            match ex.session.plan_mut(ex.key).next(id, limits, now) {
+            match ex.session.plan_mut(ex.key).next(id, limits, ended) {
                 Decision::Deliver => return left.end(None),
                 Decision::Stop(why) => return left.end(Some(why)),
                 _ => {}
@@ -529,36 +530,35 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             replay_intact,
             ..report
         };
-        let class = ex
-            .session
-            .plan_mut(ex.key)
-            .settle(id, report, begun + latency);
-        let mut deferred = false;
-        if let (Ok(ok), Some(_)) = (&got, class) {
-            deferred = grpc::is_call(ex.session.req()) && grpc::outcome_in_trailers(&ok.head);
-        }
+        let ended = begun + latency;
+        let class = ex.session.plan_mut(ex.key).settle(id, report, ended);
         let mut got = got;
-        if let (Some(class), false) = (class, deferred) {
-            let status = match report.outcome {
-                Outcome::Answered(s) => Some(s),
-                _ => None,
-            };
-            let commit = report.outcome.commit().unwrap_or(CommitPoint::NotConnected);
-            let c = Charge {
-                class,
-                status,
-                latency,
-                commit,
-                attempt: id.number(),
-            };
-            charge(&self.shared.observers, &peer, c);
-        } else if let (Ok(ok), true) = (&mut got, deferred) {
+        let grpc_call = grpc::is_call(ex.session.req());
+        match (&mut got, class) {
+            (_, None) => {}
             // Reported when the trailers arrive (see grpc.rs).
-            ok.grpc = Some(grpc::Pending {
-                observers: self.shared.observers.clone(),
-                latency,
-                attempt: id.number(),
-            });
+            (Ok(ok), Some(_)) if grpc_call && grpc::outcome_in_trailers(&ok.head) => {
+                ok.grpc = Some(grpc::Pending {
+                    observers: self.shared.observers.clone(),
+                    latency,
+                    attempt: id.number(),
+                });
+            }
+            (_, Some(class)) => {
+                let status = match report.outcome {
+                    Outcome::Answered(s) => Some(s),
+                    _ => None,
+                };
+                let commit = report.outcome.commit().unwrap_or(CommitPoint::NotConnected);
+                let c = Charge {
+                    class,
+                    status,
+                    latency,
+                    commit,
+                    attempt: id.number(),
+                };
+                charge(&self.shared.observers, &peer, c);
+            }
         }
         // Read after the report, so that it counts.
         let (spread, members) = (spread_of(&peer), members_of(&peer));
@@ -572,6 +572,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             retry_after,
             spread,
             members,
+            ended,
         }
     }
 
@@ -1155,7 +1156,8 @@ where
             r = &mut send => return Ok((r, pump_done)),
             p = &mut pump, if !pump_done => {
                 pump_done = true;
-                return Err(match p {
+                let err = match p {
+                    // Sent whole (or the upstream stopped reading): await the answer.
                     Ok(()) | Err(PumpError::UpstreamGone) => continue,
                     Err(PumpError::Downstream(e)) | Err(PumpError::Filter(e)) => e.never_retry(),
                     Err(PumpError::TooLarge) => Error::downstream(ErrorKind::HttpStatus(413))
@@ -1163,7 +1165,8 @@ where
                         .never_retry(),
                     Err(PumpError::WriteTimeout) => Error::upstream(ErrorKind::WriteTimeout)
                         .context("upstream did not take the request body in time"),
-                });
+                };
+                return Err(err);
             }
         }
     }
