@@ -483,6 +483,55 @@ async fn a_new_backend_takes_no_traffic_before_its_first_pass() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reweighted_copy_keeps_its_predecessor_s_verdict() {
+    let net = MemoryNet::new();
+    let events = Recorder::default();
+    let (a, b) = (backend(1), backend(2));
+    net.set(a.addr(), MemBehavior::status(200));
+    net.set(b.addr(), MemBehavior::Refuse);
+    let members = Arc::new(Mutex::new(vec![Arc::clone(&a), Arc::clone(&b)]));
+    let list = Arc::clone(&members);
+    let checker = Arc::new(
+        HealthChecker::from_config(config(), net.connector(), move || {
+            list.lock().unwrap().clone()
+        })
+        .unwrap()
+        .on_event(events.callback()),
+    );
+    checker.first_round().await;
+    let (stop, task) = spawn_run(&checker);
+    sleep(secs(1.0)).await;
+    let checks_of_a = net.requests(a.addr());
+
+    // An operator changes both weights: the balancer swaps in copies (state
+    // carried over by the balancer, as `carry_over` does) and prepares them.
+    let a2 = Arc::new(a.reweighted(5));
+    let b2 = Arc::new(b.reweighted(5));
+    b2.state().set_check_failed(b.state().check_failed());
+    checker.prepare(&a2);
+    checker.prepare(&b2);
+    assert!(a2.try_admit(Instant::now()).is_some(), "up stays up");
+    assert!(b2.try_admit(Instant::now()).is_none(), "down stays down");
+    *members.lock().unwrap() = vec![Arc::clone(&a2), Arc::clone(&b2)];
+    checker.backends_changed();
+    sleep(secs(0.1)).await;
+    let status = checker.status();
+    assert_eq!((status[0].verdict, status[1].verdict), (Verdict::Up, Verdict::Down));
+    assert!(a2.try_admit(Instant::now()).is_some());
+    assert_eq!(
+        net.requests(a.addr()),
+        checks_of_a,
+        "no extra check: the copy keeps its predecessor's schedule"
+    );
+    // b's track goes on, and its checks now judge the copy.
+    net.set(b.addr(), MemBehavior::status(200));
+    sleep(secs(21.0)).await;
+    assert!(b2.try_admit(Instant::now()).is_some());
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn initially_healthy_backends_take_traffic_at_once() {
     let net = MemoryNet::new();
     let b = backend(1);

@@ -152,7 +152,15 @@ fn tls_and_http2_settings_load_and_bad_ones_are_refused_by_field() {
         "[server.http2]\nmax_concurrent_streams = 0\n",
         "server.http2.max_concurrent_streams",
     );
-    // Upstream TLS.
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other);
+}
+
+#[test]
+fn upstream_tls_http2_and_check_settings_are_refused_by_field() {
+    let dir = temp_dir("upcfg");
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "hello").unwrap();
     let up = |tls: &str| {
         format!("[upstreams.app]\nbackends = [{{ addr = \"127.0.0.1:9001\" }}]\n{tls}\n[[routes]]\nupstream = \"app\"\n")
     };
@@ -185,7 +193,6 @@ fn tls_and_http2_settings_load_and_bad_ones_are_refused_by_field() {
         "upstreams.app.health.host",
     );
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&other);
 }
 
 async fn h2_get(

@@ -79,6 +79,8 @@ impl<H> std::fmt::Debug for HealthChecker<H> {
 
 struct State {
     tracks: HashMap<usize, Track>,
+    /// The addresses of the tracked backends.
+    addrs: HashSet<SocketAddr>,
     rng: fastrand::Rng,
 }
 
@@ -230,6 +232,7 @@ impl<H: HealthCheck> HealthChecker<H> {
             events: Events::new("default".into()),
             state: Mutex::new(State {
                 tracks: HashMap::new(),
+                addrs: HashSet::new(),
                 rng: fastrand::Rng::new(),
             }),
             wake: Notify::new(),
@@ -271,14 +274,16 @@ impl<H: HealthCheck> HealthChecker<H> {
     /// first sees a backend; calling this closes the gap between publishing
     /// and the checker's next pass.) A backend the checker already tracks
     /// keeps its verdict: an update that adds one backend must not take the
-    /// others down.
+    /// others down, and a copy of a tracked backend with a new weight or new
+    /// metadata (same address) keeps the verdict its predecessor had.
     pub fn prepare(&self, backend: &Backend) {
         if self.config.initially_healthy {
             return;
         }
         // The same key as `key_of`: the address of the shared `Backend`.
         let key = std::ptr::from_ref(backend) as usize;
-        if !self.lock().tracks.contains_key(&key) {
+        let st = self.lock();
+        if !st.tracks.contains_key(&key) && !st.addrs.contains(&backend.addr()) {
             backend.state().set_check_failed(true);
         }
     }
@@ -366,15 +371,9 @@ impl<H: HealthCheck> HealthChecker<H> {
         {
             let mut st = self.lock();
             if let Some(list) = list {
-                let mut old = std::mem::take(&mut st.tracks);
-                let mut tracks = HashMap::with_capacity(list.len());
-                for b in list {
-                    let key = key_of(&b);
-                    tracks.entry(key).or_insert_with(|| {
-                        old.remove(&key).unwrap_or_else(|| self.new_track(b, now))
-                    });
-                }
-                st.tracks = tracks;
+                let old = std::mem::take(&mut st.tracks);
+                st.tracks = self.retrack(old, list, now);
+                st.addrs = st.tracks.values().map(|t| t.backend.addr()).collect();
             }
             for (&key, t) in &st.tracks {
                 if inflight.keys.contains(&key) {
@@ -402,6 +401,41 @@ impl<H: HealthCheck> HealthChecker<H> {
             inflight.keys.insert(key);
         }
         next
+    }
+
+    /// The tracks of `list`: a backend already tracked keeps its track; one
+    /// that replaced a tracked backend at the same address (a weight or
+    /// metadata change swaps in a copy) takes its predecessor's track, so it
+    /// keeps its verdict instead of waiting for a first check; the rest
+    /// start new.
+    fn retrack(
+        &self,
+        mut old: HashMap<usize, Track>,
+        list: Vec<Arc<Backend>>,
+        now: Instant,
+    ) -> HashMap<usize, Track> {
+        let by_addr: HashMap<SocketAddr, usize> =
+            old.iter().map(|(k, t)| (t.backend.addr(), *k)).collect();
+        let mut tracks = HashMap::with_capacity(list.len());
+        for b in list {
+            let key = key_of(&b);
+            if tracks.contains_key(&key) {
+                continue;
+            }
+            let track = match old.remove(&key) {
+                Some(t) => t,
+                None => match by_addr.get(&b.addr()).and_then(|k| old.remove(k)) {
+                    Some(mut t) => {
+                        b.state().set_check_failed(t.verdict != Verdict::Up);
+                        t.backend = b;
+                        t
+                    }
+                    None => self.new_track(b, now),
+                },
+            };
+            tracks.insert(key, track);
+        }
+        tracks
     }
 
     fn new_track(&self, backend: Arc<Backend>, now: Instant) -> Track {

@@ -152,20 +152,7 @@ impl Upstream {
         let lb = Arc::new(
             AnyLoadBalancer::try_new(algo, config.lb_options()).map_err(|e| bad("failover", &e))?,
         );
-        let mut outlier = OutlierDetector::new(config.outlier.clone())
-            .map_err(|e| bad("outlier", &e))?
-            .upstream(name);
-        {
-            let lb4 = Arc::clone(&lb);
-            let ev = events.clone();
-            outlier = outlier.on_event(move |e| {
-                lb4.refresh_health(Instant::now());
-                if let Some(ev) = &ev {
-                    ev(e);
-                }
-            });
-        }
-        let outlier = Arc::new(outlier);
+        let outlier = outlier_detector(name, config, &lb, events.clone())?;
         let cap = outlier.cap();
         cap.spread().on_change(telemetry::spread_events(name));
         let breakers = if config.breaker.enabled {
@@ -182,54 +169,12 @@ impl Upstream {
             Some(h) => Some(checker(name, h, &dialing, &lb, events.clone())?),
             None => None,
         };
-        // Every backend that joins: its breaker, the removal ceiling, and (with
-        // active checks) no traffic before its first passing check.
         let per_backend = Arc::new(BackendCounters::new(name));
-        {
-            let breakers = breakers.clone();
-            let outlier = Arc::clone(&outlier);
-            let health = health.clone();
-            let per_backend = Arc::clone(&per_backend);
-            lb.on_update(move |all| {
-                outlier.attach(all);
-                per_backend.members(all);
-                for b in all {
-                    if let Some(r) = &breakers {
-                        let _ = r.attach(b);
-                    }
-                    if let Some(h) = &health {
-                        h.prepare(b);
-                    }
-                }
-                if let Some(h) = &health {
-                    h.backends_changed();
-                }
-            });
-        }
+        watch_members(&lb, &breakers, &outlier, &health, &per_backend);
         if !config.backends.is_empty() {
             lb.update(config.backends.iter().map(|s| s.to_backend()));
         }
-        let budget_on = config.retry.budget_ratio > 0.0 || config.retry.budget_min_per_second > 0;
-        let budget: Option<Arc<dyn RetryBudgetGate>> = if budget_on {
-            Some(Arc::new(
-                RetryBudget::new(budget_config(&config.retry)).map_err(|e| bad("retry", &e))?,
-            ))
-        } else {
-            None
-        };
-        let limit = match &config.concurrency {
-            Some(c) => Some(Arc::new(
-                ConcurrencyLimit::new(c.clone()).map_err(|e| bad("concurrency", &e))?,
-            )),
-            None => None,
-        };
-        let discovery = match &config.discovery {
-            Some(d) => Some((
-                Sources::new(config, d).map_err(|e| bad("discovery.dns", &e))?,
-                d.interval,
-            )),
-            None => None,
-        };
+        let (budget, limit, discovery) = admission(name, config)?;
         let services_started = Arc::new(AtomicBool::new(false));
         lb.on_panic(telemetry::panic_events(name, Arc::clone(&services_started)));
         let attempts = Arc::new(Lazy::new(name, attempt_handles));
@@ -501,6 +446,94 @@ fn checker(
             ev(e);
         }
     })))
+}
+
+/// The upstream's outlier detector; each of its events refreshes the
+/// balancer's view of health, then reaches `events`.
+fn outlier_detector(
+    name: &str,
+    config: &UpstreamConfig,
+    lb: &Arc<AnyLoadBalancer>,
+    events: Option<EventHook>,
+) -> Result<Arc<OutlierDetector>, ConfigError> {
+    let lb = Arc::clone(lb);
+    let outlier = OutlierDetector::new(config.outlier.clone())
+        .map_err(|e| ConfigError::field(format!("upstreams.{name}.outlier"), e.to_string()))?
+        .upstream(name)
+        .on_event(move |e| {
+            lb.refresh_health(Instant::now());
+            if let Some(ev) = &events {
+                ev(e);
+            }
+        });
+    Ok(Arc::new(outlier))
+}
+
+/// Every backend that joins gets its breaker, a place under the removal
+/// ceiling, its counters and (with active checks) no traffic before its
+/// first passing check.
+fn watch_members(
+    lb: &AnyLoadBalancer,
+    breakers: &Option<Arc<BreakerRegistry>>,
+    outlier: &Arc<OutlierDetector>,
+    health: &Option<Arc<HealthChecker<ConfiguredCheck<TcpConnector>>>>,
+    per_backend: &Arc<BackendCounters>,
+) {
+    let breakers = breakers.clone();
+    let outlier = Arc::clone(outlier);
+    let health = health.clone();
+    let per_backend = Arc::clone(per_backend);
+    lb.on_update(move |all| {
+        outlier.attach(all);
+        per_backend.members(all);
+        for b in all {
+            if let Some(r) = &breakers {
+                let _ = r.attach(b);
+            }
+            if let Some(h) = &health {
+                h.prepare(b);
+            }
+        }
+        if let Some(h) = &health {
+            h.backends_changed();
+        }
+    });
+}
+
+/// What admits a request or a retry: the retry budget, the concurrency
+/// limit, and the discovery sources with their interval.
+type Admission = (
+    Option<Arc<dyn RetryBudgetGate>>,
+    Option<Arc<ConcurrencyLimit>>,
+    Option<(Sources, Duration)>,
+);
+
+fn admission(name: &str, config: &UpstreamConfig) -> Result<Admission, ConfigError> {
+    let bad = |field: &str, e: &dyn std::fmt::Display| {
+        ConfigError::field(format!("upstreams.{name}.{field}"), e.to_string())
+    };
+    let budget_on = config.retry.budget_ratio > 0.0 || config.retry.budget_min_per_second > 0;
+    let budget: Option<Arc<dyn RetryBudgetGate>> = if budget_on {
+        Some(Arc::new(
+            RetryBudget::new(budget_config(&config.retry)).map_err(|e| bad("retry", &e))?,
+        ))
+    } else {
+        None
+    };
+    let limit = match &config.concurrency {
+        Some(c) => Some(Arc::new(
+            ConcurrencyLimit::new(c.clone()).map_err(|e| bad("concurrency", &e))?,
+        )),
+        None => None,
+    };
+    let discovery = match &config.discovery {
+        Some(d) => Some((
+            Sources::new(config, d).map_err(|e| bad("discovery.dns", &e))?,
+            d.interval,
+        )),
+        None => None,
+    };
+    Ok((budget, limit, discovery))
 }
 
 /// Build every upstream of a `[upstreams]` table.
