@@ -516,7 +516,10 @@ async fn a_reweighted_copy_keeps_its_predecessor_s_verdict() {
     checker.backends_changed();
     sleep(secs(0.1)).await;
     let status = checker.status();
-    assert_eq!((status[0].verdict, status[1].verdict), (Verdict::Up, Verdict::Down));
+    assert_eq!(
+        (status[0].verdict, status[1].verdict),
+        (Verdict::Up, Verdict::Down)
+    );
     assert!(a2.try_admit(Instant::now()).is_some());
     assert_eq!(
         net.requests(a.addr()),

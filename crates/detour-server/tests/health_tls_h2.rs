@@ -248,3 +248,58 @@ async fn a_backend_failing_the_tls_handshake_is_down() {
         assert!(backend.requests().is_empty(), "no request without TLS");
     }
 }
+
+/// A connector that reaches `to` whatever address it is asked for, and
+/// counts its dials: a stand-in for a proxy's own transport (a tunnel, a
+/// sidecar, a socket in another namespace).
+struct Redirect {
+    to: SocketAddr,
+    dials: Arc<AtomicUsize>,
+}
+
+impl detour_server::Connect for Redirect {
+    type Io = tokio::net::TcpStream;
+
+    async fn connect(&self, _addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        tokio::net::TcpStream::connect(self.to).await
+    }
+}
+
+#[tokio::test]
+async fn checks_dial_through_the_proxy_s_connector() {
+    let backend = CheckBackend::start(None, false).await;
+    // The configured address has no listener: only the connector reaches
+    // the backend.
+    let nowhere = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    for kind in ["http", "tcp"] {
+        let health = HEALTH.replace("kind = \"http\"", &format!("kind = \"{kind}\""));
+        let up = upstream("app", &[nowhere], &health);
+        let dials = Arc::new(AtomicUsize::new(0));
+        let proxy = detour_server::HttpProxy::builder(support::Selecting {
+            up: Arc::clone(&up),
+        })
+        .upstream(Arc::clone(&up))
+        .connector(Redirect {
+            to: backend.addr,
+            dials: Arc::clone(&dials),
+        })
+        .build();
+        up.first_round().await;
+        wait_until_down(&up, nowhere, false).await;
+        assert!(
+            dials.load(Ordering::SeqCst) >= 1,
+            "{kind}: dialled through it"
+        );
+        drop(proxy);
+    }
+    assert!(!backend.requests().is_empty(), "the HTTP check reached it");
+
+    // Not registered with a proxy: plain TCP to the configured address.
+    let up = upstream("app", &[nowhere], HEALTH);
+    up.first_round().await;
+    wait_until_down(&up, nowhere, true).await;
+}

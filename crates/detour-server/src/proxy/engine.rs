@@ -744,7 +744,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             reused: false,
             connecting: true,
         };
-        let conn = dial::connect(&self.shared.connector, peer)
+        let conn = dial::connect(&*self.shared.connector, peer)
             .await
             .map_err(failed)?;
         if let Conn::H2(s) = &conn {

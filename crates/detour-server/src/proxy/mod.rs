@@ -44,7 +44,7 @@ use forward::{Forwarding, RequestIds};
 /// What every worker's copy of a proxy shares.
 pub(crate) struct Shared<P, C> {
     pub(crate) proxy: Arc<P>,
-    pub(crate) connector: C,
+    pub(crate) connector: Arc<C>,
     pub(crate) policy: Arc<RetryPolicy>,
     pub(crate) observers: Vec<Arc<dyn Observer>>,
     pub(crate) forwarding: Forwarding,
@@ -148,7 +148,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
         self
     }
 
-    /// Connect upstream with `connector` instead of plain TCP.
+    /// Connect upstream with `connector` instead of plain TCP: the traffic
+    /// and the active checks of the registered upstreams alike.
     pub fn connector<C2: Connect>(self, connector: C2) -> HttpProxyBuilder<P, C2> {
         HttpProxyBuilder {
             proxy: self.proxy,
@@ -159,16 +160,21 @@ impl<P: ProxyHttp, C: Connect> HttpProxyBuilder<P, C> {
         }
     }
 
-    /// Build the proxy.
+    /// Build the proxy. The registered upstreams' active checks dial through
+    /// its connector from now on.
     pub fn build(self) -> HttpProxy<P, C> {
         let c = self.config;
+        let connector = Arc::new(self.connector);
+        for up in &self.upstreams {
+            up.dial_checks_through(Arc::clone(&connector));
+        }
         let (hard_stop, _) = watch::channel(false);
         HttpProxy {
             pool: Arc::new(Pool::new(c.pool.max_idle_per_peer)),
             h2pool: Arc::new(H2Pool::default()),
             shared: Arc::new(Shared {
                 proxy: Arc::new(self.proxy),
-                connector: self.connector,
+                connector,
                 policy: Arc::new(c.retry),
                 observers: self.observers,
                 forwarding: Forwarding::new(c.forwarding, &c.proxy_name),

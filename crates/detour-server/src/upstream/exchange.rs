@@ -7,9 +7,18 @@
 //! the upstream's traffic, so an upstream with `tls` or `http2` can have
 //! HTTP checks. Each check takes a fresh connection that never enters the
 //! pools and is closed once the answer is read.
+//!
+//! [`CheckConnector`] is the connector the checks (TCP and HTTP) dial
+//! through: plain TCP until the upstream is registered with a proxy, then
+//! that proxy's connector, so a proxy built with its own
+//! [`connector`](crate::HttpProxyBuilder::connector) checks its backends
+//! through it too.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use detour_core::connect::{
@@ -19,12 +28,74 @@ use detour_core::{Error, ErrorKind, HttpPeer, PeerOptions};
 use detour_health::read_response;
 use http::header::CONNECTION;
 use http::{HeaderValue, Request};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::tls::TlsClient;
 use crate::upstream::classify::classify_hyper;
 use crate::upstream::dial::{self, Conn};
-use crate::upstream::UpstreamBody;
+use crate::upstream::{TcpConnector, UpstreamBody};
+
+/// A check's transport, whatever the connector behind it returns.
+pub(crate) trait CheckIo: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> CheckIo for T {}
+
+type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Box<dyn CheckIo>>> + Send + 'a>>;
+
+/// [`Connect`] behind a pointer: its connections boxed.
+trait DynConnect: Send + Sync {
+    fn connect_boxed(&self, addr: SocketAddr) -> ConnectFuture<'_>;
+}
+
+impl<C: Connect> DynConnect for Arc<C> {
+    fn connect_boxed(&self, addr: SocketAddr) -> ConnectFuture<'_> {
+        Box::pin(async move {
+            let io = C::connect(self, addr).await?;
+            Ok(Box::new(io) as Box<dyn CheckIo>)
+        })
+    }
+}
+
+/// The connector an upstream's checks dial through (see the module docs):
+/// shared by its TCP and HTTP checks, switched by
+/// [`dial_through`](Self::dial_through). A check already dialling finishes
+/// on the connector it started with.
+#[derive(Clone)]
+pub(crate) struct CheckConnector(Arc<RwLock<Arc<dyn DynConnect>>>);
+
+impl Default for CheckConnector {
+    fn default() -> Self {
+        CheckConnector(Arc::new(RwLock::new(Arc::new(Arc::new(TcpConnector)))))
+    }
+}
+
+impl std::fmt::Debug for CheckConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckConnector")
+    }
+}
+
+impl CheckConnector {
+    /// Dial through `connector` from now on.
+    pub(crate) fn dial_through<C: Connect>(&self, connector: Arc<C>) {
+        let next: Arc<dyn DynConnect> = Arc::new(connector);
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = next;
+    }
+
+    fn current(&self) -> Arc<dyn DynConnect> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Connect for CheckConnector {
+    type Io = Box<dyn CheckIo>;
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Self::Io> {
+        let connector = self.current();
+        connector.connect_boxed(addr).await
+    }
+}
 
 /// How an upstream's peers are dialled beyond their address: TLS (the
 /// client configuration and the configured server name) and HTTP/2.

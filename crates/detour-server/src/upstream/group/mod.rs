@@ -58,8 +58,8 @@ use tokio::time::Instant;
 
 use crate::config::ConfigError;
 use crate::tls::TlsClient;
-use crate::upstream::exchange::{CheckExchange, PeerDialing};
-use crate::upstream::TcpConnector;
+use crate::upstream::exchange::{CheckConnector, CheckExchange, PeerDialing};
+use crate::upstream::Connect;
 
 mod config;
 mod discovery;
@@ -86,7 +86,7 @@ pub struct Upstream {
     breakers: Option<Arc<BreakerRegistry>>,
     budget: Option<Arc<dyn RetryBudgetGate>>,
     limit: Option<Arc<ConcurrencyLimit>>,
-    health: Option<Arc<HealthChecker<ConfiguredCheck<TcpConnector>>>>,
+    health: Option<Arc<HealthChecker<ConfiguredCheck<CheckConnector>>>>,
     outlier: Arc<OutlierDetector>,
     cap: Arc<RemovalCap>,
     policy: Arc<RetryPolicy>,
@@ -98,6 +98,8 @@ pub struct Upstream {
     requests: RequestMetrics,
     /// TLS and HTTP/2, for the peers it selects and its HTTP checks alike.
     dialing: PeerDialing,
+    /// What the active checks dial through.
+    check_connector: CheckConnector,
     /// Set by [`Upstream::start_services`]; [`Upstream::select`] reports an
     /// upstream selecting without them, once (then `unstarted_logged` is set).
     services_started: Arc<AtomicBool>,
@@ -165,8 +167,16 @@ impl Upstream {
             None
         };
         let dialing = dialing(name, config)?;
+        let check_connector = CheckConnector::default();
         let health = match &config.health {
-            Some(h) => Some(checker(name, h, &dialing, &lb, events.clone())?),
+            Some(h) => Some(checker(
+                name,
+                h,
+                &dialing,
+                &check_connector,
+                &lb,
+                events.clone(),
+            )?),
             None => None,
         };
         let per_backend = Arc::new(BackendCounters::new(name));
@@ -202,9 +212,17 @@ impl Upstream {
             discovery,
             requests: RequestMetrics::new(name),
             dialing,
+            check_connector,
             services_started,
             unstarted_logged: AtomicBool::new(false),
         })
+    }
+
+    /// Dial the active checks through `connector` from now on: a proxy
+    /// does this for every upstream registered with it, so its backends are
+    /// checked the way they are reached.
+    pub(crate) fn dial_checks_through<C: Connect>(&self, connector: Arc<C>) {
+        self.check_connector.dial_through(connector);
     }
 
     /// The upstream's name.
@@ -420,18 +438,19 @@ fn checker(
     name: &str,
     health: &HealthConfig,
     dialing: &PeerDialing,
+    connector: &CheckConnector,
     lb: &Arc<AnyLoadBalancer>,
     events: Option<EventHook>,
-) -> Result<Arc<HealthChecker<ConfiguredCheck<TcpConnector>>>, ConfigError> {
+) -> Result<Arc<HealthChecker<ConfiguredCheck<CheckConnector>>>, ConfigError> {
     let exchange = Arc::new(CheckExchange::new(
-        TcpConnector,
+        connector.clone(),
         dialing.clone(),
         Arc::from(name),
     ));
     let members = Arc::clone(lb);
     let checker = HealthChecker::from_config_with_exchange(
         health.clone(),
-        TcpConnector,
+        connector.clone(),
         exchange,
         move || members.backends().to_vec(),
     )
@@ -476,7 +495,7 @@ fn watch_members(
     lb: &AnyLoadBalancer,
     breakers: &Option<Arc<BreakerRegistry>>,
     outlier: &Arc<OutlierDetector>,
-    health: &Option<Arc<HealthChecker<ConfiguredCheck<TcpConnector>>>>,
+    health: &Option<Arc<HealthChecker<ConfiguredCheck<CheckConnector>>>>,
     per_backend: &Arc<BackendCounters>,
 ) {
     let breakers = breakers.clone();
