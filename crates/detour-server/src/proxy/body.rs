@@ -522,16 +522,24 @@ pub(crate) struct Finish<P: ProxyHttp> {
 }
 
 impl<P: ProxyHttp> Finish<P> {
-    fn complete(mut self, err: Option<&Error>) {
-        if let Some(p) = self.grpc.take() {
-            p.report(&self.peer, None, err);
+    /// End the response whose finish is in `slot`, if it is still there:
+    /// report, pool the connection (unless `err`, or `spent`: an upload cut
+    /// short), log, and empty the slot. Done in place: a `Finish` is large,
+    /// and taking it out of its slot would copy it on every response.
+    fn complete(slot: &mut Option<Self>, err: Option<&Error>, spent: bool) {
+        let Some(f) = slot.as_mut() else {
+            return;
+        };
+        if let Some(p) = f.grpc.take() {
+            p.report(&f.peer, None, err);
         }
-        if err.is_none() {
-            if let Some((pool, sender, keep_for)) = self.pool.take() {
-                pool.checkin(self.peer.addr, sender, keep_for);
+        if err.is_none() && !spent {
+            if let Some((pool, sender, keep_for)) = f.pool.take() {
+                pool.checkin(f.peer.addr, sender, keep_for);
             }
         }
-        self.ex.log(err);
+        f.ex.log(err);
+        *slot = None;
     }
 }
 
@@ -550,10 +558,10 @@ struct Streaming<P: ProxyHttp> {
 
 impl<P: ProxyHttp> Drop for Streaming<P> {
     fn drop(&mut self) {
-        if let Some(f) = self.finish.take() {
+        if self.finish.is_some() {
             let err = Error::downstream(ErrorKind::DownstreamClosed)
                 .context("client went away before the response ended");
-            f.complete(Some(&err));
+            Finish::complete(&mut self.finish, Some(&err), false);
         }
     }
 }
@@ -674,9 +682,7 @@ impl<P: ProxyHttp> ProxyBody<P> {
                                 end,
                                 &mut ex.ctx,
                             ) {
-                                if let Some(f) = s.finish.take() {
-                                    f.complete(Some(&e));
-                                }
+                                Finish::complete(&mut s.finish, Some(&e), false);
                                 return Poll::Ready(Some(Err(e)));
                             }
                             f.ex.session
@@ -694,30 +700,21 @@ impl<P: ProxyHttp> ProxyBody<P> {
                     }
                 };
                 if end {
-                    if let Some(mut f) = s.finish.take() {
-                        if s.upload.take().is_some() {
-                            // The request never finished: the connection is spent.
-                            f.pool = None;
-                        }
-                        f.complete(None);
-                    }
+                    // An upload still going: the request never finished, so
+                    // the connection is spent.
+                    let spent = s.upload.take().is_some();
+                    Finish::complete(&mut s.finish, None, spent);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 let err = classify_hyper(e).context("reading the response body");
-                if let Some(f) = s.finish.take() {
-                    f.complete(Some(&err));
-                }
+                Finish::complete(&mut s.finish, Some(&err), false);
                 Poll::Ready(Some(Err(err)))
             }
             Poll::Ready(None) => {
-                if let Some(mut f) = s.finish.take() {
-                    if s.upload.take().is_some() {
-                        f.pool = None;
-                    }
-                    f.complete(None);
-                }
+                let spent = s.upload.take().is_some();
+                Finish::complete(&mut s.finish, None, spent);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -729,9 +726,7 @@ impl<P: ProxyHttp> ProxyBody<P> {
                 if s.idle.fired(cx) {
                     let err = Error::upstream(ErrorKind::ReadTimeout)
                         .context("upstream body idle for longer than the read timeout");
-                    if let Some(f) = s.finish.take() {
-                        f.complete(Some(&err));
-                    }
+                    Finish::complete(&mut s.finish, Some(&err), false);
                     return Poll::Ready(Some(Err(err)));
                 }
                 Poll::Pending

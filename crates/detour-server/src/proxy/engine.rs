@@ -5,10 +5,13 @@
 //! calls the request hooks, `drive` loops — attempt (connect, send, await),
 //! settle (the hook that may change the outcome, then the planner, then the
 //! charge to the backend), ask for the next, choose a peer, wait — and
-//! `forward` or `answer_error` answers. No retry rule lives here.
+//! `deliver` (after `shape_answer` and `response_hooks`) or `answer_error`
+//! answers. No retry rule lives here.
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -80,28 +83,50 @@ fn spread_of(peer: &HttpPeer) -> Spread {
     cap_of(peer).map_or(Spread::Normal, |cap| cap.spread().last().spread)
 }
 
-/// `fut`, unless it is still running at `limit` plus the time `clock` says
-/// was spent waiting for the client (`None` then).
-async fn within<F: Future>(fut: F, limit: Instant, clock: &ClientClock) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    let mut timer = std::pin::pin!(tokio::time::sleep_until(limit));
-    std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(v) = fut.as_mut().poll(cx) {
-            return std::task::Poll::Ready(Some(v));
+pin_project_lite::pin_project! {
+    /// `fut`, unless it is still running at `limit` plus the time `clock`
+    /// says was spent waiting for the client (`None` then). A future of its
+    /// own rather than an `async fn`, which would hold `fut` twice (the
+    /// argument, and the pinned copy it polls) and copy it between them.
+    struct Within<'c, F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        timer: tokio::time::Sleep,
+        limit: Instant,
+        clock: &'c ClientClock,
+    }
+}
+
+fn within<F: Future>(fut: F, limit: Instant, clock: &ClientClock) -> Within<'_, F> {
+    Within {
+        fut,
+        timer: tokio::time::sleep_until(limit),
+        limit,
+        clock,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            return Poll::Ready(Some(v));
         }
         // While the client is being waited for, the limit keeps moving: each
         // time the timer fires, it is set again to where the limit now is.
-        while timer.as_mut().poll(cx).is_ready() {
+        while this.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            let due = limit + clock.client_time(now);
+            let due = *this.limit + this.clock.client_time(now);
             if due <= now {
-                return std::task::Poll::Ready(None);
+                return Poll::Ready(None);
             }
-            timer.as_mut().reset(due);
+            this.timer.as_mut().reset(due);
         }
-        std::task::Poll::Pending
-    })
-    .await
+        Poll::Pending
+    }
 }
 
 /// A response head arrived.
@@ -161,6 +186,42 @@ struct Held<P: ProxyHttp> {
     ok: AttemptOk,
     peer: HttpPeer,
     rest: Option<Box<dyn Upload<P>>>,
+}
+
+/// An upstream answer on its way to the client, taken apart from its
+/// [`Held`].
+struct Answer<P: ProxyHttp> {
+    head: response::Parts,
+    body: Incoming,
+    sender: Option<Sender>,
+    grpc: Option<grpc::Pending>,
+    peer: HttpPeer,
+    rest: Option<Box<dyn Upload<P>>>,
+}
+
+impl<P: ProxyHttp> From<Held<P>> for Answer<P> {
+    fn from(held: Held<P>) -> Self {
+        let Held { ok, peer, rest } = held;
+        Answer {
+            head: ok.head,
+            body: ok.body,
+            sender: ok.sender,
+            grpc: ok.grpc,
+            peer,
+            rest,
+        }
+    }
+}
+
+/// What [`HttpProxy::shape_answer`] learned from an upstream head before
+/// rewriting it.
+struct Shaped {
+    /// How long its connection may stay pooled.
+    keep_for: Duration,
+    /// The backend asked to close the connection.
+    upstream_closes: bool,
+    /// A `101 Switching Protocols`.
+    switching: bool,
 }
 
 /// A settled attempt: what it left, the wait its `Retry-After` asks for,
@@ -313,7 +374,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// Nothing is done until the future is first polled: the future made
     /// here is small and moves into the connection's in-flight slot cheaply,
     /// and the request's state is built in place (`prepare`, then the hooks,
-    /// `drive` and `forward`). Each level of awaited future costs a copy of
+    /// `drive`, then the answer's steps). Each level of awaited future costs a copy of
     /// the whole future when it starts, so these are the only levels.
     ///
     /// Written as a function returning an `async move` block rather than an
@@ -357,7 +418,23 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     return Box::pin(self.answer_error(ex, err, upstream.as_deref(), None)).await;
                 }
             };
-            self.forward(ex, held, retriable, down_upgrade).await
+            // Bound only after `drive` is done: borrowed across an await, its
+            // space in the future is not shared with `drive`'s otherwise.
+            let mut answer = Answer::from(held);
+            // Each step below borrows the answer or is a plain function, so
+            // the request's state is not copied into another future.
+            let shaped = self.shape_answer(&ex.session, &mut answer.head, &answer.peer, retriable);
+            if let Err(e) = self
+                .response_hooks(&mut ex, &mut answer.head, shaped.switching)
+                .await
+            {
+                let upstream = Arc::clone(&answer.peer.upstream);
+                return Box::pin(self.answer_error(ex, e, Some(&upstream), None)).await;
+            }
+            if shaped.switching {
+                return Box::pin(self.switch(ex, answer.head, answer.peer, down_upgrade)).await;
+            }
+            self.deliver(ex, answer, shaped)
         }
     }
 
@@ -595,11 +672,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 .shared
                 .proxy
                 .should_retry_response(session, &ok.head, listed, &mut ex.ctx);
-        let retry_after = ok
-            .head
-            .headers
-            .get(header::RETRY_AFTER)
-            .filter(|_| wants)
+        // Looked up only for an answer that may be retried: most are not.
+        let retry_after = wants
+            .then(|| ok.head.headers.get(header::RETRY_AFTER))
+            .flatten()
             .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
         let hint = if wants {
             RetryHint::Default
@@ -889,113 +965,139 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
     }
 
-    /// Pass an upstream response on to the client. (An `async move` block
-    /// for the reason given at [`Self::run`].)
-    // Deliberately not `async fn`: see the note above.
-    #[allow(clippy::manual_async_fn)]
-    fn forward(
+    /// Shape an upstream response head for the client, before the hooks see
+    /// it: Detour's own version, hop-by-hop headers out, `Via`, and
+    /// `Proxy-Status` on a retriable status that was not retried.
+    fn shape_answer(
+        &self,
+        session: &Session,
+        head: &mut response::Parts,
+        peer: &HttpPeer,
+        retriable_status: bool,
+    ) -> Shaped {
+        let sh = &*self.shared;
+        let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+        // Detour speaks its own version to its client (RFC 9110 §6.2): an
+        // HTTP/1.0 backend must not turn a keep-alive client into one
+        // connection per request.
+        if session.req().version == http::Version::HTTP_11 {
+            head.version = http::Version::HTTP_11;
+        }
+        let keep_for = keep_alive_limit(peer.options.idle_timeout, &head.headers);
+        let upstream_closes = forward::connection_has(&head.headers, "close");
+        strip_hop_by_hop(&mut head.headers, switching);
+        if sh.forwarding.config.via {
+            head.headers.append(header::VIA, sh.forwarding.via.clone());
+        }
+        if retriable_status {
+            let detail = format!("received-status={}", head.status.as_u16());
+            if let Some(v) = proxy_status(&sh.proxy_name, &detail, Some(&peer.upstream)) {
+                head.headers.insert("proxy-status", v);
+            }
+        }
+        Shaped {
+            keep_for,
+            upstream_closes,
+            switching,
+        }
+    }
+
+    /// The response hooks (`upstream_response_filter`, then
+    /// `response_filter`) on an upstream head; a draining proxy then asks the
+    /// client to close. Borrows only: the answer stays where it is.
+    async fn response_hooks(
+        &self,
+        ex: &mut Exchange<P>,
+        head: &mut response::Parts,
+        switching: bool,
+    ) -> Result<(), Error> {
+        let proxy = &*self.shared.proxy;
+        let (session, ctx) = (&mut ex.session, &mut ex.ctx);
+        proxy.upstream_response_filter(session, head, ctx).await?;
+        proxy.response_filter(session, head, ctx).await?;
+        if self.is_draining() && !switching {
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        ex.session.set_response_status(ex.key, head.status);
+        Ok(())
+    }
+
+    /// Hand an upstream answer, shaped and past the hooks, to the client: a
+    /// body to stream (the connection pooled at its end), or none (pooled
+    /// now). Not async, so nothing here is copied into a future; inlined,
+    /// so the answer is not copied into its arguments either.
+    #[inline]
+    fn deliver(
         &self,
         mut ex: Exchange<P>,
-        answer: Held<P>,
-        retriable_status: bool,
-        down_upgrade: Option<OnUpgrade>,
-    ) -> impl Future<Output = Response<ProxyBody<P>>> + '_ {
-        async move {
-            let sh = &*self.shared;
-            let proxy = &*sh.proxy;
-            let Held { ok, peer, rest } = answer;
-            let (session, ctx) = (&mut ex.session, &mut ex.ctx);
-            let AttemptOk {
-                mut head,
-                body,
-                sender,
-                grpc: grpc_pending,
-                ..
-            } = ok;
-            let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
-            // Detour speaks its own version to its client (RFC 9110 §6.2): an
-            // HTTP/1.0 backend must not turn a keep-alive client into one
-            // connection per request.
-            if session.req().version == http::Version::HTTP_11 {
-                head.version = http::Version::HTTP_11;
+        answer: Answer<P>,
+        shaped: Shaped,
+    ) -> Response<ProxyBody<P>> {
+        let Answer {
+            head,
+            body,
+            sender,
+            grpc: grpc_pending,
+            peer,
+            rest,
+        } = answer;
+        let pool = sender
+            .filter(|_| !shaped.upstream_closes)
+            .map(|sender| (Arc::clone(&self.pool), sender, shaped.keep_for));
+        if body.is_end_stream() {
+            // Nothing to stream: the connection is free now.
+            if let Some((pool, sender, keep_for)) = pool {
+                pool.checkin(peer.addr, sender, keep_for);
             }
-            let keep_for = keep_alive_limit(peer.options.idle_timeout, &head.headers);
-            let upstream_closes = forward::connection_has(&head.headers, "close");
-            strip_hop_by_hop(&mut head.headers, switching);
-            if sh.forwarding.config.via {
-                head.headers.append(header::VIA, sh.forwarding.via.clone());
+            if let Some(p) = grpc_pending {
+                p.report(&peer, None, None);
             }
-            if retriable_status {
-                let detail = format!("received-status={}", head.status.as_u16());
-                if let Some(v) = proxy_status(&sh.proxy_name, &detail, Some(&peer.upstream)) {
-                    head.headers.insert("proxy-status", v);
-                }
-            }
-            if let Err(e) = proxy
-                .upstream_response_filter(session, &mut head, ctx)
-                .await
-            {
-                return Box::pin(self.answer_error(ex, e, Some(&peer.upstream), None)).await;
-            }
-            if let Err(e) = proxy.response_filter(session, &mut head, ctx).await {
-                return Box::pin(self.answer_error(ex, e, Some(&peer.upstream), None)).await;
-            }
-            if self.is_draining() && !switching {
-                head.headers
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            ex.session.set_response_status(ex.key, head.status);
-            let session = &mut ex.session;
-
-            if switching {
-                let offered = forward::upgrade_was_offered(session.headers(), &head.headers);
-                match (down_upgrade, head.extensions.remove::<OnUpgrade>()) {
-                    (Some(down), Some(up)) if offered => {
-                        let idle = peer.options.idle_timeout.max(peer.options.read_timeout);
-                        let live = tunnel::Live::new(&sh.tunnels);
-                        let hard_stop = sh.hard_stop.subscribe();
-                        let place = session.req().extensions.get::<tunnel::ConnSlot>().cloned();
-                        tokio::spawn(async move {
-                            tunnel::run(down, up, idle, hard_stop).await;
-                            drop((live, place));
-                        });
-                    }
-                    _ => {
-                        let err = Error::upstream(ErrorKind::InvalidResponse).context(
-                            "101 Switching Protocols to a protocol the request did not offer",
-                        );
-                        return Box::pin(self.answer_error(ex, err, Some(&peer.upstream), None))
-                            .await;
-                    }
-                }
-                ex.log(None);
-                return Response::from_parts(head, ProxyBody::full(Bytes::new()));
-            }
-
-            let pool = sender
-                .filter(|_| !upstream_closes)
-                .map(|sender| (Arc::clone(&self.pool), sender, keep_for));
-            if body.is_end_stream() {
-                // Nothing to stream: the connection is free now.
-                if let Some((pool, sender, keep_for)) = pool {
-                    pool.checkin(peer.addr, sender, keep_for);
-                }
-                if let Some(p) = grpc_pending {
-                    p.report(&peer, None, None);
-                }
-                drop(peer);
-                ex.log(None);
-                return Response::from_parts(head, ProxyBody::full(Bytes::new()));
-            }
-            let read_timeout = peer.options.read_timeout;
-            let finish = Finish {
-                ex,
-                peer,
-                pool,
-                grpc: grpc_pending,
-            };
-            Response::from_parts(head, ProxyBody::streaming(body, read_timeout, finish, rest))
+            drop(peer);
+            ex.log(None);
+            return Response::from_parts(head, ProxyBody::full(Bytes::new()));
         }
+        let read_timeout = peer.options.read_timeout;
+        let finish = Finish {
+            ex,
+            peer,
+            pool,
+            grpc: grpc_pending,
+        };
+        Response::from_parts(head, ProxyBody::streaming(body, read_timeout, finish, rest))
+    }
+
+    /// A `101 Switching Protocols`, past the hooks: the tunnel between client
+    /// and backend starts, if the protocol was one the client offered.
+    async fn switch(
+        &self,
+        mut ex: Exchange<P>,
+        mut head: response::Parts,
+        peer: HttpPeer,
+        down_upgrade: Option<OnUpgrade>,
+    ) -> Response<ProxyBody<P>> {
+        let sh = &*self.shared;
+        let session = &ex.session;
+        let offered = forward::upgrade_was_offered(session.headers(), &head.headers);
+        match (down_upgrade, head.extensions.remove::<OnUpgrade>()) {
+            (Some(down), Some(up)) if offered => {
+                let idle = peer.options.idle_timeout.max(peer.options.read_timeout);
+                let live = tunnel::Live::new(&sh.tunnels);
+                let hard_stop = sh.hard_stop.subscribe();
+                let place = session.req().extensions.get::<tunnel::ConnSlot>().cloned();
+                tokio::spawn(async move {
+                    tunnel::run(down, up, idle, hard_stop).await;
+                    drop((live, place));
+                });
+            }
+            _ => {
+                let err = Error::upstream(ErrorKind::InvalidResponse)
+                    .context("101 Switching Protocols to a protocol the request did not offer");
+                return Box::pin(self.answer_error(ex, err, Some(&peer.upstream), None)).await;
+            }
+        }
+        ex.log(None);
+        Response::from_parts(head, ProxyBody::full(Bytes::new()))
     }
 
     /// Answer with a response a hook made.
