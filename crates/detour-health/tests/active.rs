@@ -73,6 +73,22 @@ fn checker(
     )
 }
 
+/// A checker over `members`, a list the test changes as it goes.
+fn changing_checker(
+    net: &MemoryNet,
+    members: &Arc<Mutex<Vec<Arc<Backend>>>>,
+    events: &Recorder,
+) -> Arc<Checker> {
+    let list = Arc::clone(members);
+    Arc::new(
+        HealthChecker::from_config(config(), net.connector(), move || {
+            list.lock().unwrap().clone()
+        })
+        .unwrap()
+        .on_event(events.callback()),
+    )
+}
+
 fn spawn_run<H: HealthCheck>(
     checker: &Arc<HealthChecker<H>>,
 ) -> (oneshot::Sender<()>, JoinHandle<()>) {
@@ -443,14 +459,7 @@ async fn a_new_backend_takes_no_traffic_before_its_first_pass() {
     net.set(b.addr(), MemBehavior::Refuse);
     net.set(c.addr(), MemBehavior::slow(200, Duration::from_millis(300)));
     let members = Arc::new(Mutex::new(vec![Arc::clone(&a)]));
-    let list = Arc::clone(&members);
-    let checker = Arc::new(
-        HealthChecker::from_config(config(), net.connector(), move || {
-            list.lock().unwrap().clone()
-        })
-        .unwrap()
-        .on_event(events.callback()),
-    );
+    let checker = changing_checker(&net, &members, &events);
     checker.first_round().await;
     let (stop, task) = spawn_run(&checker);
     sleep(secs(1.0)).await;
@@ -490,14 +499,7 @@ async fn a_reweighted_copy_keeps_its_predecessor_s_verdict() {
     net.set(a.addr(), MemBehavior::status(200));
     net.set(b.addr(), MemBehavior::Refuse);
     let members = Arc::new(Mutex::new(vec![Arc::clone(&a), Arc::clone(&b)]));
-    let list = Arc::clone(&members);
-    let checker = Arc::new(
-        HealthChecker::from_config(config(), net.connector(), move || {
-            list.lock().unwrap().clone()
-        })
-        .unwrap()
-        .on_event(events.callback()),
-    );
+    let checker = changing_checker(&net, &members, &events);
     checker.first_round().await;
     let (stop, task) = spawn_run(&checker);
     sleep(secs(1.0)).await;
