@@ -48,6 +48,7 @@ pub struct EngineKey(u64);
 
 impl Session {
     /// A session for a request head, received from `client_addr` at `started`.
+    #[inline]
     pub fn new(req: Parts, client_addr: Option<SocketAddr>, started: Instant) -> Self {
         Session {
             req,

@@ -317,6 +317,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// plain function, so that its locals (borrowed while the head is
     /// checked) take no space in the request's future.
     #[allow(clippy::type_complexity)]
+    #[inline(always)]
     fn prepare<B>(
         &self,
         req: Request<B>,

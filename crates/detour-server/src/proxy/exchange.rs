@@ -25,6 +25,7 @@ pub(crate) struct Exchange<P: ProxyHttp> {
 impl<P: ProxyHttp> Exchange<P> {
     /// An exchange for a session no one has taken the key of yet, from a
     /// client that came over TLS when `tls`.
+    #[inline(always)]
     pub(crate) fn new(proxy: Arc<P>, mut session: Session, ctx: P::CTX, tls: bool) -> Self {
         // Invariant: the session was made just now by the engine, and no hook
         // has seen it, so its key is still there to take.

