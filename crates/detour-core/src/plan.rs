@@ -169,8 +169,9 @@ pub struct Attempt {
 }
 
 impl fmt::Display for Attempt {
-    /// `#2 10.0.0.5:8080 failover connection_refused@not_connected retried
-    /// wait=0ms`: one attempt on one line.
+    /// `#2 10.0.0.5:8080 failover connection_refused@not_connected 0.3ms
+    /// retried wait=0ms`: one attempt on one line (the time is how long it
+    /// took, left out while it is in flight).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "#{} {} {}", self.id.0, self.peer, self.choice.as_str())?;
         match self.outcome {
@@ -180,6 +181,10 @@ impl fmt::Display for Attempt {
                 write!(f, " {}@{}", kind.proxy_status_type(), commit.as_str())?;
             }
             Some(Outcome::Cancelled) => f.write_str(" cancelled")?,
+        }
+        if let Some(ended) = self.ended {
+            let took = ended.saturating_duration_since(self.started);
+            write!(f, " {:.1}ms", took.as_secs_f64() * 1e3)?;
         }
         if self.stale {
             f.write_str(" stale")?;

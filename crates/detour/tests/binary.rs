@@ -338,7 +338,7 @@ async fn the_access_log_is_never_silenced_by_the_level_or_rust_log() {
         "status=200",
         "bytes_in=5",
         "upstream=\"app\"",
-        &format!("attempts={}:200:", up.addr()),
+        &format!("attempts=#1 {} first 200 ", up.addr()),
         "user_agent=\"probe/1.0\"",
         "duration_ms=",
     ] {

@@ -454,12 +454,13 @@ fn the_history_reads_as_one_line() {
     assert_eq!(p.next(a, Limits::none(), t), RETRY);
     p.schedule(a, addr(2), None, t).unwrap();
     let b = p.begin(addr(2), t);
-    p.settle(b, failed(ConnectionReset, RequestSent), t);
-    assert_eq!(p.next(b, Limits::none(), t), NOT_SAFE);
+    let late = t + Duration::from_micros(2_340);
+    p.settle(b, failed(ConnectionReset, RequestSent), late);
+    assert_eq!(p.next(b, Limits::none(), late), NOT_SAFE);
     assert_eq!(
         p.to_string(),
-        "#1 127.0.0.1:1 first connection_refused@not_connected retried wait=0ms; \
-         #2 127.0.0.1:2 failover connection_terminated@request_sent stop=not_safe"
+        "#1 127.0.0.1:1 first connection_refused@not_connected 0.0ms retried wait=0ms; \
+         #2 127.0.0.1:2 failover connection_terminated@request_sent 2.3ms stop=not_safe"
     );
     assert_eq!(
         Decision::Stop(NoRetry::NotSafe).to_string(),

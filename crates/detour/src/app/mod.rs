@@ -18,6 +18,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod effective;
+pub mod explain;
 pub mod process;
 pub mod proxy;
 pub mod reload;

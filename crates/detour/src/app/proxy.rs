@@ -2,16 +2,14 @@
 //! write the access log line (its attempts are the session's history).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use detour_core::{
-    Error, ErrorKind, HttpPeer, Outcome, ProxyHttp, RawUri, Result, RetryPolicy, Session,
-};
+use detour_core::{Error, ErrorKind, HttpPeer, ProxyHttp, RawUri, Result, RetryPolicy, Session};
 use http::{request, response, Response, StatusCode, Uri};
 
 use detour_server::upstream::RequestMetrics;
 
+use super::explain;
 use super::routes::{self, RequestPath, Route};
 use super::state::{App, State};
 
@@ -23,6 +21,8 @@ pub struct Ctx {
     status: u16,
     /// Request body bytes read from the client (and sent upstream).
     bytes_in: u64,
+    /// The client asked for the attempt history, with the admin token.
+    explain: bool,
 }
 
 /// The proxy behind the `detour` binary.
@@ -68,7 +68,15 @@ impl ProxyHttp for DetourProxy {
             route: None,
             status: 0,
             bytes_in: 0,
+            explain: false,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // Before any other hook: the token must not be seen by routing, the
+        // upstream or a log.
+        ctx.explain = explain::asked(session, ctx.state.config.admin.token.as_deref());
+        Ok(())
     }
 
     async fn request_filter(
@@ -126,11 +134,16 @@ impl ProxyHttp for DetourProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut response::Parts,
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.status = response.status.as_u16();
+        if ctx.explain {
+            response
+                .headers
+                .insert(explain::EXPLAIN_RESPONSE, explain::header_value(session));
+        }
         Ok(())
     }
 
@@ -155,10 +168,20 @@ impl ProxyHttp for DetourProxy {
             None => &self.unrouted,
         }
         .record(status, session.elapsed());
+        let request_id = header_str(session, &self.request_id);
+        if explain::worth_keeping(session, err, status) {
+            self.app.recent().keep(&explain::Kept {
+                session,
+                request_id,
+                status,
+                upstream,
+                error: err,
+            });
+        }
         if self.access_log {
             let line = AccessLine {
                 session,
-                request_id: header_str(session, &self.request_id),
+                request_id,
                 status,
                 bytes_in: ctx.bytes_in,
                 bytes_out: session.body_bytes_sent(),
@@ -184,31 +207,6 @@ fn protocol(version: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     }
-}
-
-/// The attempts as `backend:outcome:latency`, space-separated.
-fn attempts_text(session: &Session) -> String {
-    let mut text = String::new();
-    for (i, a) in session.attempts().iter().enumerate() {
-        if i > 0 {
-            text.push(' ');
-        }
-        let outcome = match a.outcome {
-            Some(Outcome::Answered(status)) => status.to_string(),
-            Some(Outcome::Failed { kind, .. }) => kind.proxy_status_type().to_string(),
-            Some(Outcome::Cancelled) => "cancelled".to_string(),
-            // Not settled: the request ended while it was in flight.
-            None | Some(_) => "in_flight".to_string(),
-        };
-        let took = a.ended.map_or(Duration::ZERO, |e| e - a.started);
-        text.push_str(&format!(
-            "{}:{}:{:.1}ms",
-            a.peer,
-            outcome,
-            took.as_secs_f64() * 1e3
-        ));
-    }
-    text
 }
 
 /// Everything one access log line says about a request. What the session
@@ -249,7 +247,7 @@ impl AccessLine<'_> {
             bytes_out = self.bytes_out,
             duration_ms = (s.elapsed().as_secs_f64() * 1e4).round() / 10.0,
             upstream = self.upstream,
-            attempts = %attempts_text(s),
+            attempts = %explain::history(s),
             user_agent = header_str(s, &http::header::USER_AGENT),
             error = self.error.map(|e| e.proxy_status_type()),
         );

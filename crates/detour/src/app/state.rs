@@ -9,6 +9,7 @@ use detour_core::Backend;
 use detour_server::upstream::Upstream;
 
 use super::config::Config;
+use super::explain::Recent;
 use super::routes::Route;
 use super::status::{Breaker, Health};
 
@@ -32,6 +33,9 @@ pub struct App {
     state: ArcSwap<State>,
     /// Backends an operator put in maintenance (admin API), by upstream.
     maintenance: Mutex<HashSet<(String, SocketAddr)>>,
+    /// The last retried or failed requests (`/debug/requests`), kept across
+    /// reloads.
+    recent: Recent,
 }
 
 impl App {
@@ -40,6 +44,7 @@ impl App {
         App {
             state: ArcSwap::from_pointee(state),
             maintenance: Mutex::new(HashSet::new()),
+            recent: Recent::default(),
         }
     }
 
@@ -51,6 +56,11 @@ impl App {
     /// Swap in a new generation; returns the old one.
     pub fn swap(&self, state: State) -> Arc<State> {
         self.state.swap(Arc::new(state))
+    }
+
+    /// The last retried or failed requests.
+    pub fn recent(&self) -> &Recent {
+        &self.recent
     }
 
     /// Whether an operator put this backend in maintenance.

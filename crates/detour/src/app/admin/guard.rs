@@ -171,7 +171,7 @@ fn same_origin(headers: &HeaderMap, host: &str) -> bool {
 
 /// Equality whose time depends only on the length of `expected` (the
 /// secret), not on where `given` first differs nor on its length.
-fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     let mut diff = given.len() ^ expected.len();
     for (i, e) in expected.iter().enumerate() {
         let g = given.get(i).copied().unwrap_or(0);

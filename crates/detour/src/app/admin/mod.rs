@@ -68,6 +68,8 @@ enum Endpoint {
     Control,
     /// `/upstreams/{name}/backends/{addr}/weight`.
     Weight,
+    /// `/debug/requests`: the last retried or failed requests.
+    Requests,
 }
 
 /// The largest weight `POST …/weight` accepts: far above any useful ratio
@@ -85,6 +87,7 @@ impl Endpoint {
             "/status" => Some(Endpoint::Status),
             "/config" => Some(Endpoint::Config),
             "/reload" => Some(Endpoint::Reload),
+            "/debug/requests" => Some(Endpoint::Requests),
             p if p.starts_with("/upstreams/") && p.ends_with("/weight") => Some(Endpoint::Weight),
             p if p.starts_with("/upstreams/") => Some(Endpoint::Control),
             _ => None,
@@ -94,9 +97,11 @@ impl Endpoint {
     /// The methods it answers, as an `Allow` value.
     fn allow(self) -> &'static str {
         match self {
-            Endpoint::Healthz | Endpoint::Metrics | Endpoint::Status | Endpoint::Config => {
-                "GET, HEAD"
-            }
+            Endpoint::Healthz
+            | Endpoint::Metrics
+            | Endpoint::Status
+            | Endpoint::Config
+            | Endpoint::Requests => "GET, HEAD",
             Endpoint::Control | Endpoint::Weight | Endpoint::Reload => "POST",
         }
     }
@@ -202,6 +207,7 @@ impl Admin {
             Endpoint::Control => self.control(req.uri().path()),
             Endpoint::Weight => self.weight(req).await,
             Endpoint::Healthz => self.healthz(req.method()),
+            Endpoint::Requests => self.recent_requests(),
         }
     }
 
@@ -274,6 +280,14 @@ impl Admin {
 
     fn status(&self) -> Response<Full<Bytes>> {
         let mut body = self.status_json().to_string();
+        body.push('\n');
+        reply(StatusCode::OK, "application/json", body)
+    }
+
+    /// `GET /debug/requests`: the last retried or failed requests, newest
+    /// first, each with its attempt history.
+    fn recent_requests(&self) -> Response<Full<Bytes>> {
+        let mut body = self.app.recent().to_json().to_string();
         body.push('\n');
         reply(StatusCode::OK, "application/json", body)
     }
