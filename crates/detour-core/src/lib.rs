@@ -49,6 +49,7 @@ mod invalid;
 pub mod observe;
 mod outcome;
 pub mod peer;
+pub mod pick;
 pub mod plan;
 pub mod proxy;
 pub mod retry;
@@ -62,6 +63,7 @@ pub use error::{BoxError, Chain, Error, ErrorKind, ErrorSide, FailureKind, Resul
 pub use invalid::{check_duration, check_optional_duration, InvalidConfig, Zero, MAX_DURATION};
 pub use observe::{AttemptOutcome, Observer, OutcomeClass};
 pub use peer::{HttpPeer, PeerOptions, PeerTls, RetryBudgetGate};
+pub use pick::{Grouping, Pick};
 pub use plan::{Attempt, AttemptId, Decision, Outcome, Planner};
 pub use proxy::ProxyHttp;
 pub use retry::{RetryDecision, RetryPolicy};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, Permit};
 use crate::invalid::{check_duration, check_optional_duration, Zero};
 use crate::observe::Observer;
+use crate::pick::Pick;
 use crate::retry::RetryPolicy;
 use crate::InvalidConfig;
 
@@ -115,6 +116,7 @@ pub struct HttpPeer {
     observer: Option<Arc<dyn Observer>>,
     policy: Option<Arc<RetryPolicy>>,
     guard: Option<Box<dyn Send + Sync>>,
+    pick: Option<Pick>,
 }
 
 impl std::fmt::Debug for HttpPeer {
@@ -159,6 +161,7 @@ impl HttpPeer {
             observer: None,
             policy: None,
             guard: None,
+            pick: None,
         }
     }
 
@@ -178,6 +181,7 @@ impl HttpPeer {
             observer: None,
             policy: None,
             guard: None,
+            pick: None,
         }
     }
 
@@ -195,6 +199,7 @@ impl HttpPeer {
             observer: None,
             policy: None,
             guard: None,
+            pick: None,
         }
     }
 
@@ -258,6 +263,17 @@ impl HttpPeer {
     pub fn with_guard(mut self, guard: impl Send + Sync + 'static) -> Self {
         self.guard = Some(Box::new(guard));
         self
+    }
+
+    /// Say why the balancer chose this peer (kept in the attempt history).
+    pub fn with_pick(mut self, pick: Pick) -> Self {
+        self.pick = Some(pick);
+        self
+    }
+
+    /// Why the balancer chose this peer, when one said.
+    pub fn pick(&self) -> Option<Pick> {
+        self.pick
     }
 
     /// The backend whose state this attempt's outcome updates, if any.

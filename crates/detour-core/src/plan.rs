@@ -36,6 +36,7 @@ use crate::commit::CommitPoint;
 use crate::error::{ErrorKind, RetryHint};
 use crate::observe::OutcomeClass;
 use crate::peer::RetryBudgetGate;
+use crate::pick::Pick;
 use crate::retry::{admit_retry, decide, AttemptFacts, NoRetry, RetryLimits, RetryPolicy};
 use crate::spread::Spread;
 
@@ -148,6 +149,8 @@ pub struct Attempt {
     pub peer: SocketAddr,
     /// Why it went there.
     pub choice: Choice,
+    /// Why the balancer chose that backend, when it said.
+    pub pick: Option<Pick>,
     /// When it began.
     pub started: Instant,
     /// When it settled; `None` while in flight.
@@ -174,6 +177,9 @@ impl fmt::Display for Attempt {
     /// took, left out while it is in flight).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "#{} {} {}", self.id.0, self.peer, self.choice.as_str())?;
+        if let Some(pick) = self.pick.filter(|p| !p.is_plain()) {
+            write!(f, "({pick})")?;
+        }
         match self.outcome {
             None => f.write_str(" in_flight")?,
             Some(Outcome::Answered(status)) => write!(f, " {status}")?,
@@ -480,6 +486,16 @@ impl Planner {
 
     /// Begin an attempt to `peer` at `now`.
     pub fn begin(&mut self, peer: SocketAddr, now: Instant) -> AttemptId {
+        self.begin_picked(peer, None, now)
+    }
+
+    /// [`begin`](Self::begin), with why the balancer chose `peer`.
+    pub fn begin_picked(
+        &mut self,
+        peer: SocketAddr,
+        pick: Option<Pick>,
+        now: Instant,
+    ) -> AttemptId {
         let choice = match (self.attempts().is_empty(), self.was_tried(peer)) {
             (true, _) => Choice::First,
             (false, true) => Choice::Retry,
@@ -492,6 +508,7 @@ impl Planner {
             id,
             peer,
             choice,
+            pick,
             started: now,
             ended: None,
             reused: false,

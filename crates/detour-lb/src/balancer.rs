@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::Rng;
 use arc_swap::ArcSwap;
-use detour_core::{Backend, Permit};
+use detour_core::{Backend, Grouping, Permit, Pick};
 use tokio::time::Instant;
 
-use crate::failover::LbOptions;
+use crate::failover::{Failover, LbOptions};
 use crate::hash::mix64;
 use crate::rng::RngSource;
 use crate::selection::{Algorithm, Selection};
@@ -450,15 +450,30 @@ impl<S: Selection> LoadBalancer<S> {
     /// [`HashKey::hash`]: crate::HashKey::hash
     /// [`Session::tried`]: detour_core::Session::tried
     pub fn select(&self, key: u64, tried: &[SocketAddr], now: Instant) -> Option<Permit> {
+        self.select_explained(key, tried, now)
+            .map(|(permit, _)| permit)
+    }
+
+    /// [`select`](Self::select), saying why the backend was chosen: its
+    /// group, whether the request spilled there, how many candidates were
+    /// passed over (with consistent hashing: owner or rehash), how many of
+    /// them this request had tried, panic mode.
+    pub fn select_explained(
+        &self,
+        key: u64,
+        tried: &[SocketAddr],
+        now: Instant,
+    ) -> Option<(Permit, Pick)> {
         let set = self.set.load();
         if set.groups.is_empty() {
             return None;
         }
         self.rescan(&set, now, false);
-        self.rng.with(|rng| {
+        let mut tally = Tally::new(tried);
+        let chosen = self.rng.with(|rng| {
             if !set.health.panic() {
-                if let Some(p) = self.select_normal(&set, key, tried, now, rng) {
-                    return Some(p);
+                if let Some(c) = self.select_normal(&set, key, &mut tally, now, rng) {
+                    return Some(c);
                 }
                 // Nothing admitted: the view may be stale. Look again.
                 self.rescan(&set, now, true);
@@ -466,18 +481,35 @@ impl<S: Selection> LoadBalancer<S> {
                     return None;
                 }
             }
-            self.select_panic(&set, key, tried, rng)
-        })
+            self.select_panic(&set, key, &mut tally, rng)
+        })?;
+        let pick = Pick {
+            // Panic mode ignores the groups.
+            grouping: match self.options.failover {
+                _ if chosen.panic => Grouping::None,
+                Failover::ActiveActive => Grouping::None,
+                Failover::Priority(_) => Grouping::Priority,
+                Failover::Locality(_) => Grouping::Locality,
+            },
+            group: u16::try_from(chosen.group).unwrap_or(u16::MAX),
+            spilled: chosen.spilled,
+            hashed: self.selection.hashes_key(),
+            passed: tally.offered.saturating_sub(1),
+            excluded: tally.excluded,
+            panic: chosen.panic,
+            again: chosen.again,
+        };
+        Some((chosen.permit, pick))
     }
 
     fn select_normal(
         &self,
         set: &BackendSet<S::Table>,
         key: u64,
-        tried: &[SocketAddr],
+        tally: &mut Tally<'_>,
         now: Instant,
         rng: &mut Rng,
-    ) -> Option<Permit> {
+    ) -> Option<Chosen> {
         let n = set.groups.len();
         let first = if n == 1 {
             0
@@ -491,20 +523,23 @@ impl<S: Selection> LoadBalancer<S> {
         };
         let order = iter::once(first).chain((0..n).filter(move |&g| g != first));
         for g in order.clone() {
-            if let Some(p) = self.admit_untried(&set.groups[g], key, tried, now, rng) {
-                return Some(p);
+            if let Some(p) = self.admit_untried(&set.groups[g], key, tally, now, rng) {
+                return Some(Chosen::normal(p, g, first, false));
             }
         }
-        if tried.is_empty() {
+        if tally.tried.is_empty() {
             return None;
         }
         for g in order {
             let group = &set.groups[g];
             let found = self
                 .selection
-                .walk(&group.table, &group.members, key, rng, |b| b.try_admit(now));
-            if found.is_some() {
-                return found;
+                .walk(&group.table, &group.members, key, rng, |b| {
+                    tally.offered = tally.offered.saturating_add(1);
+                    b.try_admit(now)
+                });
+            if let Some(p) = found {
+                return Some(Chosen::normal(p, g, first, true));
             }
         }
         None
@@ -515,7 +550,7 @@ impl<S: Selection> LoadBalancer<S> {
         &self,
         group: &Group<S::Table>,
         key: u64,
-        tried: &[SocketAddr],
+        tally: &mut Tally<'_>,
         now: Instant,
         rng: &mut Rng,
     ) -> Option<Permit> {
@@ -523,7 +558,7 @@ impl<S: Selection> LoadBalancer<S> {
             return self
                 .selection
                 .walk(&group.table, &group.members, key, rng, |b| {
-                    if tried.contains(&b.addr()) {
+                    if tally.offer(b) {
                         None
                     } else {
                         b.try_admit(now)
@@ -536,7 +571,7 @@ impl<S: Selection> LoadBalancer<S> {
         let found = self
             .selection
             .walk(&group.table, &group.members, key, rng, |b| {
-                if tried.contains(&b.addr()) || !b.state().is_available(now) {
+                if tally.offer(b) || !b.state().is_available(now) {
                     return None;
                 }
                 let p = slow.acceptance(b, now);
@@ -554,26 +589,90 @@ impl<S: Selection> LoadBalancer<S> {
         &self,
         set: &BackendSet<S::Table>,
         key: u64,
-        tried: &[SocketAddr],
+        tally: &mut Tally<'_>,
         rng: &mut Rng,
-    ) -> Option<Permit> {
+    ) -> Option<Chosen> {
         let group = set.everyone()?;
         let untried = self
             .selection
             .walk(&group.table, &group.members, key, rng, |b| {
-                if tried.contains(&b.addr()) {
+                if tally.offer(b) {
                     None
                 } else {
                     b.try_admit_ignoring_health()
                 }
             });
-        if untried.is_some() || tried.is_empty() {
-            return untried;
+        if let Some(p) = untried {
+            return Some(Chosen::panic(p, false));
+        }
+        if tally.tried.is_empty() {
+            return None;
         }
         self.selection
             .walk(&group.table, &group.members, key, rng, |b| {
+                tally.offered = tally.offered.saturating_add(1);
                 b.try_admit_ignoring_health()
             })
+            .map(|p| Chosen::panic(p, true))
+    }
+}
+
+/// What a selection's walks saw: candidates offered, and how many of them
+/// the request had tried.
+struct Tally<'t> {
+    tried: &'t [SocketAddr],
+    offered: u16,
+    excluded: u16,
+}
+
+impl<'t> Tally<'t> {
+    fn new(tried: &'t [SocketAddr]) -> Self {
+        Tally {
+            tried,
+            offered: 0,
+            excluded: 0,
+        }
+    }
+
+    /// Count `b` as offered; whether the request tried it already.
+    fn offer(&mut self, b: &Backend) -> bool {
+        self.offered = self.offered.saturating_add(1);
+        let tried = self.tried.contains(&b.addr());
+        if tried {
+            self.excluded = self.excluded.saturating_add(1);
+        }
+        tried
+    }
+}
+
+/// A backend admitted, and where it came from.
+struct Chosen {
+    permit: Permit,
+    group: usize,
+    spilled: bool,
+    panic: bool,
+    again: bool,
+}
+
+impl Chosen {
+    fn normal(permit: Permit, group: usize, first: usize, again: bool) -> Self {
+        Chosen {
+            permit,
+            group,
+            spilled: group != first,
+            panic: false,
+            again,
+        }
+    }
+
+    fn panic(permit: Permit, again: bool) -> Self {
+        Chosen {
+            permit,
+            group: 0,
+            spilled: false,
+            panic: true,
+            again,
+        }
     }
 }
 
@@ -653,6 +752,58 @@ mod tests {
         for (i, b) in lb.backends().iter().enumerate() {
             b.state().set_check_failed(which(i));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_selection_says_why_it_chose() {
+        let now = Instant::now();
+        // Consistent hashing: the key's owner, then a rehash past it.
+        let ring = lb(
+            Ketama::default(),
+            LbOptions::default(),
+            (0..5).map(|i| Backend::new(addr(i))).collect(),
+        );
+        let (owner, pick) = ring.select_explained(42, &[], now).unwrap();
+        assert_eq!(pick.to_string(), "owner");
+        let owner = owner.backend().addr();
+        let (_, pick) = ring.select_explained(42, &[owner], now).unwrap();
+        assert_eq!((pick.hashed, pick.passed, pick.excluded), (true, 1, 1));
+        assert_eq!(pick.to_string(), "rehash=1,excluded=1");
+
+        // Tiers: tier 0 all down, so every request spills to tier 1.
+        let options = LbOptions::default()
+            .with_failover(Failover::priority(1.4))
+            .with_panic_threshold(0);
+        let tiers = lb(RoundRobin, options, two_tiers(2));
+        down(&tiers, |i| i < 2);
+        let (p, pick) = tiers.select_explained(0, &[], now).unwrap();
+        assert_eq!(p.backend().priority(), 1);
+        assert_eq!(
+            (pick.grouping, pick.group, pick.panic),
+            (Grouping::Priority, 1, false)
+        );
+        assert!(pick.to_string().starts_with("tier=1"), "{pick}");
+
+        // Panic mode: health ignored, groups too.
+        let panicking = lb(
+            RoundRobin,
+            LbOptions::default(),
+            (0..4).map(|i| Backend::new(addr(i))).collect(),
+        );
+        down(&panicking, |_| true);
+        let (_, pick) = panicking.select_explained(0, &[], now).unwrap();
+        assert!(pick.panic && pick.grouping == Grouping::None, "{pick:?}");
+        assert_eq!(pick.to_string(), "panic");
+
+        // Every backend tried: one is taken again.
+        let lb = lb(
+            RoundRobin,
+            LbOptions::default(),
+            vec![Backend::new(addr(0))],
+        );
+        let (_, pick) = lb.select_explained(0, &[addr(0)], now).unwrap();
+        assert!(pick.again, "{pick:?}");
+        assert_eq!(pick.to_string(), "passed=1,excluded=1,again");
     }
 
     #[tokio::test(start_paused = true)]

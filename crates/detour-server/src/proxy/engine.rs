@@ -519,7 +519,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         loop {
             let begun = Instant::now();
             let plan = ex.session.plan_mut(ex.key);
-            let id = plan.begin(peer.addr, begun);
+            let id = plan.begin_picked(peer.addr, peer.pick(), begun);
             let mode = Mode {
                 fresh: plan.fresh_connection(),
             };

@@ -301,10 +301,14 @@ impl Upstream {
             ),
             None => 0,
         };
-        let Some(permit) = self.lb.select(key, session.tried(), Instant::now()) else {
+        let Some((permit, pick)) = self
+            .lb
+            .select_explained(key, session.tried(), Instant::now())
+        else {
             return Err(self.why_none());
         };
         let mut peer = HttpPeer::admitted(permit, Arc::clone(&self.name))
+            .with_pick(pick)
             .with_options(self.options.clone())
             .with_observer(Arc::clone(&self.observer))
             .with_policy(Arc::clone(&self.policy));
