@@ -3,6 +3,7 @@
 //! ```text
 //! detour --config detour.toml          run the proxy
 //! detour --config detour.toml --test   check the file and exit (0: valid)
+//! detour --config detour.toml --test --strict   ... and fail on a lint warning
 //! detour --config detour.toml --dump-config
 //!                                      print the effective configuration
 //! detour demo                          a live failover demo, no setup
@@ -40,6 +41,10 @@ struct Cli {
     /// line and field at fault when not.
     #[arg(short = 't', long = "test", requires = "config")]
     test: bool,
+    /// With --test: also fail (exit 1) when the linter warns about a
+    /// dangerous setting (retries with no budget, verification off, ...).
+    #[arg(long = "strict", requires = "test")]
+    strict: bool,
     /// Validate the configuration, print it as it takes effect (every
     /// default written out, relative paths resolved, secrets redacted) and
     /// exit. Like `nginx -T`.
@@ -127,6 +132,28 @@ fn dump_config(config: &Config, path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `--test`: the file loaded; print the linter's warnings, then the
+/// verdict. `strict`: any warning fails.
+fn test_config(config: &Config, path: &std::path::Path, strict: bool) -> ExitCode {
+    let warnings = app::lint::lint(config);
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if strict && !warnings.is_empty() {
+        eprintln!(
+            "{}: {} warning(s), refused by --strict",
+            path.display(),
+            warnings.len()
+        );
+        return ExitCode::FAILURE;
+    }
+    match warnings.len() {
+        0 => println!("{}: configuration ok", path.display()),
+        n => println!("{}: configuration ok, {n} warning(s)", path.display()),
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Demo {
@@ -173,13 +200,15 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
-        println!("{}: configuration ok", path.display());
-        return ExitCode::SUCCESS;
+        return test_config(&config, &path, cli.strict);
     }
     if cli.dump_config {
         return dump_config(&config, &path);
     }
     init_logging(config.log.format, &config.log.level, config.log.access_log);
+    for w in app::lint::lint(&config) {
+        tracing::warn!(fields = %w.fields.join(", "), "dangerous configuration: {}", w.why);
+    }
     let handle = metrics();
     match app::start(&config, Some(&path), handle, None) {
         Ok(running) => {

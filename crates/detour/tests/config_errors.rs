@@ -162,6 +162,39 @@ fn syntax_errors_name_the_line() {
 }
 
 #[test]
+fn the_linter_warns_and_strict_refuses() {
+    let dir = std::env::temp_dir().join(format!("detour-lint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("risky.toml");
+    std::fs::write(
+        &file,
+        with("[upstreams.app.retry]\nbudget_ratio = 0.0\nbudget_min_per_second = 0\ndeadline = \"5s\""),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_detour");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(bin)
+            .args(["--config", file.to_str().unwrap(), "--test"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let lenient = run(&[]);
+    let err = String::from_utf8_lossy(&lenient.stderr);
+    assert!(lenient.status.success(), "{err}");
+    assert!(
+        err.contains("warning: upstreams.app.retry.max_retries, upstreams.app.retry.budget_ratio")
+            && err.contains("retry budget"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&lenient.stdout).contains("configuration ok, 1 warning(s)"));
+    let strict = run(&["--strict"]);
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("refused by --strict"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_binary_test_flag_exits_zero_or_names_the_fault() {
     let dir = std::env::temp_dir().join(format!("detour-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

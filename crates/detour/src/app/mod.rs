@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod effective;
 pub mod explain;
+pub mod lint;
 pub mod process;
 pub mod proxy;
 pub mod reload;
