@@ -14,6 +14,11 @@
 //! - [`tls`]: certificates for TLS listeners (reloadable) and TLS to upstreams.
 //! - [`telemetry`]: every metric family emitted, with its help text.
 //!
+//! # Platforms
+//! Unix only (Linux, macOS, the BSDs): [`Server`] drains on SIGTERM, stops
+//! on SIGINT and reloads on SIGHUP through `tokio::signal::unix`, and the
+//! crate does not build elsewhere.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //!

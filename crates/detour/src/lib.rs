@@ -8,6 +8,10 @@
 //! - `app` (default): [`app`], the config-driven proxy behind the `detour`
 //!   binary (admin API, metrics, reload, demo), and [`metrics`], one call
 //!   that serves Prometheus `/metrics` for a program of your own.
+//!
+//! Unix only: the `server` and `app` features handle Unix signals (SIGTERM
+//! drains, SIGINT stops, SIGHUP reloads); the crates below them use no
+//! Unix-specific API.
 #![warn(missing_docs)]
 
 pub use detour_core as core;
