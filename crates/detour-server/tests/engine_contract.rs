@@ -172,11 +172,16 @@ async fn the_history_is_in_the_session_and_hooks_cannot_take_the_key() {
         ]
     );
     let line = &all[0].history;
+    // Each attempt: where, why, what happened, how long, what was decided.
     assert!(
-        line.contains("first connection_refused@not_connected retried"),
+        line.contains("first connection_refused@not_connected ")
+            && line.contains("ms retried wait="),
         "{line}"
     );
-    assert!(line.ends_with("failover 200"), "{line}");
+    assert!(
+        line.contains("failover 200 ") && line.ends_with("ms"),
+        "{line}"
+    );
     assert!(!*key.lock().unwrap(), "a hook got the engine's key");
     shut(h).await;
 }

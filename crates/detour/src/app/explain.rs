@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use detour_core::{Error, Session};
 use http::{HeaderName, HeaderValue};
 
-use super::admin::guard::constant_time_eq;
+use super::secret::constant_time_eq;
 
 /// The request header that asks for the history; its value is the admin
 /// token.

@@ -24,6 +24,7 @@ pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod routes;
+pub mod secret;
 pub mod state;
 pub mod status;
 
