@@ -6,6 +6,8 @@
 //! - `bench`: speed measured side by side.
 //! - `fuzz`: the cargo-fuzz targets for a bounded time each, or the proptest
 //!   harnesses with the same invariants when nightly or cargo-fuzz is missing.
+//! - `docs`: the book's checks (links, anchors, includes, the summary), then
+//!   the book itself with mdBook when it is installed (into `target/book`).
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -36,6 +38,34 @@ fn ci() -> bool {
             "warnings",
         ])
         && cargo(&["test", "--workspace"])
+}
+
+/// The book's checks, then the book with mdBook where it is installed.
+fn docs() -> bool {
+    if !cargo(&["test", "-p", "detour", "--test", "book"]) {
+        return false;
+    }
+    let root = workspace_root();
+    let out = root.join("target/book");
+    let built = Command::new("mdbook")
+        .arg("build")
+        .arg(root.join("docs"))
+        .arg("--dest-dir")
+        .arg(&out)
+        .status();
+    match built {
+        Ok(s) if s.success() => {
+            println!("the book is in {}", out.display());
+            true
+        }
+        Ok(_) => false,
+        Err(_) => {
+            println!(
+                "mdbook is not installed (cargo install mdbook): the checks passed, no book built"
+            );
+            true
+        }
+    }
 }
 
 /// The workspace root: xtask's manifest directory's parent.
@@ -73,8 +103,9 @@ fn main() -> ExitCode {
             let args: Vec<String> = std::env::args().skip(2).collect();
             return chaos::main(&args);
         }
+        "docs" => docs(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|chaos|bench|fuzz>");
+            eprintln!("usage: cargo xtask <ci|chaos|bench|fuzz|docs>");
             return ExitCode::from(2);
         }
     };
