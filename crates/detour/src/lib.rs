@@ -34,3 +34,29 @@ pub use detour_lb as lb;
 pub mod app;
 #[cfg(feature = "app")]
 pub mod metrics;
+
+/// The book's chapters as doc tests: every Rust block in `docs/src` is
+/// compiled by `cargo test --doc -p detour` (`no_run`: compiled, not run).
+/// A block that includes an example's file stays `ignore`: the example is
+/// compiled as its own program.
+#[cfg(all(doctest, feature = "app"))]
+mod book {
+    #[doc = include_str!("../../../docs/src/breakers.md")]
+    struct Breakers;
+    #[doc = include_str!("../../../docs/src/failover.md")]
+    struct Failover;
+    #[doc = include_str!("../../../docs/src/health.md")]
+    struct Health;
+    #[doc = include_str!("../../../docs/src/hooks.md")]
+    struct Hooks;
+    #[doc = include_str!("../../../docs/src/introduction.md")]
+    struct Introduction;
+    #[doc = include_str!("../../../docs/src/load-balancing.md")]
+    struct LoadBalancing;
+    #[doc = include_str!("../../../docs/src/retries.md")]
+    struct Retries;
+    #[doc = include_str!("../../../docs/src/testing.md")]
+    struct Testing;
+    #[doc = include_str!("../../../docs/src/tls-http2.md")]
+    struct TlsHttp2;
+}
