@@ -163,3 +163,41 @@ fn anchors_follow_mdbook() {
         [(1, "a.md#b".to_string())]
     );
 }
+
+/// Every Rust block of the book is compiled: `no_run` blocks run as doc
+/// tests of this crate (its `book` module includes each chapter that has
+/// one), and the only `ignore` blocks are includes of a file the workspace
+/// compiles on its own.
+#[test]
+fn every_rust_block_is_compiled() {
+    let lib = std::fs::read_to_string(root().join("crates/detour/src/lib.rs")).unwrap();
+    let mut wrong = Vec::new();
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        let name = page.file_name().unwrap().to_str().unwrap();
+        let mut lines = text.lines().enumerate();
+        let mut has_rust = false;
+        while let Some((n, line)) = lines.next() {
+            let Some(tag) = line.strip_prefix("```rust") else {
+                continue;
+            };
+            has_rust = true;
+            let body: Vec<&str> = lines
+                .by_ref()
+                .map(|(_, l)| l)
+                .take_while(|l| !l.starts_with("```"))
+                .collect();
+            let include_only = body.len() == 1 && body[0].trim().starts_with("{{#include ");
+            if tag.contains("ignore") && !include_only {
+                wrong.push(format!("{name}:{}: an ignored Rust block", n + 1));
+            }
+        }
+        let included = format!("docs/src/{name}\")");
+        if has_rust && page.ends_with(format!("docs/src/{name}")) && !lib.contains(&included) {
+            wrong.push(format!(
+                "{name}: has Rust blocks but is not in lib.rs's book module"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
