@@ -43,6 +43,8 @@ pub mod metrics;
 mod book {
     #[doc = include_str!("../../../docs/src/breakers.md")]
     struct Breakers;
+    #[doc = include_str!("../../../docs/src/first-proxy.md")]
+    struct FirstProxy;
     #[doc = include_str!("../../../docs/src/failover.md")]
     struct Failover;
     #[doc = include_str!("../../../docs/src/health.md")]
