@@ -2,7 +2,7 @@
 //! it dies, and come back when it returns.
 //!
 //! Three backends, all taking traffic, behind one
-//! [`Upstream`](detour::server::upstream::Upstream) with `lb = "maglev"` and
+//! [`Upstream`](detour_proxy::server::upstream::Upstream) with `lb = "maglev"` and
 //! `hash_key = "header:x-user"`: every request of a user goes to the same
 //! backend (good for caches and sessions). With active HTTP checks, a backend
 //! that dies is skipped: only *its* users are rehashed, each to one other
@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour::health::EventKind;
-use detour::server::upstream::{Upstream as DUpstream, UpstreamConfig};
+use detour_proxy::health::EventKind;
+use detour_proxy::server::upstream::{Upstream as DUpstream, UpstreamConfig};
 use examples::{backends, check, health_events, send, serve, shutdown, wait_for, Fallible, Names};
 use tokio::time::Instant;
 

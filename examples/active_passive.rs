@@ -1,7 +1,7 @@
 //! Active-passive: a standby tier takes traffic only when the primaries fail.
 //!
 //! Two primaries (P1, P2: `priority = 0`) and a standby (S: `priority = 1`)
-//! in one [`Upstream`](detour::server::upstream::Upstream), with
+//! in one [`Upstream`](detour_proxy::server::upstream::Upstream), with
 //! `[failover] kind = "priority"`, `overprovisioning = 1.4` and active
 //! HTTP checks. A tier's health is its share of backends up × 1.4 (capped at
 //! 100 %); it takes that share of the traffic and the rest spills to the next
@@ -23,8 +23,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour::health::EventKind;
-use detour::server::upstream::{Upstream as DUpstream, UpstreamConfig};
+use detour_proxy::health::EventKind;
+use detour_proxy::server::upstream::{Upstream as DUpstream, UpstreamConfig};
 use examples::{
     backends, check, health_events, ok_count, send, serve, shutdown, wait_for, Fallible,
 };

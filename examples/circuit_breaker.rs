@@ -1,6 +1,6 @@
 //! Circuit breakers: a backend answering 503 is cut off, probed, taken back.
 //!
-//! Three backends behind one [`Upstream`](detour::server::upstream::Upstream)
+//! Three backends behind one [`Upstream`](detour_proxy::server::upstream::Upstream)
 //! whose per-backend breakers trip after 5 failures in a row, stay open 2 s,
 //! then let one probe through at a time and close after 3 successful probes
 //! (outlier detection is turned off so that the breaker alone acts). Every
@@ -24,10 +24,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour::breaker::Transition;
-use detour::server::upstream::{Upstream as DUpstream, UpstreamConfig};
-use detour::testkit::{Behavior, Upstream};
-use detour::GateState;
+use detour_proxy::breaker::Transition;
+use detour_proxy::server::upstream::{Upstream as DUpstream, UpstreamConfig};
+use detour_proxy::testkit::{Behavior, Upstream};
+use detour_proxy::GateState;
 use examples::{backends, check, ok_count, send, serve, shutdown, Fallible, Tally};
 use tokio::sync::mpsc;
 use tokio::time::Instant;

@@ -22,10 +22,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour::server::{HttpProxy, Server, ServerConfig, Stop};
-use detour::testkit::client::RawConnection;
-use detour::testkit::{Behavior, Upstream};
-use detour::{Backend, Error, ErrorKind, HttpPeer, PeerOptions, ProxyHttp, Result, Session};
+use detour_proxy::server::{HttpProxy, Server, ServerConfig, Stop};
+use detour_proxy::testkit::client::RawConnection;
+use detour_proxy::testkit::{Behavior, Upstream};
+use detour_proxy::{Backend, Error, ErrorKind, HttpPeer, PeerOptions, ProxyHttp, Result, Session};
 use tokio::time::Instant;
 
 /// The user's proxy: three backends, failover in the hooks.

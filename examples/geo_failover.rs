@@ -1,7 +1,7 @@
 //! Geographic failover: the local region first, then the others in order.
 //!
 //! Four backends in three regions behind one
-//! [`Upstream`](detour::server::upstream::Upstream): W1 and W2 in `eu-west`
+//! [`Upstream`](detour_proxy::server::upstream::Upstream): W1 and W2 in `eu-west`
 //! (where this proxy runs), C1 in `eu-central`, U1 in `us-east`, with
 //! `[failover] kind = "locality"`, `local = "eu-west"`, `order = ["eu-central",
 //! "us-east"]` and active HTTP checks. Each region takes its health share
@@ -26,9 +26,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour::health::EventKind;
-use detour::server::upstream::{Upstream as DUpstream, UpstreamConfig};
-use detour::testkit::Upstream;
+use detour_proxy::health::EventKind;
+use detour_proxy::server::upstream::{Upstream as DUpstream, UpstreamConfig};
+use detour_proxy::testkit::Upstream;
 use examples::{
     backends, check, health_events, ok_count, send, serve, shutdown, wait_for, Fallible,
 };

@@ -1,6 +1,6 @@
 //! Active health checks: a backend goes down, traffic avoids it, it comes back.
 //!
-//! Three backends behind one [`Upstream`](detour::server::upstream::Upstream)
+//! Three backends behind one [`Upstream`](detour_proxy::server::upstream::Upstream)
 //! configured from TOML, with an HTTP check of `GET /healthz` every second
 //! (`fall = 2`, `rise = 2`, every 250 ms while a backend changes state).
 //! Every health event is printed as it happens.
@@ -22,8 +22,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour::health::EventKind;
-use detour::server::upstream::{Upstream as DUpstream, UpstreamConfig};
+use detour_proxy::health::EventKind;
+use detour_proxy::server::upstream::{Upstream as DUpstream, UpstreamConfig};
 use examples::{
     backends, check, health_events, ok_count, send, serve, shutdown, wait_for, Fallible,
 };

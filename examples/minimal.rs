@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use detour::health::HealthConfig;
-use detour::lb::BackendSpec;
-use detour::server::upstream::{Upstream, UpstreamConfig};
-use detour::server::{HttpProxy, Server};
-use detour::{HttpPeer, ProxyHttp, Result, Session};
+use detour_proxy::health::HealthConfig;
+use detour_proxy::lb::BackendSpec;
+use detour_proxy::server::upstream::{Upstream, UpstreamConfig};
+use detour_proxy::server::{HttpProxy, Server};
+use detour_proxy::{HttpPeer, ProxyHttp, Result, Session};
 
 /// Every request goes to the backend the upstream chooses.
 struct App {

@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use detour::health::{EventKind, HealthEvent};
-use detour::server::upstream::EventHook;
-use detour::testkit::client::RawConnection;
-use detour::testkit::{Behavior, Upstream};
+use detour_proxy::health::{EventKind, HealthEvent};
+use detour_proxy::server::upstream::EventHook;
+use detour_proxy::testkit::client::RawConnection;
+use detour_proxy::testkit::{Behavior, Upstream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -82,7 +82,7 @@ pub fn ok_count(seen: &Tally) -> usize {
 /// A hook for [`Upstream::from_config_with_events`] that prints every health
 /// event with the time since `t0`, and the receiver to [`wait_for`] them.
 ///
-/// [`Upstream::from_config_with_events`]: detour::server::upstream::Upstream::from_config_with_events
+/// [`Upstream::from_config_with_events`]: detour_proxy::server::upstream::Upstream::from_config_with_events
 pub fn health_events(names: &Names, t0: Instant) -> (EventHook, Events) {
     let (tx, rx) = mpsc::unbounded_channel();
     let names = names.clone();
@@ -140,24 +140,24 @@ pub fn check(ok: bool, what: &str) -> Fallible<()> {
 }
 
 /// The whole proxy these examples run: every request goes where the
-/// [`Upstream`](detour::server::upstream::Upstream) chooses. With an
+/// [`Upstream`](detour_proxy::server::upstream::Upstream) chooses. With an
 /// `Upstream`, this is all a user writes — its load balancing, health checks,
 /// outlier detection, breakers, retry policy and budget come with the peers
 /// `select` returns.
 pub struct UpstreamProxy {
     /// The upstream every request goes to.
-    pub up: Arc<detour::server::upstream::Upstream>,
+    pub up: Arc<detour_proxy::server::upstream::Upstream>,
 }
 
-impl detour::ProxyHttp for UpstreamProxy {
+impl detour_proxy::ProxyHttp for UpstreamProxy {
     type CTX = ();
     fn new_ctx(&self) {}
 
     async fn upstream_peer(
         &self,
-        session: &mut detour::Session,
+        session: &mut detour_proxy::Session,
         _: &mut (),
-    ) -> detour::Result<detour::HttpPeer> {
+    ) -> detour_proxy::Result<detour_proxy::HttpPeer> {
         self.up.select(session).await
     }
 }
@@ -169,18 +169,18 @@ impl detour::ProxyHttp for UpstreamProxy {
 /// # Errors
 /// The server could not start.
 pub async fn serve(
-    up: Arc<detour::server::upstream::Upstream>,
-) -> Fallible<detour::server::ServerHandle> {
-    let mut config = detour::server::ServerConfig::default();
+    up: Arc<detour_proxy::server::upstream::Upstream>,
+) -> Fallible<detour_proxy::server::ServerHandle> {
+    let mut config = detour_proxy::server::ServerConfig::default();
     config.listen = vec!["127.0.0.1:0".parse()?];
-    let proxy = detour::server::HttpProxy::builder(UpstreamProxy {
+    let proxy = detour_proxy::server::HttpProxy::builder(UpstreamProxy {
         up: Arc::clone(&up),
     })
     .upstream(up)
     .config(config.clone())
     .build();
     let server =
-        tokio::task::spawn_blocking(move || detour::server::Server::new(config).start(proxy))
+        tokio::task::spawn_blocking(move || detour_proxy::server::Server::new(config).start(proxy))
             .await??;
     Ok(server)
 }
@@ -189,9 +189,9 @@ pub async fn serve(
 ///
 /// # Errors
 /// The waiting task panicked.
-pub async fn shutdown(server: detour::server::ServerHandle) -> Fallible<()> {
+pub async fn shutdown(server: detour_proxy::server::ServerHandle) -> Fallible<()> {
     tokio::task::spawn_blocking(move || {
-        server.stop(detour::server::Stop::Graceful);
+        server.stop(detour_proxy::server::Stop::Graceful);
         server.join();
     })
     .await?;

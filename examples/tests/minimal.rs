@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-use detour::testkit::client::RawConnection;
-use detour::testkit::{Behavior, Upstream};
+use detour_proxy::testkit::client::RawConnection;
+use detour_proxy::testkit::{Behavior, Upstream};
 
 /// `line` without ANSI colour sequences (`ESC [ … m`).
 fn plain(line: &str) -> String {

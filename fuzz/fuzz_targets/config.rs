@@ -1,10 +1,10 @@
 //! Arbitrary text through both config loaders; the invariants are in
-//! `crates/detour/tests/invariants/mod.rs`.
+//! `crates/detour-cli/tests/invariants/mod.rs`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../crates/detour/tests/invariants/mod.rs"]
+#[path = "../../crates/detour-cli/tests/invariants/mod.rs"]
 mod invariants;
 
 fuzz_target!(|text: &str| {

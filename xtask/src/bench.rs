@@ -524,7 +524,7 @@ fn build_binaries(root: &Path) -> Result<(PathBuf, PathBuf), String> {
     println!("building the detour binary and the hyper floor (release)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for (package, kind, name) in [
-        ("detour", "--bin", "detour"),
+        ("detour-cli", "--bin", "detour"),
         ("detour-server", "--example", "hyper_floor"),
     ] {
         let built = Command::new(&cargo)

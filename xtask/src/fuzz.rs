@@ -160,7 +160,7 @@ const FALLBACK: [(&str, &str, &str, &[&str]); 3] = [
         "fuzz_properties",
         &["accepted_heads", "path_normalization"],
     ),
-    ("config", "detour", "config_properties", &[]),
+    ("config", "detour-cli", "config_properties", &[]),
 ];
 
 /// The proptest harnesses, `o.cases` cases each (the end-to-end proxy

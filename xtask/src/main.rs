@@ -42,7 +42,7 @@ fn ci() -> bool {
 
 /// The book's checks, then the book with mdBook where it is installed.
 fn docs() -> bool {
-    if !cargo(&["test", "-p", "detour", "--test", "book"]) {
+    if !cargo(&["test", "-p", "detour-proxy", "--test", "book"]) {
         return false;
     }
     let root = workspace_root();

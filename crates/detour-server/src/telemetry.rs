@@ -89,7 +89,7 @@ pub const KEEP_AFTER_LEAVING: Duration = Duration::from_secs(300);
 /// registry so that a backend that leaves its upstream can take them with it
 /// (the Prometheus exporter cannot remove a series).
 ///
-/// A recorder layer (the facade's `detour::metrics::install`) hands every
+/// A recorder layer (the facade's `detour_proxy::metrics::install`) hands every
 /// counter and gauge whose key has a `backend` label to [`BackendSeries::global`],
 /// and appends [`render`](Self::render) to the exporter's page. An upstream
 /// reports its membership ([`keep_only`](Self::keep_only)); a backend's

@@ -530,7 +530,7 @@ fn target_dir(root: &Path) -> PathBuf {
 fn detour_binary(root: &Path, target: &Path, build: bool) -> Result<PathBuf, String> {
     if build {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let args = ["build", "--release", "-p", "detour", "--bin", "detour"];
+        let args = ["build", "--release", "-p", "detour-cli", "--bin", "detour"];
         eprintln!("$ cargo {}", args.join(" "));
         let ok = Command::new(cargo)
             .args(args)

@@ -1,0 +1,266 @@
+//! The config-driven proxy behind the `detour` binary, as a library so tests
+//! and other programs can run it in-process.
+//!
+//! - [`config`]: the TOML file ([`Config`]).
+//! - [`routes`]: host + path prefix → upstream.
+//! - [`proxy`]: the hooks ([`DetourProxy`]) with the access log.
+//! - [`admin`]: `/healthz`, `/metrics`, `/status`, `/config`, `/reload`,
+//!   backend control.
+//! - [`state`]: the live configuration, swapped whole on reload.
+//! - [`reload`]: the task that applies reloads, and what a reload keeps.
+//! - [`effective`]: the configuration as `--dump-config` and `/config` print
+//!   it, and the changes a reload cannot apply live.
+//! - [`config::paths`]: relative paths, resolved against the file's directory
+//!   (part of loading a [`Config`], re-exported here as [`paths`]).
+//! - [`demo`]: `detour demo`.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod effective;
+pub mod explain;
+pub mod lint;
+pub mod process;
+pub mod proxy;
+pub mod reload;
+pub mod routes;
+pub mod secret;
+pub mod state;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use detour_server::config::ConfigError;
+use detour_server::upstream::{build_all, EventHook};
+use detour_server::{HttpProxy, Server, ServerHandle, Stop};
+use tokio::sync::watch;
+
+pub use config::{paths, Config};
+pub use proxy::DetourProxy;
+pub use reload::{Reloaded, Reloader};
+pub use state::{App, State};
+
+use routes::{HostPattern, Route};
+
+/// Build one generation of state from `config`: every upstream (not yet
+/// running its services) and the routes over them.
+///
+/// # Errors
+/// A [`ConfigError`] naming the field at fault.
+pub fn build_state(
+    config: &Config,
+    generation: u64,
+    events: Option<EventHook>,
+) -> Result<State, ConfigError> {
+    let upstreams = build_all(&config.upstreams, events)?;
+    let mut routes = Vec::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let up = upstreams.get(&r.upstream).ok_or_else(|| {
+            ConfigError::field(format!("routes[{i}].upstream"), "no such upstream")
+        })?;
+        let host = HostPattern::parse(&r.host)
+            .map_err(|e| ConfigError::field(format!("routes[{i}].host"), e))?;
+        routes.push(Arc::new(Route {
+            index: i,
+            host,
+            path_prefix: r.path_prefix.clone(),
+            upstream: Arc::clone(up),
+            policy: config.route_policy(r, up.policy()),
+            timeouts: r.timeouts.clone(),
+            raw_path: r.raw_path,
+        }));
+    }
+    Ok(State {
+        routes,
+        upstreams,
+        generation,
+        config: Arc::new(config.clone()),
+    })
+}
+
+/// A running `detour`: the proxy, its admin listener, its upstreams' services.
+pub struct Running {
+    /// The application state.
+    pub app: Arc<App>,
+    /// The proxy server.
+    pub handle: ServerHandle,
+    /// Where the admin API listens, when it is on.
+    pub admin_addr: Option<SocketAddr>,
+    admin_stop: watch::Sender<bool>,
+    draining: watch::Sender<bool>,
+    reloader: Reloader,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("addrs", &self.handle.addrs())
+            .field("admin", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Start `config`: the first health round runs before the listeners open.
+/// `metrics` is the Prometheus handle `/metrics` renders (None: off).
+///
+/// `config` is validated here even when it came from [`Config::from_toml`]:
+/// one built or deserialized by hand must not reach the listeners with a
+/// value that would panic under traffic.
+///
+/// # Errors
+/// Invalid configuration, or a listener that cannot be bound.
+pub fn start(
+    config: &Config,
+    config_path: Option<&Path>,
+    metrics: Option<detour_proxy::metrics::MetricsHandle>,
+    events: Option<EventHook>,
+) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
+    let config = &config.clone().validate()?;
+    let state = build_state(config, 1, events.clone())?;
+    let upstreams: Vec<_> = state.upstreams.values().cloned().collect();
+    let app = Arc::new(App::new(state));
+    let proxy = HttpProxy::builder(DetourProxy::new(Arc::clone(&app), config.log.access_log))
+        .upstreams(upstreams)
+        .config(config.server.clone())
+        .build();
+    let mut handle = Server::new(config.server.clone()).start(proxy)?;
+    let rt = handle
+        .services_runtime()
+        .ok_or("the server has no services runtime")?;
+    // The reload task holds the serving generation's services from now on:
+    // it replaces them on each reload, and they stop with its runtime.
+    let reloader = reload::ReloadTask {
+        app: Arc::clone(&app),
+        events,
+        config_path: config_path.map(Path::to_path_buf),
+        tls: handle.tls_reloader(),
+        services: handle.replace_services(Vec::new()),
+        runtime: rt.clone(),
+    }
+    .spawn();
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let (draining, draining_rx) = watch::channel(false);
+    let mut admin_addr = None;
+    if config.admin.enabled {
+        let listener = bind_admin(config.admin.listen)?;
+        admin_addr = Some(listener.local_addr()?);
+        let guard = admin::Guard::new(config.admin.token.as_deref(), &config.admin.allowed_hosts);
+        let admin = admin::Admin::new(
+            Arc::clone(&app),
+            guard,
+            metrics,
+            draining_rx,
+            reloader.clone(),
+        );
+        let limits = admin::ListenerLimits {
+            max_connections: config.admin.max_connections,
+            header_read_timeout: config.admin.header_read_timeout,
+        };
+        rt.spawn(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => admin::serve(l, admin, limits, admin_stopped).await,
+                Err(e) => tracing::error!(error = %e, "admin listener failed"),
+            }
+        });
+    }
+    Ok(Running {
+        app,
+        handle,
+        admin_addr,
+        admin_stop,
+        draining,
+        reloader,
+    })
+}
+
+/// The admin listener's socket, non-blocking; a failure names the address.
+fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot bind the admin listener to {addr}: {e}"),
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+impl Running {
+    /// The proxy's first listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.addr()
+    }
+
+    /// Re-read the configuration file and swap in what it says: backends,
+    /// routes and policies, and the TLS listeners' certificates (re-read from
+    /// the files the new configuration names; new connections get them, open
+    /// ones keep theirs), keeping what the proxy learnt about the backends
+    /// that stay (see [`reload`](mod@reload)). Requests in flight finish on
+    /// the old generation. Listeners, workers, `[admin]`, `[log]` and the
+    /// other `[server]` settings need a restart: the fields changed there
+    /// are listed in [`Reloaded::not_applied_live`].
+    ///
+    /// # Errors
+    /// The new file is invalid: nothing changes and the old one keeps serving.
+    pub async fn reload(&self) -> Result<Reloaded, ConfigError> {
+        self.reloader.reload(None, "api").await
+    }
+
+    /// Swap in `config` (see [`reload`](Self::reload)).
+    ///
+    /// # Errors
+    /// The configuration is invalid, or it would remove every route; nothing
+    /// changes.
+    pub async fn reload_from(&self, config: &Config) -> Result<Reloaded, ConfigError> {
+        self.reloader.reload(Some(config.clone()), "api").await
+    }
+
+    /// Stop: drain (`Stop::Graceful`) or at once, and wait until done.
+    pub fn stop(self, how: Stop) {
+        self.draining.send_replace(true);
+        self.handle.stop(how);
+        self.admin_stop.send_replace(true);
+        self.handle.join();
+    }
+
+    /// Serve until SIGTERM (drain), SIGINT (now); SIGHUP reloads.
+    ///
+    /// # Errors
+    /// Installing the signal handlers failed.
+    pub fn run_until_signal(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let how = rt.block_on(async {
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            let mut hup = signal(SignalKind::hangup())?;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return Ok::<_, std::io::Error>(Stop::Graceful),
+                    _ = int.recv() => return Ok(Stop::Immediate),
+                    _ = hup.recv() => {
+                        // The reload task writes the outcome's log line.
+                        let _ = self.reloader.reload(None, "SIGHUP").await;
+                    }
+                }
+            }
+        })?;
+        let word = match how {
+            Stop::Graceful => "graceful",
+            Stop::Immediate => "immediate",
+            Stop::Run => "run",
+        };
+        tracing::info!(how = word, "stopping");
+        self.draining.send_replace(true);
+        let Running {
+            handle, admin_stop, ..
+        } = self;
+        rt.block_on(detour_server::server::run_until_stopped(handle, how))?;
+        admin_stop.send_replace(true);
+        Ok(())
+    }
+}

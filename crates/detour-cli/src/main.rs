@@ -1,0 +1,233 @@
+//! `detour`: a config-driven failover proxy built on the Detour crates.
+//!
+//! ```text
+//! detour --config detour.toml          run the proxy
+//! detour --config detour.toml --test   check the file and exit (0: valid)
+//! detour --config detour.toml --test --strict   ... and fail on a lint warning
+//! detour --config detour.toml --dump-config
+//!                                      print the effective configuration
+//! detour demo                          a live failover demo, no setup
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// `--version`: the package version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DETOUR_COMMIT"), ")");
+use detour_cli::app::{self, config::LogFormat, Config};
+
+/// A reverse proxy that routes around failed backends.
+///
+/// Run it with a TOML configuration (see docs/src/binary.md): listeners,
+/// upstreams with their backends, load balancing, retries, health checks,
+/// outlier detection and breakers, and routes. SIGTERM drains in-flight
+/// requests within the grace period, SIGINT stops at once, SIGHUP reloads
+/// the configuration and the TLS certificates (an invalid file is refused
+/// and the old one keeps serving).
+#[derive(Debug, Parser)]
+#[command(
+    name = "detour",
+    version = VERSION,
+    about = "A reverse proxy that routes around failed backends.",
+    long_about
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit: 0 when valid, 1 with the file,
+    /// line and field at fault when not.
+    #[arg(short = 't', long = "test", requires = "config")]
+    test: bool,
+    /// With --test: also fail (exit 1) when the linter warns about a
+    /// dangerous setting (retries with no budget, verification off, ...).
+    #[arg(long = "strict", requires = "test")]
+    strict: bool,
+    /// Validate the configuration, print it as it takes effect (every
+    /// default written out, relative paths resolved, secrets redacted) and
+    /// exit. Like `nginx -T`.
+    #[arg(short = 'T', long = "dump-config", requires = "config")]
+    dump_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start three local backends and the proxy, send traffic, kill one
+    /// backend, blackhole another, make the third answer 503, bring them
+    /// back, and show what happens live. Needs nothing else.
+    Demo {
+        /// Seconds per phase (five phases).
+        #[arg(long, default_value_t = 5)]
+        phase_secs: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
+}
+
+/// The access log's target: on at `info` whenever `access_log = true`.
+const ACCESS_TARGET: &str = "detour::access=info";
+
+/// Install the subscriber. The filter is `RUST_LOG` when it is set and
+/// valid, else `[log] level`; with `access_log` the access log's target is
+/// then enabled at `info` whatever that filter says, since `access_log =
+/// false` is the one switch that turns it off.
+fn init_logging(format: LogFormat, level: &str, access_log: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if access_log {
+        match ACCESS_TARGET.parse() {
+            Ok(directive) => filter = filter.add_directive(directive),
+            Err(e) => eprintln!("access log filter: {e}"),
+        }
+    }
+    // Colour only for a person at a terminal: escapes in a file or a
+    // journal are noise to every log reader.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Install the Prometheus recorder (see [`detour_proxy::metrics::install`]); the
+/// admin API's `/metrics` renders it.
+fn metrics() -> Option<detour_proxy::metrics::MetricsHandle> {
+    match detour_proxy::metrics::install() {
+        Ok(h) => {
+            app::process::start(env!("CARGO_PKG_VERSION"), env!("DETOUR_COMMIT"));
+            Some(h)
+        }
+        Err(e) => {
+            eprintln!("metrics disabled: {e}");
+            None
+        }
+    }
+}
+
+/// `--dump-config`: the effective configuration on stdout.
+fn dump_config(config: &Config, path: &std::path::Path) -> ExitCode {
+    let heading = format!(
+        "The effective configuration of {}: every default written out, relative paths \
+         resolved, secrets redacted.",
+        path.display()
+    );
+    match app::effective::to_toml(config, &heading) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot print the configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--test`: the file loaded; print the linter's warnings, then the
+/// verdict. `strict`: any warning fails.
+fn test_config(config: &Config, path: &std::path::Path, strict: bool) -> ExitCode {
+    let warnings = app::lint::lint(config);
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if strict && !warnings.is_empty() {
+        eprintln!(
+            "{}: {} warning(s), refused by --strict",
+            path.display(),
+            warnings.len()
+        );
+        return ExitCode::FAILURE;
+    }
+    match warnings.len() {
+        0 => println!("{}: configuration ok", path.display()),
+        n => println!("{}: configuration ok, {n} warning(s)", path.display()),
+    }
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Demo {
+        phase_secs,
+        clients,
+    }) = cli.command
+    {
+        init_logging(LogFormat::Text, "error", false);
+        let handle = metrics();
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("cannot start a runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let opts = app::demo::DemoOptions {
+            phase: std::time::Duration::from_secs(phase_secs.max(1)),
+            clients: clients.max(1),
+            ..Default::default()
+        };
+        return match rt.block_on(app::demo::run(opts, handle)) {
+            Ok(s) if s.client_errors == 0 => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(2),
+            Err(e) => {
+                eprintln!("demo failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(path) = cli.config else {
+        eprintln!("detour: give --config FILE, or run `detour demo` (see --help)");
+        return ExitCode::from(2);
+    };
+    let config = match Config::from_file(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invalid configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        return test_config(&config, &path, cli.strict);
+    }
+    if cli.dump_config {
+        return dump_config(&config, &path);
+    }
+    init_logging(config.log.format, &config.log.level, config.log.access_log);
+    for w in app::lint::lint(&config) {
+        tracing::warn!(fields = %w.fields.join(", "), "dangerous configuration: {}", w.why);
+    }
+    let handle = metrics();
+    match app::start(&config, Some(&path), handle, None) {
+        Ok(running) => {
+            tracing::info!(
+                addr = %running.addr(),
+                admin = running.admin_addr.map(tracing::field::display),
+                "detour serving"
+            );
+            match running.run_until_signal() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("detour: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("detour: cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
