@@ -20,6 +20,7 @@
 //!   its own (how active HTTP checks dial like the engine).
 //! - [`observe`]: [`AttemptOutcome`], its [`OutcomeClass`] and the
 //!   [`Observer`] trait.
+//! - [`hops`]: hop-aware retries, the `retried` parameter of `Proxy-Status`.
 //! - [`spread`]: how failure is spread across an upstream's backends
 //!   (concentrated or correlated), from each backend's recent attempts.
 //!
@@ -45,6 +46,7 @@ mod clock;
 pub mod commit;
 pub mod connect;
 pub mod error;
+pub mod hops;
 mod invalid;
 pub mod observe;
 mod outcome;

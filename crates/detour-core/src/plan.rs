@@ -10,8 +10,9 @@
 //!    reports that to the backend's state and the observers;
 //! 4. ask [`next`](Planner::next) whether another attempt may follow (the
 //!    safety ceiling of [`decide`], the hooks' hint, stale connections,
-//!    `max_retries`, the deadline, the retry budget and how failure is spread
-//!    over the upstream);
+//!    `max_retries`, the deadline, the retry budget, how failure is spread
+//!    over the upstream, and a trusted proxy below that already retried —
+//!    [`crate::hops`]);
 //! 5. when it may, choose the next peer and [`schedule`](Planner::schedule)
 //!    it: failing over is immediate, going back to a backend already tried
 //!    waits a backoff with jitter (or the upstream's `Retry-After`, within
@@ -36,7 +37,7 @@ use crate::commit::CommitPoint;
 use crate::error::{ErrorKind, RetryHint};
 use crate::observe::OutcomeClass;
 use crate::peer::RetryBudgetGate;
-use crate::pick::Pick;
+use crate::pick::{Grouping, Pick};
 use crate::retry::{admit_retry, decide, AttemptFacts, NoRetry, RetryLimits, RetryPolicy};
 use crate::spread::Spread;
 
@@ -162,6 +163,9 @@ pub struct Attempt {
     /// The failure was a pooled connection the backend had already closed:
     /// no one's failure, retried on a fresh connection without counting.
     pub stale: bool,
+    /// Its answer carries a trusted proxy's `retried` marker: a hop below
+    /// already did the retrying ([`crate::hops`]).
+    pub hop_retried: bool,
     /// What was decided on it; `None` until decided.
     pub decision: Option<Decision>,
     /// The wait before the attempt that followed it.
@@ -195,6 +199,9 @@ impl fmt::Display for Attempt {
         if self.stale {
             f.write_str(" stale")?;
         }
+        if self.hop_retried {
+            f.write_str(" hop_retried")?;
+        }
         match self.decision {
             None | Some(Decision::Deliver) => {}
             Some(Decision::Retry) => write!(f, " retried wait={}ms", self.wait.as_millis())?,
@@ -221,6 +228,9 @@ pub struct Report {
     pub by_backend: bool,
     /// The wait the answer's `Retry-After` asks for.
     pub retry_after: Option<Duration>,
+    /// The answer carries a trusted proxy's `retried` marker
+    /// ([`crate::hops::marked_retried`]).
+    pub hop_retried: bool,
 }
 
 impl Report {
@@ -234,6 +244,7 @@ impl Report {
             hint: RetryHint::Default,
             by_backend: true,
             retry_after: None,
+            hop_retried: false,
         }
     }
 }
@@ -375,6 +386,9 @@ pub struct Planner {
     history: History,
     tried: Tried,
     body_replayable: bool,
+    /// The failover group the next attempts must avoid: a trusted hop
+    /// below retried there already.
+    avoid_group: Option<u16>,
 }
 
 impl Planner {
@@ -514,6 +528,7 @@ impl Planner {
             reused: false,
             outcome: None,
             stale: false,
+            hop_retried: false,
             decision: None,
             wait: Duration::ZERO,
             ceiling: Err(Decision::Deliver),
@@ -545,6 +560,7 @@ impl Planner {
         rec.outcome = Some(report.outcome);
         rec.ceiling = ceiling;
         rec.stale = stale;
+        rec.hop_retried = report.hop_retried;
         class
     }
 
@@ -576,10 +592,58 @@ impl Planner {
     /// [`schedule`](Self::schedule) it".
     pub fn next(&mut self, id: AttemptId, limits: Limits<'_>, now: Instant) -> Decision {
         let decision = self.judge_next(id, limits, now);
+        let mut avoid = None;
         if let Some(rec) = self.record(id) {
             rec.decision = Some(decision);
+            if rec.hop_retried && decision == Decision::Retry {
+                avoid = rec.pick.map(|p| p.group);
+            }
+        }
+        if avoid.is_some() {
+            self.avoid_group = avoid;
         }
         decision
+    }
+
+    /// The failover group (a [`Pick::group`]) the next attempt must come
+    /// from outside of, when a trusted hop below already retried within it
+    /// ([`crate::hops`]). A balancer that cannot honour it (panic mode)
+    /// chooses nothing rather than a backend inside it.
+    pub fn avoid_group(&self) -> Option<u16> {
+        self.avoid_group
+    }
+
+    /// The value of this hop's `retried` parameter in `Proxy-Status`
+    /// ([`crate::hops`]): the retries made, when retrying this request was
+    /// this hop's job and it is done — it retried, or a limit of its own
+    /// stopped it (budget, `max_retries`, deadline, the correlated brake, no
+    /// backend left, a hop below that already retried). `None` when the
+    /// planner is unarmed, its policy never retries (`max_retries = 0`), or
+    /// the policy does not retry the outcome.
+    pub fn retried_here(&self) -> Option<u32> {
+        if self.policy()?.max_retries == 0 {
+            return None;
+        }
+        let attempts = self.attempts();
+        // A stale pooled connection's retry is free: the request never
+        // reached that backend.
+        let stale = attempts.iter().filter(|a| a.stale).count();
+        let retries = attempts.len().saturating_sub(1).saturating_sub(stale);
+        if retries > 0 {
+            return Some(u32::try_from(retries).unwrap_or(u32::MAX));
+        }
+        match attempts.last()?.decision? {
+            Decision::Stop(
+                NoRetry::BudgetExhausted
+                | NoRetry::CorrelatedFailure
+                | NoRetry::RetriesExhausted
+                | NoRetry::OutOfTime
+                | NoRetry::NoPeer
+                | NoRetry::RetryAfterTooLong
+                | NoRetry::HopRetried,
+            ) => Some(0),
+            _ => None,
+        }
     }
 
     fn judge_next(&self, id: AttemptId, limits: Limits<'_>, now: Instant) -> Decision {
@@ -588,6 +652,15 @@ impl Planner {
         };
         if let Err(d) = rec.ceiling {
             return d;
+        }
+        if rec.hop_retried {
+            // A trusted hop below retried: at most one failover, and only to
+            // another failover group.
+            let again = self.attempts().iter().any(|a| a.id != id && a.hop_retried);
+            let grouped = rec.pick.is_some_and(|p| p.grouping != Grouping::None);
+            if again || !grouped {
+                return Decision::Stop(NoRetry::HopRetried);
+            }
         }
         let begun = u32::try_from(self.attempts().len()).unwrap_or(u32::MAX);
         // Stale-connection retries are free.

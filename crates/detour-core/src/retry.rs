@@ -96,6 +96,13 @@ pub struct RetryPolicy {
     /// adds load. Attempts that never reached a backend still fail over.
     /// Default true.
     pub correlated_brake: bool,
+    /// `Proxy-Status` member names of proxies below this one whose
+    /// `retried` parameter is honoured: an answer so marked by one of them
+    /// is not retried within the same failover group (one failover to
+    /// another priority tier or locality stays allowed), so in a chain only
+    /// one hop retries. List only proxies you run: the marker is believed.
+    /// Default empty ([`crate::hops`]).
+    pub trusted_hops: Vec<String>,
 }
 
 impl Default for RetryPolicy {
@@ -121,6 +128,7 @@ impl Default for RetryPolicy {
             budget_min_per_second: 10,
             budget_window: Duration::from_secs(10),
             correlated_brake: true,
+            trusted_hops: Vec::new(),
         }
     }
 }
@@ -186,6 +194,16 @@ impl RetryPolicy {
                     format!("{t:?} is longer than the deadline {d:?}"),
                 );
             }
+        }
+        if let Some(h) = self
+            .trusted_hops
+            .iter()
+            .find(|h| !crate::hops::is_member_name(h))
+        {
+            return bad(
+                "trusted_hops",
+                format!("{h:?} is not a Proxy-Status member name (letters, digits and -._:/ only)"),
+            );
         }
         for m in &self.safe_methods {
             if Method::from_bytes(m.as_bytes()).is_err() {
@@ -278,6 +296,10 @@ pub enum NoRetry {
     NoPeer,
     /// The upstream asked (`Retry-After`) for a wait longer than `max_delay`.
     RetryAfterTooLong,
+    /// A trusted proxy below already did the retrying (its `Proxy-Status`
+    /// member carries `retried`), and no other failover group is left to
+    /// try ([`crate::hops`]).
+    HopRetried,
 }
 
 impl NoRetry {
@@ -295,6 +317,7 @@ impl NoRetry {
             NoRetry::OutOfTime => "out_of_time",
             NoRetry::NoPeer => "no_peer",
             NoRetry::RetryAfterTooLong => "retry_after_too_long",
+            NoRetry::HopRetried => "hop_retried",
         }
     }
 }
@@ -314,6 +337,7 @@ impl std::fmt::Display for NoRetry {
             NoRetry::OutOfTime => "no time left before the deadline",
             NoRetry::NoPeer => "no backend left for a retry",
             NoRetry::RetryAfterTooLong => "Retry-After beyond max_delay",
+            NoRetry::HopRetried => "a trusted proxy below already retried",
         })
     }
 }

@@ -464,22 +464,42 @@ impl<S: Selection> LoadBalancer<S> {
         tried: &[SocketAddr],
         now: Instant,
     ) -> Option<(Permit, Pick)> {
+        self.select_outside(key, tried, None, now)
+    }
+
+    /// [`select_explained`](Self::select_explained) from outside failover
+    /// group `avoid` (a [`Pick::group`]), when set: a trusted proxy below
+    /// already retried within it ([`Planner::avoid_group`]). Panic mode
+    /// ignores the groups, so it is not entered then: `None` rather than a
+    /// backend inside `avoid`.
+    ///
+    /// [`Planner::avoid_group`]: detour_core::Planner::avoid_group
+    pub fn select_outside(
+        &self,
+        key: u64,
+        tried: &[SocketAddr],
+        avoid: Option<u16>,
+        now: Instant,
+    ) -> Option<(Permit, Pick)> {
         let set = self.set.load();
         if set.groups.is_empty() {
             return None;
         }
         self.rescan(&set, now, false);
         let mut tally = Tally::new(tried);
+        let avoid = avoid.map(usize::from);
         let chosen = self.rng.with(|rng| {
             if !set.health.panic() {
-                if let Some(c) = self.select_normal(&set, key, &mut tally, now, rng) {
+                if let Some(c) = self.select_normal(&set, key, avoid, &mut tally, now, rng) {
                     return Some(c);
                 }
                 // Nothing admitted: the view may be stale. Look again.
                 self.rescan(&set, now, true);
-                if !set.health.panic() {
+                if !set.health.panic() || avoid.is_some() {
                     return None;
                 }
+            } else if avoid.is_some() {
+                return None;
             }
             self.select_panic(&set, key, &mut tally, rng)
         })?;
@@ -506,6 +526,7 @@ impl<S: Selection> LoadBalancer<S> {
         &self,
         set: &BackendSet<S::Table>,
         key: u64,
+        avoid: Option<usize>,
         tally: &mut Tally<'_>,
         now: Instant,
         rng: &mut Rng,
@@ -521,7 +542,9 @@ impl<S: Selection> LoadBalancer<S> {
             };
             set.health.group_for(pick).min(n - 1)
         };
-        let order = iter::once(first).chain((0..n).filter(move |&g| g != first));
+        let order = iter::once(first)
+            .chain((0..n).filter(move |&g| g != first))
+            .filter(move |&g| Some(g) != avoid);
         for g in order.clone() {
             if let Some(p) = self.admit_untried(&set.groups[g], key, tally, now, rng) {
                 return Some(Chosen::normal(p, g, first, false));

@@ -37,7 +37,7 @@ use tokio::time::{sleep_until, Instant};
 
 use load::LoadShape;
 use measure::{measure, Outcome, Seen};
-use proxy::{ensure_program, Kind, Proxy};
+use proxy::{ensure_program, Hop, Kind, Proxy};
 use report::Row;
 use scenario::{Action, Bar, Clients, Scenario};
 
@@ -48,7 +48,9 @@ usage: cargo xtask chaos [--only detour,nginx,haproxy] [--scenario NAME,...] [--
   --only LIST       proxies to run (default: all three; nginx and HAProxy are
                     installed with apt-get when absent and root or sudo allows)
   --scenario LIST   scenarios to run (default: all): killed, blackholed, 503,
-                    flapping, slow, all-down, comes-back, post-reset
+                    flapping, slow, all-down, comes-back, post-reset,
+                    bad-canary, bad-canary-2of3, bad-canary-1of3,
+                    correlated, chained
   --secs N          load length of each run, at least 4 (default 8)
   --no-build        use target/release/detour as it is
   --detour-log      keep Detour's access log (target/chaos/work/...), to see
@@ -288,7 +290,27 @@ async fn run_one(
     let addrs: Vec<SocketAddr> = backends.iter().map(Upstream::addr).collect();
     // A bound on the proxy's life should this process die without stopping it.
     let limit = sc.length + Duration::from_secs(60);
-    let mut proxy = Proxy::start(kind, program, dir, &addrs, limit, detour_log).await?;
+    // In a chain the inner proxy fronts the backends and the clients reach
+    // the outer one; both are checked and stopped alike.
+    let mut inner = None;
+    let mut proxy = if sc.chain {
+        let dir_in = dir.join("inner");
+        let i = Proxy::start(
+            kind,
+            program,
+            &dir_in,
+            &addrs,
+            limit,
+            detour_log,
+            Hop::Inner,
+        )
+        .await?;
+        let front = [i.addr];
+        inner = Some(i);
+        Proxy::start(kind, program, dir, &front, limit, detour_log, Hop::Outer).await?
+    } else {
+        Proxy::start(kind, program, dir, &addrs, limit, detour_log, Hop::Only).await?
+    };
     let t0 = Instant::now();
     let script = async {
         for step in &sc.steps {
@@ -321,14 +343,16 @@ async fn run_one(
     };
     let (run, scripted) = tokio::join!(clients, script);
     // A proxy that died under the load is a finding, not a row of errors.
-    if let Some(status) = proxy.ended() {
-        return Err(format!(
-            "{} ended during the run ({status}): {}",
-            kind.name(),
-            proxy.log_tail()
-        ));
+    for p in std::iter::once(&mut proxy).chain(inner.as_mut()) {
+        if let Some(status) = p.ended() {
+            return Err(format!(
+                "{} ended during the run ({status}): {}",
+                kind.name(),
+                p.log_tail()
+            ));
+        }
+        p.stop();
     }
-    proxy.stop();
     scripted?;
     let seen = journals(&backends, t0);
     let mut outcome = measure(&run.samples, &seen, &sc.windows(), sc.backends, sc.length);

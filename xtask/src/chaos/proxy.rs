@@ -23,6 +23,18 @@ pub(crate) use crate::sys::{ensure_program, free_port, running_as_root, Guard};
 /// connect/read/send timeouts, HAProxy's `timeout connect` and `timeout server`).
 pub(crate) const PER_TRY_MS: u64 = 400;
 
+/// Where a proxy stands: alone, or in a chain of two of the same kind (the
+/// inner in front of the backends, the outer in front of the inner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hop {
+    /// The only proxy.
+    Only,
+    /// The proxy in front of the backends, behind another.
+    Inner,
+    /// The proxy the clients reach, in front of another.
+    Outer,
+}
+
 /// The proxies compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -65,16 +77,18 @@ impl Kind {
 
     /// The configuration for a proxy listening on `127.0.0.1:port` in front
     /// of `backends`, with its files (pid, logs, temp) under `dir`.
-    /// `access_log` turns on Detour's, which lists every attempt.
+    /// `access_log` turns on Detour's, which lists every attempt; `hop`
+    /// changes only Detour's (see [`detour_config`]).
     pub(crate) fn config(
         self,
         port: u16,
         backends: &[SocketAddr],
         dir: &Path,
         access_log: bool,
+        hop: Hop,
     ) -> String {
         match self {
-            Kind::Detour => detour_config(port, backends, access_log),
+            Kind::Detour => detour_config(port, backends, access_log, hop),
             Kind::Nginx => nginx_config(port, backends, dir, running_as_root()),
             Kind::Haproxy => haproxy_config(port, backends),
         }
@@ -97,7 +111,22 @@ impl Kind {
 /// are cut to 2 s (the same as nginx's `fail_timeout` here), or a backend
 /// taken out could not come back within a run. The access log is off, as it
 /// is for the others, unless asked for (it lists every attempt).
-pub(crate) fn detour_config(port: u16, backends: &[SocketAddr], access_log: bool) -> String {
+///
+/// In a chain both hops turn the correlated-failure brake off (it would
+/// stop every retry in the chained scenario, leaving nothing to compare),
+/// and the outer one trusts the inner's `retried` marker
+/// (`trusted_hops = ["detour"]`), so only one hop retries.
+pub(crate) fn detour_config(
+    port: u16,
+    backends: &[SocketAddr],
+    access_log: bool,
+    hop: Hop,
+) -> String {
+    let chain = match hop {
+        Hop::Only => "",
+        Hop::Inner => "correlated_brake = false\n",
+        Hop::Outer => "correlated_brake = false\ntrusted_hops = [\"detour\"]\n",
+    };
     let level = if access_log {
         "warn,detour::access=info"
     } else {
@@ -128,7 +157,7 @@ backends = [{backends}]
 [upstreams.app.retry]
 max_retries = 3
 per_try_timeout = "{PER_TRY_MS}ms"
-
+{chain}
 [upstreams.app.timeouts]
 connect_timeout = "{PER_TRY_MS}ms"
 
@@ -260,7 +289,8 @@ pub(crate) struct Proxy {
 impl Proxy {
     /// Writes `kind`'s configuration under `dir`, starts `program` with it,
     /// and waits until it answers a GET. The process ends after `limit`
-    /// whatever happens. `access_log` is for Detour only.
+    /// whatever happens. `access_log` is for Detour only; `hop` says where
+    /// in a chain it stands.
     ///
     /// # Errors
     /// The configuration cannot be written, the program does not start, or it
@@ -272,11 +302,12 @@ impl Proxy {
         backends: &[SocketAddr],
         limit: Duration,
         access_log: bool,
+        hop: Hop,
     ) -> Result<Proxy, String> {
         fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let port = free_port()?;
         let config = dir.join(kind.file_name());
-        fs::write(&config, kind.config(port, backends, dir, access_log))
+        fs::write(&config, kind.config(port, backends, dir, access_log, hop))
             .map_err(|e| format!("{}: {e}", config.display()))?;
         let log = dir.join(format!("{}.log", kind.name().to_ascii_lowercase()));
         let guard = Guard::spawn(kind.name(), kind.command(program, &config), &log, limit)?;
@@ -370,7 +401,7 @@ mod tests {
 
     #[test]
     fn detour_config_lists_every_backend_and_the_per_try_timeout() {
-        let c = detour_config(8080, &backends(), false);
+        let c = detour_config(8080, &backends(), false, Hop::Only);
         assert!(c.contains(r#"listen = ["127.0.0.1:8080"]"#));
         assert!(c.contains(
             r#"backends = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }, { addr = "127.0.0.1:9003" }]"#
@@ -379,6 +410,30 @@ mod tests {
         assert!(c.contains("access_log = false"));
         // Loopback only.
         assert!(!c.contains("0.0.0.0"));
+        assert!(!c.contains("trusted_hops") && !c.contains("correlated_brake"));
+    }
+
+    #[test]
+    fn a_chain_of_detours_retries_at_one_hop() {
+        let inner = detour_config(8080, &backends(), false, Hop::Inner);
+        let outer = detour_config(8081, &backends()[..1], false, Hop::Outer);
+        for c in [&inner, &outer] {
+            assert!(c.contains("correlated_brake = false\n"), "{c}");
+            // Still valid TOML with the lines in the retry table.
+            let t: toml::Table = c.parse().unwrap();
+            assert!(t["upstreams"]["app"]["retry"]
+                .get("correlated_brake")
+                .is_some());
+        }
+        assert!(!inner.contains("trusted_hops"));
+        let t: toml::Table = outer.parse().unwrap();
+        assert_eq!(
+            t["upstreams"]["app"]["retry"]["trusted_hops"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

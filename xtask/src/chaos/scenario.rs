@@ -133,10 +133,13 @@ pub(crate) struct Scenario {
     pub(crate) clients: Clients,
     /// What Detour must do.
     pub(crate) bar: Bar,
+    /// Two proxies of the kind in a chain (clients → outer → inner →
+    /// backends) instead of one.
+    pub(crate) chain: bool,
 }
 
 /// Every scenario's name, in the order they run.
-pub(crate) const NAMES: [&str; 12] = [
+pub(crate) const NAMES: [&str; 13] = [
     "killed",
     "blackholed",
     "503",
@@ -149,6 +152,7 @@ pub(crate) const NAMES: [&str; 12] = [
     "bad-canary-2of3",
     "bad-canary-1of3",
     "correlated",
+    "chained",
 ];
 
 /// Closed-loop clients in the partial-outage scenarios.
@@ -200,6 +204,13 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
             Bar::NoErrorWhileHealthy,
         )
     };
+    // Every backend fails a share of client requests while its checks pass.
+    let fail_share = || {
+        (0..BACKENDS)
+            .map(|b| step(fault, b, Action::FailShareChecksPass))
+            .chain((0..BACKENDS).map(|b| step(repair, b, Action::Heal)))
+            .collect::<Vec<_>>()
+    };
     let (summary, dead_at_start, steps, backends, clients, bar) = match name {
         "bad-canary" => partial(5, 4),
         "bad-canary-2of3" => partial(3, 2),
@@ -211,14 +222,26 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
                 secs(repair)
             ),
             vec![],
-            (0..BACKENDS)
-                .map(|b| step(fault, b, Action::FailShareChecksPass))
-                .chain((0..BACKENDS).map(|b| step(repair, b, Action::Heal)))
-                .collect(),
+            fail_share(),
             BACKENDS,
             Clients::Closed(CLOSED_CLIENTS),
             Bar::NoStorm {
                 max_attempts: 1.05,
+                min_served: 0.15,
+            },
+        ),
+        "chained" => (
+            format!(
+                "two proxies in a chain (clients → outer → inner → A, B, C), the correlated brake off on both; A, B and C each fail {CORRELATED_PERCENT} % of client requests with 503 while their health checks pass, from {} to {}",
+                secs(fault),
+                secs(repair)
+            ),
+            vec![],
+            fail_share(),
+            BACKENDS,
+            Clients::Closed(CLOSED_CLIENTS),
+            Bar::NoStorm {
+                max_attempts: 1.25,
                 min_served: 0.15,
             },
         ),
@@ -233,6 +256,7 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
         backends,
         clients,
         bar,
+        chain: name == "chained",
     })
 }
 

@@ -482,3 +482,123 @@ fn an_unarmed_planner_retries_nothing() {
     );
     assert_eq!(p.next(id, Limits::none(), t), NOT_LISTED);
 }
+
+fn marked(status: u16) -> Report {
+    Report {
+        hop_retried: true,
+        ..answered(status)
+    }
+}
+
+fn tiered(group: u16) -> Option<Pick> {
+    Some(Pick {
+        grouping: crate::pick::Grouping::Priority,
+        group,
+        ..Pick::default()
+    })
+}
+
+/// A trusted hop below retried: not again in the same failover group; one
+/// failover to another group, and no more.
+#[test]
+fn a_hop_that_retried_below_is_not_retried_again_in_its_group() {
+    let t = Instant::now();
+    let budget = Gate(AtomicU32::new(5));
+    let limits = || Limits {
+        budget: Some(&budget),
+        ..Limits::none()
+    };
+    // One group (active-active, or no pick said): stop, budget untouched.
+    for pick in [None, Some(Pick::default())] {
+        let mut p = armed(RetryPolicy::default(), true);
+        let id = p.begin_picked(addr(1), pick, t);
+        p.settle(id, marked(503), t);
+        assert_eq!(p.next(id, limits(), t), Decision::Stop(NoRetry::HopRetried));
+        assert_eq!(p.avoid_group(), None);
+    }
+    assert_eq!(budget.0.load(Ordering::Relaxed), 5, "no retry was paid");
+    // Priority tiers: one failover, outside tier 0, paid from the budget.
+    let mut p = armed(RetryPolicy::default(), true);
+    let id = p.begin_picked(addr(1), tiered(0), t);
+    p.settle(id, marked(503), t);
+    assert_eq!(p.next(id, limits(), t), RETRY);
+    assert_eq!(p.avoid_group(), Some(0));
+    assert_eq!(budget.0.load(Ordering::Relaxed), 4);
+    // The failover's answer is marked too: that was the one.
+    let id = p.begin_picked(addr(2), tiered(1), t);
+    p.settle(id, marked(503), t);
+    assert_eq!(p.next(id, limits(), t), Decision::Stop(NoRetry::HopRetried));
+    assert!(
+        p.to_string()
+            .contains("503 0.0ms hop_retried stop=hop_retried"),
+        "{p}"
+    );
+    // An unmarked answer is retried as ever.
+    let mut p = armed(RetryPolicy::default(), true);
+    let id = p.begin_picked(addr(1), None, t);
+    p.settle(id, answered(503), t);
+    assert_eq!(p.next(id, limits(), t), RETRY);
+    assert_eq!(p.avoid_group(), None);
+    // The safety ceiling comes first: an unsafe request is never retried.
+    let mut p = armed(RetryPolicy::default(), false);
+    let id = p.begin_picked(addr(1), tiered(0), t);
+    p.settle(id, marked(503), t);
+    assert_eq!(p.next(id, limits(), t), NOT_SAFE);
+}
+
+/// This hop's own `retried` parameter: the retries made, 0 when a limit of
+/// its own stopped it, absent when retrying was not its job.
+#[test]
+fn retried_here_says_whether_retrying_was_done_at_this_hop() {
+    let t = Instant::now();
+    let spent = Gate(AtomicU32::new(0));
+    let no_budget = Limits {
+        budget: Some(&spent),
+        ..Limits::none()
+    };
+    // Unarmed, or a policy that never retries.
+    assert_eq!(Planner::new().retried_here(), None);
+    let mut p = armed(RetryPolicy::none(), true);
+    let id = p.begin(addr(1), t);
+    p.settle(id, answered(503), t);
+    p.next(id, Limits::none(), t);
+    assert_eq!(p.retried_here(), None);
+    // Delivered at once, or an outcome the policy does not retry.
+    for (status, safe) in [(200, true), (500, true), (503, false)] {
+        let mut p = armed(RetryPolicy::default(), safe);
+        let id = p.begin(addr(1), t);
+        p.settle(id, answered(status), t);
+        p.next(id, Limits::none(), t);
+        assert_eq!(p.retried_here(), None, "{status} safe={safe}");
+    }
+    // The budget said no: retried=0.
+    let mut p = armed(RetryPolicy::default(), true);
+    let id = p.begin(addr(1), t);
+    p.settle(id, answered(503), t);
+    assert_eq!(
+        p.next(id, no_budget, t),
+        Decision::Stop(NoRetry::BudgetExhausted)
+    );
+    assert_eq!(p.retried_here(), Some(0));
+    // Two retries, whatever the last answer; a stale connection's is free.
+    let mut p = armed(RetryPolicy::default(), true);
+    let id = p.begin(addr(1), t);
+    p.settle(
+        id,
+        Report {
+            reused: true,
+            ..failed(ConnectionClosed, RequestSent)
+        },
+        t,
+    );
+    assert_eq!(p.next(id, Limits::none(), t), RETRY);
+    for port in [1, 2] {
+        let id = p.begin(addr(port), t);
+        p.settle(id, answered(503), t);
+        p.next(id, Limits::none(), t);
+    }
+    let id = p.begin(addr(3), t);
+    p.settle(id, answered(200), t);
+    p.next(id, Limits::none(), t);
+    assert_eq!(p.retried_here(), Some(2), "{p}");
+}

@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use detour_core::hops;
 use detour_core::plan::{Choice, Limits, Report};
 use detour_core::retry::{parse_retry_after, NoRetry};
 use detour_core::{
@@ -55,13 +56,26 @@ fn sf_string(s: &str) -> String {
     out
 }
 
-/// A `Proxy-Status` value (RFC 9209): this proxy, one detail parameter, and
-/// the upstream by name (never its address).
-fn proxy_status(proxy: &str, detail: &str, upstream: Option<&str>) -> Option<HeaderValue> {
-    let mut v = format!("{proxy}; {detail}");
+/// A `Proxy-Status` member (RFC 9209): this proxy, a detail parameter, the
+/// upstream by name (never its address), and `retried` when retrying this
+/// request was this hop's job and it is done ([`detour_core::hops`]).
+fn proxy_status(
+    proxy: &str,
+    detail: Option<&str>,
+    upstream: Option<&str>,
+    retried: Option<u32>,
+) -> Option<HeaderValue> {
+    let mut v = proxy.to_string();
+    if let Some(d) = detail {
+        v.push_str("; ");
+        v.push_str(d);
+    }
     if let Some(u) = upstream {
         v.push_str("; next-hop=");
         v.push_str(&sf_string(u));
+    }
+    if let Some(n) = retried {
+        v.push_str(&format!("; {}={n}", hops::RETRIED_PARAM));
     }
     HeaderValue::from_str(&v).ok()
 }
@@ -678,6 +692,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             .then(|| ok.head.headers.get(header::RETRY_AFTER))
             .flatten()
             .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let hop_retried = wants
+            && session.planner().policy().is_some_and(|p| {
+                let lines = ok.head.headers.get_all("proxy-status").iter();
+                hops::marked_retried(lines.map(HeaderValue::as_bytes), &p.trusted_hops)
+            });
         let hint = if wants {
             RetryHint::Default
         } else {
@@ -686,6 +705,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let report = Report {
             reused: ok.reused,
             hint,
+            hop_retried,
             ..Report::new(Outcome::Answered(status))
         };
         (report, retry_after)
@@ -967,8 +987,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     }
 
     /// Shape an upstream response head for the client, before the hooks see
-    /// it: Detour's own version, hop-by-hop headers out, `Via`, and
-    /// `Proxy-Status` on a retriable status that was not retried.
+    /// it: Detour's own version, hop-by-hop headers out, `Via`, and this
+    /// proxy's `Proxy-Status` member on a retriable status that was not
+    /// retried or after retries.
     fn shape_answer(
         &self,
         session: &Session,
@@ -990,10 +1011,21 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         if sh.forwarding.config.via {
             head.headers.append(header::VIA, sh.forwarding.via.clone());
         }
-        if retriable_status {
-            let detail = format!("received-status={}", head.status.as_u16());
-            if let Some(v) = proxy_status(&sh.proxy_name, &detail, Some(&peer.upstream)) {
-                head.headers.insert("proxy-status", v);
+        // Rare (a retriable status passed on, or a request that was
+        // retried): most answers skip it. Appended: the members of the hops
+        // below stay, nearest the origin first (RFC 9209 §2).
+        let retried = session.planner().retried_here();
+        if retriable_status || retried.is_some() {
+            let detail =
+                retriable_status.then(|| format!("received-status={}", head.status.as_u16()));
+            let member = proxy_status(
+                &sh.proxy_name,
+                detail.as_deref(),
+                Some(&peer.upstream),
+                retried,
+            );
+            if let Some(v) = member {
+                head.headers.append("proxy-status", v);
             }
         }
         Shaped {
@@ -1189,7 +1221,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let sh = &*self.shared;
         if !head.headers.contains_key("proxy-status") {
             let detail = format!("error={}", err.proxy_status_type());
-            if let Some(v) = proxy_status(&sh.proxy_name, &detail, upstream) {
+            let retried = session.planner().retried_here();
+            if let Some(v) = proxy_status(&sh.proxy_name, Some(&detail), upstream, retried) {
                 head.headers.insert("proxy-status", v);
             }
         }

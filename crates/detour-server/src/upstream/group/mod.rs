@@ -279,7 +279,9 @@ impl Upstream {
 
     /// Choose a backend for this request's next attempt: one it has not tried
     /// while others remain, admitted by health, ejection, draining and its
-    /// breaker (or any, in panic mode).
+    /// breaker (or any, in panic mode), and outside the failover group a
+    /// trusted proxy below already retried in
+    /// ([`Planner::avoid_group`](detour_core::Planner::avoid_group)).
     ///
     /// # Errors
     /// `Overloaded` when the concurrency limit refuses; `CircuitOpen` (with
@@ -301,10 +303,12 @@ impl Upstream {
             ),
             None => 0,
         };
-        let Some((permit, pick)) = self
-            .lb
-            .select_explained(key, session.tried(), Instant::now())
-        else {
+        let Some((permit, pick)) = self.lb.select_outside(
+            key,
+            session.tried(),
+            session.planner().avoid_group(),
+            Instant::now(),
+        ) else {
             return Err(self.why_none());
         };
         let mut peer = HttpPeer::admitted(permit, Arc::clone(&self.name))
