@@ -232,7 +232,7 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
         ),
         "chained" => (
             format!(
-                "two proxies in a chain (clients → outer → inner → A, B, C), the correlated brake off on both; A, B and C each fail {CORRELATED_PERCENT} % of client requests with 503 while their health checks pass, from {} to {}",
+                "two proxies in a chain (clients → outer → inner → A, B, C), the correlated brake off and retry budgets over 1 s on both; A, B and C each fail {CORRELATED_PERCENT} % of client requests with 503 while their health checks pass, from {} to {}",
                 secs(fault),
                 secs(repair)
             ),
