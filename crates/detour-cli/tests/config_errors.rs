@@ -346,6 +346,7 @@ const fn setting(
 
 const CORE_PEER: &str = "detour-core/src/peer.rs";
 const CORE_RETRY: &str = "detour-core/src/retry.rs";
+const CORE_HEDGE: &str = "detour-core/src/hedge.rs";
 const SERVER: &str = "detour-server/src/config.rs";
 const UPSTREAM: &str = "detour-server/src/upstream/group/config.rs";
 const HEALTH: &str = "detour-health/src/active/config.rs";
@@ -360,6 +361,12 @@ const APP: &str = "detour-cli/src/app/config/mod.rs";
 /// crates without a line here fails `every_duration_field_is_listed`; one
 /// listed here without a bound fails `every_duration_is_bounded`.
 const DURATIONS: &[DurationSetting] = &[
+    setting(
+        CORE_HEDGE,
+        "min_delay",
+        &["upstreams.app.hedge.min_delay"],
+        false,
+    ),
     setting(SERVER, "grace_period", &["server.grace_period"], false),
     setting(
         SERVER,
@@ -646,7 +653,7 @@ fn every_duration_is_bounded() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 51, "every path in DURATIONS was tried");
+    assert_eq!(checked, 52, "every path in DURATIONS was tried");
     // The bound itself is allowed: a year is long, not wrong.
     Config::from_toml(&good_with("server.grace_period", "365days"), None).unwrap();
     Config::from_toml(

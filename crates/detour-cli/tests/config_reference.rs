@@ -15,6 +15,7 @@ kind = "http"
 path = "/healthz"
 [upstreams.app.concurrency]
 [upstreams.app.discovery]
+[upstreams.app.hedge]
 [[routes]]
 upstream = "app"
 "#;

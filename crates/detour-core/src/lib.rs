@@ -20,6 +20,7 @@
 //!   its own (how active HTTP checks dial like the engine).
 //! - [`observe`]: [`AttemptOutcome`], its [`OutcomeClass`] and the
 //!   [`Observer`] trait.
+//! - [`hedge`]: hedged requests: [`HedgeConfig`] and an upstream's [`Hedging`].
 //! - [`hops`]: hop-aware retries, the `retried` parameter of `Proxy-Status`.
 //! - [`spread`]: how failure is spread across an upstream's backends
 //!   (concentrated or correlated), from each backend's recent attempts.
@@ -42,10 +43,12 @@
 
 mod addr_hash;
 pub mod backend;
+pub mod budget;
 mod clock;
 pub mod commit;
 pub mod connect;
 pub mod error;
+pub mod hedge;
 pub mod hops;
 mod invalid;
 pub mod observe;
@@ -62,6 +65,7 @@ pub use addr_hash::{AddrHash, AddrHasher, AddrMap};
 pub use backend::{AdmissionGate, Backend, BackendState, GateState, Permit, Removal, RemovalCap};
 pub use commit::CommitPoint;
 pub use error::{BoxError, Chain, Error, ErrorKind, ErrorSide, FailureKind, Result, RetryHint};
+pub use hedge::{HedgeConfig, Hedging};
 pub use invalid::{check_duration, check_optional_duration, InvalidConfig, Zero, MAX_DURATION};
 pub use observe::{AttemptOutcome, Observer, OutcomeClass};
 pub use peer::{HttpPeer, PeerOptions, PeerTls, RetryBudgetGate};

@@ -117,6 +117,7 @@ pub struct HttpPeer {
     policy: Option<Arc<RetryPolicy>>,
     guard: Option<Box<dyn Send + Sync>>,
     pick: Option<Pick>,
+    hedging: Option<Arc<crate::hedge::Hedging>>,
 }
 
 impl std::fmt::Debug for HttpPeer {
@@ -133,18 +134,7 @@ impl std::fmt::Debug for HttpPeer {
     }
 }
 
-/// A retry budget the engine consults (`detour-breaker`'s `RetryBudget`
-/// implements it): every client request is deposited once, and every retry
-/// must be withdrawn; when the budget is spent the engine stops retrying.
-pub trait RetryBudgetGate: Send + Sync + 'static {
-    /// A client request began (its first attempt).
-    ///
-    /// `now` is a time the engine already holds, so the hot path reads no
-    /// extra clock.
-    fn deposit(&self, now: tokio::time::Instant);
-    /// May one more retry happen now? `true` spends it.
-    fn try_withdraw(&self, now: tokio::time::Instant) -> bool;
-}
+pub use crate::budget::RetryBudgetGate;
 
 impl HttpPeer {
     /// A peer at `addr`, part of upstream `upstream`, with default options.
@@ -162,6 +152,7 @@ impl HttpPeer {
             policy: None,
             guard: None,
             pick: None,
+            hedging: None,
         }
     }
 
@@ -182,6 +173,7 @@ impl HttpPeer {
             policy: None,
             guard: None,
             pick: None,
+            hedging: None,
         }
     }
 
@@ -200,6 +192,7 @@ impl HttpPeer {
             policy: None,
             guard: None,
             pick: None,
+            hedging: None,
         }
     }
 
@@ -226,6 +219,18 @@ impl HttpPeer {
     pub fn with_budget(mut self, budget: Arc<dyn RetryBudgetGate>) -> Self {
         self.budget = Some(budget);
         self
+    }
+
+    /// Hedge requests to this peer's upstream by `hedging`
+    /// ([`crate::hedge`]).
+    pub fn with_hedging(mut self, hedging: Arc<crate::hedge::Hedging>) -> Self {
+        self.hedging = Some(hedging);
+        self
+    }
+
+    /// The hedging of this peer's upstream, if it hedges.
+    pub fn hedging(&self) -> Option<&Arc<crate::hedge::Hedging>> {
+        self.hedging.as_ref()
     }
 
     /// The retry budget this peer's upstream spends from, if any.

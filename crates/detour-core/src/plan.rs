@@ -62,6 +62,9 @@ pub enum Choice {
     Failover,
     /// A backend this request had already tried, again.
     Retry,
+    /// A hedge: another backend, while an earlier attempt is still in
+    /// flight ([`crate::hedge`]).
+    Hedge,
 }
 
 impl Choice {
@@ -71,6 +74,7 @@ impl Choice {
             Choice::First => "first",
             Choice::Failover => "failover",
             Choice::Retry => "retry",
+            Choice::Hedge => "hedge",
         }
     }
 }
@@ -128,6 +132,9 @@ pub enum Decision {
     /// attempt's response (a retriable status, passed on as it came) or an
     /// error made from its failure.
     Stop(NoRetry),
+    /// It failed while another attempt of the request (a hedge) was still
+    /// in flight: that one carries on.
+    Superseded,
 }
 
 impl fmt::Display for Decision {
@@ -136,6 +143,7 @@ impl fmt::Display for Decision {
             Decision::Deliver => f.write_str("delivered"),
             Decision::Retry => f.write_str("retried"),
             Decision::Stop(why) => write!(f, "not retried: {why}"),
+            Decision::Superseded => f.write_str("superseded by an attempt in flight"),
         }
     }
 }
@@ -206,6 +214,7 @@ impl fmt::Display for Attempt {
             None | Some(Decision::Deliver) => {}
             Some(Decision::Retry) => write!(f, " retried wait={}ms", self.wait.as_millis())?,
             Some(Decision::Stop(why)) => write!(f, " stop={}", why.as_str())?,
+            Some(Decision::Superseded) => f.write_str(" superseded")?,
         }
         Ok(())
     }
@@ -515,6 +524,30 @@ impl Planner {
             (false, true) => Choice::Retry,
             (false, false) => Choice::Failover,
         };
+        self.push(peer, choice, pick, now)
+    }
+
+    /// Begin a hedge to `peer` at `now`, while an earlier attempt is still
+    /// in flight. Counted against `max_retries` like any attempt.
+    pub fn begin_hedge(&mut self, peer: SocketAddr, pick: Option<Pick>, now: Instant) -> AttemptId {
+        self.push(peer, Choice::Hedge, pick, now)
+    }
+
+    /// Attempt `id` failed while another was in flight, which carries on:
+    /// no decision follows from it.
+    pub fn supersede(&mut self, id: AttemptId) {
+        if let Some(rec) = self.record(id) {
+            rec.decision = Some(Decision::Superseded);
+        }
+    }
+
+    fn push(
+        &mut self,
+        peer: SocketAddr,
+        choice: Choice,
+        pick: Option<Pick>,
+        now: Instant,
+    ) -> AttemptId {
         let len = self.attempts().len();
         let id = AttemptId(u32::try_from(len + 1).unwrap_or(u32::MAX));
         self.tried.insert(peer);
@@ -626,9 +659,13 @@ impl Planner {
         }
         let attempts = self.attempts();
         // A stale pooled connection's retry is free: the request never
-        // reached that backend.
+        // reached that backend. Hedges are not retries.
         let stale = attempts.iter().filter(|a| a.stale).count();
-        let retries = attempts.len().saturating_sub(1).saturating_sub(stale);
+        let retries = attempts
+            .iter()
+            .filter(|a| matches!(a.choice, Choice::Failover | Choice::Retry))
+            .count()
+            .saturating_sub(stale);
         if retries > 0 {
             return Some(u32::try_from(retries).unwrap_or(u32::MAX));
         }

@@ -37,6 +37,8 @@ pub struct Session {
     /// Whether the key was handed out.
     key_taken: bool,
     key_id: u64,
+    /// A hook's word on hedging this request; `None`: the upstream's rules.
+    hedging: Option<bool>,
 }
 
 /// The engine's key to a [`Session`]'s bookkeeping, from
@@ -60,6 +62,7 @@ impl Session {
             body_bytes_sent: 0,
             key_taken: false,
             key_id: fastrand::u64(..),
+            hedging: None,
         }
     }
 
@@ -230,6 +233,20 @@ impl Session {
     /// Whether the request is safe to deliver twice (idempotent, or opted in).
     pub fn is_safe(&self) -> bool {
         self.plan.is_safe()
+    }
+
+    /// Turn hedging of this request on or off, whatever its upstream's
+    /// method list says ([`crate::hedge`]). On still needs an upstream that
+    /// hedges, a request without a body, and budget; off keeps it to one
+    /// attempt at a time. Call it from a hook that runs before the first
+    /// attempt (`request_filter`, `upstream_peer`).
+    pub fn set_hedging(&mut self, on: bool) {
+        self.hedging = Some(on);
+    }
+
+    /// A hook's word on hedging this request ([`set_hedging`](Self::set_hedging)).
+    pub fn hedging(&self) -> Option<bool> {
+        self.hedging
     }
 
     /// The status of the response sent downstream, once its head is final

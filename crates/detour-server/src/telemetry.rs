@@ -52,6 +52,7 @@ pub const FAMILIES: &[Family] = &[
     family("detour_backend_responses_total", Kind::Counter, "Attempts to each backend by how they ended: the status class of the response head, or error when none came."),
     family("detour_upstream_latency_seconds", Kind::Histogram, "Attempts to backends, from their start to the response head."),
     family("detour_retries_total", Kind::Counter, "Retries, by upstream, reason and kind (retry to a backend already tried, failover to another)."),
+    family("detour_hedges_total", Kind::Counter, "Hedged requests, by upstream and event: started (a hedge sent), won (its answer went to the client), cancelled (an attempt dropped because another won)."),
     family("detour_upstream_failure_spread", Kind::Gauge, "1 for the upstream's failure spread in force (normal, concentrated, correlated), 0 for the others."),
     family("detour_upstream_spread_changes_total", Kind::Counter, "Changes of an upstream's failure spread, by the state changed to."),
     family("detour_health_transitions_total", Kind::Counter, "Backend state changes from checks and outlier detection (down, up, ejected, unejected)."),

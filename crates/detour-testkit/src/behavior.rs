@@ -46,6 +46,7 @@ pub(crate) enum Action {
     Reply(u16),
     Sequence(Arc<[u16]>),
     Share { status: u16, percent: u8 },
+    SlowShare { delay: Duration, percent: u8 },
     Refuse,
     ResetAfterRequest,
     ResetAfterBytes(usize),
@@ -110,6 +111,16 @@ impl Behavior {
     pub fn fail_share(status: u16, percent: u8) -> Self {
         Behavior::new(Action::Share {
             status,
+            percent: percent.min(100),
+        })
+    }
+
+    /// Answer `200`, after `delay` to `percent` % of requests and at once to
+    /// the others: a latency tail. Which requests are slow is decided as for
+    /// [`fail_share`](Self::fail_share).
+    pub fn slow_share(percent: u8, delay: Duration) -> Self {
+        Behavior::new(Action::SlowShare {
+            delay,
             percent: percent.min(100),
         })
     }
@@ -275,17 +286,22 @@ impl Installed {
 
     /// The status of the next request under [`Behavior::fail_share`].
     pub(crate) fn next_in_share(&self, status: u16, percent: u8) -> u16 {
+        if self.next_is_in(percent) {
+            status
+        } else {
+            200
+        }
+    }
+
+    /// Whether the next request is among the `percent` % a share picks.
+    pub(crate) fn next_is_in(&self, percent: u8) -> bool {
         let n = self.sequence_position.fetch_add(1, Ordering::Relaxed) as u64;
         // splitmix64 of the request's number: uniform, and the same each run.
         let mut z = n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
-        if z % 100 < u64::from(percent) {
-            status
-        } else {
-            200
-        }
+        z % 100 < u64::from(percent)
     }
 
     /// The status of the next request under a status sequence.

@@ -248,6 +248,14 @@ impl Exchange<'_> {
                 self.read_body(conn).await?;
                 self.reply(conn, status, false).await
             }
+            Action::SlowShare { delay, percent } => {
+                let slow = self.installed.next_is_in(*percent);
+                self.read_body(conn).await?;
+                if slow {
+                    sleep(*delay).await;
+                }
+                self.reply(conn, 200, false).await
+            }
             Action::Reply(status) => {
                 self.read_body(conn).await?;
                 self.reply(conn, *status, false).await

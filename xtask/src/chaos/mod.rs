@@ -37,7 +37,7 @@ use tokio::time::{sleep_until, Instant};
 
 use load::LoadShape;
 use measure::{measure, Outcome, Seen};
-use proxy::{ensure_program, Hop, Kind, Proxy};
+use proxy::{ensure_program, Hop, Kind, Proxy, Tuning};
 use report::Row;
 use scenario::{Action, Bar, Clients, Scenario};
 
@@ -50,7 +50,7 @@ usage: cargo xtask chaos [--only detour,nginx,haproxy] [--scenario NAME,...] [--
   --scenario LIST   scenarios to run (default: all): killed, blackholed, 503,
                     flapping, slow, all-down, comes-back, post-reset,
                     bad-canary, bad-canary-2of3, bad-canary-1of3,
-                    correlated, chained
+                    correlated, chained, latency-tail
   --secs N          load length of each run, at least 4 (default 8)
   --no-build        use target/release/detour as it is
   --detour-log      keep Detour's access log (target/chaos/work/...), to see
@@ -293,23 +293,19 @@ async fn run_one(
     // In a chain the inner proxy fronts the backends and the clients reach
     // the outer one; both are checked and stopped alike.
     let mut inner = None;
+    let tuning = |hop| Tuning {
+        access_log: detour_log,
+        hop,
+        hedge: sc.hedge,
+    };
     let mut proxy = if sc.chain {
         let dir_in = dir.join("inner");
-        let i = Proxy::start(
-            kind,
-            program,
-            &dir_in,
-            &addrs,
-            limit,
-            detour_log,
-            Hop::Inner,
-        )
-        .await?;
+        let i = Proxy::start(kind, program, &dir_in, &addrs, limit, tuning(Hop::Inner)).await?;
         let front = [i.addr];
         inner = Some(i);
-        Proxy::start(kind, program, dir, &front, limit, detour_log, Hop::Outer).await?
+        Proxy::start(kind, program, dir, &front, limit, tuning(Hop::Outer)).await?
     } else {
-        Proxy::start(kind, program, dir, &addrs, limit, detour_log, Hop::Only).await?
+        Proxy::start(kind, program, dir, &addrs, limit, tuning(Hop::Only)).await?
     };
     let t0 = Instant::now();
     let script = async {
@@ -450,6 +446,30 @@ fn failures(sc: &Scenario, o: &Outcome) -> Vec<String> {
                 }
             }
         },
+        Bar::Tail {
+            max_p99,
+            max_attempts,
+        } => {
+            if o.latency[1] > max_p99 {
+                lines.push(format!(
+                    "FAIL {name}: Detour's client p99 was {} (at most {})",
+                    report::human(o.latency[1]),
+                    report::human(max_p99)
+                ));
+            }
+            if o.attempts_per_request > max_attempts {
+                lines.push(format!(
+                    "FAIL {name}: Detour sent {:.2} backend attempts per request (at most {max_attempts:.2})",
+                    o.attempts_per_request
+                ));
+            }
+            if o.get_errors > 0 {
+                lines.push(format!(
+                    "FAIL {name}: Detour failed {} GET(s)",
+                    o.get_errors
+                ));
+            }
+        }
         Bar::NoStorm {
             max_attempts,
             min_served,

@@ -35,6 +35,21 @@ pub(crate) enum Hop {
     Outer,
 }
 
+/// What a run changes in Detour's configuration (the other proxies have no
+/// such knobs and run as they are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tuning {
+    /// Keep Detour's access log, which lists every attempt.
+    pub(crate) access_log: bool,
+    /// Where the proxy stands in a chain.
+    pub(crate) hop: Hop,
+    /// Hedge requests after 30 ms (`[upstreams.app.hedge] delay = "30ms"`).
+    pub(crate) hedge: bool,
+}
+
+/// The delay of Detour's hedges when a scenario hedges.
+pub(crate) const HEDGE_DELAY_MS: u64 = 30;
+
 /// The proxies compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -77,18 +92,16 @@ impl Kind {
 
     /// The configuration for a proxy listening on `127.0.0.1:port` in front
     /// of `backends`, with its files (pid, logs, temp) under `dir`.
-    /// `access_log` turns on Detour's, which lists every attempt; `hop`
-    /// changes only Detour's (see [`detour_config`]).
+    /// `tuning` changes only Detour's (see [`detour_config`]).
     pub(crate) fn config(
         self,
         port: u16,
         backends: &[SocketAddr],
         dir: &Path,
-        access_log: bool,
-        hop: Hop,
+        tuning: Tuning,
     ) -> String {
         match self {
-            Kind::Detour => detour_config(port, backends, access_log, hop),
+            Kind::Detour => detour_config(port, backends, tuning),
             Kind::Nginx => nginx_config(port, backends, dir, running_as_root()),
             Kind::Haproxy => haproxy_config(port, backends),
         }
@@ -121,13 +134,17 @@ impl Kind {
 /// retries by the traffic of the outage itself, which is what the scenario
 /// compares. The outer one trusts the inner's `retried` marker
 /// (`trusted_hops = ["detour"]`), so only one hop retries.
-pub(crate) fn detour_config(
-    port: u16,
-    backends: &[SocketAddr],
-    access_log: bool,
-    hop: Hop,
-) -> String {
-    let chain = match hop {
+///
+/// A hedging run adds `[upstreams.app.hedge]` with a fixed delay of
+/// [`HEDGE_DELAY_MS`] and the other keys at their defaults.
+pub(crate) fn detour_config(port: u16, backends: &[SocketAddr], tuning: Tuning) -> String {
+    let access_log = tuning.access_log;
+    let hedge = if tuning.hedge {
+        format!("[upstreams.app.hedge]\ndelay = \"{HEDGE_DELAY_MS}ms\"\n\n")
+    } else {
+        String::new()
+    };
+    let chain = match tuning.hop {
         Hop::Only => "",
         Hop::Inner => "correlated_brake = false\nbudget_window = \"1s\"\n",
         Hop::Outer => {
@@ -182,7 +199,7 @@ base_ejection = "2s"
 [upstreams.app.breaker]
 open_for = "2s"
 
-[[routes]]
+{hedge}[[routes]]
 upstream = "app"
 "#,
         backends = list.join(", ")
@@ -296,8 +313,7 @@ pub(crate) struct Proxy {
 impl Proxy {
     /// Writes `kind`'s configuration under `dir`, starts `program` with it,
     /// and waits until it answers a GET. The process ends after `limit`
-    /// whatever happens. `access_log` is for Detour only; `hop` says where
-    /// in a chain it stands.
+    /// whatever happens. `tuning` is for Detour only.
     ///
     /// # Errors
     /// The configuration cannot be written, the program does not start, or it
@@ -308,13 +324,12 @@ impl Proxy {
         dir: &Path,
         backends: &[SocketAddr],
         limit: Duration,
-        access_log: bool,
-        hop: Hop,
+        tuning: Tuning,
     ) -> Result<Proxy, String> {
         fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let port = free_port()?;
         let config = dir.join(kind.file_name());
-        fs::write(&config, kind.config(port, backends, dir, access_log, hop))
+        fs::write(&config, kind.config(port, backends, dir, tuning))
             .map_err(|e| format!("{}: {e}", config.display()))?;
         let log = dir.join(format!("{}.log", kind.name().to_ascii_lowercase()));
         let guard = Guard::spawn(kind.name(), kind.command(program, &config), &log, limit)?;
@@ -400,6 +415,32 @@ fn strip_ansi(text: &str) -> String {
 mod tests {
     use super::*;
 
+    fn tuning(hop: Hop) -> Tuning {
+        Tuning {
+            access_log: false,
+            hop,
+            hedge: false,
+        }
+    }
+
+    #[test]
+    fn a_hedging_run_hedges_after_30_ms() {
+        let c = detour_config(
+            8080,
+            &backends(),
+            Tuning {
+                hedge: true,
+                ..tuning(Hop::Only)
+            },
+        );
+        let t: toml::Table = c.parse().unwrap();
+        assert_eq!(
+            t["upstreams"]["app"]["hedge"]["delay"].as_str(),
+            Some("30ms")
+        );
+        assert!(!detour_config(8080, &backends(), tuning(Hop::Only)).contains("hedge"));
+    }
+
     fn backends() -> Vec<SocketAddr> {
         (0..3)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 9001 + i)))
@@ -408,7 +449,7 @@ mod tests {
 
     #[test]
     fn detour_config_lists_every_backend_and_the_per_try_timeout() {
-        let c = detour_config(8080, &backends(), false, Hop::Only);
+        let c = detour_config(8080, &backends(), tuning(Hop::Only));
         assert!(c.contains(r#"listen = ["127.0.0.1:8080"]"#));
         assert!(c.contains(
             r#"backends = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }, { addr = "127.0.0.1:9003" }]"#
@@ -422,8 +463,8 @@ mod tests {
 
     #[test]
     fn a_chain_of_detours_retries_at_one_hop() {
-        let inner = detour_config(8080, &backends(), false, Hop::Inner);
-        let outer = detour_config(8081, &backends()[..1], false, Hop::Outer);
+        let inner = detour_config(8080, &backends(), tuning(Hop::Inner));
+        let outer = detour_config(8081, &backends()[..1], tuning(Hop::Outer));
         for c in [&inner, &outer] {
             assert!(c.contains("correlated_brake = false\n"), "{c}");
             assert!(c.contains("budget_window = \"1s\"\n"), "{c}");

@@ -24,6 +24,12 @@ pub(crate) const HEALTH_PATH: &str = "/healthz";
 /// The share of requests each backend fails in the correlated scenario.
 pub(crate) const CORRELATED_PERCENT: u8 = 80;
 
+/// The share of requests each backend answers late in the latency-tail
+/// scenario, and how late.
+pub(crate) const TAIL_PERCENT: u8 = 5;
+/// See [`TAIL_PERCENT`].
+pub(crate) const TAIL_DELAY: Duration = Duration::from_millis(400);
+
 /// How long a slow backend waits before answering: well past every proxy's
 /// 400 ms per-try timeout, so a proxy that waits for it is visibly slow.
 pub(crate) const SLOW_DELAY: Duration = Duration::from_secs(1);
@@ -49,6 +55,9 @@ pub(crate) enum Action {
     /// Fail [`CORRELATED_PERCENT`] % of client requests with `503` while the
     /// health checks pass.
     FailShareChecksPass,
+    /// Answer [`TAIL_PERCENT`] % of requests after [`TAIL_DELAY`], the rest
+    /// at once.
+    SlowShare,
     /// Answer `200` at once again.
     Heal,
 }
@@ -67,6 +76,7 @@ impl Action {
             Action::FailShareChecksPass => {
                 Some(Behavior::fail_share(503, CORRELATED_PERCENT).healthy_on(HEALTH_PATH))
             }
+            Action::SlowShare => Some(Behavior::slow_share(TAIL_PERCENT, TAIL_DELAY)),
             Action::Heal => Some(Behavior::ok()),
         }
     }
@@ -112,6 +122,12 @@ pub(crate) enum Bar {
     /// `max_attempts` backend attempts per client request, at least
     /// `min_served` of the requests served.
     NoStorm { max_attempts: f64, min_served: f64 },
+    /// Over the whole run: client p99 at most `max_p99`, at most
+    /// `max_attempts` backend attempts per client request, no error.
+    Tail {
+        max_p99: Duration,
+        max_attempts: f64,
+    },
 }
 
 /// A named script of faults under steady load.
@@ -136,10 +152,12 @@ pub(crate) struct Scenario {
     /// Two proxies of the kind in a chain (clients → outer → inner →
     /// backends) instead of one.
     pub(crate) chain: bool,
+    /// Detour hedges its requests (see `proxy::Tuning`).
+    pub(crate) hedge: bool,
 }
 
 /// Every scenario's name, in the order they run.
-pub(crate) const NAMES: [&str; 13] = [
+pub(crate) const NAMES: [&str; 14] = [
     "killed",
     "blackholed",
     "503",
@@ -153,6 +171,7 @@ pub(crate) const NAMES: [&str; 13] = [
     "bad-canary-1of3",
     "correlated",
     "chained",
+    "latency-tail",
 ];
 
 /// Closed-loop clients in the partial-outage scenarios.
@@ -204,6 +223,35 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
             Bar::NoErrorWhileHealthy,
         )
     };
+    let (summary, dead_at_start, steps, backends, clients, bar) = match name {
+        "bad-canary" => partial(5, 4),
+        "bad-canary-2of3" => partial(3, 2),
+        "bad-canary-1of3" => partial(3, 1),
+        "correlated" | "chained" | "latency-tail" => every_backend(name, fault, repair)?,
+        other => steady(steady_faults(other, e)?),
+    };
+    Some(Scenario {
+        name: NAMES.iter().find(|n| **n == name)?,
+        summary,
+        dead_at_start,
+        steps,
+        length,
+        backends,
+        clients,
+        bar,
+        chain: name == "chained",
+        hedge: name == "latency-tail",
+    })
+}
+
+/// What a scenario's script makes of it: summary, backends dead at the
+/// start, steps, backends, clients, bar.
+type Script = (String, Vec<usize>, Vec<Step>, usize, Clients, Bar);
+
+/// The scenarios where every backend misbehaves alike (under closed-loop
+/// clients): `correlated`, `chained` and `latency-tail`, with the fault
+/// from `fault` to `repair` where there is one.
+fn every_backend(name: &str, fault: Duration, repair: Duration) -> Option<Script> {
     // Every backend fails a share of client requests while its checks pass.
     let fail_share = || {
         (0..BACKENDS)
@@ -211,10 +259,7 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
             .chain((0..BACKENDS).map(|b| step(repair, b, Action::Heal)))
             .collect::<Vec<_>>()
     };
-    let (summary, dead_at_start, steps, backends, clients, bar) = match name {
-        "bad-canary" => partial(5, 4),
-        "bad-canary-2of3" => partial(3, 2),
-        "bad-canary-1of3" => partial(3, 1),
+    Some(match name {
         "correlated" => (
             format!(
                 "A, B and C each fail {CORRELATED_PERCENT} % of client requests with 503 while their health checks pass, from {} to {}",
@@ -245,18 +290,24 @@ pub(crate) fn scenario(name: &str, length: Duration) -> Option<Scenario> {
                 min_served: 0.15,
             },
         ),
-        other => steady(steady_faults(other, e)?),
-    };
-    Some(Scenario {
-        name: NAMES.iter().find(|n| **n == name)?,
-        summary,
-        dead_at_start,
-        steps,
-        length,
-        backends,
-        clients,
-        bar,
-        chain: name == "chained",
+        "latency-tail" => (
+            format!(
+                "A, B and C each answer {TAIL_PERCENT} % of requests after {} and the rest at once, for the whole run; Detour hedges after {} ms",
+                secs(TAIL_DELAY),
+                crate::chaos::proxy::HEDGE_DELAY_MS
+            ),
+            vec![],
+            (0..BACKENDS)
+                .map(|b| step(Duration::ZERO, b, Action::SlowShare))
+                .collect(),
+            BACKENDS,
+            Clients::Closed(CLOSED_CLIENTS),
+            Bar::Tail {
+                max_p99: Duration::from_millis(120),
+                max_attempts: 1.15,
+            },
+        ),
+        _ => return None,
     })
 }
 

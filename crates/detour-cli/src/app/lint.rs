@@ -41,6 +41,7 @@ pub fn lint(config: &Config) -> Vec<Warning> {
         retry_rules(&mut out, &format!("{at}.retry"), &up.retry, &up.timeouts);
         breaker_faster_than_checks(&mut out, &at, up);
         outlier_rules(&mut out, &at, up);
+        hedge_rules(&mut out, &at, up);
         if up.tls.as_ref().is_some_and(|t| !t.verify) {
             out.push(Warning {
                 fields: vec![format!("{at}.tls.verify")],
@@ -114,6 +115,49 @@ fn unsafe_methods(out: &mut Vec<Warning>, at: &str, methods: &[String]) {
             why: format!(
                 "{} declared safe to repeat, which RFC 9110 does not promise: a retry can \
                  deliver it twice (use idempotency_key instead)",
+                unsafe_ones.join(", ")
+            ),
+        });
+    }
+}
+
+/// Methods RFC 9110 §9.2.1 calls safe: the only ones sent twice at once
+/// without a second thought.
+const SAFE: [&str; 4] = ["GET", "HEAD", "OPTIONS", "TRACE"];
+
+/// Hedging that multiplies the load of a slow upstream, that never
+/// happens, or that sends a method that is not safe twice at once.
+fn hedge_rules(out: &mut Vec<Warning>, at: &str, up: &UpstreamConfig) {
+    let Some(h) = &up.hedge else {
+        return;
+    };
+    let ratio = h.budget_ratio;
+    if ratio >= 0.5 {
+        out.push(Warning {
+            fields: vec![format!("{at}.hedge.budget_ratio")],
+            why: format!(
+                "hedges may be {:.0} % of the requests: a slow upstream gets up to {:.1} times                  its load when it can least take it (0.1 is usual)",
+                ratio * 100.0,
+                1.0 + ratio
+            ),
+        });
+    } else if ratio == 0.0 {
+        out.push(Warning {
+            fields: vec![format!("{at}.hedge.budget_ratio")],
+            why: "a hedge budget of 0: no request is ever hedged".into(),
+        });
+    }
+    let unsafe_ones: Vec<&str> = h
+        .methods
+        .iter()
+        .map(String::as_str)
+        .filter(|m| !SAFE.iter().any(|s| s.eq_ignore_ascii_case(m)))
+        .collect();
+    if !unsafe_ones.is_empty() {
+        out.push(Warning {
+            fields: vec![format!("{at}.hedge.methods")],
+            why: format!(
+                "{} hedged: sent to two backends at once, which only a safe method (GET, HEAD,                  OPTIONS, TRACE) takes without a second thought",
                 unsafe_ones.join(", ")
             ),
         });
@@ -203,6 +247,9 @@ mod tests {
             fields(&upstream("[upstreams.app.retry]\ndeadline = \"5s\"")),
             Vec::<String>::new()
         );
+        let hedged =
+            "[upstreams.app.retry]\ndeadline = \"5s\"\n[upstreams.app.hedge]\ndelay = \"30ms\"";
+        assert_eq!(fields(&upstream(hedged)), Vec::<String>::new());
     }
 
     #[test]
@@ -244,6 +291,18 @@ mod tests {
             (
                 format!("tls = {{ verify = false }}\n{bounded}"),
                 "upstreams.app.tls.verify",
+            ),
+            (
+                format!("{bounded}[upstreams.app.hedge]\nbudget_ratio = 1.0"),
+                "upstreams.app.hedge.budget_ratio",
+            ),
+            (
+                format!("{bounded}[upstreams.app.hedge]\nbudget_ratio = 0.0"),
+                "upstreams.app.hedge.budget_ratio",
+            ),
+            (
+                format!("{bounded}[upstreams.app.hedge]\nmethods = [\"GET\", \"PUT\"]"),
+                "upstreams.app.hedge.methods",
             ),
         ];
         for (extra, field) in cases {

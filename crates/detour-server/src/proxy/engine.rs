@@ -22,13 +22,15 @@ use detour_core::{
     AttemptId, BoxError, CommitPoint, Decision, Error, ErrorKind, HttpPeer, Outcome, ProxyHttp,
     RetryHint, Session,
 };
-use detour_core::{RemovalCap, Spread};
+use detour_core::{Hedging, RemovalCap, Spread};
 use http::header::{self, HeaderValue};
 use http::{response, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
+
+mod hedge;
 
 use super::body::{
     ClientClock, ClientLimits, Finish, ProxyBody, PumpError, RequestBody, Rest, Upload,
@@ -176,6 +178,13 @@ impl AttemptErr {
             connecting: false,
         }
     }
+}
+
+/// An attempt ready to send: its connection and request head.
+struct Opened {
+    sender: Conn,
+    head: http::request::Parts,
+    reused: bool,
 }
 
 /// How one attempt is made.
@@ -525,19 +534,32 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 ClientLimits::new(limits),
             )
         });
+        let mut hedging = hedging_for(&ex.session, &peer, body.is_some());
         // The first peer's upstream budget pays for this request's retries.
         let budget = peer.budget().cloned();
         if let Some(b) = &budget {
             b.deposit(ex.session.started());
         }
         loop {
-            let begun = Instant::now();
+            let mut begun = Instant::now();
             let plan = ex.session.plan_mut(ex.key);
-            let id = plan.begin_picked(peer.addr, peer.pick(), begun);
+            let mut id = plan.begin_picked(peer.addr, peer.pick(), begun);
             let mode = Mode {
                 fresh: plan.fresh_connection(),
             };
-            let result = self.attempt(ex, &peer, body.as_mut(), mode, begun).await;
+            let result = match hedging.take() {
+                None => self.attempt(ex, &peer, body.as_mut(), mode, begun).await,
+                // Boxed: only hedged requests pay for the hedging state.
+                Some(h) => {
+                    let first = (id, peer, begun);
+                    let s = Box::pin(self.hedged(ex, first, Arc::clone(&h), mode, &mut body)).await;
+                    if s.result.is_ok() {
+                        h.observe(s.begun.elapsed());
+                    }
+                    (id, peer, begun) = (s.id, s.peer, s.begun);
+                    s.result
+                }
+            };
             let Settled {
                 left,
                 retry_after,
@@ -756,6 +778,67 @@ fn count_retry(upstream: &str, last: Option<ErrorKind>, choice: Choice) {
     .increment(1);
 }
 
+/// The hedging of a request's first attempt to `peer`, when its upstream
+/// hedges and the request qualifies: no body, safe to repeat, no upgrade,
+/// no `Idempotency-Key`, and its method listed (or a hook said so). The
+/// request pays into the hedge budget here.
+fn hedging_for(session: &Session, peer: &HttpPeer, has_body: bool) -> Option<Arc<Hedging>> {
+    let h = peer.hedging()?;
+    let headers = session.headers();
+    if has_body
+        || !session.is_safe()
+        || headers.contains_key(header::UPGRADE)
+        || headers.contains_key("idempotency-key")
+    {
+        return None;
+    }
+    if !session
+        .hedging()
+        .unwrap_or_else(|| h.applies(session.method(), headers))
+    {
+        return None;
+    }
+    h.deposit(session.started());
+    Some(Arc::clone(h))
+}
+
+/// When an attempt to `peer` that began at `start` runs out of time: the
+/// read timeout (until response headers), the per-try timeout (the peer's,
+/// else the policy's) and the request's deadline, whichever comes first;
+/// and whether it is the deadline.
+fn limit_of(session: &Session, peer: &HttpPeer, start: Instant) -> (Instant, bool) {
+    let mut limit = start + peer.options.read_timeout;
+    let policy_try = session.planner().policy().and_then(|p| p.per_try_timeout);
+    if let Some(t) = peer.options.per_try_timeout.or(policy_try) {
+        limit = limit.min(start + t);
+    }
+    let deadline = session.deadline();
+    let deadline_binds = deadline.is_some_and(|d| d <= limit);
+    if let Some(d) = deadline {
+        limit = limit.min(d);
+    }
+    (limit, deadline_binds)
+}
+
+/// The failure of an attempt that ran out of time, having got as far as
+/// `progress` says.
+fn timed_out(deadline_binds: bool, progress: &Progress<'_>) -> AttemptErr {
+    let kind = if deadline_binds {
+        ErrorKind::DeadlineExceeded
+    } else if progress.commit == CommitPoint::NotConnected {
+        ErrorKind::ConnectTimeout
+    } else {
+        ErrorKind::ReadTimeout
+    };
+    let err = Error::upstream(kind).context("no response head in time");
+    AttemptErr {
+        err,
+        commit: progress.commit,
+        reused: progress.reused,
+        connecting: progress.commit == CommitPoint::NotConnected,
+    }
+}
+
 impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// One attempt, bounded by the per-try timeout, the read timeout (until
     /// response headers) and the overall deadline. All three measure the
@@ -774,20 +857,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let mut limit = start + peer.options.read_timeout;
-        let policy_try = ex
-            .session
-            .planner()
-            .policy()
-            .and_then(|p| p.per_try_timeout);
-        if let Some(t) = peer.options.per_try_timeout.or(policy_try) {
-            limit = limit.min(start + t);
-        }
-        let deadline = ex.session.deadline();
-        let deadline_binds = deadline.is_some_and(|d| d <= limit);
-        if let Some(d) = deadline {
-            limit = limit.min(d);
-        }
+        let (limit, deadline_binds) = limit_of(&ex.session, peer, start);
         let clock = ClientClock::new(start);
         let mut progress = Progress {
             commit: CommitPoint::NotConnected,
@@ -815,22 +885,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
         match timed {
             Some(r) => r,
-            None => {
-                let kind = if deadline_binds {
-                    ErrorKind::DeadlineExceeded
-                } else if progress.commit == CommitPoint::NotConnected {
-                    ErrorKind::ConnectTimeout
-                } else {
-                    ErrorKind::ReadTimeout
-                };
-                let err = Error::upstream(kind).context("no response head in time");
-                Err(AttemptErr {
-                    err,
-                    commit: progress.commit,
-                    reused: progress.reused,
-                    connecting: progress.commit == CommitPoint::NotConnected,
-                })
-            }
+            None => Err(timed_out(deadline_binds, &progress)),
         }
     }
 
@@ -869,19 +924,18 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         None
     }
 
-    async fn attempt_inner<B>(
+    /// An attempt up to the point of sending: a connection (pooled or
+    /// new), the hooks that run once connected, and the upstream request
+    /// head, adapted to the connection.
+    async fn open(
         &self,
         session: &mut Session,
         ctx: &mut P::CTX,
         peer: &HttpPeer,
-        body: Option<&mut RequestBody<B>>,
+        has_body: bool,
         mode: Mode,
         progress: &mut Progress<'_>,
-    ) -> Result<AttemptOk, AttemptErr>
-    where
-        B: Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<BoxError>,
-    {
+    ) -> Result<Opened, AttemptErr> {
         let sh = &*self.shared;
         let proxy = &*sh.proxy;
         let pooled = if mode.fresh {
@@ -891,7 +945,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         };
         let reused = pooled.is_some();
         progress.reused = reused;
-        let mut sender = match pooled {
+        let sender = match pooled {
             Some(s) => s,
             // Boxed: dialing (TLS handshake included) is a large future that
             // would otherwise make every request's future bigger, and it only
@@ -912,16 +966,83 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             .upstream_request_filter(session, &mut head, ctx)
             .await
             .map_err(|e| at(e, CommitPoint::Connected))?;
+        sender.adapt_head(&mut head, peer, has_body);
+        Ok(Opened {
+            sender,
+            head,
+            reused,
+        })
+    }
 
-        let mut body = body;
-        let (up_body, tx) = match body.as_mut() {
-            Some(b) => {
-                let (tx, ub) = b.open();
-                (ub, Some(tx))
+    /// A request without a body on an opened connection, until its response
+    /// head: borrows nothing of the request's state, so hedges of one
+    /// request can be in flight together.
+    async fn flight(
+        &self,
+        opened: Opened,
+        progress: &mut Progress<'_>,
+    ) -> Result<AttemptOk, AttemptErr> {
+        let Opened {
+            mut sender,
+            head,
+            reused,
+        } = opened;
+        let at = |err, commit| AttemptErr::new(err, commit, reused);
+        let send = sender.send(Request::from_parts(head, UpstreamBody::empty()));
+        progress.commit = CommitPoint::RequestSent;
+        match send.await {
+            Ok(resp) => {
+                progress.commit = CommitPoint::ResponseStarted;
+                let (mut head, body) = resp.into_parts();
+                forward::check_response_framing(head.status, &mut head.headers)
+                    .map_err(|e| at(e, CommitPoint::ResponseStarted))?;
+                Ok(AttemptOk {
+                    head,
+                    body,
+                    sender: sender.into_h1(),
+                    reused,
+                    upload: None,
+                    grpc: None,
+                })
             }
-            None => (UpstreamBody::empty(), None),
+            Err(mut e) => {
+                let commit = if e.take_message().is_some() {
+                    CommitPoint::Connected
+                } else {
+                    CommitPoint::RequestSent
+                };
+                Err(at(classify_hyper(e.into_error()), commit))
+            }
+        }
+    }
+
+    async fn attempt_inner<B>(
+        &self,
+        session: &mut Session,
+        ctx: &mut P::CTX,
+        peer: &HttpPeer,
+        body: Option<&mut RequestBody<B>>,
+        mode: Mode,
+        progress: &mut Progress<'_>,
+    ) -> Result<AttemptOk, AttemptErr>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Some(body) = body else {
+            let opened = self.open(session, ctx, peer, false, mode, progress).await?;
+            return self.flight(opened, progress).await;
         };
-        sender.adapt_head(&mut head, peer, tx.is_some());
+        let proxy = &*self.shared.proxy;
+        let Opened {
+            mut sender,
+            head,
+            reused,
+        } = self.open(session, ctx, peer, true, mode, progress).await?;
+        let at = |err, commit| AttemptErr::new(err, commit, reused);
+        let (tx, up_body) = body.open();
+        let tx = Some(tx);
+        let body = Some(&mut *body);
         let send = sender.send(Request::from_parts(head, up_body));
         // From here bytes may be on the wire: only hyper handing the request
         // back proves it unsent. A timeout from now on is not "never sent".

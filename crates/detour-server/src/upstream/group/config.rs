@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use detour_breaker::{BreakerConfig, BudgetConfig, LimitConfig};
-use detour_core::{check_duration, InvalidConfig, PeerOptions, RetryPolicy, Zero};
+use detour_core::{check_duration, HedgeConfig, InvalidConfig, PeerOptions, RetryPolicy, Zero};
 use detour_health::{HealthConfig, OutlierConfig};
 use detour_lb::{Algorithm, BackendSpec, DnsTarget, Failover, HashKey, LbOptions, SlowStart};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,8 @@ pub struct UpstreamConfig {
     pub slow_start: Option<SlowStart>,
     /// Retries and the retry budget (`[upstreams.NAME.retry]`).
     pub retry: RetryPolicy,
+    /// Hedged requests (`[upstreams.NAME.hedge]`); off when absent.
+    pub hedge: Option<HedgeConfig>,
     /// Per-attempt timeouts (`[upstreams.NAME.timeouts]`).
     pub timeouts: PeerOptions,
     /// Active health checks; none when the table is absent.
@@ -70,6 +72,7 @@ impl Default for UpstreamConfig {
             panic_threshold: LbOptions::default().panic_threshold,
             slow_start: None,
             retry: RetryPolicy::default(),
+            hedge: None,
             timeouts: PeerOptions::default(),
             health: None,
             outlier: OutlierConfig::default(),
@@ -174,6 +177,11 @@ impl UpstreamConfig {
             let key = e.field.replace("budget.", "retry.budget_");
             ConfigError::field(at(&key), e.reason)
         })?;
+        if let Some(h) = &self.hedge {
+            h.clone()
+                .validate()
+                .map_err(|e| ConfigError::field(at(&format!("hedge.{}", e.field)), e.reason))?;
+        }
         if let Some(h) = &self.health {
             h.clone().validate().map_err(bad)?;
         }

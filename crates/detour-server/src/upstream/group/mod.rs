@@ -48,7 +48,7 @@ use std::time::Duration;
 use detour_breaker::{BreakerRegistry, ConcurrencyLimit, RetryBudget};
 use detour_core::spread::Verdict;
 use detour_core::{
-    Backend, Error, ErrorKind, GateState, HttpPeer, Observer, PeerOptions, RemovalCap,
+    Backend, Error, ErrorKind, GateState, Hedging, HttpPeer, Observer, PeerOptions, RemovalCap,
     RetryBudgetGate, RetryPolicy, Session,
 };
 use detour_health::{ConfiguredCheck, HealthChecker, HealthConfig, HealthEvent, OutlierDetector};
@@ -85,6 +85,7 @@ pub struct Upstream {
     hash_key: Option<HashKey>,
     breakers: Option<Arc<BreakerRegistry>>,
     budget: Option<Arc<dyn RetryBudgetGate>>,
+    hedging: Option<Arc<Hedging>>,
     limit: Option<Arc<ConcurrencyLimit>>,
     health: Option<Arc<HealthChecker<ConfiguredCheck<CheckConnector>>>>,
     outlier: Arc<OutlierDetector>,
@@ -185,6 +186,7 @@ impl Upstream {
             lb.update(config.backends.iter().map(|s| s.to_backend()));
         }
         let (budget, limit, discovery) = admission(name, config)?;
+        let hedging = hedging(name, config)?;
         let services_started = Arc::new(AtomicBool::new(false));
         lb.on_panic(telemetry::panic_events(name, Arc::clone(&services_started)));
         let attempts = Arc::new(Lazy::new(name, attempt_handles));
@@ -200,6 +202,7 @@ impl Upstream {
             hash_key: config.hash_key.clone(),
             breakers,
             budget,
+            hedging,
             limit,
             health,
             outlier,
@@ -318,6 +321,9 @@ impl Upstream {
             .with_policy(Arc::clone(&self.policy));
         if let Some(b) = &self.budget {
             peer = peer.with_budget(Arc::clone(b));
+        }
+        if let Some(h) = &self.hedging {
+            peer = peer.with_hedging(Arc::clone(h));
         }
         if let Some(g) = guard {
             peer = peer.with_guard(g);
@@ -534,6 +540,25 @@ type Admission = (
     Option<Arc<ConcurrencyLimit>>,
     Option<(Sources, Duration)>,
 );
+
+/// The upstream's hedging, when its config has a `hedge` table: hedges paid
+/// from a budget of their own (`hedge.budget_ratio` of the requests over
+/// 10 s, no minimum).
+fn hedging(name: &str, config: &UpstreamConfig) -> Result<Option<Arc<Hedging>>, ConfigError> {
+    let Some(h) = &config.hedge else {
+        return Ok(None);
+    };
+    let mut b = detour_breaker::BudgetConfig::default();
+    b.ratio = h.budget_ratio;
+    b.min_per_second = 0;
+    let budget = RetryBudget::new(b).map_err(|e| {
+        ConfigError::field(
+            format!("upstreams.{name}.hedge.budget_ratio"),
+            e.to_string(),
+        )
+    })?;
+    Ok(Some(Arc::new(Hedging::new(h.clone(), Arc::new(budget)))))
+}
 
 fn admission(name: &str, config: &UpstreamConfig) -> Result<Admission, ConfigError> {
     let bad = |field: &str, e: &dyn std::fmt::Display| {
