@@ -28,7 +28,7 @@ pub(crate) const CORRELATED_PERCENT: u8 = 80;
 /// scenario, and how late.
 pub(crate) const TAIL_PERCENT: u8 = 5;
 /// See [`TAIL_PERCENT`].
-pub(crate) const TAIL_DELAY: Duration = Duration::from_millis(400);
+pub(crate) const TAIL_DELAY: Duration = Duration::from_millis(350);
 
 /// How long a slow backend waits before answering: well past every proxy's
 /// 400 ms per-try timeout, so a proxy that waits for it is visibly slow.

@@ -34,6 +34,9 @@ pub enum Mode {
     GrpcInTrailers(u32),
     /// gRPC: wait, then answer OK (status 0 in the trailers).
     GrpcSlow(Duration),
+    /// Answer `200` after this long, unless the client resets the stream
+    /// first (counted in [`H2Backend::resets`]).
+    Slow(Duration),
 }
 
 /// One request as the backend saw it.
@@ -52,6 +55,7 @@ struct State {
     refused: AtomicUsize,
     connections: AtomicUsize,
     streams: AtomicUsize,
+    resets: AtomicUsize,
 }
 
 pub struct H2Backend {
@@ -121,6 +125,10 @@ impl H2Backend {
 
     pub fn refused(&self) -> usize {
         self.state.refused.load(Ordering::SeqCst)
+    }
+
+    pub fn resets(&self) -> usize {
+        self.state.resets.load(Ordering::SeqCst)
     }
 
     pub fn connections(&self) -> usize {
@@ -219,6 +227,18 @@ async fn handle(
                 .unwrap();
             resp.headers_mut().extend(grpc(status));
             let _ = respond.send_response(resp, true);
+        }
+        Mode::Slow(delay) => {
+            let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {
+                    let resp = Response::builder().status(200).body(()).unwrap();
+                    let _ = respond.send_response(resp, true);
+                }
+                _ = reset => {
+                    st.resets.fetch_add(1, Ordering::SeqCst);
+                }
+            }
         }
         Mode::GrpcSlow(delay) => {
             tokio::time::sleep(delay).await;
