@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use detour_core::hedge::{HedgeConfig, HedgeDelay, Hedging};
 use detour_core::{
-    Error, ErrorKind, HttpPeer, ProxyHttp, Result, RetryBudgetGate, RetryPolicy, Session,
+    AttemptOutcome, Error, ErrorKind, HttpPeer, Observer, ProxyHttp, Result, RetryBudgetGate,
+    RetryPolicy, Session,
 };
 use detour_server::{HttpProxy, ServerConfig};
 use detour_testkit::memory::{MemBehavior, MemoryConnector, MemoryNet};
@@ -68,9 +69,20 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// Every attempt outcome reported to observers: address, status.
+#[derive(Default)]
+struct Charged(Mutex<Vec<(SocketAddr, Option<u16>)>>);
+
+impl Observer for Charged {
+    fn on_attempt(&self, o: &AttemptOutcome<'_>) {
+        self.0.lock().unwrap().push((o.addr, o.status));
+    }
+}
+
 struct Setup {
     proxy: HttpProxy<Hedged, MemoryConnector>,
     history: Arc<Mutex<Vec<String>>>,
+    charged: Arc<Charged>,
 }
 
 fn setup(net: &MemoryNet, tokens: u32, hedge: Option<bool>, config: HedgeConfig) -> Setup {
@@ -79,6 +91,7 @@ fn setup(net: &MemoryNet, tokens: u32, hedge: Option<bool>, config: HedgeConfig)
         Arc::new(Tokens(AtomicU32::new(tokens))),
     ));
     let history = Arc::new(Mutex::new(Vec::new()));
+    let charged = Arc::new(Charged::default());
     let mut server = ServerConfig::default();
     let mut policy = RetryPolicy::default();
     policy.jitter = 0.0;
@@ -91,8 +104,13 @@ fn setup(net: &MemoryNet, tokens: u32, hedge: Option<bool>, config: HedgeConfig)
     })
     .config(server)
     .connector(net.connector())
+    .observer(Arc::clone(&charged) as Arc<dyn Observer>)
     .build();
-    Setup { proxy, history }
+    Setup {
+        proxy,
+        history,
+        charged,
+    }
 }
 
 fn after(delay: u64) -> HedgeConfig {
@@ -140,6 +158,8 @@ async fn a_late_answer_is_hedged_and_the_first_answer_wins() {
         h.contains(&format!("#2 {} hedge 200 0.0ms", addr(2))),
         "{h}"
     );
+    // The cancelled attempt is reported to no observer: no backend's failure.
+    assert_eq!(*s.charged.0.lock().unwrap(), [(addr(2), Some(200))]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -162,6 +182,11 @@ async fn a_retriable_status_leaves_the_hedge_running() {
     let h = last(&s);
     assert!(h.contains("first 503 50.0ms superseded"), "{h}");
     assert!(h.contains("hedge 200 100.0ms"), "{h}");
+    // The superseded 503 is charged like any answer.
+    assert_eq!(
+        *s.charged.0.lock().unwrap(),
+        [(addr(1), Some(503)), (addr(2), Some(200))]
+    );
     assert_eq!(
         net.requests(addr(3)),
         0,

@@ -38,6 +38,7 @@ pub struct Behavior {
     pub(crate) racy_idle_close: Option<Duration>,
     pub(crate) keep_alive_hint: Option<u64>,
     pub(crate) healthy_path: Option<String>,
+    pub(crate) share_seed: u64,
 }
 
 /// The one thing a behavior does per request. See the constructors for each meaning.
@@ -77,6 +78,7 @@ impl Behavior {
             racy_idle_close: None,
             keep_alive_hint: None,
             healthy_path: None,
+            share_seed: 0,
         }
     }
 
@@ -262,6 +264,16 @@ impl Behavior {
         self
     }
 
+    /// Pick a share's requests ([`fail_share`](Self::fail_share),
+    /// [`slow_share`](Self::slow_share)) from sequence `seed` instead of
+    /// sequence 0. Backends given the same share and the same seed pick the
+    /// same request numbers: under round robin they would all fail (or
+    /// stall) the same round of requests together.
+    pub fn seeded(mut self, seed: u64) -> Self {
+        self.share_seed = seed;
+        self
+    }
+
     /// Whether this behavior refuses connections (see [`refuse`](Self::refuse)).
     pub fn refuses(&self) -> bool {
         matches!(self.action, Action::Refuse)
@@ -296,8 +308,12 @@ impl Installed {
     /// Whether the next request is among the `percent` % a share picks.
     pub(crate) fn next_is_in(&self, percent: u8) -> bool {
         let n = self.sequence_position.fetch_add(1, Ordering::Relaxed) as u64;
-        // splitmix64 of the request's number: uniform, and the same each run.
-        let mut z = n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // splitmix64 of the request's number (and the seed): uniform, and
+        // the same each run.
+        let seed = self.behavior.share_seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let mut z = (n ^ seed)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
@@ -357,5 +373,12 @@ mod tests {
         assert!((7_700..8_300).contains(&failed), "{failed} of 10000");
         let never = Installed::new(Behavior::fail_share(503, 0));
         assert!((0..100).all(|_| never.next_in_share(503, 0) == 200));
+        // Another seed, another pick of about the same share.
+        let picks = |seed| {
+            let i = Installed::new(Behavior::fail_share(503, 50).seeded(seed));
+            (0..64).map(|_| i.next_is_in(50)).collect::<Vec<_>>()
+        };
+        assert_eq!(picks(0), picks(0));
+        assert_ne!(picks(0), picks(1));
     }
 }

@@ -321,8 +321,11 @@ async fn run_one(
                     .await
                     .map_err(|e| format!("backend {} cannot restart: {e}", up.addr()))?,
                 other => {
+                    // Seeded by backend: a share (fail_share, slow_share)
+                    // picks other requests on each, as independent
+                    // backends would.
                     if let Some(b) = other.behavior() {
-                        up.set_behavior(b);
+                        up.set_behavior(b.seeded(step.backend as u64));
                     }
                 }
             }
