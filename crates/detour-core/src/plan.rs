@@ -669,7 +669,13 @@ impl Planner {
         if retries > 0 {
             return Some(u32::try_from(retries).unwrap_or(u32::MAX));
         }
-        match attempts.last()?.decision? {
+        // The last attempt with a decision of its own: a superseded or
+        // cancelled hedge says nothing about what this hop decided.
+        let last = attempts
+            .iter()
+            .rev()
+            .find(|a| !matches!(a.decision, None | Some(Decision::Superseded)))?;
+        match last.decision? {
             Decision::Stop(
                 NoRetry::BudgetExhausted
                 | NoRetry::CorrelatedFailure

@@ -7,7 +7,7 @@ use http::request::Parts;
 use tokio::time::Instant;
 
 use crate::error::ErrorKind;
-use crate::plan::{Attempt, Planner};
+use crate::plan::{Attempt, Choice, Planner};
 
 /// The request target exactly as the client sent it, kept in the request's
 /// extensions when the server rewrote the target (path normalization, see
@@ -204,9 +204,15 @@ impl Session {
         self.plan.current().map_or(0, |a| a.id.number())
     }
 
-    /// Retries made so far.
+    /// Retries made so far (failovers included; hedges are not retries).
     pub fn retries(&self) -> u32 {
-        self.attempt().saturating_sub(1)
+        let retries = self
+            .plan
+            .attempts()
+            .iter()
+            .filter(|a| matches!(a.choice, Choice::Failover | Choice::Retry))
+            .count();
+        u32::try_from(retries).unwrap_or(u32::MAX)
     }
 
     /// The addresses already tried for this request, oldest first.

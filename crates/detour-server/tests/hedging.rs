@@ -38,6 +38,8 @@ struct Hedged {
     hedging: Arc<Hedging>,
     hedge: Option<bool>,
     history: Arc<Mutex<Vec<String>>>,
+    /// How long choosing a peer takes after the first attempt began.
+    slow_choice: Duration,
 }
 
 impl ProxyHttp for Hedged {
@@ -46,6 +48,9 @@ impl ProxyHttp for Hedged {
     async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> Result<HttpPeer> {
         if let Some(on) = self.hedge {
             s.set_hedging(on);
+        }
+        if !s.attempts().is_empty() {
+            tokio::time::sleep(self.slow_choice).await;
         }
         let addr = self
             .backends
@@ -86,6 +91,16 @@ struct Setup {
 }
 
 fn setup(net: &MemoryNet, tokens: u32, hedge: Option<bool>, config: HedgeConfig) -> Setup {
+    setup_with(net, tokens, hedge, config, Duration::ZERO)
+}
+
+fn setup_with(
+    net: &MemoryNet,
+    tokens: u32,
+    hedge: Option<bool>,
+    config: HedgeConfig,
+    slow_choice: Duration,
+) -> Setup {
     let hedging = Arc::new(Hedging::new(
         config.validate().unwrap(),
         Arc::new(Tokens(AtomicU32::new(tokens))),
@@ -101,6 +116,7 @@ fn setup(net: &MemoryNet, tokens: u32, hedge: Option<bool>, config: HedgeConfig)
         hedging,
         hedge,
         history: Arc::clone(&history),
+        slow_choice,
     })
     .config(server)
     .connector(net.connector())
@@ -261,4 +277,21 @@ async fn a_hook_can_hedge_a_method_left_off_the_list_if_it_is_safe() {
     net.set(addr(2), MemBehavior::status(200));
     let s = setup(&net, 10, Some(true), after(30));
     assert_eq!(send(&s, "POST", &[]).await, (200, ms(400)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_comes_while_a_hedge_is_set_up_wins_at_once() {
+    let net = MemoryNet::new();
+    net.set(addr(1), MemBehavior::slow(200, ms(40)));
+    net.set(addr(2), MemBehavior::status(200));
+    // Choosing the hedge's backend takes 100 ms (a busy concurrency limit,
+    // a slow hook): the first answer, at 40 ms, does not wait for it.
+    let s = setup_with(&net, 10, None, after(30), ms(100));
+    assert_eq!(send(&s, "GET", &[]).await, (200, ms(40)));
+    assert_eq!(net.requests(addr(2)), 0);
+    let h = last(&s);
+    assert!(
+        h.starts_with(&format!("#1 {} first 200 40.0ms", addr(1))),
+        "{h}"
+    );
 }

@@ -602,3 +602,31 @@ fn retried_here_says_whether_retrying_was_done_at_this_hop() {
     p.next(id, Limits::none(), t);
     assert_eq!(p.retried_here(), Some(2), "{p}");
 }
+
+/// A hedge that failed and was superseded says nothing of what this hop
+/// decided: the survivor's decision makes the `retried` parameter.
+#[test]
+fn retried_here_reads_past_a_superseded_hedge() {
+    let t = Instant::now();
+    let spent = Gate(AtomicU32::new(0));
+    let no_budget = Limits {
+        budget: Some(&spent),
+        ..Limits::none()
+    };
+    let mut p = armed(RetryPolicy::default(), true);
+    let first = p.begin(addr(1), t);
+    let hedge = p.begin_hedge(addr(2), None, t);
+    p.settle(hedge, failed(ConnectRefused, NotConnected), t);
+    p.supersede(hedge);
+    p.settle(first, answered(503), t);
+    assert_eq!(
+        p.next(first, no_budget, t),
+        Decision::Stop(NoRetry::BudgetExhausted)
+    );
+    assert_eq!(p.retried_here(), Some(0), "{p}");
+    assert!(
+        p.to_string()
+            .contains("hedge connection_refused@not_connected 0.0ms superseded"),
+        "{p}"
+    );
+}

@@ -552,10 +552,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 // Boxed: only hedged requests pay for the hedging state.
                 Some(h) => {
                     let first = (id, peer, begun);
-                    let s = Box::pin(self.hedged(ex, first, Arc::clone(&h), mode, &mut body)).await;
-                    if s.result.is_ok() {
-                        h.observe(s.begun.elapsed());
-                    }
+                    let s = Box::pin(self.hedged(ex, first, h, mode, &mut body)).await;
                     (id, peer, begun) = (s.id, s.peer, s.begun);
                     s.result
                 }
@@ -620,6 +617,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         B::Error: Into<BoxError>,
     {
         let latency = begun.elapsed();
+        if let (Some(h), Ok(_)) = (peer.hedging(), &result) {
+            // Every answered attempt to an upstream that hedges teaches its
+            // adaptive delay, hedged or not.
+            h.observe(latency);
+        }
         let mut rest: Option<Box<dyn Upload<P>>> = None;
         let (report, got, retry_after) = match result {
             Ok(mut ok) => {

@@ -49,6 +49,14 @@ pub(super) struct Survivor {
     pub(super) result: Result<AttemptOk, AttemptErr>,
 }
 
+/// How a hedge's setup ended: a flight came down first, or the hedge flies
+/// (`None`: no hedge after all).
+#[allow(clippy::large_enum_variant)] // made once per hedge, moved once
+enum Setup<'a> {
+    Came(Event),
+    Done(Option<Flying<'a>>),
+}
+
 // Unboxed on purpose: made once per flight that comes down, and moved once.
 #[allow(clippy::large_enum_variant)]
 enum Event {
@@ -90,20 +98,41 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             Err(s) => return s,
         }
         let mut extra = 0;
-        let mut next_hedge = Some(begun + hedging.delay());
+        let rearm = |from: Instant, extra: u32| {
+            (extra < hedging.max_extra())
+                .then(|| from.checked_add(hedging.delay()))
+                .flatten()
+        };
+        let mut next_hedge = rearm(begun, extra);
+        let mut came: Option<Event> = None;
         loop {
-            match next_event(&mut flying, next_hedge).await {
+            let event = match came.take() {
+                Some(e) => e,
+                None => next_event(&mut flying, next_hedge).await,
+            };
+            match event {
                 Event::Hedge => {
                     extra += 1;
                     next_hedge = None;
-                    // While a hedge opens, the flights are not watched: an
-                    // answer that comes meanwhile waits in its connection.
+                    // The flights are watched while the hedge is set up (a
+                    // backend chosen, maybe a connection opened): an answer
+                    // that comes first wins and the setup is dropped.
                     let busy: Vec<SocketAddr> = flying.iter().map(|f| f.peer.addr).collect();
-                    if let Some(f) = self.hedge_one(ex, &hedging, &busy, mode, body).await {
-                        flying.push(f);
-                        if extra < hedging.max_extra() {
-                            next_hedge = Some(Instant::now() + hedging.delay());
+                    let setup = tokio::select! {
+                        biased;
+                        e = next_event(&mut flying, None) => Setup::Came(e),
+                        f = self.hedge_one(ex, &hedging, &busy, mode, body) => Setup::Done(f),
+                    };
+                    match setup {
+                        Setup::Came(e) => {
+                            self.cancel_unflown(ex, &flying);
+                            came = Some(e);
                         }
+                        Setup::Done(Some(f)) => {
+                            flying.push(f);
+                            next_hedge = rearm(Instant::now(), extra);
+                        }
+                        Setup::Done(None) => {}
                     }
                 }
                 Event::Done(i, result) => {
@@ -113,6 +142,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                         for other in flying.drain(..) {
                             ex.session.plan_mut(ex.key).cancel(other.id, now);
                             count(&other.peer.upstream, "cancelled");
+                            // At least this slow: a sample for the delay,
+                            // which would learn only the fast answers else.
+                            hedging.observe(now.saturating_duration_since(other.begun));
                         }
                         if f.hedge && deliverable(ex, &result) {
                             count(&f.peer.upstream, "won");
@@ -123,9 +155,6 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                             begun: f.begun,
                             result,
                         };
-                    }
-                    if result.is_ok() {
-                        hedging.observe(f.begun.elapsed());
                     }
                     self.supersede(ex, f.id, f.peer, result, body, f.begun);
                 }
@@ -166,6 +195,26 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             Err(s) => {
                 self.supersede(ex, s.id, s.peer, s.result, body, s.begun);
                 None
+            }
+        }
+    }
+
+    /// Cancel the attempts the planner holds in flight that are not in
+    /// `flying`: a hedge whose setup was dropped half-way.
+    fn cancel_unflown(&self, ex: &mut Exchange<P>, flying: &[Flying<'_>]) {
+        let now = Instant::now();
+        let unflown: Vec<AttemptId> = ex
+            .session
+            .planner()
+            .attempts()
+            .iter()
+            .filter(|a| a.outcome.is_none() && flying.iter().all(|f| f.id != a.id))
+            .map(|a| a.id)
+            .collect();
+        for id in unflown {
+            ex.session.plan_mut(ex.key).cancel(id, now);
+            if let Some(f) = flying.first() {
+                count(&f.peer.upstream, "cancelled");
             }
         }
     }
