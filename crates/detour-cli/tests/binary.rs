@@ -50,13 +50,8 @@ async fn serves_reloads_on_sighup_and_drains_on_sigterm() {
     let file = dir.join("detour.toml");
     std::fs::write(&file, config(a.addr())).unwrap();
 
-    let support::Detour {
-        mut child,
-        pid,
-        addr,
-        lines,
-        ..
-    } = support::start(&file);
+    let mut d = support::start(&file);
+    let (pid, addr) = (d.pid, d.addr);
     assert_eq!(answered_by(addr).await, a.addr().to_string());
 
     // A broken file is refused on SIGHUP; the old configuration keeps serving.
@@ -78,7 +73,7 @@ async fn serves_reloads_on_sighup_and_drains_on_sigterm() {
         for _ in 0..20 {
             assert_eq!(answered_by(addr).await, a.addr().to_string());
         }
-        while let Ok(line) = lines.try_recv() {
+        while let Ok(line) = d.lines.try_recv() {
             // Logs to a pipe carry no colour escapes.
             assert!(!line.contains('\u{1b}'), "{line:?}");
             if line.contains("reload refused") && line.contains("routes") {
@@ -102,7 +97,7 @@ async fn serves_reloads_on_sighup_and_drains_on_sigterm() {
     assert!(moved, "SIGHUP swapped the backends");
 
     signal(pid, "-TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let status = tokio::task::spawn_blocking(move || d.child.wait().unwrap())
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");

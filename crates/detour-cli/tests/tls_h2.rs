@@ -244,12 +244,8 @@ async fn the_binary_serves_h2_over_tls_and_reloads_certificates_on_sighup() {
         backend.addr()
     );
     std::fs::write(&file, text).unwrap();
-    let support::Detour {
-        mut child,
-        pid,
-        addr,
-        ..
-    } = support::start(&file);
+    let mut d = support::start(&file);
+    let (pid, addr) = (d.pid, d.addr);
     let (served, status) = h2_get(addr, &first).await;
     assert_eq!((served, status), (first.clone(), 200));
 
@@ -288,7 +284,7 @@ async fn the_binary_serves_h2_over_tls_and_reloads_certificates_on_sighup() {
     assert_eq!((served, status), (second, 200));
 
     signal(pid, "-TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let status = tokio::task::spawn_blocking(move || d.child.wait().unwrap())
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");

@@ -21,6 +21,15 @@ pub struct Detour {
     pub lines: Receiver<String>,
 }
 
+/// A test that ends, passing or failing, stops the process it started:
+/// nothing outlives the test run.
+impl Drop for Detour {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The binary, run from `/` as a service manager runs it: nothing may
 /// depend on the working directory.
 pub fn detour() -> Command {
