@@ -286,18 +286,16 @@ impl LatencyTracker {
         if self.samples.load(Ordering::Relaxed) < Self::WARM {
             return None;
         }
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
+        // Two passes over the counters, no copy: a sample recorded between
+        // them shifts the answer by at most one bucket.
+        let count = |b: &AtomicU64| b.load(Ordering::Relaxed);
+        let total: u64 = self.buckets.iter().map(count).sum();
         if total == 0 {
             return None;
         }
         let want = (q * total as f64).ceil() as u64;
         let mut seen = 0;
-        for (b, c) in counts.iter().enumerate() {
+        for (b, c) in self.buckets.iter().map(count).enumerate() {
             seen += c;
             if seen >= want {
                 return Some(Self::upper(b));

@@ -47,11 +47,14 @@ pub fn marked_retried<'a>(values: impl IntoIterator<Item = &'a [u8]>, trusted: &
     values.into_iter().any(|line| {
         split_outside_quotes(line, b',').any(|member| {
             let mut parts = split_outside_quotes(member, b';');
-            let name = parts.next().map(|n| unquote(trim(n))).unwrap_or_default();
+            let name = parts
+                .next()
+                .map(|n| unquote(n.trim_ascii()))
+                .unwrap_or_default();
             trusted.iter().any(|t| t.as_bytes() == name)
                 && parts.any(|p| {
                     let key = p.split(|&b| b == b'=').next().unwrap_or_default();
-                    trim(key) == RETRIED_PARAM.as_bytes()
+                    key.trim_ascii() == RETRIED_PARAM.as_bytes()
                 })
         })
     })
@@ -89,10 +92,6 @@ fn split_outside_quotes(s: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
         rest = None;
         Some(s)
     })
-}
-
-fn trim(s: &[u8]) -> &[u8] {
-    s.trim_ascii()
 }
 
 /// A quoted string's content (escapes left as they are: member names need

@@ -822,6 +822,39 @@ fn limit_of(session: &Session, peer: &HttpPeer, start: Instant) -> (Instant, boo
     (limit, deadline_binds)
 }
 
+/// An answer to an attempt: its head checked for framing, the connection
+/// to pool once its body is read, and the upload still going, if any.
+fn answered(
+    resp: Response<Incoming>,
+    sender: Conn,
+    reused: bool,
+    upload: Option<tokio::sync::mpsc::Sender<UpFrame>>,
+    progress: &mut Progress<'_>,
+) -> Result<AttemptOk, AttemptErr> {
+    progress.commit = CommitPoint::ResponseStarted;
+    let (mut head, body) = resp.into_parts();
+    forward::check_response_framing(head.status, &mut head.headers)
+        .map_err(|e| AttemptErr::new(e, CommitPoint::ResponseStarted, reused))?;
+    Ok(AttemptOk {
+        head,
+        body,
+        sender: sender.into_h1(),
+        reused,
+        upload,
+        grpc: None,
+    })
+}
+
+/// How far a request hyper failed to send got: hyper hands back a request
+/// it never wrote, provably unsent; otherwise `sent`.
+fn unsent_or(e: &mut dial::SendError, sent: CommitPoint) -> CommitPoint {
+    if e.take_message().is_some() {
+        CommitPoint::Connected
+    } else {
+        sent
+    }
+}
+
 /// The failure of an attempt that ran out of time, having got as far as
 /// `progress` says.
 fn timed_out(deadline_binds: bool, progress: &Progress<'_>) -> AttemptErr {
@@ -993,26 +1026,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let send = sender.send(Request::from_parts(head, UpstreamBody::empty()));
         progress.commit = CommitPoint::RequestSent;
         match send.await {
-            Ok(resp) => {
-                progress.commit = CommitPoint::ResponseStarted;
-                let (mut head, body) = resp.into_parts();
-                forward::check_response_framing(head.status, &mut head.headers)
-                    .map_err(|e| at(e, CommitPoint::ResponseStarted))?;
-                Ok(AttemptOk {
-                    head,
-                    body,
-                    sender: sender.into_h1(),
-                    reused,
-                    upload: None,
-                    grpc: None,
-                })
-            }
+            Ok(resp) => answered(resp, sender, reused, None, progress),
             Err(mut e) => {
-                let commit = if e.take_message().is_some() {
-                    CommitPoint::Connected
-                } else {
-                    CommitPoint::RequestSent
-                };
+                let commit = unsent_or(&mut e, CommitPoint::RequestSent);
                 Err(at(classify_hyper(e.into_error()), commit))
             }
         }
@@ -1074,26 +1090,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         progress.commit = sent;
         match result {
             Ok(resp) => {
-                progress.commit = CommitPoint::ResponseStarted;
-                let (mut head, body) = resp.into_parts();
-                forward::check_response_framing(head.status, &mut head.headers)
-                    .map_err(|e| at(e, CommitPoint::ResponseStarted))?;
-                Ok(AttemptOk {
-                    head,
-                    body,
-                    sender: sender.into_h1(),
-                    reused,
-                    upload: if pump_done { None } else { tx },
-                    grpc: None,
-                })
+                let upload = if pump_done { None } else { tx };
+                answered(resp, sender, reused, upload, progress)
             }
             Err(mut e) => {
-                // hyper hands back a request it never wrote: provably unsent.
-                let commit = if e.take_message().is_some() {
-                    CommitPoint::Connected
-                } else {
-                    sent
-                };
+                let commit = unsent_or(&mut e, sent);
                 if !pump_done && progress.clock.slow_client_waited_on() {
                     // The backend gave up while waiting for a body slower than
                     // client_body_min_rate: its own body timeout, most likely.

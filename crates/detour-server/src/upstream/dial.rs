@@ -64,8 +64,11 @@ where
     }
 }
 
+/// A request hyper could not send (it may hand the request back).
+pub(crate) type SendError = TrySendError<Request<UpstreamBody>>;
+
 /// What sending a request gives back.
-pub(crate) type SendResult = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>;
+pub(crate) type SendResult = Result<Response<Incoming>, SendError>;
 
 impl Conn {
     /// Send `req`. A request hyper never wrote comes back in the error.

@@ -137,7 +137,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 }
                 Event::Done(i, result) => {
                     let f = flying.swap_remove(i);
-                    if flying.is_empty() || deliverable(ex, &result) {
+                    let wins = deliverable(ex, &result);
+                    if flying.is_empty() || wins {
                         let now = Instant::now();
                         for other in flying.drain(..) {
                             ex.session.plan_mut(ex.key).cancel(other.id, now);
@@ -146,7 +147,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                             // which would learn only the fast answers else.
                             hedging.observe(now.saturating_duration_since(other.begun));
                         }
-                        if f.hedge && deliverable(ex, &result) {
+                        if f.hedge && wins {
                             count(&f.peer.upstream, "won");
                         }
                         return Survivor {
