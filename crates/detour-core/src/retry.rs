@@ -85,9 +85,12 @@ pub struct RetryPolicy {
     /// Default 0.2. With `budget_min_per_second`, 0 turns the budget off.
     /// (The budget itself lives with the upstream; `detour-breaker` keeps it.)
     pub budget_ratio: f64,
-    /// Retries allowed per second whatever the traffic. Default 10.
+    /// Retries allowed per second whatever the traffic. Default 10. A new
+    /// budget also lends 10 s of them once, until its traffic earns as much.
     pub budget_min_per_second: u32,
-    /// How far back the budget counts. Default 10 s.
+    /// How far back the budget counts. Default 1 s: the budget follows the
+    /// traffic of the moment, so the healthy traffic before an outage cannot
+    /// pay for retries during it (see `detour-breaker`'s `RetryBudget`).
     #[serde(with = "humantime_serde")]
     pub budget_window: Duration,
     /// Stop retrying attempts that reached a backend while the upstream's
@@ -126,7 +129,7 @@ impl Default for RetryPolicy {
             idempotency_key: false,
             budget_ratio: 0.2,
             budget_min_per_second: 10,
-            budget_window: Duration::from_secs(10),
+            budget_window: Duration::from_secs(1),
             correlated_brake: true,
             trusted_hops: Vec::new(),
         }

@@ -126,13 +126,9 @@ impl Kind {
 /// is for the others, unless asked for (it lists every attempt).
 ///
 /// In a chain both hops turn the correlated-failure brake off (it would
-/// stop every retry in the chained scenario, leaving nothing to compare)
-/// and count their retry budgets over 1 s instead of 10 s: the closed-loop
-/// clients slow down a hundredfold during the fault (each failed request
-/// waits out backoffs), so a 10 s window still holds the healthy traffic
-/// before it and no budget binds; over 1 s each hop's budget bounds its
-/// retries by the traffic of the outage itself, which is what the scenario
-/// compares. The outer one trusts the inner's `retried` marker
+/// stop every retry in the chained scenario, leaving nothing to compare);
+/// nothing else changes, so each hop's retry budget keeps its defaults. The
+/// outer one trusts the inner's `retried` marker
 /// (`trusted_hops = ["detour"]`), so only one hop retries.
 ///
 /// A hedging run adds `[upstreams.app.hedge]` with a fixed delay of
@@ -146,10 +142,8 @@ pub(crate) fn detour_config(port: u16, backends: &[SocketAddr], tuning: Tuning) 
     };
     let chain = match tuning.hop {
         Hop::Only => "",
-        Hop::Inner => "correlated_brake = false\nbudget_window = \"1s\"\n",
-        Hop::Outer => {
-            "correlated_brake = false\nbudget_window = \"1s\"\ntrusted_hops = [\"detour\"]\n"
-        }
+        Hop::Inner => "correlated_brake = false\n",
+        Hop::Outer => "correlated_brake = false\ntrusted_hops = [\"detour\"]\n",
     };
     let level = if access_log {
         "warn,detour::access=info"
@@ -467,7 +461,10 @@ mod tests {
         let outer = detour_config(8081, &backends()[..1], tuning(Hop::Outer));
         for c in [&inner, &outer] {
             assert!(c.contains("correlated_brake = false\n"), "{c}");
-            assert!(c.contains("budget_window = \"1s\"\n"), "{c}");
+            assert!(
+                !c.contains("budget"),
+                "the budgets keep their defaults: {c}"
+            );
             // Still valid TOML with the lines in the retry table.
             let t: toml::Table = c.parse().unwrap();
             assert!(t["upstreams"]["app"]["retry"]

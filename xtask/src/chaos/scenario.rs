@@ -277,7 +277,7 @@ fn every_backend(name: &str, fault: Duration, repair: Duration) -> Option<Script
         ),
         "chained" => (
             format!(
-                "two proxies in a chain (clients → outer → inner → A, B, C), the correlated brake off and retry budgets over 1 s on both; A, B and C each fail {CORRELATED_PERCENT} % of client requests with 503 while their health checks pass, from {} to {}",
+                "two proxies in a chain (clients → outer → inner → A, B, C), the correlated brake off on both; A, B and C each fail {CORRELATED_PERCENT} % of client requests with 503 while their health checks pass, from {} to {}",
                 secs(fault),
                 secs(repair)
             ),

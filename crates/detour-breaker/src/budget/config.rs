@@ -13,8 +13,10 @@ const MIN_WINDOW: Duration = Duration::from_millis(10);
 /// How many retries a [`RetryBudget`](crate::RetryBudget) allows.
 ///
 /// Over any `window`, retries may number `ratio × requests + min_per_second ×
-/// window` (in seconds). The `detour` binary reads `ratio` from the retry
-/// table's `budget_ratio` key.
+/// window` (in seconds); a new budget also lends `min_per_second ×`
+/// [`START_SECONDS`](crate::budget::START_SECONDS) once, until its traffic
+/// earns as much (see [`RetryBudget`](crate::RetryBudget)). The `detour`
+/// binary reads `ratio` from the retry table's `budget_ratio` key.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -26,7 +28,11 @@ pub struct BudgetConfig {
     /// Retries allowed per second whatever the traffic, so a quiet service can
     /// still retry. Default 10.
     pub min_per_second: u32,
-    /// How far back requests and retries are counted. Default 10 s.
+    /// How far back requests and retries are counted. Default 1 s, so that
+    /// the budget binds against the traffic of the moment: when clients slow
+    /// down during an outage (each failed request waits out its backoffs), a
+    /// longer window still holds the healthy traffic before it, and that
+    /// traffic pays for the outage's retries.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
 }
@@ -36,7 +42,7 @@ impl Default for BudgetConfig {
         BudgetConfig {
             ratio: 0.2,
             min_per_second: 10,
-            window: Duration::from_secs(10),
+            window: Duration::from_secs(1),
         }
     }
 }
@@ -74,7 +80,7 @@ mod tests {
         let c = BudgetConfig::default();
         assert_eq!(
             (c.ratio, c.min_per_second, c.window),
-            (0.2, 10, Duration::from_secs(10))
+            (0.2, 10, Duration::from_secs(1))
         );
         c.validate().unwrap();
         let c: BudgetConfig = toml::from_str("ratio = 0.1\nwindow = \"30s\"").unwrap();

@@ -4,8 +4,10 @@
 //! Without a budget, every request to a failing upstream becomes
 //! `1 + max_retries` attempts exactly when the upstream can least take them.
 //! A budget caps retries at `ratio × requests + min_per_second × window` over
-//! a sliding window; once it is spent the engine stops retrying and passes
-//! the failure on.
+//! a sliding window (1 s by default, so it follows the traffic of the
+//! moment); once it is spent the engine stops retrying and passes the failure
+//! on. A new budget, whose window has seen no traffic yet, also lends
+//! [`START_SECONDS`] of the minimum until its traffic earns as much.
 //!
 //! The model is Finagle's `RetryBudget` (a percentage of requests plus a
 //! minimum per second over a time-to-live), which tower's `TpsBudget` also
@@ -28,12 +30,23 @@ use detour_core::InvalidConfig;
 const BUCKETS: u64 = 10;
 /// A bucket is `step (32 bits) | count (32 bits)`.
 const LOW: u64 = 0xffff_ffff;
+/// Seconds of `min_per_second` a new budget lends.
+pub const START_SECONDS: u32 = 10;
 
 /// A retry budget: retries allowed as a ratio of recent requests plus a
 /// minimum per second. Lock-free; share it (in an `Arc`) between workers.
 ///
 /// Call [`record_request`](Self::record_request) once per request (not per
 /// attempt) and [`try_withdraw`](Self::try_withdraw) before each retry.
+///
+/// **The loan.** A proxy that starts (or an upstream that is added) into a
+/// partial outage has no traffic in its window to earn retries with, yet
+/// must find the working backends. So a new budget lends `min_per_second ×`
+/// [`START_SECONDS`] retries beyond its window, spent only when the window
+/// refuses. The loan ends for good at the first withdrawal at which the
+/// ratio alone earns as much in one window: from then on the budget pays
+/// for itself, and no saved-up credit can pay for an outage that slowed the
+/// clients down.
 ///
 /// ```
 /// use detour_breaker::{BudgetConfig, RetryBudget};
@@ -56,6 +69,10 @@ pub struct RetryBudget {
     ratio: f64,
     /// `min_per_second × window`, in retries.
     reserve: f64,
+    /// What is left of the loan (0 once it ended).
+    loan: AtomicU64,
+    /// What the loan lent at the start, in retries.
+    lent: f64,
     epoch: Epoch,
     config: BudgetConfig,
 }
@@ -69,7 +86,8 @@ impl fmt::Debug for RetryBudget {
 }
 
 impl RetryBudget {
-    /// A budget with nothing recorded yet (the minimum is available at once).
+    /// A budget with nothing recorded yet (the minimum and the loan are
+    /// available at once).
     ///
     /// # Errors
     /// [`InvalidConfig`] when `config` does not [validate](BudgetConfig::validate).
@@ -81,6 +99,8 @@ impl RetryBudget {
             step: Divider::new(duration_nanos(config.window) / BUCKETS),
             ratio: config.ratio,
             reserve: f64::from(config.min_per_second) * config.window.as_secs_f64(),
+            loan: AtomicU64::new(u64::from(config.min_per_second) * u64::from(START_SECONDS)),
+            lent: f64::from(config.min_per_second) * f64::from(START_SECONDS),
             epoch: Epoch::now(),
             config,
         })
@@ -111,7 +131,16 @@ impl RetryBudget {
     /// [`try_withdraw`](Self::try_withdraw) at a time the caller already read.
     pub fn try_withdraw_at(&self, now: Instant) -> bool {
         let step = self.step(now);
-        let allowance = self.allowance(step);
+        let earned = self.earned(step);
+        if earned >= self.lent && self.loan.load(Ordering::Relaxed) > 0 {
+            // The ratio pays for itself now: the loan ends for good.
+            self.loan.store(0, Ordering::Relaxed);
+        }
+        self.try_window(step, earned + self.reserve) || self.try_loan()
+    }
+
+    /// Spend one of the window's `allowance` retries in `step`, if one is left.
+    fn try_window(&self, step: u64, allowance: f64) -> bool {
         // Spent already: refuse with reads only, so an exhausted budget under
         // load does not turn every refusal into two contended writes.
         if (sum(&self.retries, step) + 1) as f64 > allowance {
@@ -130,6 +159,13 @@ impl RetryBudget {
         }
     }
 
+    /// Spend one retry of the loan, if any is left.
+    fn try_loan(&self) -> bool {
+        self.loan
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     /// Retries still allowed now.
     pub fn remaining(&self) -> u64 {
         self.remaining_at(Instant::now())
@@ -139,11 +175,14 @@ impl RetryBudget {
     pub fn remaining_at(&self, now: Instant) -> u64 {
         let step = self.step(now);
         // `as` saturates a float to the integer range (and NaN to 0).
-        (self.allowance(step).floor() as u64).saturating_sub(sum(&self.retries, step))
+        let window = ((self.earned(step) + self.reserve).floor() as u64)
+            .saturating_sub(sum(&self.retries, step));
+        window.saturating_add(self.loan.load(Ordering::Acquire))
     }
 
-    fn allowance(&self, step: u64) -> f64 {
-        self.ratio * sum(&self.requests, step) as f64 + self.reserve
+    /// The retries the ratio earns over the window ending in `step`.
+    fn earned(&self, step: u64) -> f64 {
+        self.ratio * sum(&self.requests, step) as f64
     }
 
     fn step(&self, now: Instant) -> u64 {
@@ -253,7 +292,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_minimum_per_second_is_there_without_traffic() {
         let b = budget(0.2, 10, 10);
-        assert_eq!(drain(&b), 100, "10/s over a 10 s window");
+        assert_eq!(drain(&b), 200, "10/s over a 10 s window, and the loan");
         advance(Duration::from_secs(5)).await;
         assert!(
             !b.try_withdraw(),
@@ -261,6 +300,75 @@ mod tests {
         );
         advance(Duration::from_secs(6)).await;
         assert_eq!(drain(&b), 100, "and leave it after the window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loan_helps_a_new_budget_until_its_traffic_earns_as_much() {
+        // 200 requests earn 40 retries, the minimum 10: the loan's 100 on top.
+        let b = RetryBudget::new(BudgetConfig::default()).unwrap();
+        for _ in 0..200 {
+            b.record_request();
+        }
+        assert_eq!(b.remaining(), 150);
+        assert_eq!(drain(&b), 150);
+        advance(Duration::from_secs(60)).await;
+        assert_eq!(b.remaining(), 10, "a loan spent is not lent again");
+        // 1 000 requests earn 200, more than the loan: it ends unspent.
+        let b = RetryBudget::new(BudgetConfig::default()).unwrap();
+        for _ in 0..1_000 {
+            b.record_request();
+        }
+        assert_eq!(drain(&b), 210);
+        advance(Duration::from_secs(60)).await;
+        assert_eq!(b.remaining(), 10, "the loan ended when the ratio earned it");
+    }
+
+    /// 10 s of healthy traffic at 1 500 requests a second, then 10 s of an
+    /// outage during which the clients slow to 200 a second and every
+    /// request asks for three retries. Returns the requests and the retries
+    /// granted in the outage after its first second (when the window may
+    /// still hold healthy traffic).
+    fn retries_after_a_drop(b: &RetryBudget) -> (u32, u32) {
+        let tick = Duration::from_millis(50);
+        let mut now = Instant::now();
+        for _ in 0..200 {
+            for _ in 0..75 {
+                b.record_request_at(now);
+            }
+            now += tick;
+        }
+        let (mut requests, mut granted) = (0u32, 0u32);
+        for t in 0..200 {
+            for _ in 0..10 {
+                b.record_request_at(now);
+                let won = (0..3).filter(|_| b.try_withdraw_at(now)).count() as u32;
+                if t >= 20 {
+                    requests += 1;
+                    granted += won;
+                }
+            }
+            now += tick;
+        }
+        (requests, granted)
+    }
+
+    #[test]
+    fn the_default_budget_binds_against_the_outage_s_own_traffic() {
+        let b = RetryBudget::new(BudgetConfig::default()).unwrap();
+        let (requests, granted) = retries_after_a_drop(&b);
+        // Over the outage's last 9 s: the ratio of its requests (and of one
+        // window before them), plus 10 a second; the loan ended at the first
+        // retry, which the healthy traffic before had earned.
+        let bound = 0.2 * f64::from(requests + 200) + 10.0 * 10.0;
+        assert!(f64::from(granted) <= bound, "{granted} > {bound}");
+        // A 10 s window lets the healthy traffic before pay for the retries
+        // of most of the outage: more than twice as many.
+        let long = budget(0.2, 10, 10);
+        let (_, long_granted) = retries_after_a_drop(&long);
+        assert!(
+            long_granted > 2 * granted,
+            "{long_granted} against {granted}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -297,6 +405,8 @@ mod tests {
     #[test]
     fn racing_threads_never_overspend() {
         let b = budget(0.0, 10, 10);
+        // Spend the loan first, so the threads race for the window's 100.
+        while b.try_loan() {}
         let won = std::sync::atomic::AtomicU32::new(0);
         std::thread::scope(|s| {
             for _ in 0..4 {
@@ -333,7 +443,10 @@ mod tests {
     proptest! {
         /// At every granted retry, the retries granted over the part of the
         /// window the buckets always cover (the last `window − step`) are at
-        /// most `ratio × requests of the last window + min × window`.
+        /// most the window's and the loan's (`min × START_SECONDS`). The
+        /// window's are `ratio × requests + min × window`, the requests those
+        /// of the window before its last grant: that grant fell in the
+        /// covered part, so of the last `window + covered` at most.
         #[test]
         fn withdrawals_never_exceed_the_allowance(
             ratio in 0.0f64..2.0,
@@ -345,8 +458,9 @@ mod tests {
             let window = Duration::from_secs(window_s);
             let covered = window - step_len(&b);
             let mut now = Instant::now();
-            // The requests of the last window and the retries granted in the
-            // covered part of it, oldest first (time only moves forward).
+            // The requests of the last `window + covered` and the retries
+            // granted in the covered part, oldest first (time only moves
+            // forward).
             let mut requests = std::collections::VecDeque::new();
             let mut granted = std::collections::VecDeque::new();
             for op in ops {
@@ -361,14 +475,15 @@ mod tests {
                             continue;
                         }
                         granted.push_back(now);
-                        while requests.front().is_some_and(|&t| now.duration_since(t) >= window) {
+                        while requests.front().is_some_and(|&t| now.duration_since(t) >= window + covered) {
                             requests.pop_front();
                         }
                         while granted.front().is_some_and(|&t| now.duration_since(t) >= covered) {
                             granted.pop_front();
                         }
                         let allowed = ratio * requests.len() as f64
-                            + f64::from(min) * window_s as f64;
+                            + f64::from(min) * window_s as f64
+                            + f64::from(min * START_SECONDS);
                         prop_assert!(
                             granted.len() as f64 <= allowed + 1e-9,
                             "{} retries granted against an allowance of {allowed}",
@@ -380,7 +495,9 @@ mod tests {
             // Two windows on, everything recorded has aged out.
             let later = now + window * 2;
             let fresh = (f64::from(min) * window_s as f64).floor() as u64;
-            prop_assert_eq!(b.remaining_at(later), fresh);
+            let loan = b.loan.load(Ordering::Relaxed);
+            prop_assert!(loan <= u64::from(min * START_SECONDS));
+            prop_assert_eq!(b.remaining_at(later), fresh + loan);
         }
     }
 }

@@ -541,9 +541,15 @@ type Admission = (
     Option<(Sources, Duration)>,
 );
 
+/// How far back the hedging budget counts.
+const HEDGE_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
 /// The upstream's hedging, when its config has a `hedge` table: hedges paid
 /// from a budget of their own (`hedge.budget_ratio` of the requests over
-/// 10 s, no minimum).
+/// 10 s, no minimum). Longer than the retry budget's 1 s: with no minimum, a
+/// quiet upstream (a few requests a second) would otherwise never earn a
+/// whole hedge, and a latency tail does not slow clients down the way an
+/// outage's backoffs do.
 fn hedging(name: &str, config: &UpstreamConfig) -> Result<Option<Arc<Hedging>>, ConfigError> {
     let Some(h) = &config.hedge else {
         return Ok(None);
@@ -551,6 +557,7 @@ fn hedging(name: &str, config: &UpstreamConfig) -> Result<Option<Arc<Hedging>>, 
     let mut b = detour_breaker::BudgetConfig::default();
     b.ratio = h.budget_ratio;
     b.min_per_second = 0;
+    b.window = HEDGE_BUDGET_WINDOW;
     let budget = RetryBudget::new(b).map_err(|e| {
         ConfigError::field(
             format!("upstreams.{name}.hedge.budget_ratio"),
