@@ -21,6 +21,45 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// `X-Forwarded-For`, `-Proto` and `-Host`: constants, since `from_static`
+/// outside a constant parses the name at every call.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// How many fields of each header the framing checks read a message
+/// carries, counted in one pass over it: a hash lookup costs about 110
+/// instructions even for a header that is absent, and most messages carry
+/// none of these but one `Host` or one `Content-Length`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counted {
+    content_length: u32,
+    transfer_encoding: u32,
+    host: u32,
+    upgrade: u32,
+    /// A `Content-Length` value holds a comma (a list of lengths).
+    length_list: bool,
+}
+
+impl Counted {
+    fn scan(headers: &HeaderMap) -> Counted {
+        let mut c = Counted::default();
+        for (name, value) in headers {
+            if name == header::CONTENT_LENGTH {
+                c.content_length += 1;
+                c.length_list |= value.as_bytes().contains(&b',');
+            } else if name == header::TRANSFER_ENCODING {
+                c.transfer_encoding += 1;
+            } else if name == header::HOST {
+                c.host += 1;
+            } else if name == header::UPGRADE {
+                c.upgrade += 1;
+            }
+        }
+        c
+    }
+}
+
 /// The elements of a comma-separated list field (RFC 9110 §5.6.1), over all
 /// of its fields in order (§5.3: several fields are one list), trimmed, the
 /// empty ones skipped.
@@ -67,11 +106,11 @@ pub(crate) fn filter_upgrade(parts: &mut request::Parts, allowed: &[String]) -> 
         return false;
     }
     let headers = &mut parts.headers;
-    let mut fields = headers.get_all(header::UPGRADE).iter();
-    if fields.next().is_none() || !connection_has(headers, "upgrade") {
+    let upgrades = Counted::scan(headers).upgrade;
+    if upgrades == 0 || !connection_has(headers, "upgrade") {
         return false;
     }
-    let several_fields = fields.next().is_some();
+    let several_fields = upgrades > 1;
     let allows = |token: &&[u8]| {
         let name = protocol_name(token);
         well_formed_protocol(token)
@@ -243,7 +282,17 @@ pub(crate) fn check_response_framing(
         headers.remove(header::CONTENT_LENGTH);
         return Ok(());
     }
-    let Some(codings) = Codings::of(headers) else {
+    let counted = Counted::scan(headers);
+    let codings = match counted.transfer_encoding {
+        0 => None,
+        _ => Codings::of(headers),
+    };
+    let Some(codings) = codings else {
+        // The usual case, one length that hyper has parsed already, needs
+        // no lookup at all.
+        if counted.content_length <= 1 && !counted.length_list {
+            return Ok(());
+        }
         return one_content_length(headers);
     };
     headers.remove(header::CONTENT_LENGTH);
@@ -316,8 +365,9 @@ pub(crate) fn check_request(
     if let Some(seen) = parts.extensions.get::<crate::framing::AmbiguousFraming>() {
         return refuse(StatusCode::BAD_REQUEST, seen.0);
     }
-    let len = check_framing(parts)?;
-    check_host(parts)?;
+    let counted = Counted::scan(&parts.headers);
+    let len = check_framing(parts, counted)?;
+    check_host(parts, counted)?;
     if target_len(parts.version, &parts.uri) > limits.max_uri_size {
         return refuse(StatusCode::URI_TOO_LONG, "request target over max_uri_size");
     }
@@ -360,13 +410,19 @@ fn bad_request<T>(reason: &'static str) -> Result<T, BadRequest> {
 /// most, never with a transfer coding, and no coding but one final
 /// `chunked` (a doubled `chunked` is malformed, §6.1: 400; another coding
 /// is one Detour would have to undo: 501).
-fn check_framing(parts: &request::Parts) -> Result<Option<u64>, BadRequest> {
-    let mut cl = parts.headers.get_all(header::CONTENT_LENGTH).iter();
-    let cl_value = cl.next();
-    if cl.next().is_some() {
+fn check_framing(parts: &request::Parts, counted: Counted) -> Result<Option<u64>, BadRequest> {
+    if counted.content_length > 1 {
         return bad_request("duplicate Content-Length");
     }
-    if let Some(codings) = Codings::of(&parts.headers) {
+    let cl_value = match counted.content_length {
+        0 => None,
+        _ => parts.headers.get(header::CONTENT_LENGTH),
+    };
+    let codings = match counted.transfer_encoding {
+        0 => None,
+        _ => Codings::of(&parts.headers),
+    };
+    if let Some(codings) = codings {
         if cl_value.is_some() {
             return bad_request("both Content-Length and Transfer-Encoding");
         }
@@ -399,12 +455,14 @@ fn check_framing(parts: &request::Parts) -> Result<Option<u64>, BadRequest> {
 /// request; it and the target's authority (absolute-form, `:authority`)
 /// are each `uri-host [ ":" port ]` (see [`host_and_port`]); and on HTTP/2
 /// a `host` names the same origin as `:authority` (see [`same_origin`]).
-fn check_host(parts: &request::Parts) -> Result<(), BadRequest> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+fn check_host(parts: &request::Parts, counted: Counted) -> Result<(), BadRequest> {
+    if counted.host > 1 {
         return bad_request("more than one Host");
     }
+    let host = match counted.host {
+        0 => None,
+        _ => parts.headers.get(header::HOST),
+    };
     let host = match host {
         Some(h) => Some(host_and_port(h.as_bytes()).ok_or(BadRequest {
             status: StatusCode::BAD_REQUEST,
@@ -665,9 +723,7 @@ impl Forwarding {
         let Some(client) = client else { return };
         let ip = client.ip().to_canonical();
         let trusted = self.trusted(ip);
-        let xff = HeaderName::from_static("x-forwarded-for");
-        let xfp = HeaderName::from_static("x-forwarded-proto");
-        let xfh = HeaderName::from_static("x-forwarded-host");
+        let (xff, xfp, xfh) = (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST);
         let prev = if present.xff && trusted {
             headers.get(&xff).and_then(|v| v.to_str().ok())
         } else {
