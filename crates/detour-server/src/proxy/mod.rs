@@ -339,13 +339,17 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             if let (true, Some(p)) = (upgrade, &place) {
                 req.extensions_mut().insert(p.clone());
             }
-            async move {
+            // Boxed: hyper keeps a connection's in-flight slot (an
+            // `Option` of this future) for the connection's whole life, so
+            // an unboxed request future would cost every idle connection
+            // its full size; boxed, only a request in flight pays for it.
+            Box::pin(async move {
                 let resp = proxy.handle_from(req, client, tls).await;
                 if upgrade && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                     watch.not_upgraded(index);
                 }
                 Ok::<_, Infallible>(resp.map(|b| Answered::new(b, watch)))
-            }
+            })
         });
         let conn = self
             .http1_builder()
