@@ -71,8 +71,6 @@ pub struct RetryBudget {
     reserve: f64,
     /// What is left of the loan (0 once it ended).
     loan: AtomicU64,
-    /// What the loan lent at the start, in retries.
-    lent: f64,
     epoch: Epoch,
     config: BudgetConfig,
 }
@@ -99,8 +97,7 @@ impl RetryBudget {
             step: Divider::new(duration_nanos(config.window) / BUCKETS),
             ratio: config.ratio,
             reserve: f64::from(config.min_per_second) * config.window.as_secs_f64(),
-            loan: AtomicU64::new(u64::from(config.min_per_second) * u64::from(START_SECONDS)),
-            lent: f64::from(config.min_per_second) * f64::from(START_SECONDS),
+            loan: AtomicU64::new(lent(&config)),
             epoch: Epoch::now(),
             config,
         })
@@ -132,7 +129,7 @@ impl RetryBudget {
     pub fn try_withdraw_at(&self, now: Instant) -> bool {
         let step = self.step(now);
         let earned = self.earned(step);
-        if earned >= self.lent && self.loan.load(Ordering::Relaxed) > 0 {
+        if self.loan.load(Ordering::Relaxed) > 0 && earned >= lent(&self.config) as f64 {
             // The ratio pays for itself now: the loan ends for good.
             self.loan.store(0, Ordering::Relaxed);
         }
@@ -188,6 +185,11 @@ impl RetryBudget {
     fn step(&self, now: Instant) -> u64 {
         self.step.div(self.epoch.nanos(now))
     }
+}
+
+/// The retries a new budget with `config` lends.
+fn lent(config: &BudgetConfig) -> u64 {
+    u64::from(config.min_per_second) * u64::from(START_SECONDS)
 }
 
 /// One more in `step`'s bucket (emptied first if it held an older step).

@@ -27,7 +27,7 @@ use super::drain::{run_until_drained, IdleClose};
 use super::{ConnSlot, HttpProxy};
 use crate::listener::ListenSpec;
 use crate::send_timeout::{SendTimeout, StreamExec};
-use crate::tls::ALPN_H2;
+use crate::tls::{ServerTls, ALPN_H2};
 use crate::upstream::Connect;
 
 impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
@@ -61,21 +61,23 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     self.serve(stream, client, false, drain, Some(place)).await;
                 }
             }
-            (Some(_), _, _) => Box::pin(self.serve_tls(stream, client, drain, spec, place)).await,
+            (Some(tls), h1, _) => {
+                Box::pin(self.serve_tls(stream, client, drain, tls, h1, place)).await
+            }
         }
     }
 
     /// Serve a connection on a TLS listener: the handshake, then HTTP/2 or
-    /// HTTP/1.1 as ALPN says.
+    /// HTTP/1.1 (when the listener takes it, `h1`) as ALPN says.
     async fn serve_tls(
         &self,
         stream: SendTimeout<TcpStream>,
         client: Option<SocketAddr>,
         drain: watch::Receiver<bool>,
-        spec: &ListenSpec,
+        tls: &ServerTls,
+        h1: bool,
         place: ConnSlot,
     ) {
-        let Some(tls) = &spec.tls else { return };
         let handshake = tls.acceptor().accept(stream);
         let timeout = self.shared.limits.header_read_timeout;
         let tls_stream = match tokio::time::timeout(timeout, handshake).await {
@@ -91,7 +93,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         };
         let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
         // Without ALPN a client speaks HTTP/1.1 if the listener does.
-        if alpn_h2 || !spec.h1 {
+        if alpn_h2 || !h1 {
             self.serve_h2(tls_stream, client, true, drain).await;
         } else {
             self.serve(tls_stream, client, true, drain, Some(place))

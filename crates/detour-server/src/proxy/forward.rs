@@ -27,36 +27,44 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// How many fields of each header the framing checks read a message
-/// carries, counted in one pass over it: a hash lookup costs about 110
-/// instructions even for a header that is absent, and most messages carry
-/// none of these but one `Host` or one `Content-Length`.
+/// Which of the headers the forwarding reads a message carries, and how
+/// many fields of each, found in one pass over it: a hash lookup costs
+/// about 110 instructions even for a header that is absent, and most
+/// messages carry none of these but one `Host` or one `Content-Length`.
 #[derive(Debug, Clone, Copy, Default)]
-struct Counted {
+struct Present {
     content_length: u32,
     transfer_encoding: u32,
     host: u32,
     upgrade: u32,
     /// A `Content-Length` value holds a comma (a list of lengths).
     length_list: bool,
+    expect: bool,
+    xff: bool,
+    xfp: bool,
+    xfh: bool,
 }
 
-impl Counted {
-    fn scan(headers: &HeaderMap) -> Counted {
-        let mut c = Counted::default();
+impl Present {
+    fn scan(headers: &HeaderMap) -> Present {
+        let mut p = Present::default();
         for (name, value) in headers {
-            if name == header::CONTENT_LENGTH {
-                c.content_length += 1;
-                c.length_list |= value.as_bytes().contains(&b',');
-            } else if name == header::TRANSFER_ENCODING {
-                c.transfer_encoding += 1;
-            } else if name == header::HOST {
-                c.host += 1;
-            } else if name == header::UPGRADE {
-                c.upgrade += 1;
+            match name.as_str() {
+                "content-length" => {
+                    p.content_length += 1;
+                    p.length_list |= value.as_bytes().contains(&b',');
+                }
+                "transfer-encoding" => p.transfer_encoding += 1,
+                "host" => p.host += 1,
+                "upgrade" => p.upgrade += 1,
+                "expect" => p.expect = true,
+                "x-forwarded-for" => p.xff = true,
+                "x-forwarded-proto" => p.xfp = true,
+                "x-forwarded-host" => p.xfh = true,
+                _ => {}
             }
         }
-        c
+        p
     }
 }
 
@@ -106,7 +114,7 @@ pub(crate) fn filter_upgrade(parts: &mut request::Parts, allowed: &[String]) -> 
         return false;
     }
     let headers = &mut parts.headers;
-    let upgrades = Counted::scan(headers).upgrade;
+    let upgrades = Present::scan(headers).upgrade;
     if upgrades == 0 || !connection_has(headers, "upgrade") {
         return false;
     }
@@ -282,15 +290,15 @@ pub(crate) fn check_response_framing(
         headers.remove(header::CONTENT_LENGTH);
         return Ok(());
     }
-    let counted = Counted::scan(headers);
-    let codings = match counted.transfer_encoding {
+    let present = Present::scan(headers);
+    let codings = match present.transfer_encoding {
         0 => None,
         _ => Codings::of(headers),
     };
     let Some(codings) = codings else {
         // The usual case, one length that hyper has parsed already, needs
         // no lookup at all.
-        if counted.content_length <= 1 && !counted.length_list {
+        if present.content_length <= 1 && !present.length_list {
             return Ok(());
         }
         return one_content_length(headers);
@@ -365,9 +373,9 @@ pub(crate) fn check_request(
     if let Some(seen) = parts.extensions.get::<crate::framing::AmbiguousFraming>() {
         return refuse(StatusCode::BAD_REQUEST, seen.0);
     }
-    let counted = Counted::scan(&parts.headers);
-    let len = check_framing(parts, counted)?;
-    check_host(parts, counted)?;
+    let present = Present::scan(&parts.headers);
+    let len = check_framing(parts, present)?;
+    check_host(parts, present)?;
     if target_len(parts.version, &parts.uri) > limits.max_uri_size {
         return refuse(StatusCode::URI_TOO_LONG, "request target over max_uri_size");
     }
@@ -410,15 +418,15 @@ fn bad_request<T>(reason: &'static str) -> Result<T, BadRequest> {
 /// most, never with a transfer coding, and no coding but one final
 /// `chunked` (a doubled `chunked` is malformed, §6.1: 400; another coding
 /// is one Detour would have to undo: 501).
-fn check_framing(parts: &request::Parts, counted: Counted) -> Result<Option<u64>, BadRequest> {
-    if counted.content_length > 1 {
+fn check_framing(parts: &request::Parts, present: Present) -> Result<Option<u64>, BadRequest> {
+    if present.content_length > 1 {
         return bad_request("duplicate Content-Length");
     }
-    let cl_value = match counted.content_length {
+    let cl_value = match present.content_length {
         0 => None,
         _ => parts.headers.get(header::CONTENT_LENGTH),
     };
-    let codings = match counted.transfer_encoding {
+    let codings = match present.transfer_encoding {
         0 => None,
         _ => Codings::of(&parts.headers),
     };
@@ -455,11 +463,11 @@ fn check_framing(parts: &request::Parts, counted: Counted) -> Result<Option<u64>
 /// request; it and the target's authority (absolute-form, `:authority`)
 /// are each `uri-host [ ":" port ]` (see [`host_and_port`]); and on HTTP/2
 /// a `host` names the same origin as `:authority` (see [`same_origin`]).
-fn check_host(parts: &request::Parts, counted: Counted) -> Result<(), BadRequest> {
-    if counted.host > 1 {
+fn check_host(parts: &request::Parts, present: Present) -> Result<(), BadRequest> {
+    if present.host > 1 {
         return bad_request("more than one Host");
     }
-    let host = match counted.host {
+    let host = match present.host {
         0 => None,
         _ => parts.headers.get(header::HOST),
     };
@@ -683,7 +691,7 @@ impl Forwarding {
         if present.expect {
             headers.remove(header::EXPECT);
         }
-        if !present.host {
+        if present.host == 0 {
             if let Some(auth) = down.uri.authority() {
                 if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
                     headers.insert(header::HOST, v);
@@ -768,34 +776,6 @@ fn join_cookies(headers: &mut HeaderMap) {
         .collect();
     if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
         headers.insert(header::COOKIE, v);
-    }
-}
-
-/// Which of the headers the forwarding looks at a request carries, found in
-/// one pass over the names instead of one hash lookup each.
-#[derive(Debug, Clone, Copy, Default)]
-struct Present {
-    expect: bool,
-    host: bool,
-    xff: bool,
-    xfp: bool,
-    xfh: bool,
-}
-
-impl Present {
-    fn scan(headers: &HeaderMap) -> Present {
-        let mut p = Present::default();
-        for name in headers.keys() {
-            match name.as_str() {
-                "expect" => p.expect = true,
-                "host" => p.host = true,
-                "x-forwarded-for" => p.xff = true,
-                "x-forwarded-proto" => p.xfp = true,
-                "x-forwarded-host" => p.xfh = true,
-                _ => {}
-            }
-        }
-        p
     }
 }
 
