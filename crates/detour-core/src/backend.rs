@@ -272,7 +272,11 @@ impl BackendState {
         };
         self.history.record(failed);
         if let Some(cap) = self.cap.get() {
-            cap.spread().at(now);
+            if failed {
+                cap.spread().at_failure(now);
+            } else {
+                cap.spread().at(now);
+            }
         }
     }
 
@@ -712,5 +716,38 @@ mod tests {
             now,
         );
         assert_eq!(s.history().recent(), (4, 3));
+    }
+
+    /// At a high request rate a whole outage can fit inside one step: a
+    /// normal verdict is looked at again after 16 failures, without waiting
+    /// for the clock (which does not move here at all).
+    #[test]
+    fn failures_classify_again_within_a_step() {
+        let backends: Vec<Arc<Backend>> = (0..3)
+            .map(|i| Arc::new(Backend::new(([127, 0, 0, 1], 8000 + i).into())))
+            .collect();
+        let cap = Arc::new(RemovalCap::new(50));
+        cap.attach(&backends);
+        let now = Instant::now();
+        assert_eq!(cap.spread().at(now).spread, crate::Spread::Normal);
+        let (failing, healthy) = (&backends[0], &backends[1..]);
+        // Enough attempts to judge, and a look taken after them.
+        let rounds = crate::spread::MIN_ATTEMPTS + crate::spread::EARLY_AFTER_FAILURES;
+        for _ in 0..rounds {
+            for b in healthy {
+                b.state()
+                    .record_outcome(OutcomeClass::Success, Some(200), now);
+            }
+            failing
+                .state()
+                .record_outcome(OutcomeClass::Success, Some(503), now);
+        }
+        assert_eq!(cap.spread().last().spread, crate::Spread::Concentrated);
+        // The step's own throttle still holds for successes.
+        let before = cap.spread().last();
+        healthy[0]
+            .state()
+            .record_outcome(OutcomeClass::Success, Some(200), now);
+        assert_eq!(cap.spread().last(), before);
     }
 }

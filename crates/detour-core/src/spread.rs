@@ -15,12 +15,13 @@
 //! in its [`BackendState`](crate::BackendState)), not a count over the
 //! upstream: a count cannot say whether the failures sit on a few backends or
 //! on all of them. [`classify`] is the pure rule; [`FailureSpread`] applies it
-//! to an upstream's members at most once per [`STEP`]. It reads them through
+//! to an upstream's members at most once per [`STEP`] (sooner after
+//! [`EARLY_AFTER_FAILURES`] failures under a normal verdict). It reads them through
 //! [`SpreadMember`], which [`Backend`](crate::Backend) implements, so the
 //! spread never depends on the backend module that owns a history.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -42,8 +43,13 @@ pub const CORRELATED_AT_LEAST: f64 = 0.25;
 /// ...and the best backend fails at least this fraction as often as the
 /// worst: the failure is spread evenly.
 pub const CORRELATED_EVENNESS: f64 = 0.5;
-/// How often an upstream is classified again, at most.
+/// How often an upstream is classified again, at most...
 pub const STEP: Duration = Duration::from_millis(100);
+/// ...unless its verdict is normal and this many failures were recorded
+/// since the last classification: at a high request rate a step holds
+/// hundreds of requests, and an outage must not wait for the clock to be
+/// told apart (a failure-free upstream never pays for this).
+pub const EARLY_AFTER_FAILURES: u32 = 16;
 /// An upstream with no attempt for this long forgets its histories: what
 /// they say is too old to steer retries.
 pub const FORGET_AFTER: Duration = Duration::from_secs(60);
@@ -245,6 +251,8 @@ pub type SpreadHook = Arc<dyn Fn(Verdict, Verdict) + Send + Sync>;
 /// ceiling and the retry decision both read the verdict.
 pub struct FailureSpread {
     members: Mutex<Vec<Weak<dyn SpreadMember>>>,
+    /// Failures recorded since the last classification.
+    failures: AtomicU32,
     /// `step << 32 | healthy << 16 | failing << 8 | spread`; step 0 = never.
     verdict: AtomicU64,
     classifying: AtomicBool,
@@ -263,6 +271,7 @@ impl Default for FailureSpread {
     fn default() -> Self {
         FailureSpread {
             members: Mutex::new(Vec::new()),
+            failures: AtomicU32::new(0),
             verdict: AtomicU64::new(0),
             classifying: AtomicBool::new(false),
             hook: OnceLock::new(),
@@ -310,20 +319,34 @@ impl FailureSpread {
     /// The verdict at `now`: the last one, or a new one if a [`STEP`] has
     /// passed since (one caller classifies; the others read the last).
     pub fn at(&self, now: Instant) -> Verdict {
+        self.classify_at(now, false)
+    }
+
+    /// [`at`](Self::at), after a failure was recorded: a normal verdict is
+    /// also classified again once [`EARLY_AFTER_FAILURES`] failures have
+    /// been recorded since the last classification, step or no step.
+    pub fn at_failure(&self, now: Instant) -> Verdict {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let early = failures >= EARLY_AFTER_FAILURES && self.last().spread == Spread::Normal;
+        self.classify_at(now, early)
+    }
+
+    fn classify_at(&self, now: Instant, early: bool) -> Verdict {
         let step = to_nanos(now) / STEP.as_nanos() as u64 + 1;
         let bits = self.verdict.load(Ordering::Acquire);
         let last_step = bits >> 32;
-        if last_step == step || self.classifying.swap(true, Ordering::Acquire) {
+        if (last_step == step && !early) || self.classifying.swap(true, Ordering::Acquire) {
             return unpack(bits);
         }
         // Another caller may have classified this step between our load and
         // our taking the flag: theirs stands, and its change was announced.
         let bits = self.verdict.load(Ordering::Acquire);
         let last_step = bits >> 32;
-        if last_step == step {
+        if last_step == step && (!early || self.failures.load(Ordering::Relaxed) == 0) {
             self.classifying.store(false, Ordering::Release);
             return unpack(bits);
         }
+        self.failures.store(0, Ordering::Relaxed);
         let idle = step.saturating_sub(last_step) * STEP.as_nanos() as u64;
         let forget = last_step != 0 && idle >= FORGET_AFTER.as_nanos() as u64;
         let verdict = classify(&self.members(forget));
