@@ -360,14 +360,15 @@ fn haproxy_conf(dir: &Path, ports: Ports, backend: u16) -> String {
 
 /// Detour's ordinary configuration: one worker, retries, active health
 /// checks, outlier detection and breakers on (their defaults), no access log.
-fn detour_conf(dir: &Path, ports: Ports, admin: u16, backend: u16) -> String {
+/// `h1` is the HTTP/1.1 upstream client: `hyper` or `native`.
+fn detour_conf(dir: &Path, ports: Ports, admin: u16, backend: u16, h1: &str) -> String {
     let Ports { h1: port, h2c, tls } = ports;
     format!(
         "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 1\n\n\
          [[server.listeners]]\naddr = \"127.0.0.1:{h2c}\"\nprotocols = [\"h2\"]\n\n\
          [[server.listeners]]\naddr = \"127.0.0.1:{tls}\"\n\
          tls = {{ cert = \"{d}/cert.pem\", key = \"{d}/key.pem\" }}\nprotocols = [\"h2\", \"http/1.1\"]\n\n\
-         [server.pool]\nmax_idle_per_peer = 1024\n\n\
+         [server.pool]\nmax_idle_per_peer = 1024\nhttp1_client = \"{h1}\"\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
          [log]\naccess_log = false\nlevel = \"warn\"\n\n\
          [upstreams.app]\nbackends = [{{ addr = \"127.0.0.1:{backend}\" }}]\n\n\
@@ -589,14 +590,24 @@ impl Setup {
                 proc: None,
             });
         }
-        if wanted("detour") {
+        // Detour with each HTTP/1.1 upstream client (`--only detour,native`).
+        for (key, name, h1) in [
+            ("detour", "Detour", "hyper"),
+            ("native", "Detour native", "native"),
+        ] {
+            if !wanted(key) {
+                continue;
+            }
             let ports = Ports::free()?;
             let admin = free_port()?;
-            let conf = write("detour.toml", detour_conf(dir, ports, admin, backend_port))?;
+            let conf = write(
+                &format!("{key}.toml"),
+                detour_conf(dir, ports, admin, backend_port, h1),
+            )?;
             let mut cmd = pinned(proxy_core, &detour_bin.to_string_lossy());
             cmd.arg("--config").arg(&conf);
-            let p = spawn("detour", cmd)?;
-            targets.push(Target::proxy("Detour", ports, p));
+            let p = spawn(key, cmd)?;
+            targets.push(Target::proxy(name, ports, p));
         }
         if wanted("floor") {
             // hyper's server and client with nothing in between: what any proxy

@@ -331,6 +331,23 @@ pub struct PoolConfig {
     /// closing an idle connection cannot turn it into a 502. Default 1 s.
     #[serde(with = "humantime_serde")]
     pub unsafe_max_idle: Duration,
+    /// Which HTTP/1.1 client speaks to the backends: `"hyper"` (hyper's
+    /// client connection) or `"native"` (Detour's own, driven by the
+    /// request's task; see the engine chapter). Upgrades always use hyper's.
+    /// Default `"hyper"`.
+    pub http1_client: Http1Client,
+}
+
+/// The HTTP/1.1 client for upstream connections ([`PoolConfig::http1_client`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Http1Client {
+    /// hyper's client connection, with a task per connection.
+    #[default]
+    Hyper,
+    /// Detour's own connection, driven by the request's task.
+    Native,
 }
 
 impl Default for PoolConfig {
@@ -338,6 +355,7 @@ impl Default for PoolConfig {
         PoolConfig {
             max_idle_per_peer: 128,
             unsafe_max_idle: Duration::from_secs(1),
+            http1_client: Http1Client::default(),
         }
     }
 }

@@ -15,7 +15,7 @@ use support::{send, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn listener_config(listeners: Vec<ListenerConfig>) -> ServerConfig {
-    let mut c = ServerConfig::default();
+    let mut c = support::base_config();
     c.listen = Vec::new();
     c.listeners = listeners;
     c.validate().unwrap()
@@ -392,7 +392,7 @@ async fn upgrades_still_tunnel_over_tls_http11() {
 #[tokio::test]
 async fn the_stream_limit_is_advertised_to_clients() {
     let backend = Upstream::start(Behavior::ok()).await.unwrap();
-    let mut c = ServerConfig::default();
+    let mut c = support::base_config();
     c.listen = Vec::new();
     c.listeners = vec![ListenerConfig::new(local()).with_protocols(&[AppProtocol::H2])];
     c.http2.max_concurrent_streams = 7;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use detour_core::Observer;
 use detour_server::upstream::Upstream;
-use detour_server::{AppProtocol, HttpProxy, ListenerConfig, Server, ServerConfig, ServerHandle};
+use detour_server::{AppProtocol, HttpProxy, ListenerConfig, Server, ServerHandle};
 use http_body_util::Full;
 use support::h2backend::{H2Backend, Mode};
 use support::tls::{Answer, H2Client};
@@ -26,7 +26,7 @@ fn upstream(backends: &[SocketAddr], extra: &str) -> Arc<Upstream> {
 }
 
 fn serve(up: &Arc<Upstream>, recorder: &Arc<Recorder>) -> ServerHandle {
-    let mut cfg = ServerConfig::default();
+    let mut cfg = support::base_config();
     cfg.listen = Vec::new();
     cfg.listeners = vec![
         ListenerConfig::new("127.0.0.1:0".parse().unwrap()).with_protocols(&[AppProtocol::H2])

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use detour_server::upstream::{Upstream, UpstreamConfig};
-use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
+use detour_server::{HttpProxy, Server, ServerHandle};
 use detour_testkit::{Behavior, Upstream as Backend};
 use support::h2backend::{H2Backend, Mode};
 use support::{send, Selecting};
@@ -27,7 +27,7 @@ fn tiered(slow: SocketAddr, fast: SocketAddr, extra: &str) -> Arc<Upstream> {
 }
 
 fn serve(up: &Arc<Upstream>) -> ServerHandle {
-    let mut cfg = ServerConfig::default();
+    let mut cfg = support::base_config();
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let proxy = HttpProxy::builder(Selecting { up: Arc::clone(up) })
         .config(cfg.clone())

@@ -3,6 +3,8 @@
 //! and which requests are never hedged.
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ use detour_core::{
     AttemptOutcome, Error, ErrorKind, HttpPeer, Observer, ProxyHttp, Result, RetryBudgetGate,
     RetryPolicy, Session,
 };
-use detour_server::{HttpProxy, ServerConfig};
+use detour_server::HttpProxy;
 use detour_testkit::memory::{MemBehavior, MemoryConnector, MemoryNet};
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
@@ -107,7 +109,7 @@ fn setup_with(
     ));
     let history = Arc::new(Mutex::new(Vec::new()));
     let charged = Arc::new(Charged::default());
-    let mut server = ServerConfig::default();
+    let mut server = support::base_config();
     let mut policy = RetryPolicy::default();
     policy.jitter = 0.0;
     server.retry = policy;

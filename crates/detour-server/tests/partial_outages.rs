@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use detour_core::Spread;
 use detour_server::upstream::Upstream;
-use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
+use detour_server::{HttpProxy, Server, ServerHandle};
 use detour_testkit::client::RawConnection;
 use detour_testkit::{Behavior, Upstream as Backend};
 use support::{shut, upstream, Selecting};
@@ -28,7 +28,7 @@ const CHECKS: &str =
     "[health]\nkind = \"http\"\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\n";
 
 fn serve(up: &Arc<Upstream>) -> ServerHandle {
-    let mut cfg = ServerConfig::default();
+    let mut cfg = support::base_config();
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let proxy = HttpProxy::builder(Selecting { up: Arc::clone(up) })
         .upstream(Arc::clone(up))

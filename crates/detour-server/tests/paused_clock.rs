@@ -2,12 +2,14 @@
 //! in-memory connector (never real sockets: see STYLE.md).
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use detour_core::{Error, ErrorKind, HttpPeer, ProxyHttp, Result, RetryPolicy, Session};
-use detour_server::{HttpProxy, ServerConfig};
+use detour_server::HttpProxy;
 use detour_testkit::memory::{MemBehavior, MemoryConnector, MemoryNet};
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
@@ -39,7 +41,7 @@ fn proxy(
     backends: Vec<SocketAddr>,
     policy: RetryPolicy,
 ) -> HttpProxy<InOrder, MemoryConnector> {
-    let mut config = ServerConfig::default();
+    let mut config = support::base_config();
     config.retry = policy.validate().unwrap();
     HttpProxy::builder(InOrder(backends))
         .config(config)

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use detour_server::upstream::Upstream;
-use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
+use detour_server::{HttpProxy, Server, ServerHandle};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use support::h2backend::{H2Backend, Mode};
@@ -23,7 +23,7 @@ use support::tls::{server_tls, TestCert};
 use support::{send, upstream, Selecting};
 
 fn serve(up: &Arc<Upstream>) -> ServerHandle {
-    let mut cfg = ServerConfig::default();
+    let mut cfg = support::base_config();
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let proxy = HttpProxy::builder(Selecting { up: Arc::clone(up) })
         .config(cfg.clone())

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use detour_core::{AttemptOutcome, Observer};
 use detour_server::upstream::Upstream;
-use detour_server::{HttpProxy, Server, ServerConfig, ServerHandle};
+use detour_server::{HttpProxy, Server, ServerHandle};
 use detour_testkit::client::{RawConnection, RawResponse};
 use detour_testkit::{Behavior, Upstream as Backend};
 use support::{shut, upstream, Selecting};
@@ -27,7 +27,7 @@ impl Observer for Attempts {
 }
 
 fn serve(up: &Arc<Upstream>, attempts: &Arc<Attempts>) -> ServerHandle {
-    let mut cfg = ServerConfig::default();
+    let mut cfg = support::base_config();
     cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
     let proxy = HttpProxy::builder(Selecting { up: Arc::clone(up) })
         .upstream(Arc::clone(up))

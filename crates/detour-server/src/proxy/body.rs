@@ -20,14 +20,13 @@ use bytes::Bytes;
 use detour_core::{Error, ErrorKind, HttpPeer, ProxyHttp, Session};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
 use crate::lazy_timer::LazyTimer;
-use crate::upstream::classify::classify_hyper;
-use crate::upstream::pool::{Pool, Sender};
+use crate::upstream::pool::Pool;
+use crate::upstream::response::UpBody;
 use crate::upstream::{UpFrame, UpstreamBody};
 
 /// Why pumping the request body stopped early.
@@ -516,17 +515,19 @@ pub(crate) struct Finish<P: ProxyHttp> {
     pub(crate) ex: super::exchange::Exchange<P>,
     /// The peer (and its admission permit) stays held while the body streams.
     pub(crate) peer: HttpPeer,
-    pub(crate) pool: Option<(Arc<Pool>, Sender, Duration)>,
+    /// The pool the connection goes back to, and for how long, unless the
+    /// backend asked to close it.
+    pub(crate) pool: Option<(Arc<Pool>, Duration)>,
     /// A gRPC outcome still to report (from the trailers, or at the end).
     pub(crate) grpc: Option<super::grpc::Pending>,
 }
 
 impl<P: ProxyHttp> Finish<P> {
     /// End the response whose finish is in `slot`, if it is still there:
-    /// report, pool the connection (unless `err`, or `spent`: an upload cut
-    /// short), log, and empty the slot. Done in place: a `Finish` is large,
-    /// and taking it out of its slot would copy it on every response.
-    fn complete(slot: &mut Option<Self>, err: Option<&Error>, spent: bool) {
+    /// report, pool `body`'s connection (unless `err`, or `spent`: an upload
+    /// cut short), log, and empty the slot. Done in place: a `Finish` is
+    /// large, and taking it out of its slot would copy it on every response.
+    fn complete(slot: &mut Option<Self>, body: &mut UpBody, err: Option<&Error>, spent: bool) {
         let Some(f) = slot.as_mut() else {
             return;
         };
@@ -534,8 +535,8 @@ impl<P: ProxyHttp> Finish<P> {
             p.report(&f.peer, None, err);
         }
         if err.is_none() && !spent {
-            if let Some((pool, sender, keep_for)) = f.pool.take() {
-                pool.checkin(f.peer.addr, sender, keep_for);
+            if let (Some((pool, keep_for)), Some(conn)) = (f.pool.take(), body.take_reusable()) {
+                pool.checkin(f.peer.addr, conn, keep_for);
             }
         }
         f.ex.log(err);
@@ -544,7 +545,7 @@ impl<P: ProxyHttp> Finish<P> {
 }
 
 struct Streaming<P: ProxyHttp> {
-    upstream: Incoming,
+    upstream: UpBody,
     /// The rest of the request body, when the response came first.
     upload: Option<Box<dyn Upload<P>>>,
     /// The read-idle timer, made at the first wait: a body that arrives with
@@ -561,7 +562,7 @@ impl<P: ProxyHttp> Drop for Streaming<P> {
         if self.finish.is_some() {
             let err = Error::downstream(ErrorKind::DownstreamClosed)
                 .context("client went away before the response ended");
-            Finish::complete(&mut self.finish, Some(&err), false);
+            Finish::complete(&mut self.finish, &mut self.upstream, Some(&err), false);
         }
     }
 }
@@ -595,7 +596,7 @@ impl<P: ProxyHttp> ProxyBody<P> {
 
     /// The upstream's body, streamed.
     pub(crate) fn streaming(
-        upstream: Incoming,
+        upstream: UpBody,
         read_timeout: Duration,
         finish: Finish<P>,
         upload: Option<Box<dyn Upload<P>>>,
@@ -682,7 +683,7 @@ impl<P: ProxyHttp> ProxyBody<P> {
                                 end,
                                 &mut ex.ctx,
                             ) {
-                                Finish::complete(&mut s.finish, Some(&e), false);
+                                Finish::complete(&mut s.finish, &mut s.upstream, Some(&e), false);
                                 return Poll::Ready(Some(Err(e)));
                             }
                             f.ex.session
@@ -703,18 +704,18 @@ impl<P: ProxyHttp> ProxyBody<P> {
                     // An upload still going: the request never finished, so
                     // the connection is spent.
                     let spent = s.upload.take().is_some();
-                    Finish::complete(&mut s.finish, None, spent);
+                    Finish::complete(&mut s.finish, &mut s.upstream, None, spent);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                let err = classify_hyper(e).context("reading the response body");
-                Finish::complete(&mut s.finish, Some(&err), false);
+                let err = e.context("reading the response body");
+                Finish::complete(&mut s.finish, &mut s.upstream, Some(&err), false);
                 Poll::Ready(Some(Err(err)))
             }
             Poll::Ready(None) => {
                 let spent = s.upload.take().is_some();
-                Finish::complete(&mut s.finish, None, spent);
+                Finish::complete(&mut s.finish, &mut s.upstream, None, spent);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -726,7 +727,7 @@ impl<P: ProxyHttp> ProxyBody<P> {
                 if s.idle.fired(cx) {
                     let err = Error::upstream(ErrorKind::ReadTimeout)
                         .context("upstream body idle for longer than the read timeout");
-                    Finish::complete(&mut s.finish, Some(&err), false);
+                    Finish::complete(&mut s.finish, &mut s.upstream, Some(&err), false);
                     return Poll::Ready(Some(Err(err)));
                 }
                 Poll::Pending

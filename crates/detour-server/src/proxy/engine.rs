@@ -26,7 +26,6 @@ use detour_core::{Hedging, RemovalCap, Spread};
 use http::header::{self, HeaderValue};
 use http::{response, Request, Response, StatusCode};
 use http_body::Body;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
@@ -39,9 +38,10 @@ use super::charge::{charge, Charge};
 use super::exchange::Exchange;
 use super::forward::{self, strip_hop_by_hop};
 use super::{grpc, path, tunnel, HttpProxy};
-use crate::upstream::classify::classify_hyper;
-use crate::upstream::dial::{self, Conn};
-use crate::upstream::pool::{keep_alive_limit, Sender};
+use crate::config::Http1Client;
+use crate::upstream::dial::{self, Conn, H1Client, SendFailure};
+use crate::upstream::pool::{keep_alive_limit, PoolConn};
+use crate::upstream::response::UpBody;
 use crate::upstream::{Connect, UpFrame, UpstreamBody};
 
 /// An RFC 8941 string: quoted, with `"` and `\\` escaped.
@@ -148,10 +148,9 @@ impl<F: Future> Future for Within<'_, F> {
 /// A response head arrived.
 pub(crate) struct AttemptOk {
     head: response::Parts,
-    body: Incoming,
-    /// The HTTP/1.1 connection to pool once the body is read (an HTTP/2
-    /// connection stays in its own pool all along).
-    sender: Option<Sender>,
+    /// The body, carrying its HTTP/1.1 connection to pool once it is read
+    /// (an HTTP/2 connection stays in its own pool all along).
+    body: UpBody,
     reused: bool,
     /// The response head came before the whole request body went up: the
     /// channel that still needs the rest of it.
@@ -215,8 +214,7 @@ struct Held<P: ProxyHttp> {
 /// [`Held`].
 struct Answer<P: ProxyHttp> {
     head: response::Parts,
-    body: Incoming,
-    sender: Option<Sender>,
+    body: UpBody,
     grpc: Option<grpc::Pending>,
     peer: HttpPeer,
     rest: Option<Box<dyn Upload<P>>>,
@@ -228,7 +226,6 @@ impl<P: ProxyHttp> From<Held<P>> for Answer<P> {
         Answer {
             head: ok.head,
             body: ok.body,
-            sender: ok.sender,
             grpc: ok.grpc,
             peer,
             rest,
@@ -825,30 +822,30 @@ fn limit_of(session: &Session, peer: &HttpPeer, start: Instant) -> (Instant, boo
 /// An answer to an attempt: its head checked for framing, the connection
 /// to pool once its body is read, and the upload still going, if any.
 fn answered(
-    resp: Response<Incoming>,
+    resp: Response<UpBody>,
     sender: Conn,
     reused: bool,
     upload: Option<tokio::sync::mpsc::Sender<UpFrame>>,
     progress: &mut Progress<'_>,
 ) -> Result<AttemptOk, AttemptErr> {
     progress.commit = CommitPoint::ResponseStarted;
-    let (mut head, body) = resp.into_parts();
+    let (mut head, mut body) = resp.into_parts();
     forward::check_response_framing(head.status, &mut head.headers)
         .map_err(|e| AttemptErr::new(e, CommitPoint::ResponseStarted, reused))?;
+    sender.attach(&mut body);
     Ok(AttemptOk {
         head,
         body,
-        sender: sender.into_h1(),
         reused,
         upload,
         grpc: None,
     })
 }
 
-/// How far a request hyper failed to send got: hyper hands back a request
-/// it never wrote, provably unsent; otherwise `sent`.
-fn unsent_or(e: &mut dial::SendError, sent: CommitPoint) -> CommitPoint {
-    if e.take_message().is_some() {
+/// How far a request that failed to send got: provably unsent (hyper
+/// handed it back, or no byte of it was written), otherwise `sent`.
+fn unsent_or(e: &SendFailure, sent: CommitPoint) -> CommitPoint {
+    if e.unsent {
         CommitPoint::Connected
     } else {
         sent
@@ -924,14 +921,14 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
     }
 
-    async fn connect(&self, peer: &HttpPeer) -> Result<Conn, AttemptErr> {
+    async fn connect(&self, peer: &HttpPeer, h1: H1Client) -> Result<Conn, AttemptErr> {
         let failed = |err: Error| AttemptErr {
             err,
             commit: CommitPoint::NotConnected,
             reused: false,
             connecting: true,
         };
-        let conn = dial::connect(&*self.shared.connector, peer)
+        let conn = dial::connect(&*self.shared.connector, peer, h1)
             .await
             .map_err(failed)?;
         if let Conn::H2(s) = &conn {
@@ -951,12 +948,33 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             }
         }
         let window = (!safe).then_some(self.shared.pool_config.unsafe_max_idle);
-        while let Some(mut s) = self.pool.checkout(peer.addr, window) {
-            if s.ready().await.is_ok() {
-                return Some(Conn::H1(s));
+        while let Some(conn) = self.pool.checkout(peer.addr, window) {
+            match conn {
+                PoolConn::Hyper(mut s) => {
+                    if s.ready().await.is_ok() {
+                        return Some(Conn::H1(s));
+                    }
+                }
+                PoolConn::Native(mut c) => {
+                    if c.is_usable() {
+                        return Some(Conn::Native(Some(c)));
+                    }
+                }
             }
         }
         None
+    }
+
+    /// Which HTTP/1.1 client a request's new connection gets: the
+    /// configured one, except that upgrades stay on hyper's (it hands over
+    /// the connection for the tunnel).
+    fn h1_client(&self, session: &Session) -> H1Client {
+        let native = self.shared.pool_config.http1_client == Http1Client::Native;
+        if native && !session.headers().contains_key(header::UPGRADE) {
+            H1Client::Native
+        } else {
+            H1Client::Hyper
+        }
     }
 
     /// An attempt up to the point of sending: a connection (pooled or
@@ -973,7 +991,12 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     ) -> Result<Opened, AttemptErr> {
         let sh = &*self.shared;
         let proxy = &*sh.proxy;
-        let pooled = if mode.fresh {
+        let h1 = self.h1_client(session);
+        // An upgrade in native mode dials hyper afresh: the pool may hold
+        // native connections.
+        let native_upgrade =
+            h1 == H1Client::Hyper && self.shared.pool_config.http1_client == Http1Client::Native;
+        let pooled = if mode.fresh || native_upgrade {
             None
         } else {
             self.checkout(peer, session.is_safe()).await
@@ -985,7 +1008,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             // Boxed: dialing (TLS handshake included) is a large future that
             // would otherwise make every request's future bigger, and it only
             // runs for a new connection.
-            None => Box::pin(self.connect(peer)).await?,
+            None => Box::pin(self.connect(peer, h1)).await?,
         };
         progress.commit = CommitPoint::Connected;
         let at = |err, commit| AttemptErr::new(err, commit, reused);
@@ -1027,9 +1050,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         progress.commit = CommitPoint::RequestSent;
         match send.await {
             Ok(resp) => answered(resp, sender, reused, None, progress),
-            Err(mut e) => {
-                let commit = unsent_or(&mut e, CommitPoint::RequestSent);
-                Err(at(classify_hyper(e.into_error()), commit))
+            Err(e) => {
+                let commit = unsent_or(&e, CommitPoint::RequestSent);
+                Err(at(e.err, commit))
             }
         }
     }
@@ -1093,19 +1116,19 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 let upload = if pump_done { None } else { tx };
                 answered(resp, sender, reused, upload, progress)
             }
-            Err(mut e) => {
-                let commit = unsent_or(&mut e, sent);
+            Err(e) => {
+                let commit = unsent_or(&e, sent);
                 if !pump_done && progress.clock.slow_client_waited_on() {
                     // The backend gave up while waiting for a body slower than
                     // client_body_min_rate: its own body timeout, most likely.
                     // The slow party is the client.
                     let err = Error::downstream(ErrorKind::ClientTimeout)
                         .context("the backend closed while waiting for a request body slower than client_body_min_rate")
-                        .cause(e.into_error())
+                        .cause(e.err)
                         .never_retry();
                     return Err(at(err, commit));
                 }
-                Err(at(classify_hyper(e.into_error()), commit))
+                Err(at(e.err, commit))
             }
         }
     }
@@ -1193,19 +1216,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     ) -> Response<ProxyBody<P>> {
         let Answer {
             head,
-            body,
-            sender,
+            mut body,
             grpc: grpc_pending,
             peer,
             rest,
         } = answer;
-        let pool = sender
-            .filter(|_| !shaped.upstream_closes)
-            .map(|sender| (Arc::clone(&self.pool), sender, shaped.keep_for));
+        let pool = (!shaped.upstream_closes).then(|| (Arc::clone(&self.pool), shaped.keep_for));
         if body.is_end_stream() {
             // Nothing to stream: the connection is free now.
-            if let Some((pool, sender, keep_for)) = pool {
-                pool.checkin(peer.addr, sender, keep_for);
+            if let (Some((pool, keep_for)), Some(conn)) = (pool, body.take_reusable()) {
+                pool.checkin(peer.addr, conn, keep_for);
             }
             if let Some(p) = grpc_pending {
                 p.report(&peer, None, None);

@@ -23,7 +23,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::tls::ALPN_H2;
 use crate::upstream::classify::classify_hyper;
+use crate::upstream::native::{self, H1Body, H1Conn, SendFailed};
 use crate::upstream::pool::Sender;
+use crate::upstream::response::UpBody;
 use crate::upstream::UpstreamBody;
 
 /// An HTTP/2 request sender; clones share one connection.
@@ -31,47 +33,101 @@ pub(crate) type H2Sender = hyper::client::conn::http2::SendRequest<UpstreamBody>
 
 /// A connection to an upstream, ready to take a request.
 pub(crate) enum Conn {
-    /// HTTP/1.1: one request at a time; back to the idle pool afterwards.
+    /// HTTP/1.1 through hyper: one request at a time; back to the idle
+    /// pool afterwards.
     H1(Sender),
     /// HTTP/2: a handle on a multiplexed connection that stays in the
     /// HTTP/2 pool while it lives.
     H2(H2Sender),
+    /// HTTP/1.1, Detour's own: the connection moves into the request's
+    /// future and then into the response body (`None` once it has).
+    Native(Option<Box<H1Conn>>),
+}
+
+/// Which HTTP/1.1 client a new connection gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum H1Client {
+    /// hyper's.
+    Hyper,
+    /// Detour's own ([`native`](crate::upstream::native)).
+    Native,
 }
 
 pin_project_lite::pin_project! {
-    /// The response future of either protocol (no boxing).
+    /// The response future of any of the three (no boxing).
     #[project = SendingProj]
-    pub(crate) enum Sending<A, B> {
-        /// HTTP/1.1.
+    pub(crate) enum Sending<A, B, N> {
+        /// HTTP/1.1 through hyper.
         H1 { #[pin] f: A },
         /// HTTP/2.
         H2 { #[pin] f: B },
+        /// Native HTTP/1.1.
+        Native { #[pin] f: N },
+        /// A native connection already used.
+        Gone,
     }
 }
 
-impl<A, B, T> Future for Sending<A, B>
-where
-    A: Future<Output = T>,
-    B: Future<Output = T>,
-{
-    type Output = T;
+/// A request that failed, and whether it provably never left.
+#[derive(Debug)]
+pub(crate) struct SendFailure {
+    /// What failed, classified for the retry rules.
+    pub(crate) err: Error,
+    /// No byte of it was written: it may go elsewhere whatever its method.
+    pub(crate) unsent: bool,
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        match self.project() {
-            SendingProj::H1 { f } => f.poll(cx),
-            SendingProj::H2 { f } => f.poll(cx),
+impl SendFailure {
+    fn hyper(mut e: TrySendError<Request<UpstreamBody>>) -> Self {
+        let unsent = e.take_message().is_some();
+        SendFailure {
+            err: classify_hyper(e.into_error()),
+            unsent,
         }
     }
 }
 
-/// A request hyper could not send (it may hand the request back).
-pub(crate) type SendError = TrySendError<Request<UpstreamBody>>;
-
 /// What sending a request gives back.
-pub(crate) type SendResult = Result<Response<Incoming>, SendError>;
+pub(crate) type SendResult = Result<Response<UpBody>, SendFailure>;
+
+type HyperResult = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>;
+
+impl<A, B, N> Future for Sending<A, B, N>
+where
+    A: Future<Output = HyperResult>,
+    B: Future<Output = HyperResult>,
+    N: Future<Output = Result<Response<H1Body>, SendFailed>>,
+{
+    type Output = SendResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SendResult> {
+        let hyper = match self.project() {
+            SendingProj::H1 { f } => std::task::ready!(f.poll(cx)),
+            SendingProj::H2 { f } => std::task::ready!(f.poll(cx)),
+            SendingProj::Native { f } => {
+                return f.poll(cx).map(|r| match r {
+                    Ok(resp) => Ok(resp.map(UpBody::Native)),
+                    Err(SendFailed { err, unsent }) => Err(SendFailure { err, unsent }),
+                })
+            }
+            SendingProj::Gone => {
+                return Poll::Ready(Err(SendFailure {
+                    err: Error::upstream(ErrorKind::ConnectionClosed)
+                        .context("a native connection was used twice"),
+                    unsent: true,
+                }))
+            }
+        };
+        Poll::Ready(match hyper {
+            Ok(resp) => Ok(resp.map(|body| UpBody::Hyper { body, sender: None })),
+            Err(e) => Err(SendFailure::hyper(e)),
+        })
+    }
+}
 
 impl Conn {
-    /// Send `req`. A request hyper never wrote comes back in the error.
+    /// Send `req`. A native connection moves into the response body; a
+    /// hyper one is given to it by [`attach`](Self::attach).
     pub(crate) fn send(&mut self, req: Request<UpstreamBody>) -> impl Future<Output = SendResult> {
         match self {
             Conn::H1(s) => Sending::H1 {
@@ -80,14 +136,21 @@ impl Conn {
             Conn::H2(s) => Sending::H2 {
                 f: s.try_send_request(req),
             },
+            Conn::Native(c) => match c.take() {
+                Some(c) => Sending::Native {
+                    f: native::send(c, req),
+                },
+                None => Sending::Gone,
+            },
         }
     }
 
-    /// The HTTP/1.1 sender to pool after the response, if this is one.
-    pub(crate) fn into_h1(self) -> Option<Sender> {
-        match self {
-            Conn::H1(s) => Some(s),
-            Conn::H2(_) => None,
+    /// Let `body`, this connection's answer, carry the connection to its
+    /// end, to be pooled then ([`UpBody::take_reusable`]). An HTTP/2
+    /// connection stays in its own pool; a native one is in the body already.
+    pub(crate) fn attach(self, body: &mut UpBody) {
+        if let (Conn::H1(s), UpBody::Hyper { sender, .. }) = (self, body) {
+            *sender = Some(s);
         }
     }
 
@@ -100,7 +163,7 @@ impl Conn {
     pub(crate) fn adapt_head(&self, head: &mut request::Parts, peer: &HttpPeer, has_body: bool) {
         match self {
             Conn::H2(_) => to_http2(head, peer),
-            Conn::H1(_) => {
+            Conn::H1(_) | Conn::Native(_) => {
                 if has_body
                     && !head.headers.contains_key(header::CONTENT_LENGTH)
                     && !head.headers.contains_key(header::TRANSFER_ENCODING)
@@ -158,7 +221,11 @@ fn is_h2(alpn: Option<&[u8]>) -> bool {
 /// # Errors
 /// `ConnectTimeout` or `ConnectRefused` when no transport was made (nothing
 /// was sent), otherwise as [`handshake`] failed.
-pub(crate) async fn connect<C: Connect>(connector: &C, peer: &HttpPeer) -> Result<Conn, Error> {
+pub(crate) async fn connect<C: Connect>(
+    connector: &C,
+    peer: &HttpPeer,
+    h1: H1Client,
+) -> Result<Conn, Error> {
     let io = match tokio::time::timeout(peer.options.connect_timeout, connector.connect(peer.addr))
         .await
     {
@@ -166,7 +233,7 @@ pub(crate) async fn connect<C: Connect>(connector: &C, peer: &HttpPeer) -> Resul
         Ok(Err(e)) => return Err(Error::from_connect_io(e)),
         Ok(Ok(io)) => io,
     };
-    handshake(io, peer).await
+    handshake(io, peer, h1).await
 }
 
 /// Handshake over `io`: TLS first when the peer wants it (bounded by the
@@ -175,7 +242,7 @@ pub(crate) async fn connect<C: Connect>(connector: &C, peer: &HttpPeer) -> Resul
 /// # Errors
 /// `TlsHandshake` for a failed or slow TLS handshake (the request never left,
 /// so any method may be retried), otherwise as the HTTP handshake failed.
-pub(crate) async fn handshake<I>(io: I, peer: &HttpPeer) -> Result<Conn, Error>
+pub(crate) async fn handshake<I>(io: I, peer: &HttpPeer, h1: H1Client) -> Result<Conn, Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -183,7 +250,7 @@ where
         return if peer.http2 {
             http2(io).await
         } else {
-            http1(io).await
+            http1(io, h1).await
         };
     };
     let config = Arc::clone(&tls.client)
@@ -215,14 +282,17 @@ where
     if is_h2(stream.get_ref().1.alpn_protocol()) {
         http2(stream).await
     } else {
-        http1(stream).await
+        http1(stream, h1).await
     }
 }
 
-async fn http1<I>(io: I) -> Result<Conn, Error>
+async fn http1<I>(io: I, h1: H1Client) -> Result<Conn, Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    if h1 == H1Client::Native {
+        return Ok(Conn::Native(Some(H1Conn::new(io))));
+    }
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await

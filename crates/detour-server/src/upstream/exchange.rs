@@ -32,8 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::tls::TlsClient;
-use crate::upstream::classify::classify_hyper;
-use crate::upstream::dial::{self, Conn};
+use crate::upstream::dial::{self, Conn, H1Client};
 use crate::upstream::{TcpConnector, UpstreamBody};
 
 /// A check's transport, whatever the connector behind it returns.
@@ -164,21 +163,19 @@ impl<C: Connect> CheckExchange<C> {
         let peer = self
             .dialing
             .apply(HttpPeer::new(addr, Arc::clone(&self.upstream)).with_options(options));
-        let mut conn = tokio::time::timeout_at(deadline, dial::connect(&self.connector, &peer))
-            .await
-            .map_err(|_| Error::upstream(ErrorKind::ConnectTimeout))??;
+        let mut conn = tokio::time::timeout_at(
+            deadline,
+            dial::connect(&self.connector, &peer, H1Client::Hyper),
+        )
+        .await
+        .map_err(|_| Error::upstream(ErrorKind::ConnectTimeout))??;
         let req = head(&conn, &peer, request)?;
         // `conn` is dropped on return: an HTTP/1.1 connection was asked to
         // close, and an HTTP/2 one closes with its last handle. Neither was
         // ever offered to the pools.
         tokio::time::timeout_at(deadline, async {
-            let resp = conn
-                .send(req)
-                .await
-                .map_err(|e| classify_hyper(e.into_error()))?;
-            read_response(resp, request.body_limit)
-                .await
-                .map_err(classify_hyper)
+            let resp = conn.send(req).await.map_err(|e| e.err)?;
+            read_response(resp, request.body_limit).await
         })
         .await
         .unwrap_or_else(|_| Err(Error::upstream(ErrorKind::ReadTimeout)))

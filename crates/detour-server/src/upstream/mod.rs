@@ -14,7 +14,9 @@ pub(crate) mod classify;
 pub(crate) mod dial;
 pub(crate) mod exchange;
 pub(crate) mod h2pool;
+pub(crate) mod native;
 pub(crate) mod pool;
+pub(crate) mod response;
 
 mod group;
 

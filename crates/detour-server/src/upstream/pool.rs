@@ -14,13 +14,22 @@ use detour_core::AddrMap;
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
+use crate::upstream::native::H1Conn;
 use crate::upstream::UpstreamBody;
 
 /// An HTTP/1.1 request sender for one upstream connection.
 pub(crate) type Sender = SendRequest<UpstreamBody>;
 
+/// A connection that can go back to the idle pool.
+pub(crate) enum PoolConn {
+    /// hyper's sender for a connection its own task drives.
+    Hyper(Sender),
+    /// A native connection.
+    Native(Box<H1Conn>),
+}
+
 struct Idle {
-    sender: Sender,
+    sender: PoolConn,
     since: Instant,
     expires: Instant,
 }
@@ -42,7 +51,11 @@ impl Pool {
 
     /// Take the freshest usable idle connection to `addr`. With
     /// `max_idle = Some(d)`, only a connection idle for less than `d` qualifies.
-    pub(crate) fn checkout(&self, addr: SocketAddr, max_idle: Option<Duration>) -> Option<Sender> {
+    pub(crate) fn checkout(
+        &self,
+        addr: SocketAddr,
+        max_idle: Option<Duration>,
+    ) -> Option<PoolConn> {
         let now = Instant::now();
         // Short critical section, never held across an await.
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -63,7 +76,7 @@ impl Pool {
 
     /// Return a connection after its response was read to the end. It is kept
     /// for at most `keep_for`.
-    pub(crate) fn checkin(&self, addr: SocketAddr, sender: Sender, keep_for: Duration) {
+    pub(crate) fn checkin(&self, addr: SocketAddr, sender: PoolConn, keep_for: Duration) {
         if sender.is_closed() || keep_for.is_zero() || self.max_idle_per_peer == 0 {
             return;
         }
@@ -87,6 +100,18 @@ impl Pool {
             since: now,
             expires: now + keep_for,
         });
+    }
+}
+
+impl PoolConn {
+    /// Whether the connection is known to be closed. hyper's task watches
+    /// its connection; a native one is looked at when it is checked out
+    /// ([`H1Conn::is_usable`](crate::upstream::native::H1Conn::is_usable)).
+    fn is_closed(&self) -> bool {
+        match self {
+            PoolConn::Hyper(s) => s.is_closed(),
+            PoolConn::Native(_) => false,
+        }
     }
 }
 

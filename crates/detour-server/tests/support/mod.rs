@@ -99,8 +99,21 @@ impl Proxy {
     }
 }
 
-pub fn config() -> ServerConfig {
+/// The server configuration every test starts from: the defaults, with the
+/// HTTP/1.1 upstream client named by `DETOUR_TEST_HTTP1_CLIENT` (`hyper` or
+/// `native`; unset: the default), so `.ci/run` runs the suites on both.
+pub fn base_config() -> ServerConfig {
     let mut c = ServerConfig::default();
+    if let Ok(client) = std::env::var("DETOUR_TEST_HTTP1_CLIENT") {
+        c.pool.http1_client = toml::Value::String(client)
+            .try_into()
+            .expect("DETOUR_TEST_HTTP1_CLIENT is hyper or native");
+    }
+    c
+}
+
+pub fn config() -> ServerConfig {
+    let mut c = base_config();
     c.listen = vec!["127.0.0.1:0".parse().unwrap()];
     c
 }
