@@ -7,10 +7,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The targets of `fuzz/`, each with its dictionary.
-const TARGETS: [(&str, &str); 3] = [
+const TARGETS: [(&str, &str); 4] = [
     ("framing", "http.dict"),
     ("request_head", "http.dict"),
     ("config", "toml.dict"),
+    ("h1_client", "http.dict"),
 ];
 
 /// What to run.
@@ -50,7 +51,7 @@ impl Options {
                 "--target" => {
                     let t = value()?;
                     if !TARGETS.iter().any(|(name, _)| *name == t) {
-                        return Err(format!("no fuzz target {t:?} (framing, request_head, config)"));
+                        return Err(format!("no fuzz target {t:?} (framing, request_head, config, h1_client)"));
                     }
                     o.target = Some(t);
                 }
@@ -147,7 +148,7 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<(), String> {
 
 /// The proptest harnesses with the same invariants as each target, and,
 /// for all targets, the end-to-end proxy harness.
-const FALLBACK: [(&str, &str, &str, &[&str]); 3] = [
+const FALLBACK: [(&str, &str, &str, &[&str]); 4] = [
     (
         "framing",
         "detour-server",
@@ -161,6 +162,12 @@ const FALLBACK: [(&str, &str, &str, &[&str]); 3] = [
         &["accepted_heads", "path_normalization"],
     ),
     ("config", "detour-cli", "config_properties", &[]),
+    (
+        "h1_client",
+        "detour-server",
+        "h1_differential",
+        &["both_clients_answer_alike", "uploads_reach"],
+    ),
 ];
 
 /// The proptest harnesses, `o.cases` cases each (the end-to-end proxy

@@ -43,7 +43,7 @@ use scenario::{Action, Bar, Clients, Scenario};
 
 const USAGE: &str = "\
 usage: cargo xtask chaos [--only detour,nginx,haproxy] [--scenario NAME,...] [--secs N]
-                         [--no-build] [--detour-log]
+                         [--no-build] [--detour-log] [--http1-client hyper|native]
 
   --only LIST       proxies to run (default: all three; nginx and HAProxy are
                     installed with apt-get when absent and root or sudo allows)
@@ -55,6 +55,8 @@ usage: cargo xtask chaos [--only detour,nginx,haproxy] [--scenario NAME,...] [--
   --no-build        use target/release/detour as it is
   --detour-log      keep Detour's access log (target/chaos/work/...), to see
                     every attempt of every request
+  --http1-client C  Detour's HTTP/1.1 upstream client: hyper (default) or
+                    native ([server.pool] http1_client)
 
 Exits 1 if Detour answered a GET with an error while a healthy backend
 existed, or delivered a POST twice.";
@@ -72,6 +74,8 @@ pub(crate) struct Options {
     pub(crate) build: bool,
     /// Keep Detour's access log.
     pub(crate) detour_log: bool,
+    /// Detour's own HTTP/1.1 upstream client instead of hyper's.
+    pub(crate) native: bool,
     /// Print the usage.
     pub(crate) help: bool,
 }
@@ -84,6 +88,7 @@ impl Default for Options {
             length: Duration::from_secs(8),
             build: true,
             detour_log: false,
+            native: false,
             help: false,
         }
     }
@@ -145,6 +150,13 @@ impl Options {
                 }
                 "--no-build" => o.build = false,
                 "--detour-log" => o.detour_log = true,
+                "--http1-client" => {
+                    o.native = match value()?.as_str() {
+                        "native" => true,
+                        "hyper" => false,
+                        v => return Err(format!("--http1-client: hyper or native, not {v:?}")),
+                    }
+                }
                 "-h" | "--help" => o.help = true,
                 other => return Err(format!("unknown option {other:?}")),
             }
@@ -252,7 +264,7 @@ async fn run_all(
                 Ok(program) => {
                     eprintln!("chaos: {} through {} ...", sc.name, kind.name());
                     let dir = work.join(format!("{}-{}", sc.name, kind.name().to_lowercase()));
-                    run_one(*kind, program, &sc, &dir, opts.detour_log).await
+                    run_one(*kind, program, &sc, &dir, (opts.detour_log, opts.native)).await
                 }
                 Err(why) => Err(why.clone()),
             };
@@ -273,7 +285,7 @@ async fn run_one(
     program: &Path,
     sc: &Scenario,
     dir: &Path,
-    detour_log: bool,
+    (detour_log, native): (bool, bool),
 ) -> Result<Outcome, String> {
     let mut backends = Vec::new();
     for _ in 0..sc.backends {
@@ -297,6 +309,7 @@ async fn run_one(
         access_log: detour_log,
         hop,
         hedge: sc.hedge,
+        native,
     };
     let mut proxy = if sc.chain {
         let dir_in = dir.join("inner");

@@ -45,6 +45,8 @@ pub(crate) struct Tuning {
     pub(crate) hop: Hop,
     /// Hedge requests after 30 ms (`[upstreams.app.hedge] delay = "30ms"`).
     pub(crate) hedge: bool,
+    /// Detour's own HTTP/1.1 upstream client (`http1_client = "native"`).
+    pub(crate) native: bool,
 }
 
 /// The delay of Detour's hedges when a scenario hedges.
@@ -135,6 +137,7 @@ impl Kind {
 /// [`HEDGE_DELAY_MS`] and the other keys at their defaults.
 pub(crate) fn detour_config(port: u16, backends: &[SocketAddr], tuning: Tuning) -> String {
     let access_log = tuning.access_log;
+    let h1 = if tuning.native { "native" } else { "hyper" };
     let hedge = if tuning.hedge {
         format!("[upstreams.app.hedge]\ndelay = \"{HEDGE_DELAY_MS}ms\"\n\n")
     } else {
@@ -160,6 +163,9 @@ pub(crate) fn detour_config(port: u16, backends: &[SocketAddr], tuning: Tuning) 
 listen = ["127.0.0.1:{port}"]
 threads = 1
 grace_period = "1s"
+
+[server.pool]
+http1_client = "{h1}"
 
 [admin]
 enabled = false
@@ -414,6 +420,7 @@ mod tests {
             access_log: false,
             hop,
             hedge: false,
+            native: false,
         }
     }
 

@@ -555,6 +555,8 @@ struct Streaming<P: ProxyHttp> {
     waiting: bool,
     read_timeout: Duration,
     finish: Option<Finish<P>>,
+    /// The upstream body's failure, held back one poll (see `poll_next`).
+    failed: Option<Error>,
 }
 
 impl<P: ProxyHttp> Drop for Streaming<P> {
@@ -609,6 +611,7 @@ impl<P: ProxyHttp> ProxyBody<P> {
                 waiting: false,
                 read_timeout,
                 finish: Some(finish),
+                failed: None,
             })),
         }
     }
@@ -635,7 +638,9 @@ impl<P: ProxyHttp> Body for ProxyBody<P> {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Streaming(s) => s.finish.is_none() || s.upstream.is_end_stream(),
+            Kind::Streaming(s) => {
+                s.failed.is_none() && (s.finish.is_none() || s.upstream.is_end_stream())
+            }
         }
     }
 
@@ -653,6 +658,9 @@ impl<P: ProxyHttp> ProxyBody<P> {
             Kind::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Streaming(s) => s,
         };
+        if let Some(err) = s.failed.take() {
+            return Poll::Ready(Some(Err(err)));
+        }
         if s.finish.is_none() {
             return Poll::Ready(None);
         }
@@ -711,7 +719,15 @@ impl<P: ProxyHttp> ProxyBody<P> {
             Poll::Ready(Some(Err(e))) => {
                 let err = e.context("reading the response body");
                 Finish::complete(&mut s.finish, &mut s.upstream, Some(&err), false);
-                Poll::Ready(Some(Err(err)))
+                if s.waiting {
+                    return Poll::Ready(Some(Err(err)));
+                }
+                // The failure came right behind a frame (or the head): hyper's
+                // server drops what it has not written yet when a body fails,
+                // so wait one turn for it to write the bytes that came.
+                s.failed = Some(err);
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
             Poll::Ready(None) => {
                 let spent = s.upload.take().is_some();

@@ -4,10 +4,10 @@
 //! invariant breaks, so a fuzzer reports it as a crash and proptest shrinks it.
 #![allow(dead_code)]
 
-use detour_server::config::{EncodedSlashes, PathsConfig};
+use detour_server::config::{EncodedSlashes, Http1Client, PathsConfig};
 use detour_server::fuzzing::{
-    check_request_head, check_response_framing, filter_upgrade, normalize_path, scan_framing,
-    CheckedHead, HeadRefusal, PathOutcome,
+    check_request_head, check_response_framing, filter_upgrade, h1_exchange, normalize_path,
+    scan_framing, CheckedHead, H1Answer, H1Outcome, H1Script, HeadRefusal, PathOutcome,
 };
 use http::header;
 use http::Uri;
@@ -244,4 +244,88 @@ pub fn path(path: &str, bits: u8) {
     if !paths.normalize && !paths.merge_slashes && paths.encoded_slashes == EncodedSlashes::Keep {
         assert_eq!(out, path);
     }
+}
+
+/// Both HTTP/1.1 upstream clients given `script`, each on a fresh
+/// current-thread runtime with a paused clock.
+pub fn h1_outcomes(script: &H1Script) -> (H1Outcome, H1Outcome) {
+    let run = |client| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(h1_exchange(client, script))
+    };
+    (run(Http1Client::Hyper), run(Http1Client::Native))
+}
+
+/// A refusal at one of the native client's own limits (1xx count, head
+/// size), which hyper's client sets higher or not at all.
+fn native_limit(answer: &H1Answer) -> bool {
+    matches!(answer, H1Answer::NoHead(why)
+        if why.contains("informational responses") || why.contains("response head over"))
+}
+
+/// The native HTTP/1.1 client does what hyper's does with `script`: the
+/// same status, version, headers, body bytes, trailers, body end and reuse
+/// decision, or a refusal where hyper refuses (the reasons' wording aside),
+/// and the same bytes reach the backend. Two differences are allowed: the
+/// native client refuses at its own limits first; and it refuses a
+/// malformed head as soon as it sees it, where hyper's client, given the
+/// head's start in an earlier read, sometimes sees it only at the close (it
+/// must then refuse it).
+pub fn same_h1_answer(script: &H1Script) {
+    let (hyper, native) = h1_outcomes(script);
+    if native_limit(&native.answer) {
+        return;
+    }
+    let same = match (&hyper.answer, &native.answer) {
+        (H1Answer::NoHead(_), H1Answer::NoHead(_)) => true,
+        (H1Answer::Waiting, H1Answer::NoHead(why)) if why.contains("invalid response") => {
+            let closed = H1Script {
+                close: true,
+                ..script.clone()
+            };
+            matches!(h1_outcomes(&closed).0.answer, H1Answer::NoHead(_))
+        }
+        (a, b) => a == b,
+    };
+    assert!(
+        same && hyper.received == native.received,
+        "the clients differ on {script:?}\nhyper:  {hyper:?}\nnative: {native:?}"
+    );
+}
+
+/// A scripted exchange from raw bytes (the `h1_client` fuzz target's
+/// input): the first byte picks the method (bit 0: `HEAD`, else `GET`),
+/// whether the backend closes after (bit 1), and how many cut points follow
+/// (bits 2–3), two bytes each; the rest is what the backend sends, cut into
+/// reads there.
+pub fn h1_script(data: &[u8]) -> Option<H1Script> {
+    let (&flags, rest) = data.split_first()?;
+    let cuts = usize::from(flags >> 2 & 3);
+    if rest.len() < cuts * 2 {
+        return None;
+    }
+    let (cut_bytes, wire) = rest.split_at(cuts * 2);
+    let mut at: Vec<usize> = cut_bytes
+        .chunks(2)
+        .map(|c| (usize::from(c[0]) << 8 | usize::from(c[1])) % (wire.len() + 1))
+        .collect();
+    at.extend([0, wire.len()]);
+    at.sort_unstable();
+    at.dedup();
+    Some(H1Script {
+        method: if flags & 1 == 1 {
+            http::Method::HEAD
+        } else {
+            http::Method::GET
+        },
+        upload: Vec::new(),
+        upload_len_known: false,
+        upload_trailers: None,
+        reads: at.windows(2).map(|w| wire[w[0]..w[1]].to_vec()).collect(),
+        close: flags & 2 == 2,
+    })
 }

@@ -22,3 +22,6 @@ pub(crate) mod decode;
 pub(crate) mod head;
 
 pub(crate) use conn::{send, H1Body, H1Conn, SendFailed};
+
+#[cfg(test)]
+mod tests;
