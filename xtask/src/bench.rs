@@ -590,10 +590,11 @@ impl Setup {
                 proc: None,
             });
         }
-        // Detour with each HTTP/1.1 upstream client (`--only detour,native`).
+        // Detour with each HTTP/1.1 upstream client: its own (the default)
+        // and hyper's (`--only detour,hyper`).
         for (key, name, h1) in [
-            ("detour", "Detour", "hyper"),
-            ("native", "Detour native", "native"),
+            ("detour", "Detour", "native"),
+            ("hyper", "Detour hyper", "hyper"),
         ] {
             if !wanted(key) {
                 continue;

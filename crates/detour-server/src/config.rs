@@ -331,10 +331,10 @@ pub struct PoolConfig {
     /// closing an idle connection cannot turn it into a 502. Default 1 s.
     #[serde(with = "humantime_serde")]
     pub unsafe_max_idle: Duration,
-    /// Which HTTP/1.1 client speaks to the backends: `"hyper"` (hyper's
-    /// client connection) or `"native"` (Detour's own, driven by the
-    /// request's task; see the engine chapter). Upgrades always use hyper's.
-    /// Default `"hyper"`.
+    /// Which HTTP/1.1 client speaks to the backends: `"native"` (Detour's
+    /// own, driven by the request's task; see the engine chapter) or
+    /// `"hyper"` (hyper's client connection). Upgrades always use hyper's.
+    /// Default `"native"`.
     pub http1_client: Http1Client,
 }
 
@@ -344,9 +344,9 @@ pub struct PoolConfig {
 #[non_exhaustive]
 pub enum Http1Client {
     /// hyper's client connection, with a task per connection.
-    #[default]
     Hyper,
     /// Detour's own connection, driven by the request's task.
+    #[default]
     Native,
 }
 

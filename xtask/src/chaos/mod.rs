@@ -43,7 +43,7 @@ use scenario::{Action, Bar, Clients, Scenario};
 
 const USAGE: &str = "\
 usage: cargo xtask chaos [--only detour,nginx,haproxy] [--scenario NAME,...] [--secs N]
-                         [--no-build] [--detour-log] [--http1-client hyper|native]
+                         [--no-build] [--detour-log] [--http1-client native|hyper]
 
   --only LIST       proxies to run (default: all three; nginx and HAProxy are
                     installed with apt-get when absent and root or sudo allows)
@@ -55,8 +55,8 @@ usage: cargo xtask chaos [--only detour,nginx,haproxy] [--scenario NAME,...] [--
   --no-build        use target/release/detour as it is
   --detour-log      keep Detour's access log (target/chaos/work/...), to see
                     every attempt of every request
-  --http1-client C  Detour's HTTP/1.1 upstream client: hyper (default) or
-                    native ([server.pool] http1_client)
+  --http1-client C  Detour's HTTP/1.1 upstream client: native (default) or
+                    hyper ([server.pool] http1_client)
 
 Exits 1 if Detour answered a GET with an error while a healthy backend
 existed, or delivered a POST twice.";
@@ -74,8 +74,8 @@ pub(crate) struct Options {
     pub(crate) build: bool,
     /// Keep Detour's access log.
     pub(crate) detour_log: bool,
-    /// Detour's own HTTP/1.1 upstream client instead of hyper's.
-    pub(crate) native: bool,
+    /// hyper's HTTP/1.1 upstream client instead of Detour's own.
+    pub(crate) hyper_client: bool,
     /// Print the usage.
     pub(crate) help: bool,
 }
@@ -88,7 +88,7 @@ impl Default for Options {
             length: Duration::from_secs(8),
             build: true,
             detour_log: false,
-            native: false,
+            hyper_client: false,
             help: false,
         }
     }
@@ -151,9 +151,9 @@ impl Options {
                 "--no-build" => o.build = false,
                 "--detour-log" => o.detour_log = true,
                 "--http1-client" => {
-                    o.native = match value()?.as_str() {
-                        "native" => true,
-                        "hyper" => false,
+                    o.hyper_client = match value()?.as_str() {
+                        "native" => false,
+                        "hyper" => true,
                         v => return Err(format!("--http1-client: hyper or native, not {v:?}")),
                     }
                 }
@@ -264,7 +264,14 @@ async fn run_all(
                 Ok(program) => {
                     eprintln!("chaos: {} through {} ...", sc.name, kind.name());
                     let dir = work.join(format!("{}-{}", sc.name, kind.name().to_lowercase()));
-                    run_one(*kind, program, &sc, &dir, (opts.detour_log, opts.native)).await
+                    run_one(
+                        *kind,
+                        program,
+                        &sc,
+                        &dir,
+                        (opts.detour_log, opts.hyper_client),
+                    )
+                    .await
                 }
                 Err(why) => Err(why.clone()),
             };
@@ -285,7 +292,7 @@ async fn run_one(
     program: &Path,
     sc: &Scenario,
     dir: &Path,
-    (detour_log, native): (bool, bool),
+    (detour_log, hyper_client): (bool, bool),
 ) -> Result<Outcome, String> {
     let mut backends = Vec::new();
     for _ in 0..sc.backends {
@@ -309,7 +316,7 @@ async fn run_one(
         access_log: detour_log,
         hop,
         hedge: sc.hedge,
-        native,
+        hyper_client,
     };
     let mut proxy = if sc.chain {
         let dir_in = dir.join("inner");

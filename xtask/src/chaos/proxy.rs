@@ -45,8 +45,9 @@ pub(crate) struct Tuning {
     pub(crate) hop: Hop,
     /// Hedge requests after 30 ms (`[upstreams.app.hedge] delay = "30ms"`).
     pub(crate) hedge: bool,
-    /// Detour's own HTTP/1.1 upstream client (`http1_client = "native"`).
-    pub(crate) native: bool,
+    /// hyper's HTTP/1.1 upstream client (`http1_client = "hyper"`) instead
+    /// of Detour's own.
+    pub(crate) hyper_client: bool,
 }
 
 /// The delay of Detour's hedges when a scenario hedges.
@@ -137,7 +138,11 @@ impl Kind {
 /// [`HEDGE_DELAY_MS`] and the other keys at their defaults.
 pub(crate) fn detour_config(port: u16, backends: &[SocketAddr], tuning: Tuning) -> String {
     let access_log = tuning.access_log;
-    let h1 = if tuning.native { "native" } else { "hyper" };
+    let h1 = if tuning.hyper_client {
+        "hyper"
+    } else {
+        "native"
+    };
     let hedge = if tuning.hedge {
         format!("[upstreams.app.hedge]\ndelay = \"{HEDGE_DELAY_MS}ms\"\n\n")
     } else {
@@ -420,7 +425,7 @@ mod tests {
             access_log: false,
             hop,
             hedge: false,
-            native: false,
+            hyper_client: false,
         }
     }
 

@@ -100,8 +100,9 @@ impl Proxy {
 }
 
 /// The server configuration every test starts from: the defaults, with the
-/// HTTP/1.1 upstream client named by `DETOUR_TEST_HTTP1_CLIENT` (`hyper` or
-/// `native`; unset: the default), so `.ci/run` runs the suites on both.
+/// HTTP/1.1 upstream client named by `DETOUR_TEST_HTTP1_CLIENT` (`native` or
+/// `hyper`; unset: the default, `native`), so `.ci/run` runs the suites on
+/// both.
 pub fn base_config() -> ServerConfig {
     let mut c = ServerConfig::default();
     if let Ok(client) = std::env::var("DETOUR_TEST_HTTP1_CLIENT") {
