@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 /// `--version`: the package version and the commit it was built from.
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DETOUR_COMMIT"), ")");
 use detour_cli::app::{self, config::LogFormat, Config};
+use detour_server::upgrade::{self, Inherited};
 
 /// A reverse proxy that routes around failed backends.
 ///
@@ -50,6 +51,11 @@ struct Cli {
     /// exit. Like `nginx -T`.
     #[arg(short = 'T', long = "dump-config", requires = "config")]
     dump_config: bool,
+    /// Take over from the running Detour at this configuration's
+    /// `[server] upgrade_socket`: serve on its listening sockets, then let
+    /// it drain. No connection is dropped (see "Running a fleet").
+    #[arg(long = "upgrade", requires = "config")]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -154,6 +160,26 @@ fn test_config(config: &Config, path: &std::path::Path, strict: bool) -> ExitCod
     ExitCode::SUCCESS
 }
 
+/// With `--upgrade`, the running process's listening sockets and the way
+/// to tell it this one serves; without, nothing.
+fn take_over(
+    config: &Config,
+    upgrade: bool,
+) -> std::io::Result<(Inherited, Option<upgrade::Successor>)> {
+    if !upgrade {
+        return Ok((Inherited::default(), None));
+    }
+    let path = config.server.upgrade_socket.as_deref().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "--upgrade needs [server] upgrade_socket in the configuration",
+        )
+    })?;
+    let (inherited, successor) = upgrade::take_over(path)?;
+    tracing::info!(sockets = inherited.len(), from = %path.display(), "listening sockets taken over");
+    Ok((inherited, Some(successor)))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Demo {
@@ -210,13 +236,28 @@ fn main() -> ExitCode {
         tracing::warn!(fields = %w.fields.join(", "), "dangerous configuration: {}", w.why);
     }
     let handle = metrics();
-    match app::start(&config, Some(&path), handle, None) {
+    let (inherited, successor) = match take_over(&config, cli.upgrade) {
+        Ok(taken) => taken,
+        Err(e) => {
+            eprintln!("detour: cannot upgrade: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app::start_inheriting(&config, Some(&path), handle, None, inherited) {
         Ok(running) => {
             tracing::info!(
                 addr = %running.addr(),
                 admin = running.admin_addr.map(tracing::field::display),
                 "detour serving"
             );
+            if let Some(successor) = successor {
+                match successor.ready() {
+                    Ok(()) => tracing::info!("took over from the previous process; it drains"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the previous process did not acknowledge the upgrade; both serve until it stops")
+                    }
+                }
+            }
             match running.run_until_signal() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// How long SIGTERM waits for in-flight requests. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
+    /// A Unix socket where the running server hands its listening sockets
+    /// to a successor (`detour --upgrade`), so an upgrade drops no
+    /// connection (see [`upgrade`](crate::upgrade)). Default none.
+    pub upgrade_socket: Option<std::path::PathBuf>,
     /// Name used in `Via` and `Proxy-Status`. Default `detour`.
     pub proxy_name: String,
     /// Downstream limits.
@@ -72,6 +76,7 @@ impl Default for ServerConfig {
             threads: 1,
             runtime: RuntimeModel::PerWorker,
             grace_period: Duration::from_secs(10),
+            upgrade_socket: None,
             proxy_name: "detour".into(),
             limits: LimitsConfig::default(),
             pool: PoolConfig::default(),

@@ -63,6 +63,7 @@ mod send_timeout;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 
 pub use config::{AppProtocol, ConfigError, Http2Config, ListenerConfig, ServerConfig};

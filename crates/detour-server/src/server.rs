@@ -6,6 +6,7 @@
 //! hooks, backend state) lives behind `Arc`s and atomics.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::config::{ConfigError, RuntimeModel, ServerConfig};
 use crate::listener::ListenSpec;
 use crate::proxy::{ConnSlot, HttpProxy};
 use crate::tls::ServerTls;
+use crate::upgrade::{self, Inherited};
 use crate::upstream::{first_rounds, Connect, Services, Upstream};
 
 /// The command line every Detour server understands.
@@ -61,6 +63,8 @@ pub enum Stop {
 #[derive(Debug, Clone)]
 pub struct Server {
     config: ServerConfig,
+    /// Listening sockets taken over from a running server, used once.
+    inherited: Arc<std::sync::Mutex<Inherited>>,
 }
 
 /// A running server: its bound addresses and the way to stop it.
@@ -74,6 +78,10 @@ pub struct ServerHandle {
     services_rt: Option<tokio::runtime::Runtime>,
     /// TLS listeners' certificates by `[[server.listeners]]` index.
     tls: Vec<(usize, Arc<ServerTls>)>,
+    /// The sockets a successor gets (`[server] upgrade_socket`).
+    offered: upgrade::Offered,
+    /// Turns true once a successor took the sockets over.
+    handed: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -100,6 +108,25 @@ impl ServerHandle {
     /// Ask the server to stop (see [`Stop`]).
     pub fn stop(&self, how: Stop) {
         self.stop.send_replace(how);
+    }
+
+    /// Resolves once a successor took this server's listening sockets over
+    /// (`[server] upgrade_socket`): time to drain. Never resolves without an
+    /// upgrade socket.
+    pub async fn handed_over(&self) {
+        let mut handed = self.handed.clone();
+        if handed.wait_for(|h| *h).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Offer `socket`, listening on `addr`, to a successor along with the
+    /// server's own listeners (an application's admin listener, say); the
+    /// successor finds it in its [`Inherited`] under `addr`.
+    pub fn offer_on_upgrade(&self, addr: SocketAddr, socket: OwnedFd) {
+        if let Ok(mut offered) = self.offered.lock() {
+            offered.push((addr, socket));
+        }
     }
 
     /// The runtime the upstreams' background services run on (to start the
@@ -208,7 +235,20 @@ impl Drop for ServerHandle {
 impl Server {
     /// A server with this configuration.
     pub fn new(config: ServerConfig) -> Self {
-        Server { config }
+        Server {
+            config,
+            inherited: Arc::default(),
+        }
+    }
+
+    /// Serve on `inherited`, the listening sockets of a running server
+    /// ([`upgrade::take_over`]), instead of binding those addresses anew.
+    /// Addresses the configuration no longer has are closed.
+    pub fn inherit(self, inherited: Inherited) -> Self {
+        Server {
+            inherited: Arc::new(std::sync::Mutex::new(inherited)),
+            ..self
+        }
     }
 
     /// Parse the command line, load and validate the configuration. With
@@ -284,11 +324,82 @@ impl Server {
         let (stop, stop_rx) = watch::channel(Stop::Run);
         let limit = Arc::new(Semaphore::new(self.config.limits.max_connections));
         let mut threads = Vec::new();
-        let grace = self.config.grace_period;
         let (workers, per_worker) = match self.config.runtime {
             RuntimeModel::PerWorker => (self.config.threads, true),
             RuntimeModel::WorkStealing => (1, false),
         };
+        let (mut addrs, specs, tls) = self.listener_specs()?;
+        let (inherited, successor) = self.inherited_for(&addrs)?;
+        // Worker w accepts on every `workers`-th inherited socket of each
+        // address, and binds a socket of its own where it gets none.
+        let mut assigned: Vec<Vec<Vec<OwnedFd>>> = (0..workers)
+            .map(|_| addrs.iter().map(|_| Vec::new()).collect())
+            .collect();
+        for (i, fds) in inherited.into_iter().enumerate() {
+            for (j, fd) in fds.into_iter().enumerate() {
+                assigned[j % workers][i].push(fd);
+            }
+        }
+        let offered: upgrade::Offered = Arc::default();
+        for (w, mine) in assigned.into_iter().enumerate() {
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let setup = WorkerSetup {
+                proxy: if per_worker {
+                    proxy.fork()
+                } else {
+                    proxy.clone()
+                },
+                bind: addrs.clone(),
+                inherited: mine,
+                specs: specs.clone(),
+                stop: stop_rx.clone(),
+                limit: Arc::clone(&limit),
+                grace: self.config.grace_period,
+                threads: if per_worker { 0 } else { self.config.threads },
+            };
+            threads.push(spawn_worker(w, setup, ready_tx)?);
+            match ready_rx.recv() {
+                Ok(Ok((bound, fds))) => {
+                    addrs = bound;
+                    if let Ok(mut o) = offered.lock() {
+                        o.extend(fds);
+                    }
+                }
+                Ok(Err(e)) => {
+                    stop.send_replace(Stop::Immediate);
+                    return Err(e);
+                }
+                Err(_) => {
+                    stop.send_replace(Stop::Immediate);
+                    return Err(std::io::Error::other("worker failed to start"));
+                }
+            }
+        }
+        let (handed_tx, handed) = watch::channel(false);
+        if let Some(path) = &self.config.upgrade_socket {
+            if let Err(e) = upgrade::serve(path.clone(), Arc::clone(&offered), handed_tx, successor)
+            {
+                stop.send_replace(Stop::Immediate);
+                return Err(e);
+            }
+        }
+        tracing::info!(?addrs, workers, "listening");
+        Ok(ServerHandle {
+            addrs,
+            stop,
+            threads,
+            services: Vec::new(),
+            services_rt: None,
+            tls,
+            offered,
+            handed,
+        })
+    }
+
+    /// Every listening address (the `listen` ones, then the
+    /// `[[server.listeners]]`), what each speaks, and the TLS listeners'
+    /// certificates by `[[server.listeners]]` index.
+    fn listener_specs(&self) -> std::io::Result<ListenerSpecs> {
         let mut addrs = self.config.listen.clone();
         let mut specs: Vec<Arc<ListenSpec>> = addrs
             .iter()
@@ -305,77 +416,33 @@ impl Server {
             addrs.push(l.addr);
             specs.push(Arc::new(spec));
         }
-        for w in 0..workers {
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let worker_proxy = if per_worker {
-                proxy.fork()
-            } else {
-                proxy.clone()
-            };
-            let bind = addrs.clone();
-            let specs = specs.clone();
-            let stop_rx = stop_rx.clone();
-            let limit = Arc::clone(&limit);
-            let threads_n = self.config.threads;
-            let t = std::thread::Builder::new()
-                .name(format!("detour-worker-{w}"))
-                .spawn(move || {
-                    let rt = if per_worker {
-                        tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                    } else {
-                        tokio::runtime::Builder::new_multi_thread()
-                            .worker_threads(threads_n)
-                            .enable_all()
-                            .build()
-                    };
-                    let rt = match rt {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    rt.block_on(async move {
-                        let listeners = match bind_all(&bind) {
-                            Ok(l) => l,
-                            Err(e) => {
-                                let _ = ready_tx.send(Err(e));
-                                return;
-                            }
-                        };
-                        let bound = listeners
-                            .iter()
-                            .filter_map(|l| l.local_addr().ok())
-                            .collect();
-                        let _ = ready_tx.send(Ok(bound));
-                        let listeners = listeners.into_iter().zip(specs).collect();
-                        worker(listeners, worker_proxy, stop_rx, limit, grace).await;
-                    });
-                })?;
-            threads.push(t);
-            match ready_rx.recv() {
-                Ok(Ok(bound)) => addrs = bound,
-                Ok(Err(e)) => {
-                    stop.send_replace(Stop::Immediate);
-                    return Err(e);
-                }
-                Err(_) => {
-                    stop.send_replace(Stop::Immediate);
-                    return Err(std::io::Error::other("worker failed to start"));
-                }
+        Ok((addrs, specs, tls))
+    }
+
+    /// The inherited sockets of each address in `addrs`, and whether this
+    /// server took any over. An address that inherited nothing must be free:
+    /// another process listening there (a second Detour started by
+    /// mistake, which `SO_REUSEPORT` would otherwise let share the port
+    /// silently) is an error.
+    fn inherited_for(&self, addrs: &[SocketAddr]) -> std::io::Result<(Vec<Vec<OwnedFd>>, bool)> {
+        let mut pool = self
+            .inherited
+            .lock()
+            .map(|mut i| std::mem::take(&mut *i))
+            .unwrap_or_default();
+        let successor = !pool.is_empty();
+        let mut per_addr = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let fds = pool.take(*addr);
+            if fds.is_empty() && addr.port() != 0 {
+                ensure_free(*addr)?;
             }
+            per_addr.push(fds);
         }
-        tracing::info!(?addrs, workers, "listening");
-        Ok(ServerHandle {
-            addrs,
-            stop,
-            threads,
-            services: Vec::new(),
-            services_rt: None,
-            tls,
-        })
+        if !pool.is_empty() {
+            tracing::info!(addrs = ?pool.addrs(), "inherited listeners the configuration no longer has: closed");
+        }
+        Ok((per_addr, successor))
     }
 
     /// Serve `proxy` until a signal: SIGTERM drains in-flight requests within
@@ -460,29 +527,144 @@ pub async fn run_until_stopped(handle: ServerHandle, how: Stop) -> std::io::Resu
     }
 }
 
-/// Bind every address with `SO_REUSEPORT`, so each worker has its own listener
-/// and the kernel spreads connections between them.
-fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
-    addrs
-        .iter()
-        .map(|addr| {
-            let socket = if addr.is_ipv4() {
-                TcpSocket::new_v4()?
+/// Every listening address, what each speaks, and the TLS certificates.
+type ListenerSpecs = (
+    Vec<SocketAddr>,
+    Vec<Arc<ListenSpec>>,
+    Vec<(usize, Arc<ServerTls>)>,
+);
+
+/// A worker's bound addresses, and a copy of each of its listening sockets
+/// to offer a successor.
+type Bound = (Vec<SocketAddr>, Vec<(SocketAddr, OwnedFd)>);
+
+/// What one worker thread needs.
+struct WorkerSetup<P: ProxyHttp, C: Connect> {
+    proxy: HttpProxy<P, C>,
+    bind: Vec<SocketAddr>,
+    /// Sockets taken over from a predecessor, by index into `bind`.
+    inherited: Vec<Vec<OwnedFd>>,
+    specs: Vec<Arc<ListenSpec>>,
+    stop: watch::Receiver<Stop>,
+    limit: Arc<Semaphore>,
+    grace: Duration,
+    /// Threads of a work-stealing runtime; 0: a current-thread one.
+    threads: usize,
+}
+
+/// Start worker `w` on a thread of its own; `ready` gets its bound
+/// addresses once it listens, or why it could not.
+fn spawn_worker<P: ProxyHttp, C: Connect>(
+    w: usize,
+    setup: WorkerSetup<P, C>,
+    ready: std::sync::mpsc::Sender<std::io::Result<Bound>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("detour-worker-{w}"))
+        .spawn(move || {
+            let rt = if setup.threads == 0 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
             } else {
-                TcpSocket::new_v6()?
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(setup.threads)
+                    .enable_all()
+                    .build()
             };
-            socket.set_reuseaddr(true)?;
-            socket.set_reuseport(true)?;
-            socket.set_nodelay(true)?;
-            socket.bind(*addr)?;
-            socket.listen(4096)
+            let rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listeners = match bind_worker(&setup.bind, setup.inherited) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready.send(bound(&setup.bind, &listeners));
+                let listeners = listeners
+                    .into_iter()
+                    .map(|(l, i)| (l, Arc::clone(&setup.specs[i])))
+                    .collect();
+                worker(listeners, setup.proxy, setup.stop, setup.limit, setup.grace).await;
+            });
         })
-        .zip(addrs)
-        .map(|(bound, addr)| {
-            bound
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
-        })
-        .collect()
+}
+
+/// The address each index of `addrs` is bound to (ports resolved), and a
+/// copy of every listening socket.
+fn bound(addrs: &[SocketAddr], listeners: &[(TcpListener, usize)]) -> std::io::Result<Bound> {
+    let mut resolved = addrs.to_vec();
+    let mut fds = Vec::with_capacity(listeners.len());
+    for (l, i) in listeners {
+        let addr = l.local_addr()?;
+        resolved[*i] = addr;
+        fds.push((addr, l.as_fd().try_clone_to_owned()?));
+    }
+    Ok((resolved, fds))
+}
+
+/// A worker's listeners, each with the index of its address: the
+/// inherited sockets of an address, or else a socket of its own bound with
+/// `SO_REUSEPORT`, so the kernel spreads connections between workers (and,
+/// during an upgrade, between the processes).
+fn bind_worker(
+    addrs: &[SocketAddr],
+    inherited: Vec<Vec<OwnedFd>>,
+) -> std::io::Result<Vec<(TcpListener, usize)>> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for (i, (addr, fds)) in addrs.iter().zip(inherited).enumerate() {
+        if fds.is_empty() {
+            let l = bind_one(*addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?;
+            listeners.push((l, i));
+        }
+        for fd in fds {
+            let std_listener = std::net::TcpListener::from(fd);
+            std_listener.set_nonblocking(true)?;
+            listeners.push((TcpListener::from_std(std_listener)?, i));
+        }
+    }
+    Ok(listeners)
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Fail if a process already listens on `addr`: a bind without
+/// `SO_REUSEPORT` is refused then, where the workers' binds would join it.
+fn ensure_free(addr: SocketAddr) -> std::io::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_probe) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            e.kind(),
+            format!(
+                "another process listens on {addr}; to replace a running Detour without dropping \
+                 connections, start the new one with `--upgrade` ([server] upgrade_socket)"
+            ),
+        )),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr}: {e}"),
+        )),
+    }
 }
 
 async fn worker<P: ProxyHttp, C: Connect>(

@@ -29,10 +29,12 @@ pub mod state;
 pub mod status;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
 use detour_server::config::ConfigError;
+use detour_server::upgrade::Inherited;
 use detour_server::upstream::{build_all, EventHook};
 use detour_server::{HttpProxy, Server, ServerHandle, Stop};
 use tokio::sync::watch;
@@ -117,7 +119,28 @@ pub fn start(
     metrics: Option<detour_proxy::metrics::MetricsHandle>,
     events: Option<EventHook>,
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
+    start_inheriting(config, config_path, metrics, events, Inherited::default())
+}
+
+/// [`start`], serving on `inherited`: the listening sockets (the admin
+/// listener's too) of the running Detour this one takes over from
+/// (`detour --upgrade`, [`detour_server::upgrade`]).
+///
+/// # Errors
+/// As [`start`].
+pub fn start_inheriting(
+    config: &Config,
+    config_path: Option<&Path>,
+    metrics: Option<detour_proxy::metrics::MetricsHandle>,
+    events: Option<EventHook>,
+    mut inherited: Inherited,
+) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     let config = &config.clone().validate()?;
+    let admin_inherited = if config.admin.enabled {
+        inherited.take(config.admin.listen)
+    } else {
+        Vec::new()
+    };
     let state = build_state(config, 1, events.clone())?;
     let upstreams: Vec<_> = state.upstreams.values().cloned().collect();
     let app = Arc::new(App::new(state));
@@ -125,7 +148,9 @@ pub fn start(
         .upstreams(upstreams)
         .config(config.server.clone())
         .build();
-    let mut handle = Server::new(config.server.clone()).start(proxy)?;
+    let mut handle = Server::new(config.server.clone())
+        .inherit(inherited)
+        .start(proxy)?;
     let rt = handle
         .services_runtime()
         .ok_or("the server has no services runtime")?;
@@ -144,8 +169,12 @@ pub fn start(
     let (draining, draining_rx) = watch::channel(false);
     let mut admin_addr = None;
     if config.admin.enabled {
-        let listener = bind_admin(config.admin.listen)?;
-        admin_addr = Some(listener.local_addr()?);
+        let listener = bind_admin(config.admin.listen, admin_inherited)?;
+        let addr = listener.local_addr()?;
+        admin_addr = Some(addr);
+        // A successor gets the admin listener too, so health probes keep
+        // finding an answer through an upgrade.
+        handle.offer_on_upgrade(addr, listener.as_fd().try_clone_to_owned()?);
         let guard = admin::Guard::new(config.admin.token.as_deref(), &config.admin.allowed_hosts);
         let admin = admin::Admin::new(
             Arc::clone(&app),
@@ -176,7 +205,16 @@ pub fn start(
 }
 
 /// The admin listener's socket, non-blocking; a failure names the address.
-fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// The admin listener: the one inherited from a predecessor, or a new one.
+fn bind_admin(
+    addr: SocketAddr,
+    inherited: Vec<std::os::fd::OwnedFd>,
+) -> std::io::Result<std::net::TcpListener> {
+    if let Some(fd) = inherited.into_iter().next() {
+        let listener = std::net::TcpListener::from(fd);
+        listener.set_nonblocking(true)?;
+        return Ok(listener);
+    }
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -241,6 +279,7 @@ impl Running {
             loop {
                 tokio::select! {
                     _ = term.recv() => return Ok::<_, std::io::Error>(Stop::Graceful),
+                    () = self.handle.handed_over() => return Ok(Stop::Graceful),
                     _ = int.recv() => return Ok(Stop::Immediate),
                     _ = hup.recv() => {
                         // The reload task writes the outcome's log line.

@@ -46,8 +46,18 @@ pub fn start(file: &Path) -> Detour {
 
 /// [`start`] with `env` set (`RUST_LOG`, ...).
 pub fn start_env(file: &Path, env: &[(&str, &str)]) -> Detour {
+    start_with(file, &[], env)
+}
+
+/// [`start`] with more arguments (`--upgrade`).
+pub fn start_args(file: &Path, args: &[&str]) -> Detour {
+    start_with(file, args, &[])
+}
+
+fn start_with(file: &Path, args: &[&str], env: &[(&str, &str)]) -> Detour {
     let mut child = detour()
         .args(["--config", file.to_str().unwrap()])
+        .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

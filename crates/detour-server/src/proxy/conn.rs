@@ -142,7 +142,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             streams: exec,
             idle: self.shared.limits.keepalive_timeout,
         };
-        if let Some(Err(e)) = run_until_drained(conn, drain, client, Some(idle)).await {
+        if let Some(Err(e)) = run_until_drained(conn, drain, client, Some(idle), None).await {
             tracing::debug!(error = %e, ?client, "downstream connection ended with an error");
         }
     }

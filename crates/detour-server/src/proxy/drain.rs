@@ -67,6 +67,12 @@ pub(super) struct IdleClose {
 /// long, shut it down gracefully and let it finish. A client that never
 /// opens a stream (nor even sends the HTTP/2 preface) is closed the same way.
 ///
+/// With `linger` (HTTP/1.1), a drain does not close the connection at once:
+/// the service answers the next request with `Connection: close`, after
+/// which hyper closes it, and only a connection still open after `linger`
+/// is shut down. A client that sends its next request just as the drain
+/// begins gets an answer, not a closed connection.
+///
 /// Returns the connection's own result, or `None` when it was dropped for
 /// not closing within the idle period after it was asked to for idleness
 /// (a connection still in its handshake cannot be sent a GOAWAY).
@@ -75,12 +81,15 @@ pub(super) async fn run_until_drained<F>(
     mut drain: watch::Receiver<bool>,
     client: Option<SocketAddr>,
     idle: Option<IdleClose>,
+    linger: Option<Duration>,
 ) -> Option<F::Output>
 where
     F: Graceful,
 {
     tokio::pin!(conn);
     let mut draining = false;
+    // When a lingering drain shuts the connection down.
+    let mut shutdown_at: Option<Instant> = None;
     // Checked a few times per idle period: it closes between `idle` and
     // 1.25 × `idle` after the last stream ended. Without an idle check the
     // timer branch is never enabled.
@@ -94,10 +103,17 @@ where
     loop {
         if !draining && *drain.borrow_and_update() {
             draining = true;
-            conn.as_mut().shutdown();
+            match linger {
+                Some(l) => shutdown_at = Some(Instant::now() + l),
+                None => conn.as_mut().shutdown(),
+            }
         }
         tokio::select! {
             r = conn.as_mut() => return Some(r),
+            () = tokio::time::sleep_until(shutdown_at.unwrap_or(next_check)), if shutdown_at.is_some() => {
+                shutdown_at = None;
+                conn.as_mut().shutdown();
+            }
             changed = drain.changed(), if !draining => {
                 if changed.is_err() {
                     // The server is gone: treat it as a drain.

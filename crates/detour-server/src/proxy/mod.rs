@@ -39,6 +39,10 @@ use crate::upstream::h2pool::H2Pool;
 use crate::upstream::pool::Pool;
 use crate::upstream::{Connect, TcpConnector, Upstream};
 use drain::run_until_drained;
+
+/// How long a draining HTTP/1.1 connection waits for its next request (to
+/// answer it with `Connection: close`) before it is shut down.
+const H1_DRAIN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 use forward::{Forwarding, RequestIds};
 
 /// What every worker's copy of a proxy shares.
@@ -326,9 +330,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let watch = ConnWatch::new(&self.shared.limits);
         let io = FramingGuard::new(io, Arc::clone(&watch));
         let service_watch = Arc::clone(&watch);
+        let service_drain = drain.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let proxy = proxy.clone();
             let watch = Arc::clone(&service_watch);
+            let drain = service_drain.clone();
             let index = watch.begin();
             if watch.is_bad(index) {
                 req.extensions_mut().insert(AmbiguousFraming(
@@ -344,9 +350,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             // an unboxed request future would cost every idle connection
             // its full size; boxed, only a request in flight pays for it.
             Box::pin(async move {
-                let resp = proxy.handle_from(req, client, tls).await;
+                let mut resp = proxy.handle_from(req, client, tls).await;
                 if upgrade && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                     watch.not_upgraded(index);
+                }
+                if *drain.borrow() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                    // Draining: this answer is the connection's last.
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
                 }
                 Ok::<_, Infallible>(resp.map(|b| Answered::new(b, watch)))
             })
@@ -355,7 +368,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             .http1_builder()
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        let r = run_until_drained(conn, drain, client, None).await;
+        let r = run_until_drained(conn, drain, client, None, Some(H1_DRAIN_LINGER)).await;
         let slow_head = watch.head_timed_out()
             || r.as_ref()
                 .is_some_and(|r| r.as_ref().is_err_and(|e| e.is_timeout()))

@@ -62,6 +62,9 @@ pub fn resolve(config: &mut Config, base_dir: Option<&Path>) -> Result<(), Confi
 /// Every path-like field of `config`, with its dotted name.
 fn path_fields(config: &mut Config) -> Vec<(String, &mut PathBuf)> {
     let mut found = Vec::new();
+    if let Some(path) = config.server.upgrade_socket.as_mut() {
+        found.push(("server.upgrade_socket".to_string(), path));
+    }
     for (i, listener) in config.server.listeners.iter_mut().enumerate() {
         let Some(tls) = listener.tls.as_mut() else {
             continue;
