@@ -487,8 +487,9 @@ fn start_services(
     Ok((services_rt, services))
 }
 
-/// Wait for SIGTERM (drain) or SIGINT (stop at once); while draining, a
-/// SIGINT or a second SIGTERM cuts the drain short.
+/// Wait for SIGTERM (drain), SIGINT (stop at once) or a successor taking
+/// the listening sockets over (drain); while draining, a SIGINT or a second
+/// SIGTERM cuts the drain short.
 ///
 /// # Errors
 /// Installing the signal handlers failed.
@@ -499,6 +500,7 @@ pub async fn run_until_signal(handle: ServerHandle) -> std::io::Result<()> {
     let how = tokio::select! {
         _ = term.recv() => Stop::Graceful,
         _ = int.recv() => Stop::Immediate,
+        () = handle.handed_over() => Stop::Graceful,
     };
     tracing::info!(?how, "stopping");
     run_until_stopped(handle, how).await
