@@ -168,7 +168,35 @@ async fn an_upgrade_under_load_fails_no_request() {
         .await
         .unwrap();
     assert_eq!(c.read_response().await.unwrap().status, 200);
+
+    // A successor that fails to start (its admin address is taken) leaves
+    // the running process serving, and upgradable.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = dir.join("bad.toml");
+    let bad_admin = taken.local_addr().unwrap();
+    std::fs::write(
+        &bad,
+        config(listen, bad_admin, &dir.join("upgrade.sock"), backend.addr()),
+    )
+    .unwrap();
+    let out = support::detour()
+        .args(["--config", bad.to_str().unwrap(), "--upgrade"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(answered(listen).await, 200);
     let newer = support::start_args(&file, &["--upgrade"]);
     assert_eq!(newer.addr, listen);
+    assert_eq!(answered(listen).await, 200);
     drop(new);
+}
+
+async fn answered(addr: SocketAddr) -> u16 {
+    let mut c = RawConnection::connect(addr).await.unwrap();
+    c.send(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    c.read_response().await.unwrap().status
 }

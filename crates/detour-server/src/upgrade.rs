@@ -201,42 +201,65 @@ pub(crate) fn serve(
     handed: watch::Sender<bool>,
     successor: bool,
 ) -> io::Result<()> {
-    if path.exists() {
-        if !successor && UnixStream::connect(&path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!(
-                    "another Detour serves upgrades at {}; start this one with --upgrade to take over from it",
-                    path.display()
-                ),
-            ));
-        }
-        std::fs::remove_file(&path)?;
+    if path.exists() && !successor && UnixStream::connect(&path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "another Detour serves upgrades at {}; start this one with --upgrade to take over from it",
+                path.display()
+            ),
+        ));
     }
-    let listener = UnixListener::bind(&path).map_err(|e| {
+    let listener = bind(&path)?;
+    std::thread::Builder::new()
+        .name("detour-upgrade".into())
+        .spawn(move || handoffs(listener, &path, &offered, &handed))?;
+    Ok(())
+}
+
+/// Bind `path`, replacing what is there (a stale socket, or the one of
+/// the server this one took over from).
+fn bind(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    UnixListener::bind(path).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot bind the upgrade socket {}: {e}", path.display()),
         )
-    })?;
-    std::thread::Builder::new()
-        .name("detour-upgrade".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                match hand_over(stream, &offered) {
-                    Ok(()) => {
-                        tracing::info!("listening sockets handed to the successor; draining");
-                        handed.send_replace(true);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "an upgrade did not complete; serving on")
-                    }
+    })
+}
+
+/// Accept successors until one takes over. A successor that failed may
+/// have taken the path already (it binds it before it says `ready`), so
+/// after a failure the path is bound again.
+fn handoffs(
+    mut listener: UnixListener,
+    path: &Path,
+    offered: &Offered,
+    handed: &watch::Sender<bool>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        match hand_over(stream, offered) {
+            Ok(()) => {
+                tracing::info!("listening sockets handed to the successor; draining");
+                handed.send_replace(true);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "an upgrade did not complete; serving on");
+                match bind(path) {
+                    Ok(l) => listener = l,
+                    Err(e) => tracing::warn!(error = %e, "the upgrade socket is lost"),
                 }
             }
-        })?;
-    Ok(())
+        }
+    }
 }
 
 /// One handoff: the sockets out, `ready` in, `bye` out.
