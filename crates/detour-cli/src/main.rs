@@ -26,7 +26,8 @@ use detour_server::upgrade::{self, Inherited};
 /// outlier detection and breakers, and routes. SIGTERM drains in-flight
 /// requests within the grace period, SIGINT stops at once, SIGHUP reloads
 /// the configuration and the TLS certificates (an invalid file is refused
-/// and the old one keeps serving).
+/// and the old one keeps serving), SIGUSR2 starts the binary again with
+/// --upgrade (with [server] upgrade_socket set).
 #[derive(Debug, Parser)]
 #[command(
     name = "detour",
@@ -244,19 +245,21 @@ fn main() -> ExitCode {
         }
     };
     match app::start_inheriting(&config, Some(&path), handle, None, inherited) {
-        Ok(running) => {
+        Ok(mut running) => {
             tracing::info!(
                 addr = %running.addr(),
                 admin = running.admin_addr.map(tracing::field::display),
                 "detour serving"
             );
             if let Some(successor) = successor {
-                match successor.ready() {
-                    Ok(()) => tracing::info!("took over from the previous process; it drains"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the previous process did not acknowledge the upgrade; both serve until it stops")
-                    }
-                }
+                running.take_over_when_serving(successor);
+            }
+            if config.server.upgrade_socket.is_some() {
+                let argv0 = std::env::args_os()
+                    .next()
+                    .unwrap_or_else(|| "detour".into());
+                let file = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+                running.upgrade_with(app::supervisor::SuccessorCommand::new(argv0, file));
             }
             match running.run_until_signal() {
                 Ok(()) => ExitCode::SUCCESS,

@@ -200,3 +200,53 @@ async fn answered(addr: SocketAddr) -> u16 {
         .unwrap();
     c.read_response().await.unwrap().status
 }
+
+/// Under systemd (`Type=notify`, `NotifyAccess=all`): SIGUSR2 makes the
+/// running process start its successor itself, so the successor is the
+/// service's; the successor tells the manager it is the main process now,
+/// and the old one says it is stopping. The manager's socket is played by a
+/// datagram socket here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_upgrades_under_a_service_manager() {
+    let backend = Upstream::start(Behavior::ok()).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("detour-usr2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let file = dir.join("detour.toml");
+    std::fs::write(
+        &file,
+        config(listen, admin, &dir.join("upgrade.sock"), backend.addr()),
+    )
+    .unwrap();
+    let manager_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&manager_path);
+    let manager = std::os::unix::net::UnixDatagram::bind(&manager_path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let said = || {
+        let mut buf = [0u8; 256];
+        let n = manager.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+
+    let mut old = support::start_env(&file, &[("NOTIFY_SOCKET", manager_path.to_str().unwrap())]);
+    assert_eq!(said(), "READY=1");
+    support::signal(old.pid, "-USR2");
+    let took = said();
+    let new_pid: u32 = took
+        .strip_prefix("MAINPID=")
+        .and_then(|rest| rest.strip_suffix("\nREADY=1"))
+        .unwrap_or_else(|| panic!("{took:?}"))
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, old.pid);
+    assert_eq!(said(), "STOPPING=1");
+    let status = tokio::task::spawn_blocking(move || old.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(answered(listen).await, 200);
+    // The successor is not this test's child: stop it by its pid.
+    support::signal(new_pid, "-INT");
+}

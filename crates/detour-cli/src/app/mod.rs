@@ -27,6 +27,7 @@ pub mod routes;
 pub mod secret;
 pub mod state;
 pub mod status;
+pub mod supervisor;
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -93,6 +94,11 @@ pub struct Running {
     admin_stop: watch::Sender<bool>,
     draining: watch::Sender<bool>,
     reloader: Reloader,
+    /// What SIGUSR2 starts: the successor of a binary upgrade.
+    successor: Option<supervisor::SuccessorCommand>,
+    /// The handoff from the process this one replaces, completed once the
+    /// signal handlers are in place.
+    handoff: Option<detour_server::upgrade::Successor>,
 }
 
 impl std::fmt::Debug for Running {
@@ -201,6 +207,8 @@ pub fn start_inheriting(
         admin_stop,
         draining,
         reloader,
+        successor: None,
+        handoff: None,
     })
 }
 
@@ -226,6 +234,19 @@ fn bind_admin(
 }
 
 impl Running {
+    /// Tell the process this one replaces that it serves, once
+    /// [`run_until_signal`](Self::run_until_signal) has its signal handlers
+    /// (and has told the service manager it is the main process now).
+    pub fn take_over_when_serving(&mut self, handoff: detour_server::upgrade::Successor) {
+        self.handoff = Some(handoff);
+    }
+
+    /// Make SIGUSR2 start `command`, the successor of a binary upgrade (it
+    /// needs `[server] upgrade_socket`).
+    pub fn upgrade_with(&mut self, command: supervisor::SuccessorCommand) {
+        self.successor = Some(command);
+    }
+
     /// The proxy's first listening address.
     pub fn addr(&self) -> SocketAddr {
         self.handle.addr()
@@ -267,7 +288,7 @@ impl Running {
     ///
     /// # Errors
     /// Installing the signal handlers failed.
-    pub fn run_until_signal(self) -> std::io::Result<()> {
+    pub fn run_until_signal(mut self) -> std::io::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -276,8 +297,21 @@ impl Running {
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
             let mut hup = signal(SignalKind::hangup())?;
+            let mut usr2 = signal(SignalKind::user_defined2())?;
+            // Only now: a SIGUSR2 before its handler would end the process.
+            supervisor::ready(self.handoff.is_some());
+            if let Some(handoff) = self.handoff.take() {
+                match handoff.ready() {
+                    Ok(()) => tracing::info!("took over from the previous process; it drains"),
+                    Err(e) => tracing::warn!(error = %e, "the previous process did not acknowledge the upgrade; both serve until it stops"),
+                }
+            }
             loop {
                 tokio::select! {
+                    _ = usr2.recv() => match &self.successor {
+                        Some(command) => command.spawn(),
+                        None => tracing::warn!("SIGUSR2: no [server] upgrade_socket, so no upgrade"),
+                    },
                     _ = term.recv() => return Ok::<_, std::io::Error>(Stop::Graceful),
                     () = self.handle.handed_over() => return Ok(Stop::Graceful),
                     _ = int.recv() => return Ok(Stop::Immediate),
@@ -294,6 +328,7 @@ impl Running {
             Stop::Run => "run",
         };
         tracing::info!(how = word, "stopping");
+        supervisor::notify("STOPPING=1");
         self.draining.send_replace(true);
         let Running {
             handle, admin_stop, ..
