@@ -358,7 +358,7 @@ mod h1 {
     }
 
     async fn native_answer(io: DuplexStream, req: Request<UpstreamBody>) -> H1Answer {
-        let resp = match timeout(PATIENCE, native::send(H1Conn::new(io), req)).await {
+        let resp = match timeout(PATIENCE, native::send(H1Conn::new(io, true), req)).await {
             Err(_) => return H1Answer::Waiting,
             Ok(Err(e)) => return H1Answer::NoHead(chain(&e.err)),
             Ok(Ok(resp)) => resp,

@@ -250,7 +250,7 @@ where
         return if peer.http2 {
             http2(io).await
         } else {
-            http1(io, h1).await
+            http1(io, h1, true).await
         };
     };
     let config = Arc::clone(&tls.client)
@@ -282,16 +282,18 @@ where
     if is_h2(stream.get_ref().1.alpn_protocol()) {
         http2(stream).await
     } else {
-        http1(stream, h1).await
+        http1(stream, h1, false).await
     }
 }
 
-async fn http1<I>(io: I, h1: H1Client) -> Result<Conn, Error>
+/// An HTTP/1.1 connection over `io`; `exact_writes`: `io` is a plain
+/// socket, where a failed write sent nothing (not TLS).
+async fn http1<I>(io: I, h1: H1Client, exact_writes: bool) -> Result<Conn, Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     if h1 == H1Client::Native {
-        return Ok(Conn::Native(Some(H1Conn::new(io))));
+        return Ok(Conn::Native(Some(H1Conn::new(io, exact_writes))));
     }
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(io))

@@ -11,7 +11,7 @@
 //! There is no task and no channel per connection, which is what hyper's
 //! client pays for on every request.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -37,6 +37,10 @@ const READ_CHUNK: usize = 8 * 1024;
 /// An idle HTTP/1.1 connection, ready for a request.
 pub(crate) struct H1Conn {
     io: Box<dyn Io>,
+    /// A failed write sent nothing (a plain socket). Not over TLS: rustls
+    /// takes the plaintext, may send part of its records and then fail, so
+    /// there every write attempt counts as maybe sent.
+    exact_writes: bool,
     /// Read but not yet parsed; empty whenever the connection is idle.
     rbuf: BytesMut,
     out: Out,
@@ -53,10 +57,12 @@ impl std::fmt::Debug for H1Conn {
 }
 
 impl H1Conn {
-    /// A connection over `io`, on which nothing was sent yet.
-    pub(crate) fn new(io: impl Io + 'static) -> Box<Self> {
+    /// A connection over `io`, on which nothing was sent yet;
+    /// `exact_writes` as the field says.
+    pub(crate) fn new(io: impl Io + 'static, exact_writes: bool) -> Box<Self> {
         Box::new(H1Conn {
             io: Box::new(io),
+            exact_writes,
             rbuf: BytesMut::new(),
             out: Out::default(),
             spans: Vec::new(),
@@ -68,8 +74,13 @@ impl H1Conn {
     /// at what the transport already has.
     pub(crate) fn is_usable(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
+        // Outside tokio's cooperative budget: with the budget spent, a read
+        // says "pending" without looking, and a dead connection would pass.
+        let mut probe = std::pin::pin!(tokio::task::unconstrained(poll_fn(|cx| {
+            self.poll_fill(cx)
+        })));
         // Ready means a close, stray bytes (an answer to nothing), or an error.
-        self.poll_fill(&mut cx).is_pending()
+        probe.as_mut().poll(&mut cx).is_pending()
     }
 
     /// Read more into the buffer: the bytes read, 0 at the close.
@@ -90,13 +101,22 @@ struct Out {
     pre_at: usize,
     data: Bytes,
     post: &'static [u8],
-    /// Whether any byte of the current request reached the transport.
+    /// Whether any byte of the current request may have reached the
+    /// transport.
     wrote: bool,
+    /// Bytes were written since the transport was last flushed.
+    unflushed: bool,
 }
 
 impl Out {
     fn is_empty(&self) -> bool {
         self.pre_at == self.pre.len() && self.data.is_empty() && self.post.is_empty()
+    }
+
+    /// Nothing queued, and everything written was flushed (TLS holds
+    /// records until a flush).
+    fn is_idle(&self) -> bool {
+        self.is_empty() && !self.unflushed
     }
 
     /// Start over for a new request.
@@ -106,6 +126,7 @@ impl Out {
         self.data = Bytes::new();
         self.post = b"";
         self.wrote = false;
+        self.unflushed = false;
     }
 
     /// Queue a body frame framed as `framing` (nothing else may be queued
@@ -119,24 +140,37 @@ impl Out {
         self.data = data;
     }
 
-    /// Write everything queued.
-    fn poll_flush(&mut self, io: &mut Box<dyn Io>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Write everything queued and flush it.
+    fn poll_flush(
+        &mut self,
+        io: &mut Box<dyn Io>,
+        exact: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         while !self.is_empty() {
             let slices = [
                 io::IoSlice::new(&self.pre[self.pre_at..]),
                 io::IoSlice::new(&self.data),
                 io::IoSlice::new(self.post),
             ];
+            if !exact {
+                self.wrote = true;
+            }
             let n = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.wrote = true;
+            self.unflushed = true;
             self.advance(n);
         }
         self.pre.clear();
         self.pre_at = 0;
-        Pin::new(&mut **io).poll_flush(cx)
+        if self.unflushed {
+            std::task::ready!(Pin::new(&mut **io).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn advance(&mut self, mut n: usize) {
@@ -209,7 +243,8 @@ impl Upload {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteFail>> {
         loop {
-            std::task::ready!(conn.out.poll_flush(&mut conn.io, cx)).map_err(WriteFail::Io)?;
+            std::task::ready!(conn.out.poll_flush(&mut conn.io, conn.exact_writes, cx))
+                .map_err(WriteFail::Io)?;
             if self.done {
                 return Poll::Ready(Ok(()));
             }
@@ -253,7 +288,12 @@ impl Upload {
             Framing::Chunked => {
                 out.pre.extend_from_slice(b"0\r\n");
                 for (name, value) in trailers.iter().flatten() {
-                    if self.trailer_names.contains(name) && !value.as_bytes().contains(&b'\r') {
+                    // Declared, allowed in a trailer (hyper's list), and
+                    // unable to end its line.
+                    if self.trailer_names.contains(name)
+                        && trailer_allowed(name)
+                        && !head::breaks_line(value.as_bytes())
+                    {
                         out.pre.extend_from_slice(name.as_str().as_bytes());
                         out.pre.extend_from_slice(b": ");
                         out.pre.extend_from_slice(value.as_bytes());
@@ -269,6 +309,28 @@ impl Upload {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether `name` may travel in a trailer: not a field that frames,
+/// routes, authenticates or otherwise needs the head (the fields hyper's
+/// client drops from trailers too).
+fn trailer_allowed(name: &http::HeaderName) -> bool {
+    use http::header::*;
+    ![
+        AUTHORIZATION,
+        CACHE_CONTROL,
+        CONTENT_ENCODING,
+        CONTENT_LENGTH,
+        CONTENT_RANGE,
+        CONTENT_TYPE,
+        HOST,
+        MAX_FORWARDS,
+        SET_COOKIE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        TE,
+    ]
+    .contains(name)
 }
 
 /// The names a request's `Trailer` header declares.
@@ -313,7 +375,8 @@ pub(crate) async fn send(
     let body = H1Body {
         decoder: Decoder::new(head.framing),
         keep_alive: keep_alive && head.keep_alive && exchange.write_err.is_none(),
-        upload: (!upload.done && exchange.write_err.is_none()).then_some(upload),
+        upload: ((!upload.done || !conn.out.is_idle()) && exchange.write_err.is_none())
+            .then_some(upload),
         conn: Some(conn),
     };
     Ok(resp.map(|()| body))
@@ -369,7 +432,7 @@ impl Exchange {
         upload: &mut Upload,
         cx: &mut Context<'_>,
     ) -> Poll<Result<head::ResponseHead, SendFailed>> {
-        if self.write_err.is_none() && (!upload.done || !conn.out.is_empty()) {
+        if self.write_err.is_none() && (!upload.done || !conn.out.is_idle()) {
             match upload.poll_write(conn, cx) {
                 Poll::Ready(Err(WriteFail::Io(e))) if self.write_err.is_none() => {
                     self.write_err = Some(e);
@@ -457,7 +520,7 @@ impl H1Body {
             && self
                 .conn
                 .as_ref()
-                .is_some_and(|c| c.rbuf.is_empty() && c.out.is_empty());
+                .is_some_and(|c| c.rbuf.is_empty() && c.out.is_idle());
         if reusable {
             self.conn.take()
         } else {
@@ -465,18 +528,31 @@ impl H1Body {
         }
     }
 
-    /// Go on writing the upload, if one is left; a failure ends it (the
-    /// answer may still be read, but the connection is spent).
-    fn poll_upload(&mut self, cx: &mut Context<'_>) {
+    /// Go on writing the upload, if one is left. The transport failing ends
+    /// the upload (the answer may still be read; the connection is spent).
+    /// The request body failing (the client's upload was cut short) ends
+    /// the exchange: the connection is closed, so the backend sees the
+    /// request was never finished, and the answer ends with an error.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Option<Error> {
         let (Some(up), Some(conn)) = (self.upload.as_mut(), self.conn.as_mut()) else {
-            return;
+            return None;
         };
         match up.poll_write(conn, cx) {
-            Poll::Pending => {}
-            Poll::Ready(Ok(())) => self.upload = None,
-            Poll::Ready(Err(_)) => {
+            Poll::Pending => None,
+            Poll::Ready(Ok(())) => {
+                self.upload = None;
+                None
+            }
+            Poll::Ready(Err(WriteFail::Io(_))) => {
                 self.keep_alive = false;
                 self.upload = None;
+                None
+            }
+            Poll::Ready(Err(WriteFail::Body(why))) => {
+                self.keep_alive = false;
+                self.upload = None;
+                self.conn = None;
+                Some(Error::upstream(ErrorKind::from_io(io::ErrorKind::UnexpectedEof)).context(why))
             }
         }
     }
@@ -491,7 +567,9 @@ impl Body for H1Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = &mut *self;
-        this.poll_upload(cx);
+        if let Some(e) = this.poll_upload(cx) {
+            return Poll::Ready(Some(Err(e)));
+        }
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };

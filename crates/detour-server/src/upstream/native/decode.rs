@@ -172,7 +172,10 @@ impl Decoder {
             }
             Kind::Chunked(c) => {
                 let out = c.decode(buf)?;
-                if out == Decoded::End {
+                // Done with its trailers already: whoever reads them may
+                // stop there (hyper's server does), and the connection must
+                // still count as read to its end.
+                if matches!(out, Decoded::End | Decoded::Trailers(_)) {
                     self.kind = Kind::Done;
                 }
                 Ok(out)
@@ -394,6 +397,21 @@ mod tests {
             // Bytes after the body are not the body's.
             assert!(rest.is_empty() || b"NEXT".starts_with(&rest), "{rest:?}");
         }
+    }
+
+    #[test]
+    fn a_body_is_done_once_its_trailers_are_out() {
+        let mut d = Decoder::new(Framing::Chunked);
+        let mut buf = BytesMut::from(&b"1\r\na\r\n0\r\nx-sum: 1\r\n\r\n"[..]);
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from_static(b"a"))
+        );
+        assert!(matches!(d.decode(&mut buf).unwrap(), Decoded::Trailers(_)));
+        // Whoever reads the trailers may stop there (hyper's server does):
+        // the body counts as read to its end already.
+        assert!(d.is_done());
+        assert!(buf.is_empty());
     }
 
     #[test]

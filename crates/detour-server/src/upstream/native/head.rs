@@ -265,18 +265,22 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     len
 }
 
-/// Digits only: no sign, no spaces, no overflow.
+/// Digits only: no sign, no spaces, and at most `u64::MAX - 2` (hyper
+/// keeps the two values above for its own markers, and refuses them).
 fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
-    digits.iter().try_fold(0u64, |n, &d| {
-        if d.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        } else {
-            None
-        }
-    })
+    digits
+        .iter()
+        .try_fold(0u64, |n, &d| {
+            if d.is_ascii_digit() {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            } else {
+                None
+            }
+        })
+        .filter(|n| *n <= u64::MAX - 2)
 }
 
 /// Why a request head could not be written.
@@ -362,7 +366,7 @@ pub(crate) fn encode_request(
 /// CR, LF or NUL: `http` refuses them in a header value it parses or
 /// checks, so this only catches a value made without the checks (with
 /// `unsafe`, in a hook). Vectorised: it runs over every header written.
-fn breaks_line(bytes: &[u8]) -> bool {
+pub(crate) fn breaks_line(bytes: &[u8]) -> bool {
     memchr::memchr3(b'\r', b'\n', 0, bytes).is_some()
 }
 
