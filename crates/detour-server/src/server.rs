@@ -65,6 +65,9 @@ pub struct Server {
     config: ServerConfig,
     /// Listening sockets taken over from a running server, used once.
     inherited: Arc<std::sync::Mutex<Inherited>>,
+    /// Sockets of the application's to offer a successor with the
+    /// server's own (an admin listener).
+    extra_offered: upgrade::Offered,
 }
 
 /// A running server: its bound addresses and the way to stop it.
@@ -78,8 +81,6 @@ pub struct ServerHandle {
     services_rt: Option<tokio::runtime::Runtime>,
     /// TLS listeners' certificates by `[[server.listeners]]` index.
     tls: Vec<(usize, Arc<ServerTls>)>,
-    /// The sockets a successor gets (`[server] upgrade_socket`).
-    offered: upgrade::Offered,
     /// Turns true once a successor took the sockets over.
     handed: watch::Receiver<bool>,
 }
@@ -117,15 +118,6 @@ impl ServerHandle {
         let mut handed = self.handed.clone();
         if handed.wait_for(|h| *h).await.is_err() {
             std::future::pending::<()>().await;
-        }
-    }
-
-    /// Offer `socket`, listening on `addr`, to a successor along with the
-    /// server's own listeners (an application's admin listener, say); the
-    /// successor finds it in its [`Inherited`] under `addr`.
-    pub fn offer_on_upgrade(&self, addr: SocketAddr, socket: OwnedFd) {
-        if let Ok(mut offered) = self.offered.lock() {
-            offered.push((addr, socket));
         }
     }
 
@@ -238,6 +230,7 @@ impl Server {
         Server {
             config,
             inherited: Arc::default(),
+            extra_offered: Arc::default(),
         }
     }
 
@@ -249,6 +242,16 @@ impl Server {
             inherited: Arc::new(std::sync::Mutex::new(inherited)),
             ..self
         }
+    }
+
+    /// Offer `socket`, listening on `addr`, to a successor along with the
+    /// server's own listeners (an application's admin listener); the
+    /// successor finds it in its [`Inherited`] under `addr`.
+    pub fn offer_on_upgrade(self, addr: SocketAddr, socket: OwnedFd) -> Self {
+        if let Ok(mut o) = self.extra_offered.lock() {
+            o.push((addr, socket));
+        }
+        self
     }
 
     /// Parse the command line, load and validate the configuration. With
@@ -341,6 +344,9 @@ impl Server {
             }
         }
         let offered: upgrade::Offered = Arc::default();
+        if let (Ok(mut o), Ok(mut extra)) = (offered.lock(), self.extra_offered.lock()) {
+            o.append(&mut extra);
+        }
         for (w, mine) in assigned.into_iter().enumerate() {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let setup = WorkerSetup {
@@ -391,7 +397,6 @@ impl Server {
             services: Vec::new(),
             services_rt: None,
             tls,
-            offered,
             handed,
         })
     }
@@ -434,7 +439,10 @@ impl Server {
         let mut per_addr = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let fds = pool.take(*addr);
-            if fds.is_empty() && addr.port() != 0 {
+            // A successor's new addresses may overlap the ones it took over
+            // (`0.0.0.0` for `127.0.0.1`, an address listed twice), which a
+            // bind without `SO_REUSEPORT` would take for another process.
+            if fds.is_empty() && addr.port() != 0 && !successor {
                 ensure_free(*addr)?;
             }
             per_addr.push(fds);
@@ -528,6 +536,15 @@ pub async fn run_until_stopped(handle: ServerHandle, how: Stop) -> std::io::Resu
         stop.send_replace(Stop::Immediate);
     }
 }
+
+/// A connection accepted by a worker's accept task, with its place under
+/// `max_connections` and what its listener speaks.
+type Accepted = (
+    tokio::net::TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+    Arc<ListenSpec>,
+);
 
 /// Every listening address, what each speaks, and the TLS certificates.
 type ListenerSpecs = (
@@ -706,18 +723,24 @@ async fn worker<P: ProxyHttp, C: Connect>(
         }));
     }
     drop(conn_tx);
+    let serve = |conns: &mut tokio::task::JoinSet<()>, accepted: Accepted| {
+        let (stream, peer, permit, spec) = accepted;
+        let proxy = proxy.clone();
+        let drain = drain_rx.clone();
+        conns.spawn(async move {
+            // Shared with a tunnel the connection may turn into, which
+            // keeps the place after the HTTP connection ends.
+            let slot = ConnSlot::new(Arc::new(permit));
+            proxy
+                .serve_accepted(stream, Some(peer), drain, &spec, slot)
+                .await;
+        });
+    };
     loop {
         tokio::select! {
             c = conn_rx.recv() => {
-                let Some((stream, peer, permit, spec)) = c else { break };
-                let proxy = proxy.clone();
-                let drain = drain_rx.clone();
-                conns.spawn(async move {
-                    // Shared with a tunnel the connection may turn into, which
-                    // keeps the place after the HTTP connection ends.
-                    let slot = ConnSlot::new(Arc::new(permit));
-                    proxy.serve_accepted(stream, Some(peer), drain, &spec, slot).await;
-                });
+                let Some(accepted) = c else { break };
+                serve(&mut conns, accepted);
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = stop.changed() => {
@@ -729,6 +752,14 @@ async fn worker<P: ProxyHttp, C: Connect>(
     }
     for t in &accept_tasks {
         t.abort();
+    }
+    if *stop.borrow() == Stop::Graceful {
+        // Connections accepted but not served yet are served (each closes
+        // after its first answer): a drain resets nothing the kernel
+        // already handed over.
+        while let Ok(accepted) = conn_rx.try_recv() {
+            serve(&mut conns, accepted);
+        }
     }
     drop(conn_rx);
     if *stop.borrow() == Stop::Graceful {

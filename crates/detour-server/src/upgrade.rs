@@ -242,8 +242,16 @@ fn handoffs(
     handed: &watch::Sender<bool>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept() else {
-            continue;
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin. This is
+                // the upgrade socket's own thread, outside any runtime.
+                tracing::warn!(error = %e, "the upgrade socket cannot accept");
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
         };
         match hand_over(stream, offered) {
             Ok(()) => {

@@ -142,10 +142,15 @@ pub fn start_inheriting(
     mut inherited: Inherited,
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     let config = &config.clone().validate()?;
-    let admin_inherited = if config.admin.enabled {
-        inherited.take(config.admin.listen)
+    // The admin listener first: a successor that cannot have it fails
+    // before its workers accept a single connection.
+    let admin_listener = if config.admin.enabled {
+        Some(bind_admin(
+            config.admin.listen,
+            inherited.take(config.admin.listen),
+        )?)
     } else {
-        Vec::new()
+        None
     };
     let state = build_state(config, 1, events.clone())?;
     let upstreams: Vec<_> = state.upstreams.values().cloned().collect();
@@ -154,9 +159,13 @@ pub fn start_inheriting(
         .upstreams(upstreams)
         .config(config.server.clone())
         .build();
-    let mut handle = Server::new(config.server.clone())
-        .inherit(inherited)
-        .start(proxy)?;
+    let mut server = Server::new(config.server.clone()).inherit(inherited);
+    if let Some(l) = &admin_listener {
+        // A successor gets the admin listener too, so health probes keep
+        // finding an answer through an upgrade.
+        server = server.offer_on_upgrade(l.local_addr()?, l.as_fd().try_clone_to_owned()?);
+    }
+    let mut handle = server.start(proxy)?;
     let rt = handle
         .services_runtime()
         .ok_or("the server has no services runtime")?;
@@ -174,13 +183,8 @@ pub fn start_inheriting(
     let (admin_stop, admin_stopped) = watch::channel(false);
     let (draining, draining_rx) = watch::channel(false);
     let mut admin_addr = None;
-    if config.admin.enabled {
-        let listener = bind_admin(config.admin.listen, admin_inherited)?;
-        let addr = listener.local_addr()?;
-        admin_addr = Some(addr);
-        // A successor gets the admin listener too, so health probes keep
-        // finding an answer through an upgrade.
-        handle.offer_on_upgrade(addr, listener.as_fd().try_clone_to_owned()?);
+    if let Some(listener) = admin_listener {
+        admin_addr = Some(listener.local_addr()?);
         let guard = admin::Guard::new(config.admin.token.as_deref(), &config.admin.allowed_hosts);
         let admin = admin::Admin::new(
             Arc::clone(&app),
@@ -224,9 +228,15 @@ fn bind_admin(
         return Ok(listener);
     }
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another process listens on it; to replace a running Detour without dropping \
+             connections, start the new one with --upgrade)"
+        } else {
+            ""
+        };
         std::io::Error::new(
             e.kind(),
-            format!("cannot bind the admin listener to {addr}: {e}"),
+            format!("cannot bind the admin listener to {addr}: {e}{hint}"),
         )
     })?;
     listener.set_nonblocking(true)?;
@@ -293,7 +303,8 @@ impl Running {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let how = rt.block_on(async {
+        // `handed`: the stop is a successor's taking over.
+        let (how, handed) = rt.block_on(async {
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
             let mut hup = signal(SignalKind::hangup())?;
@@ -312,9 +323,9 @@ impl Running {
                         Some(command) => command.spawn(),
                         None => tracing::warn!("SIGUSR2: no [server] upgrade_socket, so no upgrade"),
                     },
-                    _ = term.recv() => return Ok::<_, std::io::Error>(Stop::Graceful),
-                    () = self.handle.handed_over() => return Ok(Stop::Graceful),
-                    _ = int.recv() => return Ok(Stop::Immediate),
+                    _ = term.recv() => return Ok::<_, std::io::Error>((Stop::Graceful, false)),
+                    () = self.handle.handed_over() => return Ok((Stop::Graceful, true)),
+                    _ = int.recv() => return Ok((Stop::Immediate, false)),
                     _ = hup.recv() => {
                         // The reload task writes the outcome's log line.
                         let _ = self.reloader.reload(None, "SIGHUP").await;
@@ -327,8 +338,16 @@ impl Running {
             Stop::Immediate => "immediate",
             Stop::Run => "run",
         };
-        tracing::info!(how = word, "stopping");
-        supervisor::notify("STOPPING=1");
+        tracing::info!(how = word, handed, "stopping");
+        if handed {
+            // The admin socket is the successor's now: answering its probes
+            // `503 draining` from here would mark the instance down. And the
+            // service manager follows the successor: a STOPPING=1 from this
+            // process would stop the service.
+            self.admin_stop.send_replace(true);
+        } else {
+            supervisor::notify("STOPPING=1");
+        }
         self.draining.send_replace(true);
         let Running {
             handle, admin_stop, ..
