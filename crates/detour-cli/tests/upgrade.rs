@@ -48,6 +48,32 @@ upstream = "app"
     )
 }
 
+/// A backend, and a configuration file for it in a directory of its own.
+struct Site {
+    backend: Upstream,
+    dir: std::path::PathBuf,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    file: std::path::PathBuf,
+}
+
+async fn site(name: &str) -> Site {
+    let backend = Upstream::start(Behavior::ok()).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("detour-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let file = dir.join("detour.toml");
+    let socket = dir.join("upgrade.sock");
+    std::fs::write(&file, config(listen, admin, &socket, backend.addr())).unwrap();
+    Site {
+        backend,
+        dir,
+        listen,
+        admin,
+        file,
+    }
+}
+
 /// Counts of a client loop.
 #[derive(Default)]
 struct Load {
@@ -95,16 +121,13 @@ async fn client(addr: SocketAddr, load: Arc<Load>, stop: Arc<AtomicBool>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_under_load_fails_no_request() {
-    let backend = Upstream::start(Behavior::ok()).await.unwrap();
-    let dir = std::env::temp_dir().join(format!("detour-upgrade-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let file = dir.join("detour.toml");
-    std::fs::write(
-        &file,
-        config(listen, admin, &dir.join("upgrade.sock"), backend.addr()),
-    )
-    .unwrap();
+    let Site {
+        backend,
+        dir,
+        listen,
+        admin,
+        file,
+    } = site("upgrade").await;
 
     let mut old = support::start(&file);
     assert_eq!(old.addr, listen);
@@ -209,16 +232,13 @@ async fn answered(addr: SocketAddr) -> u16 {
 /// the service). The manager's socket is played by a datagram socket here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_upgrades_under_a_service_manager() {
-    let backend = Upstream::start(Behavior::ok()).await.unwrap();
-    let dir = std::env::temp_dir().join(format!("detour-usr2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let file = dir.join("detour.toml");
-    std::fs::write(
-        &file,
-        config(listen, admin, &dir.join("upgrade.sock"), backend.addr()),
-    )
-    .unwrap();
+    let Site {
+        backend: _backend,
+        dir,
+        listen,
+        admin: _,
+        file,
+    } = site("usr2").await;
     let manager_path = dir.join("notify.sock");
     let _ = std::fs::remove_file(&manager_path);
     let manager = std::os::unix::net::UnixDatagram::bind(&manager_path).unwrap();
