@@ -2,7 +2,8 @@
 //! (configured CA, off), ALPN choosing h2 or http/1.1, many streams over one
 //! pooled connection, and HTTP/2 failover: refused streams are retried for
 //! any method, other resets only for safe requests, GOAWAY drains a
-//! connection without failing its streams.
+//! connection without failing its streams; uploads over TLS on both HTTP/1.1
+//! clients.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -333,4 +334,98 @@ async fn a_stream_above_goaway_last_stream_id_is_retried_for_a_post() {
         streams.load(Ordering::SeqCst) >= 1,
         "some went to the GOAWAY backend first"
     );
+}
+
+/// An HTTP/1.1-only TLS backend that answers each request with its body;
+/// counts connections.
+async fn tls_h1_echo_backend(cert: &TestCert) -> (SocketAddr, Arc<AtomicUsize>) {
+    use http_body_util::BodyExt;
+    let config = server_tls(cert, &[b"http/1.1"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&conns);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            c.fetch_add(1, Ordering::SeqCst);
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>(http::Response::new(Full::new(body)))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+/// Uploads over TLS on each HTTP/1.1 client: a body of many TLS records
+/// with a length, and a chunked one, arrive whole, and the connection is
+/// reused after each.
+#[tokio::test]
+async fn uploads_over_tls_arrive_whole_on_both_http1_clients() {
+    use detour_server::config::Http1Client;
+    let cert = TestCert::new(&["localhost"]);
+    for client in [Http1Client::Native, Http1Client::Hyper] {
+        let (addr, conns) = tls_h1_echo_backend(&cert).await;
+        let extra = format!(
+            "tls = {{ sni = \"localhost\", ca = {:?} }}",
+            cert.cert.display().to_string()
+        );
+        let up = upstream("app", &[addr], &extra);
+        let mut cfg = support::base_config();
+        cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        cfg.pool.http1_client = client;
+        let proxy = HttpProxy::builder(Selecting {
+            up: Arc::clone(&up),
+        })
+        .config(cfg.clone())
+        .build();
+        let h = Server::new(cfg).start(proxy).unwrap();
+        let big: String = (0..200_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let mut c = detour_testkit::client::RawConnection::connect(h.addr())
+            .await
+            .unwrap();
+        for i in 0..3 {
+            c.send(post("/", &format!("big{i}"), &big).as_bytes())
+                .await
+                .unwrap();
+            let r = c.read_response().await.unwrap();
+            assert_eq!(r.status, 200, "{client:?}");
+            assert!(
+                r.body == big.as_bytes(),
+                "{client:?}: {} bytes back",
+                r.body.len()
+            );
+            let chunked = format!(
+                "POST / HTTP/1.1\r\nhost: localhost\r\nx-request-id: c{i}\r\n\
+                 transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            );
+            c.send(chunked.as_bytes()).await.unwrap();
+            let r = c.read_response().await.unwrap();
+            assert_eq!(
+                (r.status, r.body.as_slice()),
+                (200, &b"hello world"[..]),
+                "{client:?}"
+            );
+        }
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            1,
+            "{client:?}: one connection, reused"
+        );
+        drop(h);
+    }
 }
