@@ -32,37 +32,54 @@ fn serve(up: &Arc<Upstream>) -> ServerHandle {
     Server::new(cfg).start(proxy).unwrap()
 }
 
-/// An HTTP/1.1-only TLS backend (ALPN offers http/1.1 alone); counts requests.
-async fn tls_h1_backend(cert: &TestCert) -> (SocketAddr, Arc<AtomicUsize>) {
+/// An HTTP/1.1-only TLS backend (ALPN offers http/1.1 alone) answering
+/// each request with `answer`'s body; counts requests and connections.
+async fn tls_h1_server<F, Fut>(
+    cert: &TestCert,
+    answer: F,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>)
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Bytes> + Send + 'static,
+{
     let config = server_tls(cert, &[b"http/1.1"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = Arc::clone(&count);
+    let (requests, conns) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (r, c) = (Arc::clone(&requests), Arc::clone(&conns));
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
+            c.fetch_add(1, Ordering::SeqCst);
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config));
-            let c = Arc::clone(&c);
+            let (r, answer) = (Arc::clone(&r), answer.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        c.fetch_add(1, Ordering::SeqCst);
-                        let v = format!("{:?}", req.version());
-                        async move {
-                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(v))))
-                        }
-                    });
+                let svc = hyper::service::service_fn(move |req| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let body = answer(req);
+                    async move { Ok::<_, Infallible>(http::Response::new(Full::new(body.await))) }
+                });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
                     .await;
             });
         }
     });
-    (addr, count)
+    (addr, requests, conns)
+}
+
+/// [`tls_h1_server`] answering with the request's HTTP version; counts
+/// requests.
+async fn tls_h1_backend(cert: &TestCert) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, requests, _) = tls_h1_server(cert, |req| {
+        let v = format!("{:?}", req.version());
+        async move { Bytes::from(v) }
+    })
+    .await;
+    (addr, requests)
 }
 
 fn get(path: &str, id: &str) -> String {
@@ -336,36 +353,13 @@ async fn a_stream_above_goaway_last_stream_id_is_retried_for_a_post() {
     );
 }
 
-/// An HTTP/1.1-only TLS backend that answers each request with its body;
-/// counts connections.
+/// [`tls_h1_server`] answering with the request's body; counts connections.
 async fn tls_h1_echo_backend(cert: &TestCert) -> (SocketAddr, Arc<AtomicUsize>) {
     use http_body_util::BodyExt;
-    let config = server_tls(cert, &[b"http/1.1"]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let conns = Arc::new(AtomicUsize::new(0));
-    let c = Arc::clone(&conns);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            c.fetch_add(1, Ordering::SeqCst);
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config));
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let body = req.into_body().collect().await?.to_bytes();
-                        Ok::<_, hyper::Error>(http::Response::new(Full::new(body)))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
+    let (addr, _, conns) = tls_h1_server(cert, |req| async move {
+        req.into_body().collect().await.unwrap().to_bytes()
+    })
+    .await;
     (addr, conns)
 }
 

@@ -68,7 +68,8 @@ pub(super) struct IdleClose {
 /// opens a stream (nor even sends the HTTP/2 preface) is closed the same way.
 ///
 /// With `linger` (HTTP/1.1), a drain does not close the connection at once:
-/// the service answers the next request with `Connection: close`, after
+/// the engine answers the next request with `Connection: close` (see
+/// `HttpProxy::begin_drain`), after
 /// which hyper closes it, and only a connection still open after `linger`
 /// is shut down. A client that sends its next request just as the drain
 /// begins gets an answer, not a closed connection.

@@ -39,7 +39,8 @@ use super::exchange::Exchange;
 use super::forward::{self, strip_hop_by_hop};
 use super::{grpc, path, tunnel, HttpProxy};
 use crate::config::Http1Client;
-use crate::upstream::dial::{self, Conn, H1Client, SendFailure};
+use crate::upstream::dial::{self, Conn};
+use crate::upstream::native::SendFailed;
 use crate::upstream::pool::{keep_alive_limit, PoolConn};
 use crate::upstream::response::UpBody;
 use crate::upstream::{Connect, UpFrame, UpstreamBody};
@@ -191,6 +192,8 @@ struct Opened {
 struct Mode {
     /// Open a fresh connection rather than take a pooled one.
     fresh: bool,
+    /// The HTTP/1.1 client a new connection gets.
+    h1: Http1Client,
 }
 
 /// How far the attempt in progress got, readable after it was cut by a timeout.
@@ -360,7 +363,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let down_upgrade = parts.extensions.remove::<OnUpgrade>().filter(|_| upgrade);
         self.prepare_head(&mut parts, upgrade);
         let session = Session::new(parts, client, started);
-        let ex = Exchange::new(Arc::clone(&sh.proxy), session, sh.proxy.new_ctx(), tls);
+        let mut ex = Exchange::new(Arc::clone(&sh.proxy), session, sh.proxy.new_ctx(), tls);
+        ex.upgrade = upgrade;
         (ex, body, checked, down_upgrade)
     }
 
@@ -532,6 +536,15 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             )
         });
         let mut hedging = hedging_for(&ex.session, &peer, body.is_some());
+        // Upgrades stay on hyper's client (it hands the connection over for
+        // the tunnel), on a connection of their own when the pool holds the
+        // other client's.
+        let configured = self.shared.pool_config.http1_client;
+        let h1 = if ex.upgrade {
+            Http1Client::Hyper
+        } else {
+            configured
+        };
         // The first peer's upstream budget pays for this request's retries.
         let budget = peer.budget().cloned();
         if let Some(b) = &budget {
@@ -542,7 +555,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             let plan = ex.session.plan_mut(ex.key);
             let mut id = plan.begin_picked(peer.addr, peer.pick(), begun);
             let mode = Mode {
-                fresh: plan.fresh_connection(),
+                fresh: plan.fresh_connection() || h1 != configured,
+                h1,
             };
             let result = match hedging.take() {
                 None => self.attempt(ex, &peer, body.as_mut(), mode, begun).await,
@@ -844,7 +858,7 @@ fn answered(
 
 /// How far a request that failed to send got: provably unsent (hyper
 /// handed it back, or no byte of it was written), otherwise `sent`.
-fn unsent_or(e: &SendFailure, sent: CommitPoint) -> CommitPoint {
+fn unsent_or(e: &SendFailed, sent: CommitPoint) -> CommitPoint {
     if e.unsent {
         CommitPoint::Connected
     } else {
@@ -921,7 +935,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         }
     }
 
-    async fn connect(&self, peer: &HttpPeer, h1: H1Client) -> Result<Conn, AttemptErr> {
+    async fn connect(&self, peer: &HttpPeer, h1: Http1Client) -> Result<Conn, AttemptErr> {
         let failed = |err: Error| AttemptErr {
             err,
             commit: CommitPoint::NotConnected,
@@ -965,18 +979,6 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         None
     }
 
-    /// Which HTTP/1.1 client a request's new connection gets: the
-    /// configured one, except that upgrades stay on hyper's (it hands over
-    /// the connection for the tunnel).
-    fn h1_client(&self, session: &Session) -> H1Client {
-        let native = self.shared.pool_config.http1_client == Http1Client::Native;
-        if native && !session.headers().contains_key(header::UPGRADE) {
-            H1Client::Native
-        } else {
-            H1Client::Hyper
-        }
-    }
-
     /// An attempt up to the point of sending: a connection (pooled or
     /// new), the hooks that run once connected, and the upstream request
     /// head, adapted to the connection.
@@ -991,12 +993,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     ) -> Result<Opened, AttemptErr> {
         let sh = &*self.shared;
         let proxy = &*sh.proxy;
-        let h1 = self.h1_client(session);
-        // An upgrade in native mode dials hyper afresh: the pool may hold
-        // native connections.
-        let native_upgrade =
-            h1 == H1Client::Hyper && self.shared.pool_config.http1_client == Http1Client::Native;
-        let pooled = if mode.fresh || native_upgrade {
+        let pooled = if mode.fresh {
             None
         } else {
             self.checkout(peer, session.is_safe()).await
@@ -1008,7 +1005,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             // Boxed: dialing (TLS handshake included) is a large future that
             // would otherwise make every request's future bigger, and it only
             // runs for a new connection.
-            None => Box::pin(self.connect(peer, h1)).await?,
+            None => Box::pin(self.connect(peer, mode.h1)).await?,
         };
         progress.commit = CommitPoint::Connected;
         let at = |err, commit| AttemptErr::new(err, commit, reused);

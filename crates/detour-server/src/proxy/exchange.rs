@@ -19,6 +19,9 @@ pub(crate) struct Exchange<P: ProxyHttp> {
     pub(crate) session: Session,
     pub(crate) ctx: P::CTX,
     pub(crate) key: EngineKey,
+    /// The client asked for an upgrade the engine will tunnel (decided on
+    /// the head, before any hook).
+    pub(crate) upgrade: bool,
     logged: bool,
 }
 
@@ -38,6 +41,7 @@ impl<P: ProxyHttp> Exchange<P> {
             session,
             ctx,
             key,
+            upgrade: false,
             logged: false,
         }
     }

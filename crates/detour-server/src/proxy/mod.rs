@@ -40,8 +40,9 @@ use crate::upstream::pool::Pool;
 use crate::upstream::{Connect, TcpConnector, Upstream};
 use drain::run_until_drained;
 
-/// How long a draining HTTP/1.1 connection waits for its next request (to
-/// answer it with `Connection: close`) before it is shut down.
+/// How long a draining HTTP/1.1 connection waits for its next request (the
+/// engine answers it with `Connection: close` while draining) before it is
+/// shut down.
 const H1_DRAIN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 use forward::{Forwarding, RequestIds};
 
@@ -330,11 +331,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let watch = ConnWatch::new(&self.shared.limits);
         let io = FramingGuard::new(io, Arc::clone(&watch));
         let service_watch = Arc::clone(&watch);
-        let service_drain = drain.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let proxy = proxy.clone();
             let watch = Arc::clone(&service_watch);
-            let drain = service_drain.clone();
             let index = watch.begin();
             if watch.is_bad(index) {
                 req.extensions_mut().insert(AmbiguousFraming(
@@ -350,16 +349,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             // an unboxed request future would cost every idle connection
             // its full size; boxed, only a request in flight pays for it.
             Box::pin(async move {
-                let mut resp = proxy.handle_from(req, client, tls).await;
+                let resp = proxy.handle_from(req, client, tls).await;
                 if upgrade && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                     watch.not_upgraded(index);
-                }
-                if *drain.borrow() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                    // Draining: this answer is the connection's last.
-                    resp.headers_mut().insert(
-                        http::header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
                 }
                 Ok::<_, Infallible>(resp.map(|b| Answered::new(b, watch)))
             })

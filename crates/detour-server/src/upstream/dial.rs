@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::config::Http1Client;
 use crate::tls::ALPN_H2;
 use crate::upstream::classify::classify_hyper;
 use crate::upstream::native::{self, H1Body, H1Conn, SendFailed};
@@ -44,15 +45,6 @@ pub(crate) enum Conn {
     Native(Option<Box<H1Conn>>),
 }
 
-/// Which HTTP/1.1 client a new connection gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum H1Client {
-    /// hyper's.
-    Hyper,
-    /// Detour's own ([`native`](crate::upstream::native)).
-    Native,
-}
-
 pin_project_lite::pin_project! {
     /// The response future of any of the three (no boxing).
     #[project = SendingProj]
@@ -68,27 +60,18 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// A request that failed, and whether it provably never left.
-#[derive(Debug)]
-pub(crate) struct SendFailure {
-    /// What failed, classified for the retry rules.
-    pub(crate) err: Error,
-    /// No byte of it was written: it may go elsewhere whatever its method.
-    pub(crate) unsent: bool,
-}
-
-impl SendFailure {
-    fn hyper(mut e: TrySendError<Request<UpstreamBody>>) -> Self {
-        let unsent = e.take_message().is_some();
-        SendFailure {
-            err: classify_hyper(e.into_error()),
-            unsent,
-        }
+/// A request hyper could not send: provably unsent when hyper hands it
+/// back.
+fn hyper_failure(mut e: TrySendError<Request<UpstreamBody>>) -> SendFailed {
+    let unsent = e.take_message().is_some();
+    SendFailed {
+        err: classify_hyper(e.into_error()),
+        unsent,
     }
 }
 
 /// What sending a request gives back.
-pub(crate) type SendResult = Result<Response<UpBody>, SendFailure>;
+pub(crate) type SendResult = Result<Response<UpBody>, SendFailed>;
 
 type HyperResult = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>;
 
@@ -105,13 +88,10 @@ where
             SendingProj::H1 { f } => std::task::ready!(f.poll(cx)),
             SendingProj::H2 { f } => std::task::ready!(f.poll(cx)),
             SendingProj::Native { f } => {
-                return f.poll(cx).map(|r| match r {
-                    Ok(resp) => Ok(resp.map(UpBody::Native)),
-                    Err(SendFailed { err, unsent }) => Err(SendFailure { err, unsent }),
-                })
+                return f.poll(cx).map(|r| r.map(|resp| resp.map(UpBody::Native)))
             }
             SendingProj::Gone => {
-                return Poll::Ready(Err(SendFailure {
+                return Poll::Ready(Err(SendFailed {
                     err: Error::upstream(ErrorKind::ConnectionClosed)
                         .context("a native connection was used twice"),
                     unsent: true,
@@ -120,7 +100,7 @@ where
         };
         Poll::Ready(match hyper {
             Ok(resp) => Ok(resp.map(|body| UpBody::Hyper { body, sender: None })),
-            Err(e) => Err(SendFailure::hyper(e)),
+            Err(e) => Err(hyper_failure(e)),
         })
     }
 }
@@ -224,7 +204,7 @@ fn is_h2(alpn: Option<&[u8]>) -> bool {
 pub(crate) async fn connect<C: Connect>(
     connector: &C,
     peer: &HttpPeer,
-    h1: H1Client,
+    h1: Http1Client,
 ) -> Result<Conn, Error> {
     let io = match tokio::time::timeout(peer.options.connect_timeout, connector.connect(peer.addr))
         .await
@@ -242,7 +222,7 @@ pub(crate) async fn connect<C: Connect>(
 /// # Errors
 /// `TlsHandshake` for a failed or slow TLS handshake (the request never left,
 /// so any method may be retried), otherwise as the HTTP handshake failed.
-pub(crate) async fn handshake<I>(io: I, peer: &HttpPeer, h1: H1Client) -> Result<Conn, Error>
+pub(crate) async fn handshake<I>(io: I, peer: &HttpPeer, h1: Http1Client) -> Result<Conn, Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -288,11 +268,11 @@ where
 
 /// An HTTP/1.1 connection over `io`; `exact_writes`: `io` is a plain
 /// socket, where a failed write sent nothing (not TLS).
-async fn http1<I>(io: I, h1: H1Client, exact_writes: bool) -> Result<Conn, Error>
+async fn http1<I>(io: I, h1: Http1Client, exact_writes: bool) -> Result<Conn, Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    if h1 == H1Client::Native {
+    if h1 == Http1Client::Native {
         return Ok(Conn::Native(Some(H1Conn::new(io, exact_writes))));
     }
     let (sender, conn) = hyper::client::conn::http1::Builder::new()

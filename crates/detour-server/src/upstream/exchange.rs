@@ -31,8 +31,9 @@ use http::{HeaderValue, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use crate::config::Http1Client;
 use crate::tls::TlsClient;
-use crate::upstream::dial::{self, Conn, H1Client};
+use crate::upstream::dial::{self, Conn};
 use crate::upstream::{TcpConnector, UpstreamBody};
 
 /// A check's transport, whatever the connector behind it returns.
@@ -165,7 +166,7 @@ impl<C: Connect> CheckExchange<C> {
             .apply(HttpPeer::new(addr, Arc::clone(&self.upstream)).with_options(options));
         let mut conn = tokio::time::timeout_at(
             deadline,
-            dial::connect(&self.connector, &peer, H1Client::Hyper),
+            dial::connect(&self.connector, &peer, Http1Client::Hyper),
         )
         .await
         .map_err(|_| Error::upstream(ErrorKind::ConnectTimeout))??;

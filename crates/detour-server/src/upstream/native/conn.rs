@@ -343,7 +343,7 @@ fn declared_trailers(head: &HeaderMap) -> Vec<http::HeaderName> {
         .collect()
 }
 
-/// A request that failed on a native connection.
+/// A request that failed to send, on either HTTP/1.1 client (or HTTP/2).
 #[derive(Debug)]
 pub(crate) struct SendFailed {
     /// What failed, classified for the retry rules.

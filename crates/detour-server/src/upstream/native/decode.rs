@@ -84,8 +84,6 @@ enum Chunk {
     TrailerLf,
     /// The final LF.
     EndLf,
-    /// The trailers were reported; the end is next.
-    Trailed,
 }
 
 #[derive(Debug)]
@@ -214,9 +212,6 @@ impl Chunked {
                 }
                 return Ok(Decoded::Data(buf.split_to(take).freeze()));
             }
-            if self.state == Chunk::Trailed {
-                return Ok(Decoded::End);
-            }
             if self.state == Chunk::EndLf && buf.first() == Some(&b'\n') {
                 buf.advance(1);
                 return self.end();
@@ -235,7 +230,7 @@ impl Chunked {
             return Ok(Decoded::End);
         };
         push(&mut raw, b'\n')?;
-        self.state = Chunk::Trailed;
+        // The decoder is done from here: `Decoder::decode` drops this state.
         trailers(&raw, self.trailer_lines).map(Decoded::Trailers)
     }
 
@@ -310,7 +305,7 @@ impl Chunked {
             }
             (TrailerLf, _) => return bad("trailer line without LF"),
             (EndLf, _) => return bad("last chunk not followed by CRLF"),
-            (Body | Trailed, _) => unreachable_body(),
+            (Body, _) => unreachable_body(),
         })
     }
 }
