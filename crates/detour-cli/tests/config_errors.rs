@@ -349,6 +349,7 @@ const CORE_RETRY: &str = "detour-core/src/retry.rs";
 const CORE_HEDGE: &str = "detour-core/src/hedge.rs";
 const SERVER: &str = "detour-server/src/config.rs";
 const UPSTREAM: &str = "detour-server/src/upstream/group/config.rs";
+const ETCD: &str = "detour-server/src/upstream/group/etcd.rs";
 const HEALTH: &str = "detour-health/src/active/config.rs";
 const OUTLIER: &str = "detour-health/src/outlier/config.rs";
 const BREAKER: &str = "detour-breaker/src/breaker/config.rs";
@@ -532,6 +533,9 @@ const DURATIONS: &[DurationSetting] = &[
         &["upstreams.app.discovery.interval"],
         true,
     ),
+    // Need a whole etcd table around them: `etcd_settings_are_checked`.
+    setting(ETCD, "timeout", &[], true),
+    setting(ETCD, "progress_interval", &[], true),
     setting(
         FAILOVER,
         "window",
@@ -838,4 +842,45 @@ retry = { max_retries = 2, budget_ratio = 0.5 }
         Some("routes[0].retry.budget_ratio"),
         "{e}"
     );
+}
+
+/// `upstreams.NAME.discovery.etcd`: each bad field refused by its name.
+#[test]
+fn etcd_settings_are_checked() {
+    let with = |etcd: &str| format!("{GOOD}\n[upstreams.app.discovery.etcd]\n{etcd}\n");
+    let good = "endpoints = [\"127.0.0.1:2379\"]\nprefix = \"/detour/app/\"";
+    Config::from_toml(&with(good), None).unwrap();
+    let at = "upstreams.app.discovery.etcd";
+    let cases = [
+        ("endpoints = []\nprefix = \"/p/\"", "endpoints"),
+        ("endpoints = [\"no-port\"]\nprefix = \"/p/\"", "endpoints[0]"),
+        ("endpoints = [\"a:1\", \"http://\"]\nprefix = \"/p/\"", "endpoints[1]"),
+        ("endpoints = [\"a:1\"]\nprefix = \"\"", "prefix"),
+        ("endpoints = [\"a:1\"]\nprefix = \"/p/\"\nuser = \"u\"", "user"),
+        (
+            "endpoints = [\"a:1\"]\nprefix = \"/p/\"\nuser = \"u\"\npassword_file = \"/nonexistent/pw\"",
+            "password_file",
+        ),
+        (
+            "endpoints = [\"http://a:1\"]\nprefix = \"/p/\"\ntls = { ca = \"/nonexistent/ca.pem\" }",
+            "endpoints[0]",
+        ),
+        (
+            "endpoints = [\"https://a:1\"]\nprefix = \"/p/\"\ntls = { ca = \"/nonexistent/ca.pem\" }",
+            "tls.ca",
+        ),
+        (
+            "endpoints = [\"https://a:1\"]\nprefix = \"/p/\"\ntls = { cert = \"/c.pem\" }",
+            "tls.cert",
+        ),
+    ];
+    for (etcd, field) in cases {
+        refused_naming_exactly(&with(etcd), &format!("{at}.{field}"));
+    }
+    for field in ["timeout", "progress_interval"] {
+        for value in ["0s", "366days", LONGEST] {
+            let etcd = format!("{good}\n{field} = \"{value}\"");
+            refused_naming_exactly(&with(&etcd), &format!("{at}.{field}"));
+        }
+    }
 }

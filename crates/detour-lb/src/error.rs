@@ -16,6 +16,11 @@ pub enum DiscoveryErrorKind {
     Io,
     /// A file or answer could not be parsed.
     Parse,
+    /// A remote source (etcd, an API server) could not be reached or
+    /// answered an error.
+    Unavailable,
+    /// An answer would have emptied the upstream, which does not allow it.
+    WouldEmpty,
     /// Anything else (custom discovery sources).
     Other,
 }
@@ -57,6 +62,8 @@ impl fmt::Display for DiscoveryError {
             DiscoveryErrorKind::Empty => "no usable address",
             DiscoveryErrorKind::Io => "read failed",
             DiscoveryErrorKind::Parse => "parse failed",
+            DiscoveryErrorKind::Unavailable => "source unavailable",
+            DiscoveryErrorKind::WouldEmpty => "answer would empty the upstream; kept the last set",
             DiscoveryErrorKind::Other => "discovery failed",
         };
         write!(f, "{}: {what}", self.context)?;

@@ -67,6 +67,9 @@ pub const FAMILIES: &[Family] = &[
     family("detour_breakers_open", Kind::Gauge, "Circuit breakers not closed (open or half-open), all upstreams together."),
     family("detour_upstream_panic", Kind::Gauge, "1 while the upstream's balancer is in panic mode (too few backends available: health ignored)."),
     family("detour_upstream_panic_entries_total", Kind::Counter, "Times the upstream's balancer entered panic mode."),
+    family("detour_discovery_source_up", Kind::Gauge, "1 while the discovery source's last read succeeded and is wholly in force, 0 when it is starting, degraded or failing (its last good set then stays)."),
+    family("detour_discovery_source_age_seconds", Kind::Gauge, "Seconds since the discovery source's last success (for a watch: its last event or progress notification)."),
+    family("detour_discovery_source_revision", Kind::Gauge, "The revision of the discovery source's answer in force (etcd's store revision)."),
 ];
 
 /// Hand every family's description to the installed recorder (a no-op

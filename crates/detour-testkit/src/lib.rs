@@ -49,6 +49,7 @@ pub mod alloc;
 mod behavior;
 pub mod client;
 mod connection;
+pub mod etcd;
 mod http1;
 mod journal;
 pub mod memory;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use detour_core::Backend;
+use detour_proxy::lb::discovery::SourceState;
 use detour_server::upstream::Upstream;
 
 use super::config::Config;
@@ -99,7 +100,23 @@ impl App {
     /// exact without any work on the request path).
     pub fn record_gauges(&self) {
         let state = self.current();
+        let now = std::time::SystemTime::now();
         for (name, up) in &state.upstreams {
+            for s in up.discovery_status() {
+                let labels = [("upstream", name.clone()), ("source", s.source.clone())];
+                let up_now = matches!(s.state, SourceState::Ok);
+                metrics::gauge!("detour_discovery_source_up", &labels)
+                    .set(f64::from(u8::from(up_now)));
+                if let Some(age) = s.age(now) {
+                    metrics::gauge!("detour_discovery_source_age_seconds", &labels)
+                        .set(age.as_secs_f64());
+                }
+                if let Some(rev) = s.revision {
+                    // Revisions stay far below 2^53: exact as an f64.
+                    #[allow(clippy::cast_precision_loss)]
+                    metrics::gauge!("detour_discovery_source_revision", &labels).set(rev as f64);
+                }
+            }
             for b in up.backends().iter() {
                 let addr = b.addr().to_string();
                 let healthy = self.health(name, b) == Health::Healthy;

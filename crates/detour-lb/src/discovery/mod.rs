@@ -6,14 +6,22 @@
 //! it was (the last good answer) and the reason is logged; a source never has
 //! to make up a set to report an error.
 //!
+//! A source that learns of changes as they happen (a watch) also says so
+//! through [`ServiceDiscovery::changed`], and [`run_discovery`] then runs a
+//! round at once instead of waiting for the interval.
+//!
 //! Built-in sources: [`StaticDiscovery`] (a fixed list), [`DnsDiscovery`]
-//! (A/AAAA and SRV records, re-resolved each round) and [`FileDiscovery`]
-//! (a TOML file, re-read each round). Anything else (a service registry, an
-//! orchestrator's API) implements the trait.
+//! (A/AAAA and SRV records, re-resolved each round), [`FileDiscovery`]
+//! (a TOML file, re-read each round) and, with the `etcd` feature,
+//! `EtcdDiscovery` (keys under a prefix, read once then watched). Anything
+//! else (a service registry, an orchestrator's API) implements the trait.
 
 mod dns;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod file;
 mod spec;
+mod status;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +36,10 @@ use crate::{Changes, DiscoveryError, LoadBalancer};
 pub use dns::{DnsDiscovery, DnsTarget, Resolve, SrvRecord, SystemResolver};
 pub use file::FileDiscovery;
 pub use spec::BackendSpec;
+pub use status::{SourceState, SourceStatus};
+
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdDiscovery, EtcdOptions, EtcdTls};
 
 /// A source of backend sets.
 pub trait ServiceDiscovery: Send + Sync {
@@ -36,6 +48,15 @@ pub trait ServiceDiscovery: Send + Sync {
     /// # Errors
     /// When the source cannot tell; the load balancer then keeps its set.
     fn discover(&self) -> impl Future<Output = Result<Vec<Backend>, DiscoveryError>> + Send;
+
+    /// Completes when the source has news since the last [`discover`]
+    /// (a watched source); [`run_discovery`] then asks at once. Sources that
+    /// are only polled never complete, which is the default.
+    ///
+    /// [`discover`]: ServiceDiscovery::discover
+    fn changed(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
 }
 
 /// A fixed list of backends.
@@ -73,9 +94,11 @@ where
 }
 
 /// Keep `lb` current from `discovery`: ask at once, then every `interval`
-/// (at least 1 ms), until `shutdown` completes or the load balancer is
-/// dropped everywhere else. A failed round keeps the last good set and logs
+/// (at least 1 ms) and whenever the source says it [changed], until
+/// `shutdown` completes or the load balancer is dropped everywhere else. A failed round keeps the last good set and logs
 /// a warning with the reason.
+///
+/// [changed]: ServiceDiscovery::changed
 ///
 /// The server owns this task: `tokio::spawn(run_discovery(lb.clone(),
 /// source, interval, shutdown_signal))`.
@@ -104,6 +127,7 @@ pub async fn run_discovery<S, D>(
             biased;
             () = &mut shutdown => return,
             _ = ticker.tick() => {}
+            () = discovery.changed() => {}
         }
         let answer = tokio::select! {
             biased;

@@ -24,6 +24,6 @@ pub(crate) use body::UpFrame;
 pub use body::UpstreamBody;
 
 pub use group::{
-    build_all, first_rounds, DiscoveryConfig, EventHook, RequestMetrics, Services, Upstream,
-    UpstreamConfig,
+    build_all, first_rounds, DiscoveryConfig, EtcdSourceConfig, EtcdTlsConfig, EventHook,
+    RequestMetrics, Services, Upstream, UpstreamConfig,
 };

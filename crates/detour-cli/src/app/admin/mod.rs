@@ -259,6 +259,7 @@ impl Admin {
                 })
                 .collect();
             let spread = up.failure_spread();
+            let discovery: Vec<_> = up.discovery_status().iter().map(source_json).collect();
             ups.insert(
                 name.clone(),
                 serde_json::json!({
@@ -268,6 +269,7 @@ impl Admin {
                         "healthy": spread.healthy,
                         "failing": spread.failing,
                     },
+                    "discovery": discovery,
                 }),
             );
         }
@@ -396,6 +398,25 @@ impl Admin {
 type Refused = (StatusCode, String);
 
 /// The backend a control path names:
+/// One discovery source in `/status`: its state, backends, revision, the
+/// time of its last success (Unix seconds) and how old that is.
+fn source_json(s: &detour_proxy::lb::discovery::SourceStatus) -> serde_json::Value {
+    let now = std::time::SystemTime::now();
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    serde_json::json!({
+        "source": s.source,
+        "state": s.state.as_str(),
+        "backends": s.backends,
+        "revision": s.revision,
+        "last_success": s.last_success.map(unix),
+        "age_s": s.age(now).map(|d| (d.as_secs_f64() * 1e3).round() / 1e3),
+        "error": s.error,
+    })
+}
+
 /// `/upstreams/{name}/backends/{addr}/{action}`.
 struct BackendTarget<'p> {
     name: &'p str,

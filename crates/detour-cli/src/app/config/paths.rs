@@ -86,8 +86,28 @@ fn path_fields(config: &mut Config) -> Vec<(String, &mut PathBuf)> {
         if let Some(ca) = up.tls.as_mut().and_then(|t| t.ca.as_mut()) {
             found.push((format!("upstreams.{name}.tls.ca"), ca));
         }
-        if let Some(file) = up.discovery.as_mut().and_then(|d| d.file.as_mut()) {
+        let Some(d) = up.discovery.as_mut() else {
+            continue;
+        };
+        if let Some(file) = d.file.as_mut() {
             found.push((format!("upstreams.{name}.discovery.file"), file));
+        }
+        if let Some(etcd) = d.etcd.as_mut() {
+            let at = format!("upstreams.{name}.discovery.etcd");
+            if let Some(p) = etcd.password_file.as_mut() {
+                found.push((format!("{at}.password_file"), p));
+            }
+            if let Some(t) = etcd.tls.as_mut() {
+                for (field, p) in [
+                    ("ca", &mut t.ca),
+                    ("cert", &mut t.cert),
+                    ("key", &mut t.key),
+                ] {
+                    if let Some(p) = p.as_mut() {
+                        found.push((format!("{at}.tls.{field}"), p));
+                    }
+                }
+            }
         }
     }
     found
@@ -102,7 +122,7 @@ mod tests {
 addr = "127.0.0.1:0"
 tls = [{ cert = "a.pem", key = "/abs/a.key" }, { cert = "b.pem", key = "../b.key" }]
 [upstreams.app]
-discovery = { file = "backends.toml" }
+discovery = { file = "backends.toml", etcd = { endpoints = ["https://e:2379"], prefix = "/p/", user = "u", password_file = "etcd.pw", tls = { ca = "etcd-ca.pem" } } }
 tls = { ca = "ca/roots.pem", verify = false }
 "#;
 
@@ -127,6 +147,13 @@ tls = { ca = "ca/roots.pem", verify = false }
             up.discovery.as_ref().unwrap().file.as_deref(),
             Some(Path::new("/etc/detour/backends.toml"))
         );
+        let etcd = up.discovery.as_ref().unwrap().etcd.as_ref().unwrap();
+        assert_eq!(
+            etcd.password_file.as_deref(),
+            Some(Path::new("/etc/detour/etcd.pw"))
+        );
+        let ca = etcd.tls.as_ref().unwrap().ca.as_deref();
+        assert_eq!(ca, Some(Path::new("/etc/detour/etcd-ca.pem")));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use detour_health::{HealthConfig, OutlierConfig};
 use detour_lb::{Algorithm, BackendSpec, DnsTarget, Failover, HashKey, LbOptions, SlowStart};
 use serde::{Deserialize, Serialize};
 
+use super::etcd::EtcdSourceConfig;
 use crate::config::ConfigError;
 use crate::tls::{TlsClient, UpstreamTlsConfig};
 
@@ -94,9 +95,26 @@ pub struct DiscoveryConfig {
     pub dns: Vec<String>,
     /// A TOML file of `backends = [...]`, re-read on the interval.
     pub file: Option<PathBuf>,
-    /// How often to refresh. Default 5 s.
+    /// The keys under an etcd prefix, read once then watched (needs the
+    /// `etcd` cargo feature, which the `detour` binary has).
+    pub etcd: Option<EtcdSourceConfig>,
+    /// Whether an answer with no backend at all may empty the upstream.
+    /// Default false: such an answer (a wiped prefix, a storm of expired
+    /// leases, an emptied file) keeps the last set and marks the sources
+    /// degraded.
+    #[serde(default)]
+    pub allow_empty: bool,
+    /// How often to refresh. Default 5 s. A watched source (etcd) applies
+    /// its changes at once besides.
     #[serde(default = "five_seconds", with = "humantime_serde")]
     pub interval: Duration,
+}
+
+impl DiscoveryConfig {
+    /// Whether any source is named.
+    fn names_a_source(&self) -> bool {
+        !self.dns.is_empty() || self.file.is_some() || self.etcd.is_some()
+    }
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -140,12 +158,7 @@ impl UpstreamConfig {
                 "consistent hashing needs a hash_key (e.g. \"header:x-user\")",
             ));
         }
-        if self.backends.is_empty()
-            && self
-                .discovery
-                .as_ref()
-                .is_none_or(|d| d.dns.is_empty() && d.file.is_none())
-        {
+        if self.backends.is_empty() && self.discovery.as_ref().is_none_or(|d| !d.names_a_source()) {
             return Err(ConfigError::field(
                 at("backends"),
                 "an upstream needs backends or discovery",
@@ -164,6 +177,9 @@ impl UpstreamConfig {
         let bad = |e: InvalidConfig| ConfigError::field(at(e.field), e.reason);
         if let Some(d) = &self.discovery {
             check_duration("discovery.interval", d.interval, Zero::Refused).map_err(bad)?;
+            if let Some(e) = &d.etcd {
+                super::etcd::options(e, &at("discovery.etcd"))?;
+            }
         }
         self.timeouts
             .validate()

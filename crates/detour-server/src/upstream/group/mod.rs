@@ -34,7 +34,10 @@
 //! - `observer`: the observer that feeds breakers, outlier detection and
 //!   attempt metrics from every attempt's outcome.
 //! - `telemetry`: the metric series ([`RequestMetrics`], per backend, events).
-//! - `discovery`: the backend sources (static, DNS, file) asked together.
+//! - `discovery`: the backend sources (static, DNS, file, etcd) asked
+//!   together, with the rules that keep a failing source from emptying the
+//!   upstream.
+//! - `etcd`: the `discovery.etcd` table and its checks.
 //! - `services`: [`Services`], the background work's stop handle, and
 //!   [`first_rounds`].
 //! - `inherit`: what a reloaded upstream keeps from the one it replaces.
@@ -63,12 +66,14 @@ use crate::upstream::Connect;
 
 mod config;
 mod discovery;
+mod etcd;
 mod inherit;
 mod observer;
 mod services;
 mod telemetry;
 
 pub use config::{DiscoveryConfig, UpstreamConfig};
+pub use etcd::{EtcdSourceConfig, EtcdTlsConfig};
 pub use services::{first_rounds, Services};
 pub use telemetry::RequestMetrics;
 
@@ -381,6 +386,14 @@ impl Upstream {
         }
     }
 
+    /// Each discovery source's state (empty without a `discovery` table).
+    pub fn discovery_status(&self) -> Vec<detour_lb::discovery::SourceStatus> {
+        self.discovery
+            .as_ref()
+            .map(|(sources, _)| sources.status())
+            .unwrap_or_default()
+    }
+
     /// Start the background work — active checks, outlier sweeps, discovery —
     /// on `runtime`. It stops when the returned [`Services`] is dropped.
     /// [`Server::start`](crate::Server::start) does this for the upstreams
@@ -403,8 +416,12 @@ impl Upstream {
             let stop = until(stopped.clone());
             runtime.spawn(async move {
                 // The first round already ran (`first_round`): start one
-                // interval later, not with a second round at once.
-                tokio::time::sleep(interval).await;
+                // interval later, not with a second round at once — or as
+                // soon as a watched source has news.
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = detour_lb::ServiceDiscovery::changed(&sources) => {}
+                }
                 run_discovery(lb, sources, interval, stop).await;
             });
         }
@@ -587,7 +604,7 @@ fn admission(name: &str, config: &UpstreamConfig) -> Result<Admission, ConfigErr
     };
     let discovery = match &config.discovery {
         Some(d) => Some((
-            Sources::new(config, d).map_err(|e| bad("discovery.dns", &e))?,
+            Sources::new(config, d, &format!("upstreams.{name}"))?,
             d.interval,
         )),
         None => None,
