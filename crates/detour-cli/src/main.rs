@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! detour --config detour.toml          run the proxy
+//! detour --config etcd://HOST:PORT/KEY run the proxy on the document in an
+//!                                      etcd key, following it
 //! detour --config detour.toml --test   check the file and exit (0: valid)
 //! detour --config detour.toml --test --strict   ... and fail on a lint warning
 //! detour --config detour.toml --dump-config
@@ -36,9 +38,13 @@ use detour_server::upgrade::{self, Inherited};
     long_about
 )]
 struct Cli {
-    /// The configuration file.
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    /// The configuration file, or one etcd key holding it:
+    /// `etcd://HOST:PORT[,HOST:PORT…]/KEY` (followed: each new document is
+    /// applied as a reload; see "Running a fleet").
+    #[arg(short = 'c', long = "config", value_name = "FILE|etcd://HOST:PORT/KEY")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Validate the configuration and exit: 0 when valid, 1 with the file,
     /// line and field at fault when not.
     #[arg(short = 't', long = "test", requires = "config")]
@@ -59,6 +65,108 @@ struct Cli {
     upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// How to reach etcd for `--config etcd://…`: flags or the environment,
+/// never the URL.
+#[derive(Debug, clap::Args)]
+struct EtcdArgs {
+    /// PEM file of the CA that signed etcd's certificate (TLS towards etcd).
+    #[arg(long = "etcd-ca", env = "DETOUR_ETCD_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (with --etcd-key).
+    #[arg(long = "etcd-cert", env = "DETOUR_ETCD_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(long = "etcd-key", env = "DETOUR_ETCD_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// etcd user (with --etcd-password-file).
+    #[arg(long = "etcd-user", env = "DETOUR_ETCD_USER", value_name = "NAME")]
+    user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(
+        long = "etcd-password-file",
+        env = "DETOUR_ETCD_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    password_file: Option<PathBuf>,
+    /// Where the last good document from etcd is kept, to start from when
+    /// etcd is unreachable.
+    #[arg(
+        long = "config-cache",
+        env = "DETOUR_CONFIG_CACHE",
+        value_name = "FILE",
+        default_value = "/var/lib/detour/config-cache.toml"
+    )]
+    cache: PathBuf,
+}
+
+impl EtcdArgs {
+    fn access(&self) -> app::etcd_config::EtcdAccess {
+        app::etcd_config::EtcdAccess {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            user: self.user.clone(),
+            password_file: self.password_file.clone(),
+            cache: Some(self.cache.clone()),
+            ..app::etcd_config::EtcdAccess::default()
+        }
+    }
+
+    /// The flags again, for a successor (absolute paths).
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let abs = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        let mut args = Vec::new();
+        let files = [
+            ("--etcd-ca", &self.ca),
+            ("--etcd-cert", &self.cert),
+            ("--etcd-key", &self.key),
+            ("--etcd-password-file", &self.password_file),
+        ];
+        for (flag, file) in files {
+            if let Some(f) = file {
+                args.extend([flag.into(), abs(f).into()]);
+            }
+        }
+        if let Some(u) = &self.user {
+            args.extend(["--etcd-user".into(), u.into()]);
+        }
+        args.extend(["--config-cache".into(), self.cache.clone().into()]);
+        args
+    }
+}
+
+/// Where the configuration came from.
+enum Loaded {
+    File,
+    Etcd(
+        std::sync::Arc<app::etcd_config::EtcdConfigSource>,
+        Box<app::etcd_config::Initial>,
+    ),
+}
+
+/// Read `path` (a file or an etcd URL) and validate it.
+fn load(path: &std::path::Path, etcd: &EtcdArgs) -> Result<(Config, Loaded), String> {
+    let Some(url) = path
+        .to_str()
+        .filter(|p| app::etcd_config::EtcdConfigSource::is_url(p))
+    else {
+        let config = Config::from_file(path).map_err(|e| format!("invalid configuration: {e}"))?;
+        return Ok((config, Loaded::File));
+    };
+    let source = app::etcd_config::EtcdConfigSource::new(url, &etcd.access())
+        .map_err(|e| format!("invalid configuration source: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let initial = rt
+        .block_on(source.initial())
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    let config = initial.config.clone();
+    let loaded = Loaded::Etcd(std::sync::Arc::new(source), Box::new(initial));
+    Ok((config, loaded))
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +289,36 @@ fn take_over(
     Ok((inherited, Some(successor)))
 }
 
+/// `detour demo`.
+fn demo(phase_secs: u64, clients: usize) -> ExitCode {
+    init_logging(LogFormat::Text, "error", false);
+    let handle = metrics();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = app::demo::DemoOptions {
+        phase: std::time::Duration::from_secs(phase_secs.max(1)),
+        clients: clients.max(1),
+        ..Default::default()
+    };
+    match rt.block_on(app::demo::run(opts, handle)) {
+        Ok(s) if s.client_errors == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Demo {
@@ -188,41 +326,16 @@ fn main() -> ExitCode {
         clients,
     }) = cli.command
     {
-        init_logging(LogFormat::Text, "error", false);
-        let handle = metrics();
-        let rt = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("cannot start a runtime: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let opts = app::demo::DemoOptions {
-            phase: std::time::Duration::from_secs(phase_secs.max(1)),
-            clients: clients.max(1),
-            ..Default::default()
-        };
-        return match rt.block_on(app::demo::run(opts, handle)) {
-            Ok(s) if s.client_errors == 0 => ExitCode::SUCCESS,
-            Ok(_) => ExitCode::from(2),
-            Err(e) => {
-                eprintln!("demo failed: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return demo(phase_secs, clients);
     }
     let Some(path) = cli.config else {
         eprintln!("detour: give --config FILE, or run `detour demo` (see --help)");
         return ExitCode::from(2);
     };
-    let config = match Config::from_file(&path) {
+    let (config, loaded) = match load(&path, &cli.etcd) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("invalid configuration: {e}");
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -236,6 +349,14 @@ fn main() -> ExitCode {
     for w in app::lint::lint(&config) {
         tracing::warn!(fields = %w.fields.join(", "), "dangerous configuration: {}", w.why);
     }
+    if let Loaded::Etcd(source, initial) = &loaded {
+        match &initial.from_cache {
+            Some(why) => tracing::warn!(source = %source.url(), "configuration: {why}"),
+            None => {
+                tracing::info!(source = %source.url(), revision = initial.revision, "configuration read from etcd")
+            }
+        }
+    }
     let handle = metrics();
     let (inherited, successor) = match take_over(&config, cli.upgrade) {
         Ok(taken) => taken,
@@ -244,8 +365,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app::start_inheriting(&config, Some(&path), handle, None, inherited) {
+    let origin = match &loaded {
+        Loaded::File => app::reload::Origin::File(path.clone()),
+        Loaded::Etcd(source, _) => app::reload::Origin::Etcd(std::sync::Arc::clone(source)),
+    };
+    match app::start_inheriting(&config, origin, handle, None, inherited) {
         Ok(mut running) => {
+            if let Loaded::Etcd(source, initial) = loaded {
+                running.follow_etcd(source, &initial);
+            }
             tracing::info!(
                 addr = %running.addr(),
                 admin = running.admin_addr.map(tracing::field::display),
@@ -259,7 +387,9 @@ fn main() -> ExitCode {
                     .next()
                     .unwrap_or_else(|| "detour".into());
                 let file = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-                running.upgrade_with(app::supervisor::SuccessorCommand::new(argv0, file));
+                let command = app::supervisor::SuccessorCommand::new(argv0, file)
+                    .with_args(cli.etcd.to_args());
+                running.upgrade_with(command);
             }
             match running.run_until_signal() {
                 Ok(()) => ExitCode::SUCCESS,

@@ -3,8 +3,12 @@
 //!
 //! - a backend added or removed reaches all three (measured, printed; bound
 //!   3 s, the target is 1 s);
-//! - etcd killed under load: no client error, every set unchanged, the
-//!   source `failing` in `/status`; etcd back: all three converge;
+//! - etcd killed under load: no client error, every set unchanged (through
+//!   a reload too), the source `failing` in `/status`; etcd back: all three
+//!   converge;
+//! - the configuration from one key: a new document reloads all three, a
+//!   bad one is refused by all three, which serve on; etcd gone, a new
+//!   instance starts from its cached last good document;
 //! - a wiped prefix keeps the last set and says `degraded`;
 //! - with the same backends, consistent hashing sends each key to the same
 //!   backend on every instance.
@@ -30,7 +34,9 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 const PREFIX: &str = "/detour/app/";
 
-fn config(etcd: &Etcd, upstream_extra: &str) -> String {
+/// A configuration: loopback listeners, the admin API on, one upstream
+/// `app` (`upstream`: its table's body) routed to.
+fn with_upstream(upstream: &str) -> String {
     format!(
         r#"
 [server]
@@ -41,16 +47,22 @@ grace_period = "1s"
 listen = "127.0.0.1:0"
 [log]
 access_log = false
-[upstreams.app]
-{upstream_extra}
-[upstreams.app.discovery]
-interval = "30s"
-etcd = {{ endpoints = ["{}"], prefix = "{PREFIX}", timeout = "1s", progress_interval = "500ms" }}
 [[routes]]
 upstream = "app"
-"#,
-        etcd.endpoint()
+[upstreams.app]
+{upstream}
+"#
     )
+}
+
+/// Backends from `etcd`'s prefix (`upstream_extra`: more of the table).
+fn config(etcd: &Etcd, upstream_extra: &str) -> String {
+    let endpoint = etcd.endpoint();
+    with_upstream(&format!(
+        "{upstream_extra}\n[upstreams.app.discovery]\ninterval = \"30s\"\n\
+         etcd = {{ endpoints = [\"{endpoint}\"], prefix = \"{PREFIX}\", timeout = \"1s\", \
+         progress_interval = \"500ms\" }}"
+    ))
 }
 
 /// Three backends, each naming itself in `x-backend`.
@@ -122,6 +134,11 @@ async fn members(d: &Detour) -> Vec<SocketAddr> {
 
 /// How long until every process's set is `want` (at most 3 s).
 async fn until_all(fleet: &[Detour], want: &[&Upstream]) -> Duration {
+    until_all_within(fleet, want, Duration::from_secs(3)).await
+}
+
+/// [`until_all`], at most `bound`.
+async fn until_all_within(fleet: &[Detour], want: &[&Upstream], bound: Duration) -> Duration {
     let mut want: Vec<SocketAddr> = want.iter().map(|b| b.addr()).collect();
     want.sort();
     let start = Instant::now();
@@ -131,7 +148,7 @@ async fn until_all(fleet: &[Detour], want: &[&Upstream]) -> Duration {
                 break;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(3),
+                start.elapsed() < bound,
                 "instance {} still has {:?}, want {want:?}",
                 d.pid,
                 members(d).await
@@ -250,11 +267,16 @@ async fn etcd_down_under_load_changes_nothing_and_etcd_back_converges() {
         }
     }
     let noticed = down_at.elapsed();
-    // Down for 2 s under load: every set stays as it was.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Down for 2 s under load: every set stays as it was, through a reload
+    // too (its new upstream starts from what the old one learnt).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = support::admin(fleet[0].admin.unwrap(), "POST", "/reload", &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    tokio::time::sleep(Duration::from_secs(1)).await;
     for d in &fleet {
         assert_eq!(members(d).await.len(), 2, "{}", status(d).await);
     }
+    assert_eq!(status(&fleet[0]).await["config_generation"], 2);
     stop_tx.send_replace(true);
     let (ok, failed) = traffic.await.unwrap();
     println!("etcd down {:?} under load: {ok} requests answered 200, {failed} failed; all three instances said failing within {noticed:?}", down_at.elapsed());
@@ -266,7 +288,8 @@ async fn etcd_down_under_load_changes_nothing_and_etcd_back_converges() {
     let mut client = Client::connect([etcd.endpoint()], None).await.unwrap();
     client.delete(key(&b[0]), None).await.unwrap();
     client.put(key(&b[2]), value(&b[2]), None).await.unwrap();
-    let converged = until_all(&fleet, &[&b[1], &b[2]]).await;
+    // The watchers retry with a backoff that reaches 5 s: converged within it.
+    let converged = until_all_within(&fleet, &[&b[1], &b[2]], Duration::from_secs(7)).await;
     for d in &fleet {
         assert_eq!(source_state(d).await, "ok");
     }
@@ -351,4 +374,109 @@ async fn consistent_hashing_agrees_across_instances() {
     }
     println!("60 keys, the same backend on all three instances for each; spread {spread:?}");
     assert_eq!(spread.len(), 3, "every backend takes some keys: {spread:?}");
+}
+
+/// The whole configuration in one key, serving `b` with the admin API on.
+fn document(b: &Upstream) -> String {
+    with_upstream(&format!("backends = [{{ addr = \"{}\" }}]", b.addr()))
+}
+
+async fn config_state(d: &Detour) -> (String, u64) {
+    let s = status(d).await;
+    let state = s["config_source"]["state"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string();
+    (state, s["config_generation"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_configuration_comes_from_one_key() {
+    let Rig {
+        _one,
+        mut etcd,
+        mut client,
+        b,
+    } = rig().await;
+    const KEY: &str = "/detour/config";
+    client.put(KEY, document(&b[0]), None).await.unwrap();
+    let dir = support::temp_dir("fleet-config");
+    let url = format!("etcd://{}{KEY}", etcd.addr());
+    let cache = |i: usize| dir.join(format!("cache-{i}.toml"));
+    let start = |i: usize| {
+        let cache = cache(i);
+        support::start_args(
+            std::path::Path::new(&url),
+            &["--config-cache", cache.to_str().unwrap()],
+        )
+    };
+    let fleet: Vec<Detour> = (0..3).map(start).collect();
+    until_all(&fleet, &[&b[0]]).await;
+    for d in &fleet {
+        assert_eq!(config_state(d).await, ("ok".to_string(), 1));
+    }
+
+    // One write reconfigures the fleet.
+    let written = Instant::now();
+    client.put(KEY, document(&b[1]), None).await.unwrap();
+    let took = until_all(&fleet, &[&b[1]]).await;
+    for d in &fleet {
+        let r = support::send(d.addr, "GET", "/", &["host: app".into()]).await;
+        assert_eq!(r.header("x-backend"), Some("b1"));
+        assert_eq!(config_state(d).await, ("ok".to_string(), 2));
+    }
+    println!(
+        "a new document in etcd: all three instances reloaded within {took:?} ({:?} after the write)",
+        written.elapsed()
+    );
+
+    // A bad document: every instance refuses it, says so, and serves on.
+    client
+        .put(KEY, "[upstreams.app]\nlb = \"fastest\"\n", None)
+        .await
+        .unwrap();
+    let refused_at = Instant::now();
+    for d in &fleet {
+        while config_state(d).await.0 != "refused" {
+            assert!(
+                refused_at.elapsed() < Duration::from_secs(3),
+                "{}",
+                status(d).await
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let s = status(d).await;
+        let error = s["config_source"]["error"].as_str().unwrap();
+        assert!(error.contains("upstreams.app.lb"), "{error}");
+        assert_eq!(s["config_generation"], 2);
+        let r = support::send(d.addr, "GET", "/", &["host: app".into()]).await;
+        assert_eq!(r.header("x-backend"), Some("b1"));
+    }
+    println!(
+        "a bad document: all three refused it within {:?} and serve on",
+        refused_at.elapsed()
+    );
+
+    // etcd gone: a new instance starts from its cache (the last good
+    // document, not the bad one) and says so.
+    etcd.kill();
+    std::fs::copy(cache(0), cache(3)).unwrap();
+    let late = start(3);
+    let r = support::send(late.addr, "GET", "/", &["host: app".into()]).await;
+    assert_eq!(r.header("x-backend"), Some("b1"));
+    let s = status(&late).await;
+    assert_eq!(s["config_source"]["state"], "cached", "{s}");
+    let why = s["config_source"]["error"].as_str().unwrap();
+    assert!(
+        why.contains("etcd unreachable") && why.contains("cache-3.toml"),
+        "{why}"
+    );
+    // The running ones notice etcd is gone, and serve on.
+    for d in &fleet {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while config_state(d).await.0 != "failing" {
+            assert!(Instant::now() < deadline, "{}", status(d).await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

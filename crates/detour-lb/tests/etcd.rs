@@ -191,6 +191,9 @@ async fn a_silent_watch_is_found_dead() {
     etcd.freeze(true);
     let took = until_state(&source, SourceState::Failing).await;
     println!("etcd frozen: the watch was called dead after {took:?}");
+    // Two progress intervals (600 ms) and slack; the gRPC keep-alive alone
+    // (its 2 s timeout) would take longer.
+    assert!(took < Duration::from_millis(1500), "{took:?}");
     assert_eq!(addrs(&source).await, port_list(&[1]));
     etcd.freeze(false);
 

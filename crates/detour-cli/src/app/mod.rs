@@ -12,12 +12,14 @@
 //!   it, and the changes a reload cannot apply live.
 //! - [`config::paths`]: relative paths, resolved against the file's directory
 //!   (part of loading a [`Config`], re-exported here as [`paths`]).
+//! - [`etcd_config`]: the configuration from one etcd key, followed.
 //! - [`demo`]: `detour demo`.
 
 pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod effective;
+pub mod etcd_config;
 pub mod explain;
 pub mod lint;
 pub mod process;
@@ -125,7 +127,8 @@ pub fn start(
     metrics: Option<detour_proxy::metrics::MetricsHandle>,
     events: Option<EventHook>,
 ) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
-    start_inheriting(config, config_path, metrics, events, Inherited::default())
+    let origin = config_path.map_or(reload::Origin::None, |p| reload::Origin::File(p.into()));
+    start_inheriting(config, origin, metrics, events, Inherited::default())
 }
 
 /// [`start`], serving on `inherited`: the listening sockets (the admin
@@ -136,7 +139,7 @@ pub fn start(
 /// As [`start`].
 pub fn start_inheriting(
     config: &Config,
-    config_path: Option<&Path>,
+    origin: reload::Origin,
     metrics: Option<detour_proxy::metrics::MetricsHandle>,
     events: Option<EventHook>,
     mut inherited: Inherited,
@@ -174,7 +177,7 @@ pub fn start_inheriting(
     let reloader = reload::ReloadTask {
         app: Arc::clone(&app),
         events,
-        config_path: config_path.map(Path::to_path_buf),
+        origin,
         tls: handle.tls_reloader(),
         services: handle.replace_services(Vec::new()),
         runtime: rt.clone(),
@@ -244,6 +247,29 @@ fn bind_admin(
 }
 
 impl Running {
+    /// Follow `source`'s key from now on: each new document is applied as a
+    /// reload. `initial` is what this process started with.
+    pub fn follow_etcd(
+        &self,
+        source: Arc<etcd_config::EtcdConfigSource>,
+        initial: &etcd_config::Initial,
+    ) {
+        let status = self.app.config_source();
+        *status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(initial.status(&source));
+        let Some(rt) = self.handle.services_runtime() else {
+            return;
+        };
+        let reloader = self.reloader.clone();
+        let reload = move |config| {
+            let reloader = reloader.clone();
+            async move { reloader.reload(Some(config), "etcd").await.map(|_| ()) }
+        };
+        let follow = source.follow(reload, status, initial.text.clone());
+        rt.spawn(follow);
+    }
+
     /// Tell the process this one replaces that it serves, once
     /// [`run_until_signal`](Self::run_until_signal) has its signal handlers
     /// (and has told the service manager it is the main process now).

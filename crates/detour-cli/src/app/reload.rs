@@ -4,7 +4,8 @@
 //! and each ends in one log line: applied (naming the changes that need a
 //! restart) or refused (naming the field at fault).
 //!
-//! A reload, in order: reads and validates the file (a bad one, or one that
+//! A reload, in order: reads and validates the file (or the etcd key's
+//! latest document, see [`etcd_config`](super::etcd_config); a bad one, or one that
 //! would remove every route, changes nothing); builds every upstream anew
 //! and re-reads the TLS listeners' certificates; runs the new upstreams'
 //! first health round; hands each new upstream what its predecessor learnt
@@ -25,8 +26,21 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::Config;
+use super::etcd_config::EtcdConfigSource;
 use super::state::{App, State};
 use super::{build_state, effective};
+
+/// Where the configuration comes from: what SIGHUP and `POST /reload`
+/// read again.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// Given in code: nothing to read again.
+    None,
+    /// A file.
+    File(PathBuf),
+    /// One etcd key (`--config etcd://…`): its latest document.
+    Etcd(Arc<EtcdConfigSource>),
+}
 
 /// A reload that was applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +141,7 @@ impl Reloader {
 pub(crate) struct ReloadTask {
     pub(crate) app: Arc<App>,
     pub(crate) events: Option<EventHook>,
-    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) origin: Origin,
     pub(crate) tls: TlsReloader,
     /// The serving generation's background work; replaced on each reload.
     pub(crate) services: Vec<Services>,
@@ -162,6 +176,13 @@ impl ReloadTask {
         // Every certificate file is read before any is swapped in: a bad one
         // refuses the whole reload.
         self.tls.reload(&config.server)?;
+        // What discovery learnt stays: a source that fails in the first
+        // round (etcd down) keeps its backends.
+        for (name, up) in &state.upstreams {
+            if let Some(prev) = old.upstreams.get(name) {
+                up.inherit_discovery(prev);
+            }
+        }
         let upstreams: Vec<Arc<Upstream>> = state.upstreams.values().cloned().collect();
         first_rounds(&upstreams, &self.runtime).await;
         for (name, up) in &state.upstreams {
@@ -195,14 +216,12 @@ impl ReloadTask {
     /// The configuration to apply: `given`, or the file re-read; validated,
     /// and refused when it would remove every route.
     fn next_config(&self, given: Option<Config>) -> Result<Config, ConfigError> {
-        let config = match given {
-            Some(c) => c.validate()?,
-            None => {
-                let path = self
-                    .config_path
-                    .as_deref()
-                    .ok_or_else(|| ConfigError::field("config", "no file to reload from"))?;
-                Config::from_file(path)?
+        let config = match (given, &self.origin) {
+            (Some(c), _) => c.validate()?,
+            (None, Origin::File(path)) => Config::from_file(path)?,
+            (None, Origin::Etcd(source)) => source.current()?,
+            (None, Origin::None) => {
+                return Err(ConfigError::field("config", "no file to reload from"));
             }
         };
         // An emptied file (a truncating editor, a failed deploy) must not turn

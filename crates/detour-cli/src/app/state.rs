@@ -10,6 +10,7 @@ use detour_proxy::lb::discovery::SourceState;
 use detour_server::upstream::Upstream;
 
 use super::config::Config;
+use super::etcd_config::ConfigSourceStatus;
 use super::explain::Recent;
 use super::routes::Route;
 use super::status::{Breaker, Health};
@@ -37,6 +38,8 @@ pub struct App {
     /// The last retried or failed requests (`/debug/requests`), kept across
     /// reloads.
     recent: Recent,
+    /// Where the configuration comes from, when that is etcd (`/status`).
+    config_source: Arc<Mutex<Option<ConfigSourceStatus>>>,
 }
 
 impl App {
@@ -46,7 +49,14 @@ impl App {
             state: ArcSwap::from_pointee(state),
             maintenance: Mutex::new(HashSet::new()),
             recent: Recent::default(),
+            config_source: Arc::default(),
         }
+    }
+
+    /// Where the configuration comes from, when that is etcd; the follower
+    /// writes it, `/status` reads it.
+    pub fn config_source(&self) -> Arc<Mutex<Option<ConfigSourceStatus>>> {
+        Arc::clone(&self.config_source)
     }
 
     /// The current generation.

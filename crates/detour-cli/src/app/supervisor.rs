@@ -58,6 +58,8 @@ pub fn ready(upgraded: bool) {
 pub struct SuccessorCommand {
     program: OsString,
     config: PathBuf,
+    /// Further arguments (how to reach etcd), passed on as they came.
+    args: Vec<OsString>,
 }
 
 impl SuccessorCommand {
@@ -69,7 +71,15 @@ impl SuccessorCommand {
         SuccessorCommand {
             program: argv0,
             config,
+            args: Vec::new(),
         }
+    }
+
+    /// Pass `args` on too (the `--etcd-…` flags of a configuration read
+    /// from etcd; the environment is inherited anyway).
+    pub fn with_args(mut self, args: Vec<OsString>) -> Self {
+        self.args = args;
+        self
     }
 
     /// Start the successor; it takes the listening sockets over through
@@ -80,6 +90,7 @@ impl SuccessorCommand {
         let child = Command::new(&self.program)
             .arg("--config")
             .arg(&self.config)
+            .args(&self.args)
             .arg("--upgrade")
             .spawn();
         match child {

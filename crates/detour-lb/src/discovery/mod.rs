@@ -39,7 +39,7 @@ pub use spec::BackendSpec;
 pub use status::{SourceState, SourceStatus};
 
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdDiscovery, EtcdOptions, EtcdTls};
+pub use etcd::{EtcdDiscovery, EtcdOptions, EtcdSnapshot, EtcdTls, EtcdWatch};
 
 /// A source of backend sets.
 pub trait ServiceDiscovery: Send + Sync {

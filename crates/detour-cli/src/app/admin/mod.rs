@@ -273,11 +273,20 @@ impl Admin {
                 }),
             );
         }
-        serde_json::json!({
+        let source = self.app.config_source();
+        let source = source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut doc = serde_json::json!({
             "upstreams": ups,
             "config_generation": state.generation,
             "draining": *self.draining.borrow(),
-        })
+        });
+        if let Some(source) = source {
+            doc["config_source"] = serde_json::json!(source);
+        }
+        doc
     }
 
     fn status(&self) -> Response<Full<Bytes>> {

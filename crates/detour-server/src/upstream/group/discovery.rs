@@ -158,6 +158,25 @@ impl Sources {
         })))
     }
 
+    /// Take `prev`'s last good answers for the sources both have (same
+    /// name: same kind and target), and their state until the first round.
+    pub(super) fn inherit(&self, prev: &Sources) {
+        for m in &self.0.members {
+            let name = lock(&m.status).source.clone();
+            let Some(p) = prev
+                .0
+                .members
+                .iter()
+                .find(|p| lock(&p.status).source == name)
+            else {
+                continue;
+            };
+            let last = lock(&p.last_good).as_deref().map(copies);
+            *lock(&m.last_good) = last;
+            *lock(&m.status) = lock(&p.status).clone();
+        }
+    }
+
     /// Each source's state now.
     pub(super) fn status(&self) -> Vec<SourceStatus> {
         let kept = lock(&self.0.kept).clone();

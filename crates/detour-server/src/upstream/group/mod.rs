@@ -386,6 +386,17 @@ impl Upstream {
         }
     }
 
+    /// Take over what `prev` (the upstream this one replaces on a reload)
+    /// learnt from its discovery sources: each source's last good answer,
+    /// by source. Call it before the first round, so a source that fails
+    /// then (etcd down during a reload) keeps its backends instead of
+    /// starting empty.
+    pub fn inherit_discovery(&self, prev: &Upstream) {
+        if let (Some((new, _)), Some((old, _))) = (&self.discovery, &prev.discovery) {
+            new.inherit(old);
+        }
+    }
+
     /// Each discovery source's state (empty without a `discovery` table).
     pub fn discovery_status(&self) -> Vec<detour_lb::discovery::SourceStatus> {
         self.discovery
@@ -418,7 +429,9 @@ impl Upstream {
                 // The first round already ran (`first_round`): start one
                 // interval later, not with a second round at once — or as
                 // soon as a watched source has news.
+                let mut stop = std::pin::pin!(stop);
                 tokio::select! {
+                    () = &mut stop => return,
                     () = tokio::time::sleep(interval) => {}
                     () = detour_lb::ServiceDiscovery::changed(&sources) => {}
                 }

@@ -1,30 +1,29 @@
-//! Backends from etcd (v3 API): every key under a prefix is one backend,
-//! read whole once, then watched from that revision.
+//! [`EtcdWatch`]: a key or a prefix in etcd, read whole once, then watched
+//! from that revision, kept as a map of key → value and published whole on
+//! each change. [`EtcdDiscovery`](super::EtcdDiscovery) reads backends from
+//! it; the `detour` binary its configuration.
 //!
 //! The watcher runs in a task of its own, started by the first
-//! [`discover`](ServiceDiscovery::discover) and stopped when the last clone
-//! of the [`EtcdDiscovery`] is dropped. It keeps the key → backend map and
-//! publishes each change; [`discover`](ServiceDiscovery::discover) answers
-//! from that map and [`changed`](ServiceDiscovery::changed) completes when
-//! it moved. What it does when etcd misbehaves:
+//! [`subscribe`](EtcdWatch::subscribe) (or anything that reads) and stopped
+//! when the last clone of the [`EtcdWatch`] is dropped. What it does when
+//! etcd misbehaves:
 //!
 //! - etcd unreachable, an error, the stream ending: the map stays as it was
-//!   (the source reports `failing`), and the task reads the prefix again
-//!   after a backoff (100 ms doubling to 5 s, with jitter). Deletions are
-//!   only ever applied from a successful read or a watch event.
-//! - the watch's start revision compacted away: read the prefix again at
-//!   once and watch from the new revision.
+//!   (the snapshot says `failing`), and the task reads again after a
+//!   backoff (100 ms doubling to 5 s, with jitter). Deletions are only ever
+//!   applied from a successful read or a watch event.
+//! - the watch's start revision compacted away: read again at once and
+//!   watch from the new revision.
 //! - a silent watch (a partition that leaves the TCP connection open): the
 //!   task asks for a progress notification every `progress_interval` and
 //!   calls the watch dead when the previous request went unanswered, so a
 //!   dead watch is found within two intervals.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use detour_core::Backend;
 use etcd_client::{
     Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
     WatchStream,
@@ -32,24 +31,26 @@ use etcd_client::{
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use super::{BackendSpec, ServiceDiscovery, SourceState, SourceStatus};
-use crate::{DiscoveryError, DiscoveryErrorKind};
+use crate::discovery::SourceState;
 
-/// Where and how [`EtcdDiscovery`] reaches etcd.
+/// Where and how an [`EtcdWatch`] (and [`EtcdDiscovery`](super::EtcdDiscovery))
+/// reaches etcd, and what it follows.
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct EtcdOptions {
     /// `host:port` or `http(s)://host:port`, one or more members.
     pub endpoints: Vec<String>,
-    /// The key prefix; every key under it is one backend.
+    /// The key prefix followed (for discovery, every key under it is one
+    /// backend), or the one key with [`single_key`](Self::single_key).
     pub prefix: String,
+    /// Follow `prefix` as one key, not as a prefix.
+    pub single_key: bool,
     /// User name and password, when etcd has authentication on.
     pub user: Option<(String, String)>,
     /// TLS towards etcd (the endpoints then need `https://`).
     pub tls: Option<EtcdTls>,
     /// Bound on connecting and on each read; also how long the first
-    /// [`discover`](ServiceDiscovery::discover) waits for the first read.
-    /// Default 5 s.
+    /// discovery round waits for the first read. Default 5 s.
     pub timeout: Duration,
     /// How often the watch asks etcd for a progress notification; one left
     /// unanswered for this long marks the watch dead. Default 5 s.
@@ -62,6 +63,7 @@ impl std::fmt::Debug for EtcdOptions {
         f.debug_struct("EtcdOptions")
             .field("endpoints", &self.endpoints)
             .field("prefix", &self.prefix)
+            .field("single_key", &self.single_key)
             .field("user", &self.user.as_ref().map(|(u, _)| u))
             .field("tls", &self.tls.is_some())
             .field("timeout", &self.timeout)
@@ -79,10 +81,22 @@ impl EtcdOptions {
         EtcdOptions {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             prefix: prefix.into(),
+            single_key: false,
             user: None,
             tls: None,
             timeout: Duration::from_secs(5),
             progress_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// Follow the one key `key` on the members `endpoints`.
+    pub fn single_key(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+        key: impl Into<String>,
+    ) -> Self {
+        EtcdOptions {
+            single_key: true,
+            ..EtcdOptions::new(endpoints, key)
         }
     }
 
@@ -165,19 +179,10 @@ impl EtcdTls {
     }
 }
 
-/// Backends from the keys under an etcd prefix; each key's value is a JSON
-/// [`BackendSpec`]: `{"addr": "10.0.0.5:8080"}` plus optional `weight`,
-/// `priority`, `locality` and `metadata`.
-///
-/// A key whose value does not parse is left out (the source reports
-/// `degraded`, naming the key); an address under two keys counts once (the
-/// first key in byte order). A key attached to a lease disappears when the
-/// lease expires: the usual way for a backend to register itself is to put
-/// its key with a lease and keep the lease alive.
-///
-/// Cloning shares one watcher.
+/// A key or prefix in etcd, followed: see the [module](self). Cloning
+/// shares one watcher.
 #[derive(Clone)]
-pub struct EtcdDiscovery(Arc<Handle>);
+pub struct EtcdWatch(Arc<Handle>);
 
 /// The part the clones share; dropping it stops the watcher.
 struct Handle {
@@ -188,61 +193,97 @@ struct Handle {
 struct Shared {
     options: EtcdOptions,
     name: String,
-    view: watch::Sender<View>,
-    /// The `version` of the view the last `discover` answered from.
-    seen: AtomicU64,
+    view: watch::Sender<EtcdSnapshot>,
     started: AtomicBool,
     stop: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 /// What the watcher knows, published whole on each change.
-#[derive(Clone)]
-struct View {
-    /// Bumped on every publication.
-    version: u64,
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EtcdSnapshot {
+    /// Bumped on every publication (a change of entries or of state).
+    pub version: u64,
     /// Whether a read has ever succeeded.
-    synced: bool,
-    backends: Arc<Vec<BackendSpec>>,
-    status: SourceStatus,
+    pub synced: bool,
+    /// Every key under the prefix (or the one key) and its value, as of
+    /// the last successful read or watch event.
+    pub entries: Arc<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// The store revision the entries are at (0 before the first read).
+    pub revision: i64,
+    /// `starting`, `ok` or `failing` (the entries are the last known ones).
+    pub state: SourceState,
+    /// When the last read, event or progress notification came.
+    pub last_success: Option<SystemTime>,
+    /// Why the watcher is failing.
+    pub error: Option<String>,
 }
 
-impl std::fmt::Debug for EtcdDiscovery {
+impl std::fmt::Debug for EtcdWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("EtcdDiscovery")
+        f.debug_tuple("EtcdWatch")
             .field(&self.0.shared.name)
             .finish()
     }
 }
 
-impl EtcdDiscovery {
-    /// A source watching `options.prefix`. Nothing connects until the first
-    /// [`discover`](ServiceDiscovery::discover).
+impl EtcdWatch {
+    /// A watcher of `options.prefix` (or the one key, see
+    /// [`EtcdOptions::single_key`]). Nothing connects until it is read.
     pub fn new(options: EtcdOptions) -> Self {
         let name = format!("etcd {} {}", options.endpoints.join(","), options.prefix);
-        let view = View {
+        let view = EtcdSnapshot {
             version: 0,
             synced: false,
-            backends: Arc::new(Vec::new()),
-            status: SourceStatus::starting(name.clone()),
+            entries: Arc::new(BTreeMap::new()),
+            revision: 0,
+            state: SourceState::Starting,
+            last_success: None,
+            error: None,
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         let shared = Arc::new(Shared {
             options,
             name,
             view: watch::Sender::new(view),
-            seen: AtomicU64::new(0),
             started: AtomicBool::new(false),
             stop: Mutex::new(Some(stop_rx)),
         });
-        EtcdDiscovery(Arc::new(Handle {
+        EtcdWatch(Arc::new(Handle {
             shared,
             _stop: stop_tx,
         }))
     }
 
-    /// The source's state now.
-    pub fn status(&self) -> SourceStatus {
-        self.0.shared.view.borrow().status.clone()
+    /// `etcd ENDPOINTS KEY`: how logs and `/status` name it.
+    pub fn name(&self) -> &str {
+        &self.0.shared.name
+    }
+
+    /// The options it was made with.
+    pub fn options(&self) -> &EtcdOptions {
+        &self.0.shared.options
+    }
+
+    /// Follow the snapshots (starting the watcher if it is not running).
+    /// Must be called within a tokio runtime.
+    pub fn subscribe(&self) -> watch::Receiver<EtcdSnapshot> {
+        self.start();
+        self.0.shared.view.subscribe()
+    }
+
+    /// The snapshot now (without starting anything).
+    pub fn snapshot(&self) -> EtcdSnapshot {
+        self.0.shared.view.borrow().clone()
+    }
+
+    /// The snapshot once the first read succeeded, or after `within`
+    /// (check [`EtcdSnapshot::synced`]).
+    pub async fn first_read(&self, within: Duration) -> EtcdSnapshot {
+        let mut rx = self.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|v| v.synced)).await;
+        let now = rx.borrow().clone();
+        now
     }
 
     /// Start the watcher task, once.
@@ -258,35 +299,6 @@ impl EtcdDiscovery {
             .take();
         if let Some(stop) = stop {
             tokio::spawn(run(Arc::clone(shared), stop));
-        }
-    }
-}
-
-impl ServiceDiscovery for EtcdDiscovery {
-    async fn discover(&self) -> Result<Vec<Backend>, DiscoveryError> {
-        self.start();
-        let shared = &self.0.shared;
-        let mut rx = shared.view.subscribe();
-        // The first read, bounded; after it this answers at once.
-        let _ = tokio::time::timeout(shared.options.timeout, rx.wait_for(|v| v.synced)).await;
-        let view = rx.borrow().clone();
-        if !view.synced {
-            let why = view.status.error.unwrap_or_else(|| "no answer yet".into());
-            return Err(
-                DiscoveryError::new(DiscoveryErrorKind::Unavailable, &shared.name).with_source(why),
-            );
-        }
-        shared.seen.store(view.version, Ordering::Release);
-        Ok(view.backends.iter().map(BackendSpec::to_backend).collect())
-    }
-
-    async fn changed(&self) {
-        let shared = &self.0.shared;
-        let mut rx = shared.view.subscribe();
-        let seen = shared.seen.load(Ordering::Acquire);
-        if rx.wait_for(|v| v.version != seen).await.is_err() {
-            // Cannot happen while `self` holds the sender; never spin.
-            std::future::pending::<()>().await;
         }
     }
 }
@@ -310,11 +322,11 @@ async fn run(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
         };
         let pause = match end {
             End::Reread(why) => {
-                tracing::info!(source = %shared.name, reason = %why, "etcd: reading the prefix again");
+                tracing::info!(source = %shared.name, reason = %why, "etcd: reading again");
                 Duration::ZERO
             }
             End::Failed(why) => {
-                tracing::warn!(source = %shared.name, error = %why, "etcd: keeping the last backend set");
+                tracing::warn!(source = %shared.name, error = %why, "etcd: keeping the last known keys");
                 shared.fail(why);
                 backoff.next()
             }
@@ -340,7 +352,12 @@ async fn session(shared: &Shared, backoff: &mut Backoff) -> End {
         Ok(Err(e)) => return End::Failed(format!("connect: {e}")),
         Err(e) => return End::Failed(e),
     };
-    let get = client.get(o.prefix.as_bytes(), Some(GetOptions::new().with_prefix()));
+    let get_options = if o.single_key {
+        GetOptions::new()
+    } else {
+        GetOptions::new().with_prefix()
+    };
+    let get = client.get(o.prefix.as_bytes(), Some(get_options));
     let answer = match tokio::time::timeout(o.timeout, get)
         .await
         .map_err(bounded("read"))
@@ -349,18 +366,21 @@ async fn session(shared: &Shared, backoff: &mut Backoff) -> End {
         Ok(Err(e)) => return End::Failed(format!("read: {e}")),
         Err(e) => return End::Failed(e),
     };
-    let mut revision = answer.header().map_or(0, |h| h.revision());
+    let Some(mut revision) = answer.header().map(|h| h.revision()) else {
+        return End::Failed("read: an answer without a revision".into());
+    };
     let mut keys = BTreeMap::new();
     for kv in answer.kvs() {
-        keys.insert(kv.key().to_vec(), parse_value(kv.value()));
+        keys.insert(kv.key().to_vec(), kv.value().to_vec());
     }
     shared.publish(&keys, revision);
-    backoff.reset();
 
-    let options = WatchOptions::new()
-        .with_prefix()
+    let mut options = WatchOptions::new()
         .with_start_revision(revision + 1)
         .with_progress_notify();
+    if !o.single_key {
+        options = options.with_prefix();
+    }
     let watch = client.watch(o.prefix.as_bytes(), Some(options));
     let mut stream = match tokio::time::timeout(o.timeout, watch)
         .await
@@ -370,15 +390,16 @@ async fn session(shared: &Shared, backoff: &mut Backoff) -> End {
         Ok(Err(e)) => return End::Failed(format!("watch: {e}")),
         Err(e) => return End::Failed(e),
     };
-    follow(shared, &mut stream, &mut keys, &mut revision).await
+    follow(shared, &mut stream, &mut keys, &mut revision, backoff).await
 }
 
 /// Apply the watch's events until it fails, asking for progress on the way.
 async fn follow(
     shared: &Shared,
     stream: &mut WatchStream,
-    keys: &mut BTreeMap<Vec<u8>, Result<BackendSpec, String>>,
+    keys: &mut BTreeMap<Vec<u8>, Vec<u8>>,
     revision: &mut i64,
+    backoff: &mut Backoff,
 ) -> End {
     let interval = shared
         .options
@@ -403,11 +424,15 @@ async fn follow(
                     }
                     return End::Failed(format!("watch canceled: {}", answer.cancel_reason()));
                 }
+                // The watch works: the next failure starts the backoff over
+                // (not a good read alone, or a watch refused at once would
+                // re-read in a tight loop).
+                backoff.reset();
                 for event in answer.events() {
                     let Some(kv) = event.kv() else { continue };
                     match event.event_type() {
                         EventType::Put => {
-                            keys.insert(kv.key().to_vec(), parse_value(kv.value()));
+                            keys.insert(kv.key().to_vec(), kv.value().to_vec());
                         }
                         EventType::Delete => {
                             keys.remove(kv.key());
@@ -438,7 +463,10 @@ fn connect_options(o: &EtcdOptions) -> ConnectOptions {
     let mut c = ConnectOptions::new()
         .with_connect_timeout(o.timeout)
         .with_keep_alive(o.progress_interval, o.timeout)
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        // A member cut off from its cluster's leader refuses, rather than
+        // serving a frozen view that would look healthy.
+        .with_require_leader(true);
     if let Some((user, password)) = &o.user {
         c = c.with_user(user.clone(), password.clone());
     }
@@ -448,58 +476,37 @@ fn connect_options(o: &EtcdOptions) -> ConnectOptions {
     c
 }
 
-/// A key's value: a JSON backend, or why it is not one.
-fn parse_value(value: &[u8]) -> Result<BackendSpec, String> {
-    serde_json::from_slice(value).map_err(|e| e.to_string())
-}
-
 impl Shared {
-    /// Publish the map `keys` at `revision`: the backends in force, the
-    /// source `ok` (or `degraded`, naming a key whose value was refused).
-    fn publish(&self, keys: &BTreeMap<Vec<u8>, Result<BackendSpec, String>>, revision: i64) {
-        let mut backends: Vec<BackendSpec> = Vec::with_capacity(keys.len());
-        let mut addrs = HashSet::with_capacity(keys.len());
-        let mut refused = Vec::new();
-        for (key, value) in keys {
-            let key = String::from_utf8_lossy(key);
-            match value {
-                Ok(spec) if !addrs.insert(spec.addr) => {
-                    refused.push(format!(
-                        "{key}: address {} is under another key too",
-                        spec.addr
-                    ));
-                }
-                Ok(spec) => backends.push(spec.clone()),
-                Err(e) => refused.push(format!("{key}: {e}")),
+    /// Publish the map `keys` at `revision`, the watcher `ok`. Subscribers
+    /// hear of it (and `version` moves) only when the entries or the state
+    /// changed: a progress notification only refreshes `last_success`.
+    fn publish(&self, keys: &BTreeMap<Vec<u8>, Vec<u8>>, revision: i64) {
+        self.view.send_if_modified(|v| {
+            let news = !v.synced || v.state != SourceState::Ok || *v.entries != *keys;
+            if news {
+                v.version += 1;
+                v.entries = Arc::new(keys.clone());
             }
-        }
-        self.view.send_modify(|v| {
-            v.version += 1;
             v.synced = true;
-            v.status.backends = backends.len();
-            v.backends = Arc::new(backends);
-            v.status.revision = Some(revision);
-            v.status.last_success = Some(SystemTime::now());
-            if refused.is_empty() {
-                v.status.state = SourceState::Ok;
-                v.status.error = None;
-            } else {
-                v.status.state = SourceState::Degraded;
-                v.status.error = Some(format!(
-                    "{} key(s) left out: {}",
-                    refused.len(),
-                    refused.join("; ")
-                ));
-            }
+            v.revision = revision;
+            v.state = SourceState::Ok;
+            v.last_success = Some(SystemTime::now());
+            v.error = None;
+            news
         });
     }
 
-    /// The session failed: keep the backends, say why.
+    /// The session failed: keep the entries, say why.
     fn fail(&self, why: String) {
-        self.view.send_modify(|v| {
-            v.version += 1;
-            v.status.state = SourceState::Failing;
-            v.status.error = Some(why);
+        // Subscribers hear of the change of state, not of every retry.
+        self.view.send_if_modified(|v| {
+            let news = v.state != SourceState::Failing;
+            if news {
+                v.version += 1;
+            }
+            v.state = SourceState::Failing;
+            v.error = Some(why);
+            news
         });
     }
 }
@@ -533,17 +540,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_value_is_a_json_backend() {
-        let spec =
-            parse_value(br#"{"addr": "10.0.0.5:8080", "weight": 3, "locality": "z1"}"#).unwrap();
-        assert_eq!(spec.addr, "10.0.0.5:8080".parse().unwrap());
-        assert_eq!(spec.weight, 3);
-        assert_eq!(spec.locality.as_deref(), Some("z1"));
-        assert!(parse_value(b"10.0.0.5:8080").is_err());
-        assert!(parse_value(br#"{"addr": "10.0.0.5:8080", "wieght": 3}"#).is_err());
-    }
 
     #[test]
     fn backoff_doubles_to_its_cap_and_resets() {

@@ -1,0 +1,454 @@
+//! The whole configuration from one etcd key:
+//! `detour --config etcd://HOST:PORT[,HOST:PORT…]/KEY`.
+//!
+//! - At start the key is read (bounded by the access `timeout`). A valid
+//!   document is served and written to the local cache; when etcd cannot
+//!   be reached, the key is missing or its document is invalid, the cached
+//!   last good document is served instead and the log says why (no cache:
+//!   the start fails, naming the reason).
+//! - Then the key is watched ([`EtcdWatch`]); each new value is validated
+//!   exactly as a file reload is and applied through the reload task, so a
+//!   bad document never replaces a good one. One write reconfigures every
+//!   instance that watches the key.
+//! - TLS and credentials come from flags or the environment ([`EtcdAccess`]),
+//!   never from the URL.
+//! - `/status` says where the running document came from
+//!   ([`ConfigSourceStatus`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use detour_proxy::lb::discovery::{EtcdOptions, EtcdSnapshot, EtcdTls, EtcdWatch, SourceState};
+use detour_server::config::ConfigError;
+use serde::Serialize;
+
+use super::config::Config;
+
+/// How to reach etcd for the configuration (flags or environment).
+#[derive(Debug, Clone)]
+pub struct EtcdAccess {
+    /// PEM file of the CA that signed etcd's certificate; with any TLS
+    /// setting the endpoints are dialled with `https://`.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (with `key`).
+    pub cert: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    pub key: Option<PathBuf>,
+    /// User name (with `password_file`).
+    pub user: Option<String>,
+    /// File holding the password (trailing newline dropped).
+    pub password_file: Option<PathBuf>,
+    /// Where the last good document is kept, for a start while etcd is
+    /// unreachable. `None`: no cache.
+    pub cache: Option<PathBuf>,
+    /// Bound on connecting and reading; also how long the start waits.
+    pub timeout: Duration,
+}
+
+impl Default for EtcdAccess {
+    fn default() -> Self {
+        EtcdAccess {
+            ca: None,
+            cert: None,
+            key: None,
+            user: None,
+            password_file: None,
+            cache: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One etcd key holding the configuration.
+#[derive(Debug)]
+pub struct EtcdConfigSource {
+    url: String,
+    key: Vec<u8>,
+    watch: EtcdWatch,
+    cache: Option<PathBuf>,
+    timeout: Duration,
+}
+
+/// Where the running configuration came from, for `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigSourceStatus {
+    /// `etcd://…/KEY`.
+    pub source: String,
+    /// `ok` (following the key), `cached` (started from the cached last
+    /// good document; etcd not reached since), `failing` (etcd unreachable:
+    /// the running document stays), `refused` (the key's document is invalid or missing: the
+    /// running one stays).
+    pub state: &'static str,
+    /// The store revision of the document applied last (none for a cached
+    /// one).
+    pub revision: Option<i64>,
+    /// When etcd last answered (Unix seconds).
+    pub last_success: Option<f64>,
+    /// Why the state is not `ok`.
+    pub error: Option<String>,
+}
+
+/// The configuration to start with.
+#[derive(Debug)]
+pub struct Initial {
+    /// The document, validated.
+    pub config: Config,
+    /// Its text (what the watch compares new values with).
+    pub text: String,
+    /// Set when it is the cached document: why etcd's was not used.
+    pub from_cache: Option<String>,
+    /// The revision it was read at (etcd's document only).
+    pub revision: Option<i64>,
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl EtcdConfigSource {
+    /// Whether `arg` (a `--config` value) names an etcd key.
+    pub fn is_url(arg: &str) -> bool {
+        arg.starts_with("etcd://")
+    }
+
+    /// The source `url` names, reached with `access`.
+    ///
+    /// # Errors
+    /// A malformed URL (or one carrying credentials), an unreadable file.
+    pub fn new(url: &str, access: &EtcdAccess) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::field("config", format!("{url}: {why}"));
+        let rest = url
+            .strip_prefix("etcd://")
+            .ok_or_else(|| bad("not an etcd:// URL".into()))?;
+        let (hosts, key) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("no key: etcd://HOST:PORT/KEY".into()))?;
+        if hosts.contains('@') {
+            return Err(bad(
+                "credentials do not go in the URL: use --etcd-user and --etcd-password-file".into(),
+            ));
+        }
+        if key.is_empty() || key.contains(['?', '#']) {
+            return Err(bad("the key must be a path, with no query".into()));
+        }
+        let tls = access.ca.is_some() || access.cert.is_some();
+        let scheme = if tls { "https" } else { "http" };
+        let mut endpoints = Vec::new();
+        for host in hosts.split(',') {
+            if host
+                .parse::<http::uri::Authority>()
+                .map_or(true, |a| a.port().is_none())
+            {
+                return Err(bad(format!("{host:?} is not HOST:PORT")));
+            }
+            endpoints.push(format!("{scheme}://{host}"));
+        }
+        let key = format!("/{key}");
+        let options = options(endpoints, &key, access)?;
+        Ok(EtcdConfigSource {
+            url: url.to_string(),
+            key: key.into_bytes(),
+            watch: EtcdWatch::new(options),
+            cache: access.cache.clone(),
+            timeout: access.timeout,
+        })
+    }
+
+    /// The URL, as logs and `/status` name the source.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Read the key once: its document, or the cached one when etcd's
+    /// cannot be used.
+    ///
+    /// # Errors
+    /// Neither etcd nor the cache gives a valid document (both reasons
+    /// named).
+    pub async fn initial(&self) -> Result<Initial, ConfigError> {
+        // A watcher of its own, dropped with this call: the one that
+        // follows the key runs on the serving runtime.
+        let probe = EtcdWatch::new(self.watch.options().clone());
+        let snapshot = probe.first_read(self.timeout).await;
+        let revision = snapshot.revision;
+        match self.document(&snapshot) {
+            Ok((config, text)) => {
+                self.save(&text);
+                Ok(Initial {
+                    config,
+                    text,
+                    from_cache: None,
+                    revision: Some(revision),
+                })
+            }
+            Err(why) => self.cached(why),
+        }
+    }
+
+    /// The cached document, because of `why`.
+    fn cached(&self, why: ConfigError) -> Result<Initial, ConfigError> {
+        let Some(cache) = &self.cache else {
+            return Err(why);
+        };
+        let text = std::fs::read_to_string(cache).map_err(|e| {
+            ConfigError::field(
+                "config",
+                format!("{why}; and no cached document at {}: {e}", cache.display()),
+            )
+        })?;
+        let config = Config::load(&text, Some(cache), None)?;
+        Ok(Initial {
+            config,
+            text,
+            from_cache: Some(format!(
+                "{why}; serving the cached document {}",
+                cache.display()
+            )),
+            revision: None,
+        })
+    }
+
+    /// The valid document `snapshot` holds under the key, with its text.
+    fn document(&self, snapshot: &EtcdSnapshot) -> Result<(Config, String), ConfigError> {
+        let text = self.text(snapshot)?;
+        let config = Config::load(&text, Some(Path::new(&self.url)), None)?;
+        Ok((config, text))
+    }
+
+    /// The text `snapshot` holds under the key.
+    fn text(&self, snapshot: &EtcdSnapshot) -> Result<String, ConfigError> {
+        let bad = |why: String| ConfigError::field("config", format!("{}: {why}", self.url));
+        if !snapshot.synced {
+            let why = snapshot.error.as_deref().unwrap_or("no answer");
+            return Err(bad(format!("etcd unreachable: {why}")));
+        }
+        let value = snapshot
+            .entries
+            .get(&self.key)
+            .ok_or_else(|| bad("no such key".into()))?;
+        String::from_utf8(value.clone()).map_err(|_| bad("the document is not UTF-8".into()))
+    }
+
+    /// The document etcd holds now (what SIGHUP and `POST /reload` apply).
+    ///
+    /// # Errors
+    /// As [`initial`](Self::initial), without the cache.
+    pub fn current(&self) -> Result<Config, ConfigError> {
+        self.document(&self.watch.snapshot()).map(|(c, _)| c)
+    }
+
+    /// Keep the last good document for a start while etcd is unreachable:
+    /// written aside, then renamed over the old one.
+    fn save(&self, text: &str) {
+        let Some(cache) = &self.cache else { return };
+        let aside = cache.with_extension("tmp");
+        let written = std::fs::write(&aside, text).and_then(|()| std::fs::rename(&aside, cache));
+        if let Err(e) = written {
+            tracing::warn!(cache = %cache.display(), error = %e, "cannot cache the configuration");
+        }
+    }
+
+    /// Follow the key: hand each new valid document to `reload` (the
+    /// reload task, which logs the outcome), and keep `status` true.
+    /// `running` is the text serving now.
+    pub async fn follow<R, F>(
+        self: Arc<Self>,
+        reload: R,
+        status: Arc<Mutex<Option<ConfigSourceStatus>>>,
+        running: String,
+    ) where
+        R: Fn(Config) -> F + Send,
+        F: std::future::Future<Output = Result<(), ConfigError>> + Send,
+    {
+        let mut rx = self.watch.subscribe();
+        let mut last_seen = running;
+        loop {
+            let snapshot = rx.borrow_and_update().clone();
+            let mut next = self.status_of(&snapshot, &status);
+            if let Ok(text) = self.text(&snapshot) {
+                if last_seen != text {
+                    last_seen.clone_from(&text);
+                    match self.apply(&text, &reload).await {
+                        Ok(()) => {
+                            self.save(&text);
+                            next.state = "ok";
+                            next.error = None;
+                            next.revision = Some(snapshot.revision);
+                        }
+                        Err(e) => {
+                            next.state = "refused";
+                            next.error = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+            *status.lock().unwrap_or_else(PoisonError::into_inner) = Some(next);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Validate `text` and hand it to `reload`; a document that does not
+    /// parse is logged here.
+    async fn apply<R, F>(&self, text: &str, reload: &R) -> Result<(), ConfigError>
+    where
+        R: Fn(Config) -> F,
+        F: std::future::Future<Output = Result<(), ConfigError>>,
+    {
+        let config = match Config::load(text, Some(Path::new(&self.url)), None) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    trigger = "etcd",
+                    field = e.field.as_deref(),
+                    error = %e,
+                    "reload refused; the old configuration keeps serving"
+                );
+                return Err(e);
+            }
+        };
+        reload(config).await
+    }
+
+    /// The status `snapshot` gives, keeping what the last one said about
+    /// the document (a refusal stays until a document is applied).
+    fn status_of(
+        &self,
+        snapshot: &EtcdSnapshot,
+        status: &Mutex<Option<ConfigSourceStatus>>,
+    ) -> ConfigSourceStatus {
+        let before = status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut s = before.unwrap_or_else(|| ConfigSourceStatus {
+            source: self.url.clone(),
+            state: "ok",
+            revision: None,
+            last_success: None,
+            error: None,
+        });
+        s.last_success = snapshot.last_success.map(unix);
+        match snapshot.state {
+            // Still on the cached document: that is what to say, with why.
+            SourceState::Failing if s.state == "cached" => {}
+            SourceState::Failing => {
+                s.state = "failing";
+                s.error = snapshot.error.clone();
+            }
+            SourceState::Ok if s.state != "refused" => {
+                s.state = "ok";
+                s.error = None;
+            }
+            _ => {}
+        }
+        if snapshot.synced && !snapshot.entries.contains_key(&self.key) {
+            s.state = "refused";
+            s.error = Some("the key is gone; the running configuration stays".into());
+        }
+        s
+    }
+}
+
+impl Initial {
+    /// What `/status` says of the source before the watch first answers.
+    pub fn status(&self, source: &EtcdConfigSource) -> ConfigSourceStatus {
+        ConfigSourceStatus {
+            source: source.url.clone(),
+            state: if self.from_cache.is_some() {
+                "cached"
+            } else {
+                "ok"
+            },
+            revision: self.revision,
+            last_success: self.from_cache.is_none().then(|| unix(SystemTime::now())),
+            error: self.from_cache.clone(),
+        }
+    }
+}
+
+/// The watcher's options: `endpoints`, the key, and `access`'s files read.
+fn options(
+    endpoints: Vec<String>,
+    key: &str,
+    access: &EtcdAccess,
+) -> Result<EtcdOptions, ConfigError> {
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| ConfigError::field(flag, format!("cannot read {}: {e}", path.display())))
+    };
+    let mut o = EtcdOptions::single_key(endpoints, key)
+        .with_timeout(access.timeout)
+        .with_progress_interval(access.timeout);
+    match (&access.user, &access.password_file) {
+        (Some(user), Some(file)) => {
+            let password = String::from_utf8(read("--etcd-password-file", file)?)
+                .map_err(|_| ConfigError::field("--etcd-password-file", "not UTF-8"))?;
+            o = o.with_user(user.clone(), password.trim_end_matches(['\r', '\n']));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ConfigError::field(
+                "--etcd-user",
+                "--etcd-user and --etcd-password-file go together",
+            ))
+        }
+    }
+    if access.ca.is_some() || access.cert.is_some() {
+        let mut tls = EtcdTls::default();
+        if let Some(ca) = &access.ca {
+            tls = EtcdTls::with_ca(read("--etcd-ca", ca)?);
+        }
+        match (&access.cert, &access.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.with_identity(read("--etcd-cert", cert)?, read("--etcd-key", key)?);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::field(
+                    "--etcd-cert",
+                    "--etcd-cert and --etcd-key go together",
+                ))
+            }
+        }
+        o = o.with_tls(tls);
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_hosts_and_a_key_and_never_credentials() {
+        let a = EtcdAccess::default();
+        let s =
+            EtcdConfigSource::new("etcd://10.0.0.1:2379,10.0.0.2:2379/detour/config", &a).unwrap();
+        assert_eq!(s.key, b"/detour/config");
+        assert_eq!(
+            s.watch.options().endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert!(s.watch.options().single_key);
+        for bad in [
+            "etcd://u:p@10.0.0.1:2379/k",
+            "etcd://10.0.0.1:2379",
+            "etcd://10.0.0.1:2379/",
+            "etcd://10.0.0.1/k",
+            "etcd://10.0.0.1:2379/k?x=1",
+        ] {
+            let e = EtcdConfigSource::new(bad, &a).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("config"), "{bad}: {e}");
+        }
+        let half = EtcdAccess {
+            user: Some("u".into()),
+            ..EtcdAccess::default()
+        };
+        let e = EtcdConfigSource::new("etcd://h:1/k", &half).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("--etcd-user"));
+    }
+}
