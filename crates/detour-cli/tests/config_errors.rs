@@ -350,6 +350,7 @@ const CORE_HEDGE: &str = "detour-core/src/hedge.rs";
 const SERVER: &str = "detour-server/src/config.rs";
 const UPSTREAM: &str = "detour-server/src/upstream/group/config.rs";
 const ETCD: &str = "detour-server/src/upstream/group/etcd.rs";
+const KUBERNETES: &str = "detour-server/src/upstream/group/kubernetes.rs";
 const HEALTH: &str = "detour-health/src/active/config.rs";
 const OUTLIER: &str = "detour-health/src/outlier/config.rs";
 const BREAKER: &str = "detour-breaker/src/breaker/config.rs";
@@ -536,6 +537,8 @@ const DURATIONS: &[DurationSetting] = &[
     // Need a whole etcd table around them: `etcd_settings_are_checked`.
     setting(ETCD, "timeout", &[], true),
     setting(ETCD, "progress_interval", &[], true),
+    // Needs a whole Kubernetes table: `kubernetes_settings_are_checked`.
+    setting(KUBERNETES, "timeout", &[], true),
     setting(
         FAILOVER,
         "window",
@@ -882,5 +885,33 @@ fn etcd_settings_are_checked() {
             let etcd = format!("{good}\n{field} = \"{value}\"");
             refused_naming_exactly(&with(&etcd), &format!("{at}.{field}"));
         }
+    }
+}
+
+/// `upstreams.NAME.discovery.kubernetes`: each bad field refused by its name.
+#[test]
+fn kubernetes_settings_are_checked() {
+    let with = |k: &str| format!("{GOOD}\n[upstreams.app.discovery.kubernetes]\n{k}\n");
+    let good = "service = \"api\"\nnamespace = \"prod\"\nport = \"http\"";
+    Config::from_toml(&with(good), None).unwrap();
+    let numbered = "service = \"api\"\nnamespace = \"prod\"\nport = 8080";
+    Config::from_toml(&with(numbered), None).unwrap();
+    let at = "upstreams.app.discovery.kubernetes";
+    let cases = [
+        ("service = \"Api\"\nnamespace = \"prod\"\nport = \"http\"", "service"),
+        ("service = \"api\"\nnamespace = \"\"\nport = \"http\"", "namespace"),
+        ("service = \"api\"\nnamespace = \"prod\"\nport = 0", "port"),
+        ("service = \"api\"\nnamespace = \"prod\"\nport = \"-x\"", "port"),
+        (
+            "service = \"api\"\nnamespace = \"prod\"\nport = \"http\"\nkubeconfig = \"/nonexistent/k.yaml\"",
+            "kubeconfig",
+        ),
+    ];
+    for (k, field) in cases {
+        refused_naming_exactly(&with(k), &format!("{at}.{field}"));
+    }
+    for value in ["0s", "366days", LONGEST] {
+        let k = format!("{good}\ntimeout = \"{value}\"");
+        refused_naming_exactly(&with(&k), &format!("{at}.timeout"));
     }
 }

@@ -21,7 +21,6 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use detour_testkit::client::RawConnection;
 use detour_testkit::etcd::Etcd;
 use detour_testkit::{Behavior, Upstream};
 use etcd_client::Client;
@@ -205,39 +204,6 @@ async fn a_change_in_etcd_reaches_every_instance() {
     assert!(source["age_s"].as_f64().unwrap() < 5.0, "{source}");
 }
 
-/// Send GETs through every instance until `stop`; the failures.
-async fn load(addrs: Vec<SocketAddr>, stop: tokio::sync::watch::Receiver<bool>) -> (u64, u64) {
-    let mut tasks = Vec::new();
-    for addr in addrs {
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u64, 0u64);
-            let mut conn = RawConnection::connect(addr).await.unwrap();
-            while !*stop.borrow() {
-                let sent = conn.send(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n").await;
-                let answer = match sent {
-                    Ok(()) => conn.read_response().await.ok(),
-                    Err(_) => None,
-                };
-                match answer {
-                    Some(r) if r.status == 200 => ok += 1,
-                    _ => {
-                        failed += 1;
-                        conn = RawConnection::connect(addr).await.unwrap();
-                    }
-                }
-            }
-            (ok, failed)
-        }));
-    }
-    let mut total = (0, 0);
-    for t in tasks {
-        let (ok, failed) = t.await.unwrap();
-        total = (total.0 + ok, total.1 + failed);
-    }
-    total
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_down_under_load_changes_nothing_and_etcd_back_converges() {
     let Rig {
@@ -252,7 +218,10 @@ async fn etcd_down_under_load_changes_nothing_and_etcd_back_converges() {
     until_all(&fleet, &[&b[0], &b[1]]).await;
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let traffic = tokio::spawn(load(fleet.iter().map(|d| d.addr).collect(), stop));
+    let traffic = tokio::spawn(support::keep_sending(
+        fleet.iter().map(|d| d.addr).collect(),
+        stop,
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     etcd.kill();
     let down_at = Instant::now();

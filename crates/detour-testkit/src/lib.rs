@@ -52,6 +52,7 @@ mod connection;
 pub mod etcd;
 mod http1;
 mod journal;
+pub mod kube_api;
 pub mod memory;
 mod upstream;
 

@@ -151,3 +151,45 @@ pub async fn admin(
     all.extend(headers.iter().map(|h| h.to_string()));
     send(admin, method, path, &all).await
 }
+
+/// Send `GET /` (Host `app`) on one keep-alive connection to each of
+/// `addrs` until `stop` says `true`; the answers that were 200, and the
+/// rest (each failure opens a new connection).
+pub async fn keep_sending(
+    addrs: Vec<SocketAddr>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (u64, u64) {
+    let mut tasks = Vec::new();
+    for addr in addrs {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut conn = detour_testkit::client::RawConnection::connect(addr)
+                .await
+                .unwrap();
+            while !*stop.borrow() {
+                let sent = conn.send(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n").await;
+                let answer = match sent {
+                    Ok(()) => conn.read_response().await.ok(),
+                    Err(_) => None,
+                };
+                match answer {
+                    Some(r) if r.status == 200 => ok += 1,
+                    _ => {
+                        failed += 1;
+                        conn = detour_testkit::client::RawConnection::connect(addr)
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let mut total = (0, 0);
+    for t in tasks {
+        let (ok, failed) = t.await.unwrap();
+        total = (total.0 + ok, total.1 + failed);
+    }
+    total
+}

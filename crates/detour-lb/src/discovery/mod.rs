@@ -12,16 +12,22 @@
 //!
 //! Built-in sources: [`StaticDiscovery`] (a fixed list), [`DnsDiscovery`]
 //! (A/AAAA and SRV records, re-resolved each round), [`FileDiscovery`]
-//! (a TOML file, re-read each round) and, with the `etcd` feature,
-//! `EtcdDiscovery` (keys under a prefix, read once then watched). Anything
-//! else (a service registry, an orchestrator's API) implements the trait.
+//! (a TOML file, re-read each round), with the `etcd` feature
+//! `EtcdDiscovery` (keys under a prefix, read once then watched), and with
+//! the `kubernetes` feature `KubernetesDiscovery` (a Service's
+//! EndpointSlices, listed then watched). Anything else (a service
+//! registry, an orchestrator's API) implements the trait.
 
 mod dns;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod file;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod spec;
 mod status;
+#[cfg(any(feature = "etcd", feature = "kubernetes"))]
+mod watched;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,7 +45,11 @@ pub use spec::BackendSpec;
 pub use status::{SourceState, SourceStatus};
 
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdDiscovery, EtcdOptions, EtcdSnapshot, EtcdTls, EtcdWatch};
+pub use etcd::{EtcdDiscovery, EtcdEntries, EtcdOptions, EtcdSnapshot, EtcdTls, EtcdWatch};
+#[cfg(feature = "kubernetes")]
+pub use kubernetes::{KubernetesDiscovery, KubernetesOptions};
+#[cfg(any(feature = "etcd", feature = "kubernetes"))]
+pub use watched::WatchSnapshot;
 
 /// A source of backend sets.
 pub trait ServiceDiscovery: Send + Sync {

@@ -25,5 +25,5 @@ pub use body::UpstreamBody;
 
 pub use group::{
     build_all, first_rounds, DiscoveryConfig, EtcdSourceConfig, EtcdTlsConfig, EventHook,
-    RequestMetrics, Services, Upstream, UpstreamConfig,
+    KubernetesSourceConfig, PortRef, RequestMetrics, Services, Upstream, UpstreamConfig,
 };

@@ -92,6 +92,12 @@ fn path_fields(config: &mut Config) -> Vec<(String, &mut PathBuf)> {
         if let Some(file) = d.file.as_mut() {
             found.push((format!("upstreams.{name}.discovery.file"), file));
         }
+        if let Some(k) = d.kubernetes.as_mut().and_then(|k| k.kubeconfig.as_mut()) {
+            found.push((
+                format!("upstreams.{name}.discovery.kubernetes.kubeconfig"),
+                k,
+            ));
+        }
         if let Some(etcd) = d.etcd.as_mut() {
             let at = format!("upstreams.{name}.discovery.etcd");
             if let Some(p) = etcd.password_file.as_mut() {

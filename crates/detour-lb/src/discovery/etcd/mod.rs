@@ -6,15 +6,14 @@
 mod watch;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use detour_core::Backend;
 
+use super::watched::Seen;
 use super::{BackendSpec, ServiceDiscovery, SourceState, SourceStatus};
-use crate::{DiscoveryError, DiscoveryErrorKind};
+use crate::DiscoveryError;
 
-pub use watch::{EtcdOptions, EtcdSnapshot, EtcdTls, EtcdWatch};
+pub use watch::{EtcdEntries, EtcdOptions, EtcdSnapshot, EtcdTls, EtcdWatch};
 
 /// Backends from the keys under an etcd prefix; each key's value is a JSON
 /// [`BackendSpec`]: `{"addr": "10.0.0.5:8080"}` plus optional `weight`,
@@ -31,8 +30,7 @@ pub use watch::{EtcdOptions, EtcdSnapshot, EtcdTls, EtcdWatch};
 #[derive(Debug, Clone)]
 pub struct EtcdDiscovery {
     watch: EtcdWatch,
-    /// The snapshot version the last `discover` answered from.
-    seen: Arc<AtomicU64>,
+    seen: Seen,
 }
 
 /// The backends a snapshot's entries describe, and the keys left out.
@@ -67,7 +65,7 @@ impl EtcdDiscovery {
     pub fn new(options: EtcdOptions) -> Self {
         EtcdDiscovery {
             watch: EtcdWatch::new(options),
-            seen: Arc::new(AtomicU64::new(0)),
+            seen: Seen::default(),
         }
     }
 
@@ -96,17 +94,8 @@ impl EtcdDiscovery {
 
 impl ServiceDiscovery for EtcdDiscovery {
     async fn discover(&self) -> Result<Vec<Backend>, DiscoveryError> {
-        // The first read, bounded; after it this answers at once.
-        let snapshot = self.watch.first_read(self.watch.options().timeout).await;
-        // Seen, answered or not: `changed` waits for the next news.
-        self.seen.store(snapshot.version, Ordering::Release);
-        if !snapshot.synced {
-            let why = snapshot.error.unwrap_or_else(|| "no answer yet".into());
-            return Err(
-                DiscoveryError::new(DiscoveryErrorKind::Unavailable, self.watch.name())
-                    .with_source(why),
-            );
-        }
+        let within = self.watch.options().timeout;
+        let snapshot = self.seen.round(&self.watch.0, within).await?;
         let parsed = parse(&snapshot);
         Ok(parsed
             .backends
@@ -116,18 +105,14 @@ impl ServiceDiscovery for EtcdDiscovery {
     }
 
     async fn changed(&self) {
-        let mut rx = self.watch.subscribe();
-        let seen = self.seen.load(Ordering::Acquire);
-        if rx.wait_for(|v| v.version != seen).await.is_err() {
-            // Cannot happen while `self` holds the watcher; never spin.
-            std::future::pending::<()>().await;
-        }
+        self.seen.changed(&self.watch.0).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     use super::*;
 

@@ -5,8 +5,8 @@
 //!
 //! The watcher runs in a task of its own, started by the first
 //! [`subscribe`](EtcdWatch::subscribe) (or anything that reads) and stopped
-//! when the last clone of the [`EtcdWatch`] is dropped. What it does when
-//! etcd misbehaves:
+//! when the last clone of the [`EtcdWatch`] is dropped (see
+//! `discovery::watched`). What it does when etcd misbehaves:
 //!
 //! - etcd unreachable, an error, the stream ending: the map stays as it was
 //!   (the snapshot says `failing`), and the task reads again after a
@@ -20,18 +20,17 @@
 //!   dead watch is found within two intervals.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
     WatchStream,
 };
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::discovery::SourceState;
+use crate::discovery::watched::{Backoff, Followed, Source, WatchSnapshot};
 
 /// Where and how an [`EtcdWatch`] (and [`EtcdDiscovery`](super::EtcdDiscovery))
 /// reaches etcd, and what it follows.
@@ -182,48 +181,21 @@ impl EtcdTls {
 /// A key or prefix in etcd, followed: see the [module](self). Cloning
 /// shares one watcher.
 #[derive(Clone)]
-pub struct EtcdWatch(Arc<Handle>);
+pub struct EtcdWatch(pub(crate) Followed<EtcdEntries, EtcdOptions>);
 
-/// The part the clones share; dropping it stops the watcher.
-struct Handle {
-    shared: Arc<Shared>,
-    _stop: oneshot::Sender<()>,
-}
+/// Every key followed and its value.
+pub type EtcdEntries = BTreeMap<Vec<u8>, Vec<u8>>;
 
-struct Shared {
-    options: EtcdOptions,
-    name: String,
-    view: watch::Sender<EtcdSnapshot>,
-    started: AtomicBool,
-    stop: Mutex<Option<oneshot::Receiver<()>>>,
-}
+/// What an [`EtcdWatch`] knows: its entries are every key under the prefix
+/// (or the one key) and its value; its revision is etcd's store revision.
+pub type EtcdSnapshot = WatchSnapshot<EtcdEntries>;
 
-/// What the watcher knows, published whole on each change.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct EtcdSnapshot {
-    /// Bumped on every publication (a change of entries or of state).
-    pub version: u64,
-    /// Whether a read has ever succeeded.
-    pub synced: bool,
-    /// Every key under the prefix (or the one key) and its value, as of
-    /// the last successful read or watch event.
-    pub entries: Arc<BTreeMap<Vec<u8>, Vec<u8>>>,
-    /// The store revision the entries are at (0 before the first read).
-    pub revision: i64,
-    /// `starting`, `ok` or `failing` (the entries are the last known ones).
-    pub state: SourceState,
-    /// When the last read, event or progress notification came.
-    pub last_success: Option<SystemTime>,
-    /// Why the watcher is failing.
-    pub error: Option<String>,
-}
+/// The source the watcher task publishes to.
+type Shared = Source<EtcdEntries, EtcdOptions>;
 
 impl std::fmt::Debug for EtcdWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("EtcdWatch")
-            .field(&self.0.shared.name)
-            .finish()
+        f.debug_tuple("EtcdWatch").field(&self.name()).finish()
     }
 }
 
@@ -232,74 +204,34 @@ impl EtcdWatch {
     /// [`EtcdOptions::single_key`]). Nothing connects until it is read.
     pub fn new(options: EtcdOptions) -> Self {
         let name = format!("etcd {} {}", options.endpoints.join(","), options.prefix);
-        let view = EtcdSnapshot {
-            version: 0,
-            synced: false,
-            entries: Arc::new(BTreeMap::new()),
-            revision: 0,
-            state: SourceState::Starting,
-            last_success: None,
-            error: None,
-        };
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let shared = Arc::new(Shared {
-            options,
-            name,
-            view: watch::Sender::new(view),
-            started: AtomicBool::new(false),
-            stop: Mutex::new(Some(stop_rx)),
-        });
-        EtcdWatch(Arc::new(Handle {
-            shared,
-            _stop: stop_tx,
-        }))
+        EtcdWatch(Followed::new(name, options, |shared| Box::pin(run(shared))))
     }
 
     /// `etcd ENDPOINTS KEY`: how logs and `/status` name it.
     pub fn name(&self) -> &str {
-        &self.0.shared.name
+        self.0.name()
     }
 
     /// The options it was made with.
     pub fn options(&self) -> &EtcdOptions {
-        &self.0.shared.options
+        self.0.options()
     }
 
     /// Follow the snapshots (starting the watcher if it is not running).
     /// Must be called within a tokio runtime.
     pub fn subscribe(&self) -> watch::Receiver<EtcdSnapshot> {
-        self.start();
-        self.0.shared.view.subscribe()
+        self.0.subscribe()
     }
 
     /// The snapshot now (without starting anything).
     pub fn snapshot(&self) -> EtcdSnapshot {
-        self.0.shared.view.borrow().clone()
+        self.0.snapshot()
     }
 
     /// The snapshot once the first read succeeded, or after `within`
-    /// (check [`EtcdSnapshot::synced`]).
+    /// (check [`WatchSnapshot::synced`]).
     pub async fn first_read(&self, within: Duration) -> EtcdSnapshot {
-        let mut rx = self.subscribe();
-        let _ = tokio::time::timeout(within, rx.wait_for(|v| v.synced)).await;
-        let now = rx.borrow().clone();
-        now
-    }
-
-    /// Start the watcher task, once.
-    fn start(&self) {
-        let shared = &self.0.shared;
-        if shared.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let stop = shared
-            .stop
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(stop) = stop {
-            tokio::spawn(run(Arc::clone(shared), stop));
-        }
+        self.0.first_read(within).await
     }
 }
 
@@ -311,16 +243,12 @@ enum End {
     Failed(String),
 }
 
-/// The watcher: sessions until `stop` fires (the last handle dropped).
-async fn run(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+/// The watcher: sessions, one after another, for as long as the source
+/// lives.
+async fn run(shared: Arc<Shared>) {
     let mut backoff = Backoff::new();
     loop {
-        let end = tokio::select! {
-            biased;
-            _ = &mut stop => return,
-            end = session(&shared, &mut backoff) => end,
-        };
-        let pause = match end {
+        let pause = match session(&shared, &mut backoff).await {
             End::Reread(why) => {
                 tracing::info!(source = %shared.name, reason = %why, "etcd: reading again");
                 Duration::ZERO
@@ -331,11 +259,7 @@ async fn run(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
                 backoff.next()
             }
         };
-        tokio::select! {
-            biased;
-            _ = &mut stop => return,
-            () = tokio::time::sleep(pause) => {}
-        }
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -476,87 +400,9 @@ fn connect_options(o: &EtcdOptions) -> ConnectOptions {
     c
 }
 
-impl Shared {
-    /// Publish the map `keys` at `revision`, the watcher `ok`. Subscribers
-    /// hear of it (and `version` moves) only when the entries or the state
-    /// changed: a progress notification only refreshes `last_success`.
-    fn publish(&self, keys: &BTreeMap<Vec<u8>, Vec<u8>>, revision: i64) {
-        self.view.send_if_modified(|v| {
-            let news = !v.synced || v.state != SourceState::Ok || *v.entries != *keys;
-            if news {
-                v.version += 1;
-                v.entries = Arc::new(keys.clone());
-            }
-            v.synced = true;
-            v.revision = revision;
-            v.state = SourceState::Ok;
-            v.last_success = Some(SystemTime::now());
-            v.error = None;
-            news
-        });
-    }
-
-    /// The session failed: keep the entries, say why.
-    fn fail(&self, why: String) {
-        // Subscribers hear of the change of state, not of every retry.
-        self.view.send_if_modified(|v| {
-            let news = v.state != SourceState::Failing;
-            if news {
-                v.version += 1;
-            }
-            v.state = SourceState::Failing;
-            v.error = Some(why);
-            news
-        });
-    }
-}
-
-/// Exponential backoff with jitter: 100 ms doubling to 5 s.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn new() -> Self {
-        Backoff { next: Self::FIRST }
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-
-    /// The pause before the next attempt: between half and all of the
-    /// current step, which then doubles.
-    fn next(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (step * 2).min(Self::MAX);
-        step / 2 + step.mul_f64(fastrand::f64() / 2.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_cap_and_resets() {
-        let mut b = Backoff::new();
-        let first = b.next();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..10 {
-            b.next();
-        }
-        let late = b.next();
-        assert!(
-            late >= Duration::from_millis(2500) && late <= Duration::from_secs(5),
-            "{late:?}"
-        );
-        b.reset();
-        assert!(b.next() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn debug_never_shows_the_password() {

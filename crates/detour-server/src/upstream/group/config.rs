@@ -11,6 +11,7 @@ use detour_lb::{Algorithm, BackendSpec, DnsTarget, Failover, HashKey, LbOptions,
 use serde::{Deserialize, Serialize};
 
 use super::etcd::EtcdSourceConfig;
+use super::kubernetes::KubernetesSourceConfig;
 use crate::config::ConfigError;
 use crate::tls::{TlsClient, UpstreamTlsConfig};
 
@@ -98,6 +99,9 @@ pub struct DiscoveryConfig {
     /// The keys under an etcd prefix, read once then watched (needs the
     /// `etcd` cargo feature, which the `detour` binary has).
     pub etcd: Option<EtcdSourceConfig>,
+    /// A Kubernetes Service's endpoints, from its EndpointSlices (needs the
+    /// `kubernetes` cargo feature, which the `detour` binary has).
+    pub kubernetes: Option<KubernetesSourceConfig>,
     /// Whether an answer with no backend at all may empty the upstream.
     /// Default false: such an answer (a wiped prefix, a storm of expired
     /// leases, an emptied file) keeps the last set and marks the sources
@@ -113,7 +117,10 @@ pub struct DiscoveryConfig {
 impl DiscoveryConfig {
     /// Whether any source is named.
     fn names_a_source(&self) -> bool {
-        !self.dns.is_empty() || self.file.is_some() || self.etcd.is_some()
+        !self.dns.is_empty()
+            || self.file.is_some()
+            || self.etcd.is_some()
+            || self.kubernetes.is_some()
     }
 }
 
@@ -179,6 +186,9 @@ impl UpstreamConfig {
             check_duration("discovery.interval", d.interval, Zero::Refused).map_err(bad)?;
             if let Some(e) = &d.etcd {
                 super::etcd::options(e, &at("discovery.etcd"))?;
+            }
+            if let Some(k) = &d.kubernetes {
+                super::kubernetes::options(k, &at("discovery.kubernetes"))?;
             }
         }
         self.timeouts

@@ -11,6 +11,8 @@
 //!   report `degraded` (a wiped etcd prefix, a storm of expired leases, an
 //!   emptied file).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -51,6 +53,8 @@ enum Source {
     File(FileDiscovery),
     #[cfg(feature = "etcd")]
     Etcd(EtcdDiscovery),
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(detour_lb::discovery::KubernetesDiscovery),
 }
 
 impl Source {
@@ -61,6 +65,19 @@ impl Source {
             Source::File(s) => s.discover().await,
             #[cfg(feature = "etcd")]
             Source::Etcd(s) => s.discover().await,
+            #[cfg(feature = "kubernetes")]
+            Source::Kubernetes(s) => s.discover().await,
+        }
+    }
+
+    /// Its news, for a watched source (see [`ServiceDiscovery::changed`]).
+    fn changed(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
+        match self {
+            #[cfg(feature = "etcd")]
+            Source::Etcd(e) => Some(Box::pin(e.changed())),
+            #[cfg(feature = "kubernetes")]
+            Source::Kubernetes(k) => Some(Box::pin(k.changed())),
+            _ => None,
         }
     }
 
@@ -69,6 +86,8 @@ impl Source {
         match self {
             #[cfg(feature = "etcd")]
             Source::Etcd(s) => Some(s.status()),
+            #[cfg(feature = "kubernetes")]
+            Source::Kubernetes(s) => Some(s.status()),
             _ => None,
         }
     }
@@ -151,6 +170,10 @@ impl Sources {
             let options = super::etcd::options(e, &format!("{at}.discovery.etcd"))?;
             members.push(etcd_member(options));
         }
+        if let Some(k) = &d.kubernetes {
+            let options = super::kubernetes::options(k, &format!("{at}.discovery.kubernetes"))?;
+            members.push(kubernetes_member(options));
+        }
         Ok(Sources(Arc::new(SourcesInner {
             members,
             allow_empty: d.allow_empty,
@@ -226,13 +249,25 @@ impl ServiceDiscovery for Sources {
     }
 
     async fn changed(&self) {
-        #[cfg(feature = "etcd")]
-        for m in &self.0.members {
-            if let Source::Etcd(e) = &m.source {
-                return e.changed().await;
-            }
+        // The watched sources' news, whichever comes first.
+        let mut watched: Vec<_> = self
+            .0
+            .members
+            .iter()
+            .filter_map(|m| m.source.changed())
+            .collect();
+        if watched.is_empty() {
+            return std::future::pending().await;
         }
-        std::future::pending().await
+        std::future::poll_fn(|cx| {
+            for w in &mut watched {
+                if w.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(());
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await;
     }
 }
 
@@ -242,6 +277,20 @@ fn etcd_member(options: detour_lb::discovery::EtcdOptions) -> Member {
     let source = EtcdDiscovery::new(options);
     let name = source.status().source;
     Member::new(name, Source::Etcd(source))
+}
+
+/// The Kubernetes source `options` describe.
+#[cfg(feature = "kubernetes")]
+fn kubernetes_member(options: detour_lb::discovery::KubernetesOptions) -> Member {
+    let source = detour_lb::discovery::KubernetesDiscovery::new(options);
+    let name = source.status().source;
+    Member::new(name, Source::Kubernetes(source))
+}
+
+/// Without the feature, [`super::kubernetes::options`] refuses every table.
+#[cfg(not(feature = "kubernetes"))]
+fn kubernetes_member(never: std::convert::Infallible) -> Member {
+    match never {}
 }
 
 /// Without the feature, [`super::etcd::options`] refuses every etcd table.

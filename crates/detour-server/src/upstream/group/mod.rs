@@ -34,10 +34,11 @@
 //! - `observer`: the observer that feeds breakers, outlier detection and
 //!   attempt metrics from every attempt's outcome.
 //! - `telemetry`: the metric series ([`RequestMetrics`], per backend, events).
-//! - `discovery`: the backend sources (static, DNS, file, etcd) asked
+//! - `discovery`: the backend sources (static, DNS, file, etcd, Kubernetes) asked
 //!   together, with the rules that keep a failing source from emptying the
 //!   upstream.
 //! - `etcd`: the `discovery.etcd` table and its checks.
+//! - `kubernetes`: the `discovery.kubernetes` table and its checks.
 //! - `services`: [`Services`], the background work's stop handle, and
 //!   [`first_rounds`].
 //! - `inherit`: what a reloaded upstream keeps from the one it replaces.
@@ -68,12 +69,14 @@ mod config;
 mod discovery;
 mod etcd;
 mod inherit;
+mod kubernetes;
 mod observer;
 mod services;
 mod telemetry;
 
 pub use config::{DiscoveryConfig, UpstreamConfig};
 pub use etcd::{EtcdSourceConfig, EtcdTlsConfig};
+pub use kubernetes::{KubernetesSourceConfig, PortRef};
 pub use services::{first_rounds, Services};
 pub use telemetry::RequestMetrics;
 
