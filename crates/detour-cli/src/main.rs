@@ -146,8 +146,14 @@ enum Loaded {
     ),
 }
 
-/// Read `path` (a file or an etcd URL) and validate it.
-fn load(path: &std::path::Path, etcd: &EtcdArgs) -> Result<(Config, Loaded), String> {
+/// Read `path` (a file or an etcd URL) and validate it. `use_cache`: an
+/// etcd source that cannot give a valid document falls back to the cached
+/// one (to serve; not to check or print a configuration).
+fn load(
+    path: &std::path::Path,
+    etcd: &EtcdArgs,
+    use_cache: bool,
+) -> Result<(Config, Loaded), String> {
     let Some(url) = path
         .to_str()
         .filter(|p| app::etcd_config::EtcdConfigSource::is_url(p))
@@ -162,7 +168,7 @@ fn load(path: &std::path::Path, etcd: &EtcdArgs) -> Result<(Config, Loaded), Str
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     let initial = rt
-        .block_on(source.initial())
+        .block_on(source.initial(use_cache))
         .map_err(|e| format!("invalid configuration: {e}"))?;
     let config = initial.config.clone();
     let loaded = Loaded::Etcd(std::sync::Arc::new(source), Box::new(initial));
@@ -332,7 +338,7 @@ fn main() -> ExitCode {
         eprintln!("detour: give --config FILE, or run `detour demo` (see --help)");
         return ExitCode::from(2);
     };
-    let (config, loaded) = match load(&path, &cli.etcd) {
+    let (config, loaded) = match load(&path, &cli.etcd, !(cli.test || cli.dump_config)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

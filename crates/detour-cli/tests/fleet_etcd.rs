@@ -448,4 +448,23 @@ async fn the_fleet_configuration_comes_from_one_key() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    // etcd back, still holding the bad document: every instance, the one
+    // from the cache too, says it refuses it; a good one is applied.
+    etcd.restart().await;
+    let all: Vec<&Detour> = fleet.iter().chain(std::iter::once(&late)).collect();
+    for d in &all {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while config_state(d).await.0 != "refused" {
+            assert!(Instant::now() < deadline, "{}", status(d).await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut client = Client::connect([etcd.endpoint()], None).await.unwrap();
+    client.put(KEY, document(&b[2]), None).await.unwrap();
+    let all: Vec<Detour> = fleet.into_iter().chain(std::iter::once(late)).collect();
+    until_all(&all, &[&b[2]]).await;
+    for d in &all {
+        assert_eq!(config_state(d).await.0, "ok", "{}", status(d).await);
+    }
 }

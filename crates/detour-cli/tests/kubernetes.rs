@@ -140,7 +140,7 @@ async fn terminating_pods_serve_when_none_is_ready() {
     let b = Upstream::start(Behavior::ok()).await.unwrap();
     let c = Upstream::start(Behavior::ok()).await.unwrap();
     api.put(pod("a", &b, true, true, false));
-    api.put(pod("c", &c, true, true, false));
+    api.put(pod("c", &c, false, true, true));
     let file = dir.join("detour.toml");
     let kubeconfig = dir.join("kubeconfig.yaml");
     std::fs::write(
@@ -165,16 +165,17 @@ upstream = "app"
     .unwrap();
     let d = support::start(&file);
     let admin = d.admin.unwrap();
-    until(admin, &[(&b, 1), (&c, 1)]).await;
-    // Both terminate at once, neither ready: both keep taking traffic.
+    // One ready, one terminating: the terminating one drains.
+    until(admin, &[(&b, 1), (&c, 0)]).await;
+    // Both terminating, neither ready: both keep taking traffic.
     api.put(pod("a", &b, false, true, true));
-    api.put(pod("c", &c, false, true, true));
     until(admin, &[(&b, 1), (&c, 1)]).await;
     for _ in 0..10 {
         let r = support::send(d.addr, "GET", "/", &["host: app".into()]).await;
         assert_eq!(r.status, 200);
     }
-    // One becomes ready again: the other drains.
+    assert!(c.requests() > 0, "the terminating pods took traffic");
+    // One ready again: the other drains.
     api.put(pod("a", &b, true, true, false));
     until(admin, &[(&b, 1), (&c, 0)]).await;
 }

@@ -113,9 +113,12 @@ async fn lists_then_follows_the_slices_of_one_service() {
     until(&d, &[(2, 1)]).await;
     println!("a watch event reached the set in {t:?}");
 
-    // Every ready endpoint terminating: the serving ones keep the traffic.
+    // A terminating pod beside a ready one drains; once every pod is
+    // terminating, the serving ones take the traffic (KEP-1669).
+    api.put(pod("api-3", 3, false, true, true));
+    until(&d, &[(2, 1), (3, 0)]).await;
     api.put(pod("api-2", 2, false, true, true));
-    until(&d, &[(2, 1)]).await;
+    until(&d, &[(2, 1), (3, 1)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,11 +138,13 @@ async fn an_expired_resource_version_forces_a_relist() {
     }
     api.expire_watches();
     api.put(pod("api-2", 2, true, true, false));
-    until(&d, &[(1, 1), (2, 1)]).await;
+    api.delete("api-1");
+    // The new list replaces the set whole: api-1 goes though no watch said so.
+    until(&d, &[(2, 1)]).await;
     assert!(api.lists() > lists, "a 410 makes the watcher list again");
     // And the watch after the re-list works.
-    api.delete("api-1");
-    until(&d, &[(2, 1)]).await;
+    api.put(pod("api-3", 3, true, true, false));
+    until(&d, &[(2, 1), (3, 1)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,9 +170,34 @@ async fn the_api_server_down_keeps_the_set() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     api.set_down(false);
+    // Back, with nothing changed: the source says ok again all the same.
+    let start = Instant::now();
+    while d.status().state != SourceState::Ok {
+        assert!(start.elapsed() < Duration::from_secs(8), "{:?}", d.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     api.delete("api-1");
     until(&d, &[(2, 1)]).await;
-    assert_eq!(d.status().state, SourceState::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_without_the_port_is_named() {
+    let (api, k) = fake("portless").await;
+    api.put(pod("api-1", 1, true, true, false));
+    api.put(
+        Slice::new("api-2", "api")
+            .port("grpc", 9000)
+            .endpoint("10.1.0.2", true, true, false, None),
+    );
+    let d = source(&k);
+    assert_eq!(set(&d).await, [(1, 1)]);
+    let status = d.status();
+    assert_eq!(status.state, SourceState::Degraded);
+    let error = status.error.unwrap();
+    assert!(
+        error.contains("api-2") && error.contains("\"http\""),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

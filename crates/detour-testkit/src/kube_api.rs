@@ -1,6 +1,6 @@
 //! A stand-in for the Kubernetes API server's EndpointSlice endpoints, for
 //! contract tests of a watcher (no API server can run in CI): [`FakeKubeApi`]
-//! answers the list and watch calls the way the API server does —
+//! answers the list and watch calls in the API server's shapes —
 //!
 //! - `GET /apis/discovery.k8s.io/v1/namespaces/NS/endpointslices?labelSelector=…`:
 //!   an `EndpointSliceList` with the slices whose labels match and the
@@ -15,8 +15,15 @@
 //!   every connection (a dead API server: refused connections; a 503 would
 //!   only meet kube-rs's retries).
 //!
-//! A selector other than `kubernetes.io/service-name=NAME` is answered 400,
+//! A watch ends after its `timeoutSeconds`, as on the API server. A
+//! selector other than `kubernetes.io/service-name=NAME` is answered 400,
 //! so a watcher that does not select by service fails the test.
+//!
+//! What it does not do: bookmarks (`allowWatchBookmarks` is ignored),
+//! pagination (`limit`/`continue`: every list is one page), watching from
+//! resource version `0` (answered 410, where the API server would replay
+//! the state as `ADDED` events; kube-rs's list-then-watch never asks for
+//! it), any other resource or verb.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -101,8 +108,9 @@ struct State {
     log: Vec<(u64, &'static str, String)>,
     /// Versions before this one were "compacted": watching from them is a 410.
     oldest: u64,
-    /// Open watches and the service each selects.
-    watches: Vec<(String, mpsc::UnboundedSender<Bytes>)>,
+    /// Open watches: an id, the service each selects, its stream.
+    watches: Vec<(u64, String, mpsc::UnboundedSender<Bytes>)>,
+    next_watch: u64,
     requests: usize,
     lists: usize,
     watch_calls: usize,
@@ -260,7 +268,7 @@ impl FakeKubeApi {
         let mut s = self.lock();
         s.oldest = s.version;
         let gone = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version","reason":"Expired","code":410}}"#;
-        for (_, tx) in s.watches.drain(..) {
+        for (_, _, tx) in s.watches.drain(..) {
             let _ = tx.send(Bytes::from(format!("{gone}\n")));
         }
     }
@@ -307,7 +315,7 @@ impl FakeKubeApi {
 fn notify(s: &mut State, service: &str, kind: &str, json: &str) {
     let line = Bytes::from(format!(r#"{{"type":"{kind}","object":{json}}}"#) + "\n");
     s.watches
-        .retain(|(svc, tx)| svc != service || tx.send(line.clone()).is_ok());
+        .retain(|(_, svc, tx)| svc != service || tx.send(line.clone()).is_ok());
 }
 
 /// A body fed line by line from a channel: a watch's stream.
@@ -356,7 +364,7 @@ fn param(q: &str, name: &str) -> Option<String> {
     })
 }
 
-fn answer(namespace: &str, state: &Mutex<State>, req: &Request<Incoming>) -> Answer {
+fn answer(namespace: &str, state: &Arc<Mutex<State>>, req: &Request<Incoming>) -> Answer {
     let path = format!("/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices");
     if req.uri().path() != path {
         return plain(
@@ -411,7 +419,18 @@ fn answer(namespace: &str, state: &Mutex<State>, req: &Request<Incoming>) -> Ans
                 ));
             }
         }
-        s.watches.push((service, tx));
+        s.next_watch += 1;
+        let id = s.next_watch;
+        s.watches.push((id, service, tx));
+        // The API server ends a watch after its `timeoutSeconds`.
+        if let Some(secs) = param(q, "timeoutSeconds").and_then(|t| t.parse::<u64>().ok()) {
+            let state = Arc::clone(state);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+                let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                s.watches.retain(|(w, _, _)| *w != id);
+            });
+        }
     }
     Response::builder()
         .status(StatusCode::OK)

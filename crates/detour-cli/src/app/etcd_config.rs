@@ -90,7 +90,7 @@ pub struct ConfigSourceStatus {
 }
 
 /// The configuration to start with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Initial {
     /// The document, validated.
     pub config: Config,
@@ -161,30 +161,34 @@ impl EtcdConfigSource {
         &self.url
     }
 
-    /// Read the key once: its document, or the cached one when etcd's
-    /// cannot be used.
+    /// Read the key once: its document, or (with `use_cache`) the cached
+    /// one when etcd's cannot be used. Nothing is written: the caller saves
+    /// the document once it serves ([`save`](Self::save)).
     ///
     /// # Errors
     /// Neither etcd nor the cache gives a valid document (both reasons
     /// named).
-    pub async fn initial(&self) -> Result<Initial, ConfigError> {
+    pub async fn initial(&self, use_cache: bool) -> Result<Initial, ConfigError> {
         // A watcher of its own, dropped with this call: the one that
         // follows the key runs on the serving runtime.
         let probe = EtcdWatch::new(self.watch.options().clone());
         let snapshot = probe.first_read(self.timeout).await;
         let revision = snapshot.revision;
         match self.document(&snapshot) {
-            Ok((config, text)) => {
-                self.save(&text);
-                Ok(Initial {
-                    config,
-                    text,
-                    from_cache: None,
-                    revision: Some(revision),
-                })
-            }
-            Err(why) => self.cached(why),
+            Ok((config, text)) => Ok(Initial {
+                config,
+                text,
+                from_cache: None,
+                revision: Some(revision),
+            }),
+            Err(why) if use_cache => self.cached(why),
+            Err(why) => Err(why),
         }
+    }
+
+    /// The first line of a cache file: which source it belongs to.
+    fn cache_header(&self) -> String {
+        format!("# detour: last good document of {}\n", self.url)
     }
 
     /// The cached document, because of `why`.
@@ -192,12 +196,16 @@ impl EtcdConfigSource {
         let Some(cache) = &self.cache else {
             return Err(why);
         };
-        let text = std::fs::read_to_string(cache).map_err(|e| {
-            ConfigError::field(
-                "config",
-                format!("{why}; and no cached document at {}: {e}", cache.display()),
-            )
-        })?;
+        let refused = |what: String| {
+            ConfigError::field("config", format!("{why}; and {what} ({})", cache.display()))
+        };
+        let text = std::fs::read_to_string(cache)
+            .map_err(|e| refused(format!("no cached document: {e}")))?;
+        // A cache written for another source (the default path is shared)
+        // is not this source's last good document.
+        if !text.starts_with(&self.cache_header()) {
+            return Err(refused("the cached document is another source's".into()));
+        }
         let config = Config::load(&text, Some(cache), None)?;
         Ok(Initial {
             config,
@@ -239,54 +247,81 @@ impl EtcdConfigSource {
         self.document(&self.watch.snapshot()).map(|(c, _)| c)
     }
 
-    /// Keep the last good document for a start while etcd is unreachable:
-    /// written aside, then renamed over the old one.
-    fn save(&self, text: &str) {
+    /// Keep `text`, a document that serves, as the last good one for a
+    /// start while etcd is unreachable: written aside (readable by this
+    /// user only: it may hold the admin token), synced, then renamed over
+    /// the old one, so a crash or a second process (an upgrade's successor)
+    /// never leaves half a file.
+    pub fn save(&self, text: &str) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let Some(cache) = &self.cache else { return };
-        let aside = cache.with_extension("tmp");
-        let written = std::fs::write(&aside, text).and_then(|()| std::fs::rename(&aside, cache));
+        if text.starts_with(&self.cache_header()) {
+            return; // Served from the cache: already there.
+        }
+        let aside = cache.with_extension(format!("tmp.{}", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&aside)
+            .and_then(|mut f| {
+                f.write_all(self.cache_header().as_bytes())?;
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&aside, cache));
         if let Err(e) = written {
+            let _ = std::fs::remove_file(&aside);
             tracing::warn!(cache = %cache.display(), error = %e, "cannot cache the configuration");
         }
     }
 
-    /// Follow the key: hand each new valid document to `reload` (the
-    /// reload task, which logs the outcome), and keep `status` true.
-    /// `running` is the text serving now.
+    /// Follow the key until `stop` says `true` (a drain: the process is
+    /// stopping or handed over): hand each new document to `reload` (the
+    /// reload task, which logs the outcome), save those that serve, and keep
+    /// `status` true. `initial` is what this process started with.
     pub async fn follow<R, F>(
         self: Arc<Self>,
         reload: R,
         status: Arc<Mutex<Option<ConfigSourceStatus>>>,
-        running: String,
+        initial: &Initial,
+        mut stop: tokio::sync::watch::Receiver<bool>,
     ) where
         R: Fn(Config) -> F + Send,
         F: std::future::Future<Output = Result<(), ConfigError>> + Send,
     {
         let mut rx = self.watch.subscribe();
-        let mut last_seen = running;
+        let mut doc = Document {
+            applied: initial.text.clone(),
+            tried: initial.text.clone(),
+            refusal: None,
+            revision: initial.revision,
+            cached: initial.from_cache.clone(),
+        };
         loop {
             let snapshot = rx.borrow_and_update().clone();
-            let mut next = self.status_of(&snapshot, &status);
             if let Ok(text) = self.text(&snapshot) {
-                if last_seen != text {
-                    last_seen.clone_from(&text);
+                doc.cached = None; // etcd answered: no longer on the cache.
+                if text != doc.tried {
+                    doc.tried.clone_from(&text);
                     match self.apply(&text, &reload).await {
                         Ok(()) => {
                             self.save(&text);
-                            next.state = "ok";
-                            next.error = None;
-                            next.revision = Some(snapshot.revision);
+                            doc.applied = text;
+                            doc.refusal = None;
+                            doc.revision = Some(snapshot.revision);
                         }
-                        Err(e) => {
-                            next.state = "refused";
-                            next.error = Some(e.to_string());
-                        }
+                        Err(e) => doc.refusal = Some(e.to_string()),
                     }
                 }
             }
-            *status.lock().unwrap_or_else(PoisonError::into_inner) = Some(next);
-            if rx.changed().await.is_err() {
-                return;
+            let now = self.status_of(&snapshot, &doc);
+            *status.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
             }
         }
     }
@@ -313,44 +348,46 @@ impl EtcdConfigSource {
         reload(config).await
     }
 
-    /// The status `snapshot` gives, keeping what the last one said about
-    /// the document (a refusal stays until a document is applied).
-    fn status_of(
-        &self,
-        snapshot: &EtcdSnapshot,
-        status: &Mutex<Option<ConfigSourceStatus>>,
-    ) -> ConfigSourceStatus {
-        let before = status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let mut s = before.unwrap_or_else(|| ConfigSourceStatus {
+    /// The status: the connection (`failing`, or `cached` before etcd
+    /// ever answered) first, then the document (`refused` while the key
+    /// holds something other than what serves).
+    fn status_of(&self, snapshot: &EtcdSnapshot, doc: &Document) -> ConfigSourceStatus {
+        let mut s = ConfigSourceStatus {
             source: self.url.clone(),
             state: "ok",
-            revision: None,
-            last_success: None,
+            revision: doc.revision,
+            last_success: snapshot.last_success.map(unix),
             error: None,
-        });
-        s.last_success = snapshot.last_success.map(unix);
-        match snapshot.state {
-            // Still on the cached document: that is what to say, with why.
-            SourceState::Failing if s.state == "cached" => {}
-            SourceState::Failing => {
-                s.state = "failing";
-                s.error = snapshot.error.clone();
-            }
-            SourceState::Ok if s.state != "refused" => {
-                s.state = "ok";
-                s.error = None;
-            }
-            _ => {}
-        }
-        if snapshot.synced && !snapshot.entries.contains_key(&self.key) {
+        };
+        if let Some(why) = &doc.cached {
+            s.state = "cached";
+            s.error = Some(why.clone());
+        } else if snapshot.state == SourceState::Failing {
+            s.state = "failing";
+            s.error.clone_from(&snapshot.error);
+        } else if snapshot.synced && !snapshot.entries.contains_key(&self.key) {
             s.state = "refused";
             s.error = Some("the key is gone; the running configuration stays".into());
+        } else if doc.tried != doc.applied {
+            s.state = "refused";
+            s.error.clone_from(&doc.refusal);
         }
         s
     }
+}
+
+/// What the follower knows of the document.
+struct Document {
+    /// The text serving now.
+    applied: String,
+    /// The text last handed to the reload (applied or refused).
+    tried: String,
+    /// Why `tried` was refused.
+    refusal: Option<String>,
+    /// The revision `applied` was read at (none for a cached one).
+    revision: Option<i64>,
+    /// Why the cached document serves, until etcd first answers.
+    cached: Option<String>,
 }
 
 impl Initial {

@@ -247,8 +247,9 @@ fn bind_admin(
 }
 
 impl Running {
-    /// Follow `source`'s key from now on: each new document is applied as a
-    /// reload. `initial` is what this process started with.
+    /// Follow `source`'s key from now on, until the drain: each new
+    /// document is applied as a reload. `initial` is what this process
+    /// started with; serving now, it is saved as the last good document.
     pub fn follow_etcd(
         &self,
         source: Arc<etcd_config::EtcdConfigSource>,
@@ -266,8 +267,11 @@ impl Running {
             let reloader = reloader.clone();
             async move { reloader.reload(Some(config), "etcd").await.map(|_| ()) }
         };
-        let follow = source.follow(reload, status, initial.text.clone());
-        rt.spawn(follow);
+        source.save(&initial.text);
+        let stop = self.draining.subscribe();
+        let source = Arc::clone(&source);
+        let initial = initial.clone();
+        rt.spawn(async move { source.follow(reload, status, &initial, stop).await });
     }
 
     /// Tell the process this one replaces that it serves, once

@@ -30,7 +30,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
 use super::watched::{Backoff, Followed, Seen, Source};
-use super::{BackendSpec, ServiceDiscovery, SourceStatus};
+use super::{BackendSpec, ServiceDiscovery, SourceState, SourceStatus};
 use crate::DiscoveryError;
 
 /// Which Service's endpoints [`KubernetesDiscovery`] follows, and how it
@@ -42,7 +42,9 @@ pub struct KubernetesOptions {
     pub service: String,
     /// Its namespace.
     pub namespace: String,
-    /// The port: its name in the Service (`http`), or its number.
+    /// The endpoints' port: its name (`http`, the name the Service's port
+    /// has), or its number — the target port, the one the pods listen on,
+    /// not the Service's port.
     pub port: String,
     /// A kubeconfig file; `None`: the usual inference (in a pod, the
     /// service account; elsewhere `KUBECONFIG` or `~/.kube/config`).
@@ -96,8 +98,9 @@ struct Endpoint {
     zone: Option<String>,
 }
 
-/// Slices by name, each reduced to its endpoints on the chosen port.
-type Slices = BTreeMap<String, Vec<Endpoint>>;
+/// Slices by name, each reduced to its endpoints on the chosen port (`None`:
+/// the slice has no such port).
+type Slices = BTreeMap<String, Option<Vec<Endpoint>>>;
 
 /// The endpoints of a Service's port from its EndpointSlices: see the
 /// [module](self). Cloning shares one watcher.
@@ -138,6 +141,21 @@ impl KubernetesDiscovery {
         s.last_success = snapshot.last_success;
         s.revision = snapshot.synced.then_some(snapshot.revision);
         s.error = snapshot.error;
+        let portless: Vec<&str> = snapshot
+            .entries
+            .iter()
+            .filter(|(_, e)| e.is_none())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if s.state == SourceState::Ok && !portless.is_empty() {
+            s.state = SourceState::Degraded;
+            s.error = Some(format!(
+                "no port {:?} in slice(s) {} (the endpoints' port: its name, or the \
+                 target port's number, not the Service's)",
+                self.followed.options().port,
+                portless.join(", ")
+            ));
+        }
         s
     }
 }
@@ -163,7 +181,7 @@ impl ServiceDiscovery for KubernetesDiscovery {
 /// its best condition.
 fn select(slices: &Slices) -> Vec<BackendSpec> {
     let mut best: HashMap<SocketAddr, &Endpoint> = HashMap::new();
-    for e in slices.values().flatten() {
+    for e in slices.values().flatten().flatten() {
         let rank = |e: &Endpoint| (e.ready, e.serving && !e.terminating, e.serving);
         best.entry(e.addr)
             .and_modify(|b| {
@@ -198,10 +216,11 @@ fn select(slices: &Slices) -> Vec<BackendSpec> {
     out
 }
 
-/// The endpoints of `slice` on `port` (a name, or a number).
-fn endpoints(slice: &EndpointSlice, port: &str) -> Vec<Endpoint> {
+/// The endpoints of `slice` on `port` (a name, or a number); `None` when
+/// the slice has no such port.
+fn endpoints(slice: &EndpointSlice, port: &str) -> Option<Vec<Endpoint>> {
     let number: Option<i32> = port.parse().ok();
-    let Some(port) = slice.ports.iter().flatten().find_map(|p| {
+    let port = slice.ports.iter().flatten().find_map(|p| {
         let by_name = p.name.as_deref() == Some(port);
         let by_number = number.is_some() && p.port == number;
         if by_name || by_number {
@@ -209,9 +228,7 @@ fn endpoints(slice: &EndpointSlice, port: &str) -> Vec<Endpoint> {
         } else {
             None
         }
-    }) else {
-        return Vec::new();
-    };
+    })?;
     let mut out = Vec::new();
     for e in slice.endpoints.iter().flatten() {
         let c = e.conditions.clone().unwrap_or_default();
@@ -233,7 +250,7 @@ fn endpoints(slice: &EndpointSlice, port: &str) -> Vec<Endpoint> {
             });
         }
     }
-    out
+    Some(out)
 }
 
 /// The API client `options` describe.
@@ -265,29 +282,46 @@ fn version(slice: &EndpointSlice) -> i64 {
 }
 
 /// The watcher task: list, then watch, for as long as the source lives.
+/// After an error it starts over with a new list once the backoff has
+/// passed (kube-rs's watcher would resume the watch silently, and a quiet
+/// Service would then stay `failing` with nothing to say it recovered).
 async fn follow(source: Arc<Source<Slices, KubernetesOptions>>) {
     let o = &source.options;
     let mut backoff = Backoff::new();
-    let client = loop {
-        match client(o).await {
-            Ok(c) => break c,
+    let mut slices = Slices::new();
+    loop {
+        let api = match client(o).await {
+            Ok(c) => Api::<EndpointSlice>::namespaced(c, &o.namespace),
             Err(e) => {
                 source.fail(e);
                 tokio::time::sleep(backoff.next()).await;
+                continue;
             }
-        }
-    };
-    let api: Api<EndpointSlice> = Api::namespaced(client, &o.namespace);
+        };
+        let why = watch(&source, api, &mut slices, &mut backoff).await;
+        // The last known slices stay.
+        source.fail(why);
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+/// One watcher: a list, then its watch, until the first error (returned).
+async fn watch(
+    source: &Source<Slices, KubernetesOptions>,
+    api: Api<EndpointSlice>,
+    slices: &mut Slices,
+    backoff: &mut Backoff,
+) -> String {
+    let o = &source.options;
     let seconds = u32::try_from(o.watch_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
     let config = watcher::Config::default()
         .labels(&format!("kubernetes.io/service-name={}", o.service))
         .timeout(seconds);
     let mut stream = std::pin::pin!(watcher::watcher(api, config));
-    let mut slices = Slices::new();
     let mut listing: Option<Slices> = None;
     let mut revision = 0;
+    let name = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
     while let Some(event) = stream.next().await {
-        let name = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
         match event {
             Ok(Event::Init) => listing = Some(Slices::new()),
             Ok(Event::InitApply(s)) => {
@@ -299,35 +333,30 @@ async fn follow(source: Arc<Source<Slices, KubernetesOptions>>) {
             Ok(Event::InitDone) => {
                 // A whole list: what it lacks is gone.
                 if let Some(l) = listing.take() {
-                    slices = l;
+                    *slices = l;
                 }
-                source.publish(&slices, revision);
+                source.publish(slices, revision);
                 backoff.reset();
             }
             Ok(Event::Apply(s)) => {
                 revision = revision.max(version(&s));
                 slices.insert(name(&s), endpoints(&s, &o.port));
-                source.publish(&slices, revision);
+                source.publish(slices, revision);
             }
             Ok(Event::Delete(s)) => {
                 revision = revision.max(version(&s));
                 slices.remove(&name(&s));
-                source.publish(&slices, revision);
+                source.publish(slices, revision);
             }
-            Err(e) => {
-                // The last known slices stay; kube-rs's watcher lists again
-                // after a 410 and resumes the watch otherwise.
-                source.fail(e.to_string());
-                tokio::time::sleep(backoff.next()).await;
-            }
+            Err(e) => return e.to_string(),
         }
     }
+    "the watch stream ended".into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::SourceState;
 
     fn ep(last: u8, ready: bool, serving: bool, terminating: bool) -> Endpoint {
         Endpoint {
@@ -354,12 +383,12 @@ mod tests {
         let mut slices = Slices::new();
         slices.insert(
             "a".into(),
-            vec![
+            Some(vec![
                 ep(1, true, true, false),
                 ep(2, false, true, true),
                 ep(3, false, false, true),
                 ep(4, false, false, false),
-            ],
+            ]),
         );
         assert_eq!(weights(&slices), [(1, 1), (2, 0)]);
         let z = select(&slices);
@@ -372,7 +401,7 @@ mod tests {
         // takes the traffic (KEP-1669).
         slices.insert(
             "a".into(),
-            vec![ep(2, false, true, true), ep(4, false, false, false)],
+            Some(vec![ep(2, false, true, true), ep(4, false, false, false)]),
         );
         assert_eq!(weights(&slices), [(2, 1)]);
     }
@@ -380,11 +409,12 @@ mod tests {
     #[test]
     fn an_address_in_two_slices_counts_once_at_its_best() {
         let mut slices = Slices::new();
-        slices.insert("a".into(), vec![ep(1, false, true, true)]);
+        slices.insert("a".into(), Some(vec![ep(1, false, true, true)]));
         slices.insert(
             "b".into(),
-            vec![ep(1, true, true, false), ep(2, true, true, false)],
+            Some(vec![ep(1, true, true, false), ep(2, true, true, false)]),
         );
+        slices.insert("c".into(), None);
         assert_eq!(weights(&slices), [(1, 1), (2, 1)]);
     }
 

@@ -31,7 +31,9 @@ pub struct KubernetesSourceConfig {
     pub service: String,
     /// Its namespace.
     pub namespace: String,
-    /// The port: its name in the Service (`"http"`) or its number (`8080`).
+    /// The endpoints' port: its name (`"http"`, the Service port's name) or
+    /// its number (`8080`: the target port the pods listen on, not the
+    /// Service's port).
     pub port: PortRef,
     /// A kubeconfig file; absent: in a pod, its service account, elsewhere
     /// `KUBECONFIG` or `~/.kube/config`.
