@@ -803,6 +803,13 @@ fn accepted_requests_arrive_once_and_exactly_refused_ones_never() {
         cases: cases(),
         // Each case is a whole exchange; shrinking a failure is still cheap.
         max_shrink_iters: 256,
+        // A failure's seed is kept (and re-run first from then on), so a
+        // rare one can be replayed; the runner alone keeps nothing.
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "tests/no_desync.proptest-regressions",
+            ),
+        )),
         ..ProptestConfig::default()
     });
     let result = runner.run(&case(), |case| {
