@@ -102,8 +102,13 @@ struct Endpoint {
 /// the slice has no such port).
 type Slices = BTreeMap<String, Option<Vec<Endpoint>>>;
 
-/// The endpoints of a Service's port from its EndpointSlices: see the
-/// [module](self). Cloning shares one watcher.
+/// The endpoints of a Service's port from its EndpointSlices (the slices
+/// labelled `kubernetes.io/service-name`), listed then watched through
+/// kube-rs. `ready` endpoints serve; `serving` but `terminating` ones drain
+/// (weight 0) unless none is ready, when they serve (KEP-1669); the rest are
+/// left out; `zone` becomes the locality. The last known slices stay while
+/// the API server fails (`failing`); after an error, or an expired resource
+/// version (410), it lists again. Cloning shares one watcher.
 #[derive(Clone)]
 pub struct KubernetesDiscovery {
     followed: Followed<Slices, KubernetesOptions>,

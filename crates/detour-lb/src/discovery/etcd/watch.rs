@@ -178,8 +178,13 @@ impl EtcdTls {
     }
 }
 
-/// A key or prefix in etcd, followed: see the [module](self). Cloning
-/// shares one watcher.
+/// A key or prefix in etcd, read whole once, then watched from that
+/// revision, as a map of key → value ([`EtcdSnapshot`]) published whole on
+/// each change. Its task starts on first use and stops with the last clone;
+/// when etcd fails the last known keys stay (`failing`) and it reads again
+/// after a backoff (100 ms doubling to 5 s); an unanswered progress request
+/// marks a silent watch dead; a compacted revision makes it read again.
+/// Cloning shares one watcher.
 #[derive(Clone)]
 pub struct EtcdWatch(pub(crate) Followed<EtcdEntries, EtcdOptions>);
 
