@@ -137,7 +137,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let exec = self.stream_exec();
         let mut builder = http2::Builder::new(exec.clone());
         self.apply_http2(&mut builder);
-        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let conn = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
         let idle = IdleClose {
             streams: exec,
             idle: self.shared.limits.keepalive_timeout,

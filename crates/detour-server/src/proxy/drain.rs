@@ -77,8 +77,13 @@ pub(super) struct IdleClose {
 /// Returns the connection's own result, or `None` when it was dropped for
 /// not closing within the idle period after it was asked to for idleness
 /// (a connection still in its handshake cannot be sent a GOAWAY).
+///
+/// `conn` comes pinned by the caller: taken by value, it would be stored
+/// twice in this function's future (the argument's slot and the pinned
+/// local), which every idle connection pays for (about 800 bytes on
+/// HTTP/1.1).
 pub(super) async fn run_until_drained<F>(
-    conn: F,
+    mut conn: Pin<&mut F>,
     mut drain: watch::Receiver<bool>,
     client: Option<SocketAddr>,
     idle: Option<IdleClose>,
@@ -87,7 +92,6 @@ pub(super) async fn run_until_drained<F>(
 where
     F: Graceful,
 {
-    tokio::pin!(conn);
     let mut draining = false;
     // When a lingering drain shuts the connection down.
     let mut shutdown_at: Option<Instant> = None;

@@ -356,10 +356,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 Ok::<_, Infallible>(resp.map(|b| Answered::new(b, watch)))
             })
         });
-        let conn = self
+        let conn = std::pin::pin!(self
             .http1_builder()
             .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
+            .with_upgrades());
         let r = run_until_drained(conn, drain, client, None, Some(H1_DRAIN_LINGER)).await;
         let slow_head = watch.head_timed_out()
             || r.as_ref()
