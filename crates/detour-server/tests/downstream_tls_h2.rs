@@ -407,3 +407,77 @@ async fn the_stream_limit_is_advertised_to_clients() {
     assert_eq!(conn.max_concurrent_send_streams(), 7);
     drop(client);
 }
+
+/// Send a POST declaring `declared` body bytes on `client`: `first` bytes at
+/// once without END_STREAM, then, after a pause long enough for the proxy to
+/// forward what it has, `then` bytes with END_STREAM. Returns the status, or
+/// `None` when the stream failed.
+async fn post_in_two_steps(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    declared: usize,
+    first: usize,
+    then: usize,
+) -> Option<u16> {
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://test/two-steps")
+        .header("content-length", declared)
+        .body(())
+        .unwrap();
+    let mut c = client.clone().ready().await.unwrap();
+    let (resp, mut send) = c.send_request(req, false).unwrap();
+    if first > 0 {
+        send.send_data(vec![b'a'; first].into(), false).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = send.send_data(vec![b'b'; then].into(), true);
+    let answer = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("an answer or a reset in time");
+    answer.ok().map(|r| r.status().as_u16())
+}
+
+#[tokio::test]
+async fn an_h2_body_longer_than_its_content_length_never_reaches_the_backend_whole() {
+    // The declared length is reached before the stream ends, then more DATA
+    // comes: the stream fails (RFC 9113 §8.1.1), and the backend must not
+    // have had a whole request by then. The last declared bytes (or, for an
+    // empty body, the head itself) wait for END_STREAM.
+    let backend = Upstream::start(Behavior::ok()).await.unwrap();
+    let c = listener_config(vec![
+        ListenerConfig::new(local()).with_protocols(&[AppProtocol::H2])
+    ]);
+    let p = start(&[backend.addr()], c);
+    let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+
+    for declared in [0, 5] {
+        let status = post_in_two_steps(&client, declared, declared, 1).await;
+        assert!(
+            status.is_none_or(|s| s >= 400),
+            "declared {declared}, sent more: {status:?}"
+        );
+    }
+    let whole: Vec<_> = backend
+        .received()
+        .into_iter()
+        .filter(|r| r.body_len == 5 || r.header("content-length") == Some("0"))
+        .collect();
+    assert!(
+        whole.is_empty(),
+        "the backend had whole requests: {whole:?}"
+    );
+
+    // The same bodies ended as declared, END_STREAM coming late: they wait
+    // for it, then go.
+    let before = backend.requests();
+    assert_eq!(post_in_two_steps(&client, 0, 0, 0).await, Some(200));
+    assert_eq!(post_in_two_steps(&client, 5, 5, 0).await, Some(200));
+    assert_eq!(post_in_two_steps(&client, 5, 3, 2).await, Some(200));
+    let late: Vec<u64> = backend.received()[before..]
+        .iter()
+        .map(|r| r.body_len)
+        .collect();
+    assert_eq!(late, [0, 5, 5]);
+}

@@ -43,6 +43,9 @@ const PATIENCE: Duration = Duration::from_secs(5);
 /// A request as the backend read it, body complete.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// The backend connection it came on (numbered from 0), and its peer.
+    conn: u64,
+    peer: SocketAddr,
     method: String,
     target: String,
     fields: Vec<(String, String)>,
@@ -77,11 +80,13 @@ impl Backend {
         let seen = Arc::clone(&backend.seen);
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     return;
                 };
                 let seen = Arc::clone(&seen);
-                let service = hyper::service::service_fn(move |req| record(req, seen.clone()));
+                let conn = CONNS.fetch_add(1, Ordering::Relaxed);
+                let service =
+                    hyper::service::service_fn(move |req| record(req, (conn, peer), seen.clone()));
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service),
@@ -97,8 +102,12 @@ impl Backend {
     }
 }
 
+/// Backend connections accepted, over all backends.
+static CONNS: AtomicU64 = AtomicU64::new(0);
+
 async fn record(
     req: http::Request<Incoming>,
+    (conn, peer): (u64, SocketAddr),
     seen: Arc<Mutex<Vec<Seen>>>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let (head, body) = req.into_parts();
@@ -117,6 +126,8 @@ async fn record(
         })
         .collect();
     let one = Seen {
+        conn,
+        peer,
         method: head.method.to_string(),
         target: head.uri.to_string(),
         fields,
@@ -461,8 +472,9 @@ fn chunked(body: &[u8], style: ChunkStyle, sizes: &[usize]) -> Vec<u8> {
 enum Outcome {
     /// Answered by the backend: it must have seen exactly this.
     Reached(Expected),
-    /// Refused, or never answered: the backend must not have it.
-    Missing,
+    /// Refused, or never answered (what the client saw): the backend must
+    /// not have it.
+    Missing(String),
 }
 
 #[derive(Debug)]
@@ -552,12 +564,14 @@ async fn run_h1(addr: SocketAddr, conn: &H1Conn) -> Vec<(String, Outcome)> {
     let mut refused = false;
     for ((r, id), bytes) in conn.requests.iter().zip(&ids).zip(&wire) {
         if refused {
-            outcomes.push((id.clone(), Outcome::Missing));
+            let why = "not sent: an earlier request on its connection was refused";
+            outcomes.push((id.clone(), Outcome::Missing(why.into())));
             continue;
         }
         if !conn.pipelined && c.send(bytes).await.is_err() {
             refused = true;
-            outcomes.push((id.clone(), Outcome::Missing));
+            let why = "the connection took no more bytes";
+            outcomes.push((id.clone(), Outcome::Missing(why.into())));
             continue;
         }
         let answer = tokio::time::timeout(PATIENCE, c.read_response())
@@ -587,7 +601,8 @@ async fn run_h1(addr: SocketAddr, conn: &H1Conn) -> Vec<(String, Outcome)> {
                     resp.status
                 );
                 refused = true;
-                outcomes.push((id.clone(), Outcome::Missing));
+                let why = format!("the proxy answered {}", resp.status);
+                outcomes.push((id.clone(), Outcome::Missing(why)));
             }
             Err(e) => {
                 assert!(
@@ -595,7 +610,7 @@ async fn run_h1(addr: SocketAddr, conn: &H1Conn) -> Vec<(String, Outcome)> {
                     "{id}, a valid request, got no answer ({e}): {r:?}"
                 );
                 refused = true;
-                outcomes.push((id.clone(), Outcome::Missing));
+                outcomes.push((id.clone(), Outcome::Missing(format!("no answer: {e}"))));
             }
         }
     }
@@ -668,11 +683,12 @@ async fn run_h2(addr: SocketAddr, requests: &[H2Request]) -> Vec<(String, Outcom
                     !valid,
                     "{id}, a valid request, was refused with {status}: {r:?}"
                 );
-                outcomes.push((id, Outcome::Missing));
+                let why = format!("the proxy answered {status}");
+                outcomes.push((id, Outcome::Missing(why)));
             }
             Err(e) => {
                 assert!(!valid, "{id}, a valid request, failed: {e}: {r:?}");
-                outcomes.push((id, Outcome::Missing));
+                outcomes.push((id, Outcome::Missing(format!("the stream failed: {e}"))));
             }
         }
     }
@@ -746,20 +762,29 @@ impl Rig {
         assert!(from_backend(&resp), "the proxy stopped serving: {resp:?}");
 
         let mut seen: HashMap<String, Vec<Seen>> = HashMap::new();
-        for s in self.backend.take() {
-            let id = s
-                .id()
-                .unwrap_or_else(|| panic!("a request nobody sent: {s:?}"));
-            seen.entry(id.to_string()).or_default().push(s);
+        let all = self.backend.take();
+        for s in &all {
+            let Some(id) = s.id() else {
+                // Whether the proxy's connection carried it (a desync) or
+                // something else on the machine reached the backend's port.
+                let same_conn: Vec<_> = all.iter().filter(|o| o.conn == s.conn).collect();
+                let proxy_port = self.h1_only().port();
+                panic!(
+                    "a request nobody sent, on a connection from {}: {s:?}\nall requests on \
+                     that backend connection (the proxy listens on port {proxy_port}): {same_conn:#?}",
+                    s.peer
+                );
+            };
+            seen.entry(id.to_string()).or_default().push(s.clone());
         }
         assert_eq!(seen.remove(&alive).map(|s| s.len()), Some(1));
         for (id, outcome) in &outcomes {
             let got = seen.remove(id).unwrap_or_default();
             match outcome {
-                Outcome::Missing => {
+                Outcome::Missing(why) => {
                     assert!(
                         got.is_empty(),
-                        "{id} was refused yet reached the backend: {got:?}"
+                        "{id} was refused ({why}) yet reached the backend: {got:?}"
                     )
                 }
                 Outcome::Reached(want) => {
@@ -777,7 +802,7 @@ impl Rig {
         for outcome in outcomes.values() {
             let tally = match outcome {
                 Outcome::Reached(_) => &self.reached,
-                Outcome::Missing => &self.missing,
+                Outcome::Missing(_) => &self.missing,
             };
             tally.fetch_add(1, Ordering::Relaxed);
         }

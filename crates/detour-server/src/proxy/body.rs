@@ -44,6 +44,22 @@ pub(crate) enum PumpError {
     Filter(Error),
 }
 
+impl PumpError {
+    /// The attempt's error for a pump that failed.
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            PumpError::Downstream(e) | PumpError::Filter(e) => e.never_retry(),
+            PumpError::TooLarge => Error::downstream(ErrorKind::HttpStatus(413))
+                .context("request body over the limit")
+                .never_retry(),
+            PumpError::UpstreamGone => Error::upstream(ErrorKind::ConnectionClosed)
+                .context("upstream stopped reading the body"),
+            PumpError::WriteTimeout => Error::upstream(ErrorKind::WriteTimeout)
+                .context("upstream did not take the request body in time"),
+        }
+    }
+}
+
 /// How long the client may keep its request body waiting (from
 /// `[server.limits]`).
 #[derive(Debug, Clone, Copy)]
@@ -248,6 +264,9 @@ pub(crate) struct RequestBody<B> {
     /// Per attempt: trailers and the end mark have been produced.
     trailers_sent: bool,
     finished: bool,
+    /// The bytes that reach the declared length, read before the client's
+    /// body said it ended: they wait for that end (see [`Self::poll_fill`]).
+    held: Option<Bytes>,
     client: ClientWait,
 }
 
@@ -280,6 +299,7 @@ where
             in_hand: None,
             trailers_sent: false,
             finished: false,
+            held: None,
             client: ClientWait::new(client),
         }
     }
@@ -356,36 +376,29 @@ where
                 self.downstream = None;
             }
             match frame.into_data() {
-                Ok(mut data) => {
-                    self.received += data.len() as u64;
-                    if self.max != 0 && self.received > self.max {
-                        self.intact = false;
-                        return Poll::Ready(Err(PumpError::TooLarge));
+                Ok(data) if self.held.is_some() => {
+                    if !data.is_empty() {
+                        return Poll::Ready(Err(self.overlong(data.len())));
                     }
-                    if let Err(e) = filter(&mut data, end) {
-                        self.intact = false;
-                        return Poll::Ready(Err(PumpError::Filter(e)));
-                    }
-                    if self.intact {
-                        if self.buffered + data.len() <= self.limit {
-                            self.buffered += data.len();
-                            self.buffer.push(data.clone());
-                            self.cursor = self.buffer.len();
-                        } else {
-                            // Too long to replay: free the copy, stream the rest once.
-                            self.intact = false;
-                            self.buffer = Vec::new();
-                        }
-                    }
-                    self.in_hand = Some(Some(Frame::data(data)));
-                    return Poll::Ready(Ok(true));
                 }
+                Ok(data) if !end && self.len == Some(self.received + data.len() as u64) => {
+                    // The declared length is reached, but the client's body
+                    // has not ended (an HTTP/2 stream without END_STREAM
+                    // yet): the last bytes wait for its end, so that a
+                    // request whose body turns out longer than declared
+                    // never reaches the backend whole.
+                    self.held = Some(data);
+                }
+                Ok(data) => return Poll::Ready(self.accept(data, end, filter)),
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         self.trailers = Some(trailers);
                     }
                 }
             }
+        }
+        if let Some(data) = self.held.take() {
+            return Poll::Ready(self.accept(data, true, filter));
         }
         if !self.trailers_sent {
             self.trailers_sent = true;
@@ -400,6 +413,67 @@ where
             return Poll::Ready(Ok(true));
         }
         Poll::Ready(Ok(false))
+    }
+
+    /// Take `data`, the next bytes of the client's body (`end`: its last),
+    /// into the replay buffer and hand it over.
+    fn accept(
+        &mut self,
+        mut data: Bytes,
+        end: bool,
+        filter: &mut dyn FnMut(&mut Bytes, bool) -> Result<(), Error>,
+    ) -> Result<bool, PumpError> {
+        self.received += data.len() as u64;
+        if self.max != 0 && self.received > self.max {
+            self.intact = false;
+            return Err(PumpError::TooLarge);
+        }
+        if self.len.is_some_and(|len| self.received > len) {
+            return Err(self.overlong(0));
+        }
+        if let Err(e) = filter(&mut data, end) {
+            self.intact = false;
+            return Err(PumpError::Filter(e));
+        }
+        if self.intact {
+            if self.buffered + data.len() <= self.limit {
+                self.buffered += data.len();
+                self.buffer.push(data.clone());
+                self.cursor = self.buffer.len();
+            } else {
+                // Too long to replay: free the copy, stream the rest once.
+                self.intact = false;
+                self.buffer = Vec::new();
+            }
+        }
+        self.in_hand = Some(Some(Frame::data(data)));
+        Ok(true)
+    }
+
+    /// The client's body went on past its declared length (by `more` bytes
+    /// beyond those counted and held): the body fails, and the request with
+    /// it.
+    fn overlong(&mut self, more: usize) -> PumpError {
+        let held = self.held.take().map_or(0, |h| h.len());
+        let sent = self.received + (held + more) as u64;
+        self.downstream = None;
+        self.intact = false;
+        PumpError::Downstream(
+            Error::downstream(ErrorKind::InvalidRequest).context(format!(
+            "request body longer than its Content-Length ({} bytes declared, {sent} or more sent)",
+            self.len.unwrap_or(0),
+        )),
+        )
+    }
+
+    /// For a request that declares an empty body but has not ended it yet
+    /// (an HTTP/2 stream with `content-length: 0` and no END_STREAM): wait
+    /// for its end, so that a body that turns out not to be empty fails
+    /// before any attempt sends the head (which alone is the whole request).
+    pub(crate) async fn confirm_empty(&mut self) -> Result<(), PumpError> {
+        let mut no_filter = |_: &mut Bytes, _: bool| Ok(());
+        std::future::poll_fn(|cx| self.poll_fill(cx, &mut no_filter, None)).await?;
+        Ok(())
     }
 
     /// Feed one attempt's upstream body through `filter`, each hand-over

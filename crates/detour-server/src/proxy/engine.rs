@@ -535,6 +535,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 ClientLimits::new(limits),
             )
         });
+        if let (Some(b), Some(0)) = (body.as_mut(), content_length) {
+            if let Err(e) = b.confirm_empty().await {
+                return Ended::Error(e.into_error(), None);
+            }
+        }
         let mut hedging = hedging_for(&ex.session, &peer, body.is_some());
         // Upgrades stay on hyper's client (it hands the connection over for
         // the tunnel), on a connection of their own when the pool holds the
@@ -1433,17 +1438,11 @@ where
             r = &mut send => return Ok((r, pump_done)),
             p = &mut pump, if !pump_done => {
                 pump_done = true;
-                let err = match p {
+                match p {
                     // Sent whole (or the upstream stopped reading): await the answer.
                     Ok(()) | Err(PumpError::UpstreamGone) => continue,
-                    Err(PumpError::Downstream(e)) | Err(PumpError::Filter(e)) => e.never_retry(),
-                    Err(PumpError::TooLarge) => Error::downstream(ErrorKind::HttpStatus(413))
-                        .context("request body over the limit")
-                        .never_retry(),
-                    Err(PumpError::WriteTimeout) => Error::upstream(ErrorKind::WriteTimeout)
-                        .context("upstream did not take the request body in time"),
-                };
-                return Err(err);
+                    Err(e) => return Err(e.into_error()),
+                }
             }
         }
     }
