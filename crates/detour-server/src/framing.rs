@@ -30,7 +30,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -51,6 +51,10 @@ pub(crate) struct ConnWatch {
     started: AtomicU64,
     answered: AtomicU64,
     head_timed_out: AtomicBool,
+    /// The connection's reader, when it last found a request in flight: woken
+    /// when the answer is over, so the idle clock starts then (hyper does not
+    /// read again by itself once a read found nothing).
+    reader: Mutex<Option<Waker>>,
     keepalive: Duration,
     head_timeout: Duration,
 }
@@ -75,6 +79,7 @@ impl ConnWatch {
             started: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             head_timed_out: AtomicBool::new(false),
+            reader: Mutex::new(None),
             keepalive: limits.keepalive_timeout,
             head_timeout: limits.header_read_timeout,
         })
@@ -108,6 +113,20 @@ impl ConnWatch {
     /// A response is over (see [`Answered`]).
     fn answered(&self) {
         self.answered.fetch_add(1, Ordering::Relaxed);
+        let reader = self.reader.lock().ok().and_then(|mut r| r.take());
+        if let Some(w) = reader {
+            w.wake();
+        }
+    }
+
+    /// Wake `waker` when the request in flight is answered.
+    fn wake_when_answered(&self, waker: &Waker) {
+        if let Ok(mut r) = self.reader.lock() {
+            match r.as_mut() {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *r = Some(waker.clone()),
+            }
+        }
     }
 
     fn in_flight(&self) -> bool {
@@ -120,11 +139,16 @@ impl ConnWatch {
     }
 
     /// Upgrade request `index` was answered without `101`: the bytes after
-    /// it are HTTP again, and the watch goes on over them.
-    pub(crate) fn not_upgraded(&self, index: u64) {
+    /// it are HTTP again, and the watch goes on over them. `false` when it
+    /// cannot: more than a head's worth of bytes came behind the request
+    /// and were let go (or the connection was already being refused). The
+    /// connection must then close after this answer, since the guard would
+    /// neither check the requests behind it nor time the connection.
+    pub(crate) fn not_upgraded(&self, index: u64) -> bool {
         let mut s = self.scanner();
-        s.resume_after_upgrade(index);
+        let followed = s.resume_after_upgrade(index);
         self.publish(&mut s);
+        followed
     }
 
     /// What a quiet connection waits for now.
@@ -138,11 +162,6 @@ impl ConnWatch {
     /// The guard cut a head that took longer than `header_read_timeout`.
     pub(crate) fn head_timed_out(&self) -> bool {
         self.head_timed_out.load(Ordering::Relaxed)
-    }
-
-    /// Whether part of a request head has arrived and no more.
-    pub(crate) fn in_partial_head(&self) -> bool {
-        matches!(self.scanner().waiting(), Wait::Head(_))
     }
 }
 
@@ -271,9 +290,10 @@ impl Scanner {
     }
 
     /// Upgrade request `index` was not upgraded: go on over the held bytes.
-    fn resume_after_upgrade(&mut self, index: u64) {
+    /// `false` when the watch had already given up.
+    fn resume_after_upgrade(&mut self, index: u64) -> bool {
         if !matches!(&self.phase, Phase::Upgrade { request, .. } if *request == index) {
-            return;
+            return false;
         }
         if let Phase::Upgrade { pending, after, .. } =
             std::mem::replace(&mut self.phase, Phase::Off)
@@ -281,6 +301,7 @@ impl Scanner {
             self.phase = *after;
             self.feed(&pending);
         }
+        true
     }
 
     /// Look at the next bytes read from the connection.
@@ -548,6 +569,9 @@ impl<I> FramingGuard<I> {
         let due = match wait {
             Wait::Busy => {
                 self.idle_due = None;
+                if self.watch.in_flight() {
+                    self.watch.wake_when_answered(cx.waker());
+                }
                 return Poll::Pending;
             }
             // An idle period counts from its first quiet read.

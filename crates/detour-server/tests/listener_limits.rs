@@ -2,7 +2,8 @@
 //! HTTP/1.1 listener, the mixed HTTP/1.1 + HTTP/2 one and TLS answer an
 //! oversized head with 431 and a slow head with 408; an idle keep-alive
 //! connection is closed without a word after its own `keepalive_timeout`;
-//! and the framing guard keeps watching after an upgrade that did not happen.
+//! and the framing guard keeps watching after an upgrade that did not happen,
+//! or closes the connection when it had to let go of the bytes behind it.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -178,6 +179,58 @@ async fn the_framing_guard_watches_on_after_an_upgrade_that_did_not_happen() {
         1,
         "the second request never reached the backend"
     );
+}
+
+#[tokio::test]
+async fn an_upgrade_that_did_not_happen_closes_when_the_guard_let_its_bytes_go() {
+    // More than a head's worth of requests pipelined behind an upgrade
+    // request: the guard holds at most that much until the answer, so when
+    // the answer is not 101 it cannot check or time what follows, and the
+    // connection closes after the answer rather than serve them unwatched.
+    let a = Upstream::start(Behavior::ok()).await.unwrap();
+    let mut c = config();
+    c.limits.max_header_size = 8192;
+    let p = start(&[a.addr()], c);
+    let mut conn = RawConnection::connect(p.addr()).await.unwrap();
+    // hyper reads 8 KB at first and more after reads that fill its buffer:
+    // a burst of pipelined requests first, so that it reads the upgrade
+    // request and what follows it in one go.
+    let padded = |path: String| {
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: h\r\nx-pad: {}\r\n\r\n",
+            "p".repeat(400)
+        )
+    };
+    let burst: String = (0..300).map(|i| padded(format!("/warm/{i}"))).collect();
+    conn.send(burst.as_bytes()).await.unwrap();
+    for _ in 0..300 {
+        assert_eq!(conn.read_response().await.unwrap().status, 200);
+    }
+    let mut bytes =
+        b"GET /ws HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+            .to_vec();
+    for i in 0..40 {
+        bytes.extend_from_slice(padded(format!("/next/{i}")).as_bytes());
+    }
+    conn.send(&bytes).await.unwrap();
+    let first = conn.read_response().await.unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("connection"), Some("close"));
+    let rest = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end())
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap_or_default();
+    assert!(rest.is_empty(), "nothing more is served: {rest:?}");
+    assert_eq!(a.requests(), 301);
+
+    // With the requests behind it within a head's worth, it goes on.
+    let mut conn = RawConnection::connect(p.addr()).await.unwrap();
+    let two = b"GET /ws HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n\
+                GET /next HTTP/1.1\r\nhost: h\r\n\r\n";
+    conn.send(two).await.unwrap();
+    let first = conn.read_response().await.unwrap();
+    assert_eq!((first.status, first.header("connection")), (200, None));
+    assert_eq!(conn.read_response().await.unwrap().status, 200);
 }
 
 #[tokio::test]

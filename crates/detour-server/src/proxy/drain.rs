@@ -54,7 +54,7 @@ where
 
 /// Close a multiplexed connection that has had no stream for `idle`, as
 /// `streams` counts them. (HTTP/1.1 connections are timed by the framing
-/// guard and hyper instead.)
+/// guard instead.)
 pub(super) struct IdleClose {
     /// The executor of the connection's streams, which counts the live ones.
     pub(super) streams: StreamExec,
@@ -95,16 +95,7 @@ where
     let mut draining = false;
     // When a lingering drain shuts the connection down.
     let mut shutdown_at: Option<Instant> = None;
-    // Checked a few times per idle period: it closes between `idle` and
-    // 1.25 × `idle` after the last stream ended. Without an idle check the
-    // timer branch is never enabled.
-    let tick = idle.as_ref().map_or(Duration::from_secs(3600), |i| {
-        (i.idle / 4).max(Duration::from_millis(10))
-    });
-    let mut quiet_since = Some(Instant::now());
-    // When the connection was asked to close for being idle.
-    let mut idle_closing: Option<Instant> = None;
-    let mut next_check = Instant::now() + tick;
+    let mut clock = idle.map(IdleClock::new);
     loop {
         if !draining && *drain.borrow_and_update() {
             draining = true;
@@ -113,12 +104,17 @@ where
                 None => conn.as_mut().shutdown(),
             }
         }
+        // One timer for both clocks: each sleeping connection holds it.
+        let idle_due = clock
+            .as_ref()
+            .filter(|c| !draining || c.closing.is_some())
+            .map(|c| c.next_check);
+        let due = match (shutdown_at, idle_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             r = conn.as_mut() => return Some(r),
-            () = tokio::time::sleep_until(shutdown_at.unwrap_or(next_check)), if shutdown_at.is_some() => {
-                shutdown_at = None;
-                conn.as_mut().shutdown();
-            }
             changed = drain.changed(), if !draining => {
                 if changed.is_err() {
                     // The server is gone: treat it as a drain.
@@ -126,28 +122,80 @@ where
                     conn.as_mut().shutdown();
                 }
             }
-            () = tokio::time::sleep_until(next_check),
-                if idle.is_some() && (!draining || idle_closing.is_some()) =>
-            {
-                let Some(IdleClose { streams, idle }) = &idle else {
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                let now = Instant::now();
+                if shutdown_at.is_some_and(|at| now >= at) {
+                    shutdown_at = None;
+                    conn.as_mut().shutdown();
+                }
+                let Some(c) = clock.as_mut().filter(|_| idle_due.is_some_and(|at| now >= at)) else {
                     continue;
                 };
-                let now = Instant::now();
-                next_check = now + tick;
-                if let Some(at) = idle_closing {
-                    if now - at >= *idle {
+                match c.check(now) {
+                    IdleVerdict::Open => {}
+                    IdleVerdict::Close => {
+                        tracing::debug!(?client, "HTTP/2 connection idle for keepalive_timeout; closing");
+                        draining = true;
+                        conn.as_mut().shutdown();
+                    }
+                    IdleVerdict::Drop => {
                         tracing::debug!(?client, "HTTP/2 connection did not close after GOAWAY; dropping it");
                         return None;
                     }
-                } else if streams.live_streams() > 0 {
-                    quiet_since = None;
-                } else if now - *quiet_since.get_or_insert(now) >= *idle {
-                    tracing::debug!(?client, "HTTP/2 connection idle for keepalive_timeout; closing");
-                    draining = true;
-                    idle_closing = Some(now);
-                    conn.as_mut().shutdown();
                 }
             }
         }
+    }
+}
+
+/// The idle clock of a multiplexed connection, checked a few times per idle
+/// period: it closes between `idle` and 1.25 × `idle` after the last stream
+/// ended.
+struct IdleClock {
+    close: IdleClose,
+    tick: Duration,
+    next_check: Instant,
+    /// Since when the connection has had no stream, as last checked.
+    quiet_since: Option<Instant>,
+    /// When the connection was asked to close for being idle.
+    closing: Option<Instant>,
+}
+
+/// What an idle check found.
+enum IdleVerdict {
+    Open,
+    /// Idle too long: ask it to close.
+    Close,
+    /// Asked to close an idle period ago and still open: drop it.
+    Drop,
+}
+
+impl IdleClock {
+    fn new(close: IdleClose) -> Self {
+        let tick = (close.idle / 4).max(Duration::from_millis(10));
+        let now = Instant::now();
+        IdleClock {
+            close,
+            tick,
+            next_check: now + tick,
+            quiet_since: Some(now),
+            closing: None,
+        }
+    }
+
+    fn check(&mut self, now: Instant) -> IdleVerdict {
+        self.next_check = now + self.tick;
+        let idle = self.close.idle;
+        if let Some(at) = self.closing {
+            if now - at >= idle {
+                return IdleVerdict::Drop;
+            }
+        } else if self.close.streams.live_streams() > 0 {
+            self.quiet_since = None;
+        } else if now - *self.quiet_since.get_or_insert(now) >= idle {
+            self.closing = Some(now);
+            return IdleVerdict::Close;
+        }
+        IdleVerdict::Open
     }
 }

@@ -24,7 +24,7 @@ use detour_core::{Observer, ProxyHttp, RetryPolicy};
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -260,17 +260,19 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     }
 
     /// The downstream HTTP/1.1 connection settings for this proxy.
+    ///
+    /// hyper's own head timer is off: the framing guard times idle
+    /// connections (`keepalive_timeout`) and heads (`header_read_timeout`)
+    /// whenever no request is in flight, and closes any connection it can no
+    /// longer follow (see [`ConnWatch::not_upgraded`]). hyper's timer would
+    /// box and register a fresh timer for every request, and keep one for
+    /// every idle connection.
     pub(crate) fn http1_builder(&self) -> http1::Builder {
         let mut b = http1::Builder::new();
         let limits = &self.shared.limits;
-        // The framing guard times idle connections (keepalive_timeout) and
-        // heads (header_read_timeout) itself, when no request is in flight;
-        // hyper's timer, which runs from the start of the wait for a head,
-        // only backs it up.
-        b.timer(TokioTimer::new())
-            .header_read_timeout(limits.keepalive_timeout + limits.header_read_timeout)
-            .max_header_size(self.shared.limits.max_header_size)
-            .max_buf_size(self.shared.limits.max_header_size.max(400 * 1024))
+        b.header_read_timeout(None)
+            .max_header_size(limits.max_header_size)
+            .max_buf_size(limits.max_header_size.max(400 * 1024))
             .keep_alive(true);
         b
     }
@@ -349,9 +351,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             // an unboxed request future would cost every idle connection
             // its full size; boxed, only a request in flight pays for it.
             Box::pin(async move {
-                let resp = proxy.handle_from(req, client, tls).await;
-                if upgrade && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                    watch.not_upgraded(index);
+                let mut resp = proxy.handle_from(req, client, tls).await;
+                if upgrade
+                    && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                    && !watch.not_upgraded(index)
+                {
+                    // The guard let go of the bytes behind this request.
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
                 }
                 Ok::<_, Infallible>(resp.map(|b| Answered::new(b, watch)))
             })
@@ -361,10 +370,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades());
         let r = run_until_drained(conn, drain, client, None, Some(H1_DRAIN_LINGER)).await;
-        let slow_head = watch.head_timed_out()
-            || r.as_ref()
-                .is_some_and(|r| r.as_ref().is_err_and(|e| e.is_timeout()))
-                && watch.in_partial_head();
+        // Only the guard times heads (hyper's own timer is off).
+        let slow_head = watch.head_timed_out();
         if slow_head {
             tracing::debug!(?client, "request head too slow");
         } else if let Some(Err(e)) = r {
