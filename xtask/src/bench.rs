@@ -8,8 +8,9 @@
 //!
 //! CPU time is read from `/proc/PID/task/TID/schedstat` (nanoseconds) for the
 //! proxy's processes and threads before and after each run, so CPU per request
-//! counts only the proxy's own work, whatever else the machine does. RSS is the
-//! highest `VmRSS` sampled every 100 ms during the run (all the proxy's
+//! counts only the proxy's own work, whatever else the machine does. Memory is
+//! the highest `RssAnon` (anonymous resident memory, so the binary's own code
+//! pages do not count) sampled every 100 ms during the run (all the proxy's
 //! processes added up).
 //!
 //! Results: a markdown table on stdout and in `target/bench/latest.md`, one row
@@ -29,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::sys::{ensure_program, find_program, free_port, Guard};
+
+mod idle;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -47,6 +50,9 @@ pub struct Options {
     pub only: Option<Vec<String>>,
     /// Do not touch `docs/src/performance.md` or the history file.
     pub dry: bool,
+    /// Idle keep-alive connections held beside 64 busy ones in the last
+    /// row; 0 leaves the row out.
+    pub idle: usize,
 }
 
 impl Default for Options {
@@ -57,12 +63,13 @@ impl Default for Options {
             connections: vec![64, 256],
             only: None,
             dry: false,
+            idle: 10_000,
         }
     }
 }
 
 impl Options {
-    /// Parse `--rounds N --secs N --conns 64,256 --only detour,nginx --dry`.
+    /// Parse `--rounds N --secs N --conns 64,256 --only detour,nginx --idle N --dry`.
     pub fn parse(args: &[String]) -> Result<Options, String> {
         let mut o = Options::default();
         let mut it = args.iter();
@@ -92,6 +99,14 @@ impl Options {
                     )
                 }
                 "--dry" => o.dry = true,
+                "--idle" => {
+                    let v = value("--idle")?;
+                    o.idle = if v.trim() == "0" {
+                        0
+                    } else {
+                        parse_num(&v, "--idle")?
+                    }
+                }
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -240,13 +255,13 @@ fn cpu_ns(pids: &[u32]) -> u64 {
     total
 }
 
-/// Resident memory of `pids` added up, in kB.
-fn rss_kb(pids: &[u32]) -> u64 {
+/// One `/proc/PID/status` figure (`"RssAnon:"`) of `pids` added up, in kB.
+fn status_kb(pids: &[u32], field: &str) -> u64 {
     pids.iter()
         .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .filter_map(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         })
         .sum()
@@ -319,12 +334,12 @@ fn nginx_backend_conf(dir: &Path, port: u16) -> String {
 
 /// nginx as its users run it in front of one backend: upstream keep-alive,
 /// retries on errors and timeouts (its default), passive health checks
-/// (`max_fails`), no access log, one worker.
-fn nginx_proxy_conf(dir: &Path, ports: Ports, backend: u16) -> String {
+/// (`max_fails`), no access log, one worker, `max_conns` connections.
+fn nginx_proxy_conf(dir: &Path, ports: Ports, backend: u16, max_conns: usize) -> String {
     let Ports { h1: port, h2c, tls } = ports;
     format!(
         "worker_processes 1;\ndaemon off;\npid {d}/proxy.pid;\nerror_log {d}/proxy-error.log warn;\n\
-         events {{ worker_connections 8192; }}\n\
+         events {{ worker_connections {max_conns}; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 10000000;\n\
            client_body_temp_path {d}/p-body;\n  proxy_temp_path {d}/p-proxy;\n\
            fastcgi_temp_path {d}/p-fcgi;\n  uwsgi_temp_path {d}/p-uwsgi;\n  scgi_temp_path {d}/p-scgi;\n\
@@ -342,11 +357,11 @@ fn nginx_proxy_conf(dir: &Path, ports: Ports, backend: u16) -> String {
 }
 
 /// HAProxy as its users run it: one thread, active health checks, retries
-/// with redispatch, connection reuse, no log.
-fn haproxy_conf(dir: &Path, ports: Ports, backend: u16) -> String {
+/// with redispatch, connection reuse, no log, `max_conns` connections.
+fn haproxy_conf(dir: &Path, ports: Ports, backend: u16, max_conns: usize) -> String {
     let Ports { h1: port, h2c, tls } = ports;
     format!(
-        "global\n  nbthread 1\n  maxconn 4096\n\n\
+        "global\n  nbthread 1\n  maxconn {max_conns}\n  no strict-limits\n\n\
          defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
            option http-keep-alive\n  http-reuse safe\n  retries 3\n  option redispatch\n\
            retry-on conn-failure empty-response response-timeout 502 503 504\n\n\
@@ -359,12 +374,21 @@ fn haproxy_conf(dir: &Path, ports: Ports, backend: u16) -> String {
 }
 
 /// Detour's ordinary configuration: one worker, retries, active health
-/// checks, outlier detection and breakers on (their defaults), no access log.
-/// `h1` is the HTTP/1.1 upstream client: `hyper` or `native`.
-fn detour_conf(dir: &Path, ports: Ports, admin: u16, backend: u16, h1: &str) -> String {
+/// checks, outlier detection and breakers on (their defaults), no access log,
+/// `max_conns` connections. `h1` is the HTTP/1.1 upstream client: `hyper` or
+/// `native`.
+fn detour_conf(
+    dir: &Path,
+    ports: Ports,
+    admin: u16,
+    backend: u16,
+    h1: &str,
+    max_conns: usize,
+) -> String {
     let Ports { h1: port, h2c, tls } = ports;
     format!(
         "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 1\n\n\
+         [server.limits]\nmax_connections = {max_conns}\n\n\
          [[server.listeners]]\naddr = \"127.0.0.1:{h2c}\"\nprotocols = [\"h2\"]\n\n\
          [[server.listeners]]\naddr = \"127.0.0.1:{tls}\"\n\
          tls = {{ cert = \"{d}/cert.pem\", key = \"{d}/key.pem\" }}\nprotocols = [\"h2\", \"http/1.1\"]\n\n\
@@ -474,6 +498,18 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         (None, None)
     };
 
+    // Every proxy inherits this process's open-files limit: enough for the
+    // idle row's connections, their upstream side and the busy ones.
+    // (HAProxy counts two descriptors per connection, client and server.)
+    let files = idle::raise_open_files((opts.idle as u64 * 3).max(65_536));
+    if opts.idle > 0 && files < opts.idle as u64 + 4096 {
+        return Err(format!(
+            "{} idle connections need an open-files limit of at least {}, and this one is {files} \
+             (raise `ulimit -n`, or pass a smaller `--idle`)",
+            opts.idle,
+            opts.idle + 4096
+        ));
+    }
     let dir = root.join("target/bench/run");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -482,8 +518,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     // Every process ends with the run, or at the latest when this limit
     // passes should the harness itself be killed.
     let limit = Duration::from_secs(
-        (opts.rounds * (opts.connections.len() * 4 + 6)) as u64 * (opts.duration.as_secs() + 1)
-            + 180,
+        (opts.rounds * (opts.connections.len() * 4 + 6) + 12) as u64
+            * (opts.duration.as_secs() + 1)
+            + 300,
     );
     let setup = Setup {
         dir,
@@ -493,6 +530,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         haproxy: haproxy.to_string_lossy().into_owned(),
         detour_bin,
         floor_bin,
+        max_conns: opts.idle + 4096,
     };
     let backend_port = free_port()?;
     let conf = setup.write("backend.conf", nginx_backend_conf(&setup.dir, backend_port))?;
@@ -517,7 +555,34 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         .collect();
     let samples = measure(gen_core, &targets, &loads, opts)?;
     let rows = summarize(&targets, &loads, &samples);
-    write_results(root, opts, &rows, cores)
+    let mut idle_rows = Vec::new();
+    if opts.idle > 0 {
+        // Fresh proxies: memory freed after the loads above would be taken
+        // up again by the idle connections and hide what they cost.
+        drop(targets);
+        let targets = setup.start_targets(opts, backend_port)?;
+        for t in &targets {
+            check_ok(t.port, t.name)?;
+        }
+        for t in targets.iter().filter(|t| t.proc.is_some()) {
+            println!(
+                "idle · {} · {} idle connections beside 64 busy",
+                t.name, opts.idle
+            );
+            let r = idle::measure(gen_core, t, opts.idle, opts.duration)?;
+            println!(
+                "idle · {:<12} {:.2} kB per idle connection, busy p99 {:.2} ms alone, {:.2} ms beside, {} of {} still open",
+                r.target,
+                r.per_conn_kb(),
+                r.p99_alone_ms,
+                r.p99_beside_ms,
+                r.still_open,
+                r.held
+            );
+            idle_rows.push(r);
+        }
+    }
+    write_results(root, opts, &rows, &idle_rows, cores)
 }
 
 /// Build the detour binary and the hyper floor (release); their paths.
@@ -554,6 +619,8 @@ struct Setup {
     haproxy: String,
     detour_bin: PathBuf,
     floor_bin: PathBuf,
+    /// Every proxy's connection limit (the idle row's connections and more).
+    max_conns: usize,
 }
 
 impl Setup {
@@ -603,7 +670,7 @@ impl Setup {
             let admin = free_port()?;
             let conf = write(
                 &format!("{key}.toml"),
-                detour_conf(dir, ports, admin, backend_port, h1),
+                detour_conf(dir, ports, admin, backend_port, h1, self.max_conns),
             )?;
             let mut cmd = pinned(proxy_core, &detour_bin.to_string_lossy());
             cmd.arg("--config").arg(&conf);
@@ -628,7 +695,10 @@ impl Setup {
         }
         if wanted("nginx") {
             let ports = Ports::free()?;
-            let conf = write("proxy.conf", nginx_proxy_conf(dir, ports, backend_port))?;
+            let conf = write(
+                "proxy.conf",
+                nginx_proxy_conf(dir, ports, backend_port, self.max_conns),
+            )?;
             let mut cmd = pinned(proxy_core, nginx);
             cmd.args(["-e", "stderr", "-c"]).arg(&conf);
             let p = spawn("nginx", cmd)?;
@@ -636,7 +706,10 @@ impl Setup {
         }
         if wanted("haproxy") {
             let ports = Ports::free()?;
-            let conf = write("haproxy.cfg", haproxy_conf(dir, ports, backend_port))?;
+            let conf = write(
+                "haproxy.cfg",
+                haproxy_conf(dir, ports, backend_port, self.max_conns),
+            )?;
             let mut cmd = pinned(proxy_core, haproxy);
             cmd.arg("-db").arg("-f").arg(&conf);
             let p = spawn("haproxy", cmd)?;
@@ -691,7 +764,13 @@ fn measure(
 
 /// Print the table, and (unless a dry run) append it to the history and
 /// the performance chapter.
-fn write_results(root: &Path, opts: &Options, rows: &[Row], cores: usize) -> Result<(), String> {
+fn write_results(
+    root: &Path,
+    opts: &Options,
+    rows: &[Row],
+    idle: &[idle::IdleRow],
+    cores: usize,
+) -> Result<(), String> {
     let commit = git(root, &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty = git(root, &["status", "--porcelain", "--untracked-files=no"])
         .is_some_and(|s| !s.is_empty());
@@ -708,7 +787,8 @@ fn write_results(root: &Path, opts: &Options, rows: &[Row], cores: usize) -> Res
     let history_path = root.join("xtask/bench-history.tsv");
     let history = fs::read_to_string(&history_path).unwrap_or_default();
     let previous = last_detour_run(&history);
-    let table = render(rows, opts, &commit, &date, cores, previous.as_ref());
+    let mut table = render(rows, opts, &commit, &date, cores, previous.as_ref());
+    idle::table(&mut table, idle);
     println!("\n{table}");
 
     let out = root.join("target/bench");
@@ -746,10 +826,10 @@ fn measured(t: &Target, mut cmd: Command, what: &str) -> Result<(String, u64, u6
         thread::spawn(move || {
             let mut peak = 0;
             while !stop.load(Ordering::Relaxed) {
-                peak = peak.max(rss_kb(&pids));
+                peak = peak.max(idle::anon_kb(&pids));
                 thread::sleep(Duration::from_millis(100));
             }
-            peak.max(rss_kb(&pids))
+            peak.max(idle::anon_kb(&pids))
         })
     };
     let cpu_before = cpu_ns(&pids);
@@ -1074,7 +1154,7 @@ fn render(
 fn table(t: &mut String, rows: &[Row], load: &str, (fast, slow): (&str, &str)) {
     let _ = writeln!(
         t,
-        "| target | {load} | req/s | {fast} | {slow} | CPU/req | RSS | errors | req/s vs nginx | CPU vs nginx | {slow} vs nginx |"
+        "| target | {load} | req/s | {fast} | {slow} | CPU/req | anon RSS | errors | req/s vs nginx | CPU vs nginx | {slow} vs nginx |"
     );
     let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
@@ -1189,6 +1269,10 @@ time for request:      1.23ms     12.34ms      3.21ms       1.11ms    70.00%
         assert_eq!((o.rounds, o.duration.as_secs()), (5, 3));
         assert_eq!(o.connections, vec![64, 128]);
         assert_eq!(o.only, Some(vec!["detour".to_string()]));
+        assert_eq!(o.idle, 10_000);
+        assert_eq!(Options::parse(&args("--idle 0")).unwrap().idle, 0);
+        assert_eq!(Options::parse(&args("--idle 500")).unwrap().idle, 500);
+        assert!(Options::parse(&args("--idle x")).is_err());
         assert!(Options::parse(&args("--rounds 0")).is_err());
         assert!(Options::parse(&args("--conns")).is_err());
         assert!(Options::parse(&args("--bogus")).is_err());
