@@ -27,6 +27,7 @@
 //! `408` (see [`ConnWatch::head_timed_out`]).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -395,6 +396,12 @@ impl Scanner {
             if bytes.is_empty() {
                 return None;
             }
+            // The common case, a whole head in one read: looked at where it
+            // lies, without a copy (or a clock read).
+            if let Some(end) = find_end(bytes) {
+                self.finish_head(&bytes[..end]);
+                return Some(&bytes[end..]);
+            }
             if self.head_started.is_none() {
                 self.head_started = Some(Instant::now());
             }
@@ -413,8 +420,13 @@ impl Scanner {
         };
         let end = from + end;
         let rest_at = end - before;
-        self.head.truncate(end);
-        self.finish_head();
+        // The buffer is kept for the next head (its capacity, not its bytes).
+        let mut head = std::mem::take(&mut self.head);
+        self.finish_head(&head[..end]);
+        head.clear();
+        if !matches!(self.phase, Phase::Off) {
+            self.head = head;
+        }
         Some(&bytes[rest_at.min(bytes.len())..])
     }
 
@@ -423,12 +435,14 @@ impl Scanner {
         self.phase = Phase::Head;
     }
 
-    fn finish_head(&mut self) {
+    /// Look at a whole request `head` and set the phase that follows it.
+    fn finish_head(&mut self, head: &[u8]) {
         self.head_started = None;
-        let head = std::mem::take(&mut self.head);
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        let parsed = req.parse(&head);
+        // Left uninitialised: httparse writes the slots it fills.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_request_with_uninit_headers(&mut req, head, &mut slots);
         if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
             // hyper refuses it (400 or 431): nothing more to follow.
             self.phase = Phase::Off;
@@ -470,9 +484,6 @@ impl Scanner {
         let is_connect = req
             .method
             .is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"));
-        // The buffer is kept for the next head (its capacity, not its bytes).
-        self.head = head;
-        self.head.clear();
         let request = self.index;
         let next = if is_connect {
             // Refused (405) and the connection closes; nothing to follow.
@@ -523,17 +534,14 @@ impl Scanner {
 
 /// The end of a head (just past `\r\n\r\n`, or a bare `\n\n`) in `buf`.
 fn find_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'\n', &buf[from..]) {
+        let i = from + at;
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+            _ => from = i + 1,
         }
-        i += 1;
     }
     None
 }

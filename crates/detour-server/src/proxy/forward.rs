@@ -189,7 +189,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             seen |= 1 << HOP_BY_HOP.len();
         }
     }
-    if seen & 1 != 0 {
+    if seen & 1 != 0 && !only_usual_connection(headers) {
         // `Connection` may name further headers; the usual tokens (keep-alive,
         // close, upgrade) are handled without building names.
         let named: Vec<HeaderName> = headers
@@ -222,6 +222,20 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else if seen & (1 << HOP_BY_HOP.len()) != 0 {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// Whether the only `Connection` field is one of the usual tokens
+/// (`keep-alive`, `close`, `upgrade`), which name no other header: most
+/// messages that carry the field at all.
+fn only_usual_connection(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    let (Some(one), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let token = one.as_bytes().trim_ascii();
+    ["keep-alive", "close", "upgrade"]
+        .iter()
+        .any(|k| token.eq_ignore_ascii_case(k.as_bytes()))
 }
 
 /// The transfer codings a message's `Transfer-Encoding` fields list, as

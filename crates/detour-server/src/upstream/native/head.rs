@@ -232,6 +232,11 @@ fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
 
 /// Whether a comma-separated header value lists `token`.
 pub(crate) fn has_token(value: &HeaderValue, token: &str) -> bool {
+    let bytes = value.as_bytes();
+    if !bytes.contains(&b',') {
+        // One element, the usual case (`keep-alive`, `close`).
+        return bytes.trim_ascii().eq_ignore_ascii_case(token.as_bytes());
+    }
     value
         .to_str()
         .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -254,6 +259,16 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut len = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
+        let bytes = value.as_bytes();
+        if !bytes.contains(&b',') {
+            // One number, the usual case.
+            let n = decimal(bytes.trim_ascii())?;
+            if len.is_some_and(|l| l != n) {
+                return None;
+            }
+            len = Some(n);
+            continue;
+        }
         for part in value.to_str().ok()?.split(',') {
             let n = decimal(part.trim().as_bytes())?;
             if len.is_some_and(|l| l != n) {
