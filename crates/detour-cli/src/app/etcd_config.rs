@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use detour_proxy::lb::discovery::{EtcdOptions, EtcdSnapshot, EtcdTls, EtcdWatch, SourceState};
+use detour_proxy::lb::discovery::{EtcdOptions, EtcdSnapshot, EtcdWatch, SourceState};
 use detour_server::config::ConfigError;
+use detour_server::upstream::{etcd_access, EtcdTlsConfig};
 use serde::Serialize;
 
 use super::config::Config;
@@ -413,47 +414,26 @@ fn options(
     key: &str,
     access: &EtcdAccess,
 ) -> Result<EtcdOptions, ConfigError> {
-    let read = |flag: &str, path: &Path| {
-        std::fs::read(path)
-            .map_err(|e| ConfigError::field(flag, format!("cannot read {}: {e}", path.display())))
-    };
-    let mut o = EtcdOptions::single_key(endpoints, key)
+    let o = EtcdOptions::single_key(endpoints, key)
         .with_timeout(access.timeout)
         .with_progress_interval(access.timeout);
-    match (&access.user, &access.password_file) {
-        (Some(user), Some(file)) => {
-            let password = String::from_utf8(read("--etcd-password-file", file)?)
-                .map_err(|_| ConfigError::field("--etcd-password-file", "not UTF-8"))?;
-            o = o.with_user(user.clone(), password.trim_end_matches(['\r', '\n']));
+    // Any TLS flag turns TLS on (with the system's roots unless `--etcd-ca`).
+    let tls = (access.ca.is_some() || access.cert.is_some() || access.key.is_some()).then(|| {
+        EtcdTlsConfig {
+            ca: access.ca.clone(),
+            cert: access.cert.clone(),
+            key: access.key.clone(),
+            domain: None,
         }
-        (None, None) => {}
-        _ => {
-            return Err(ConfigError::field(
-                "--etcd-user",
-                "--etcd-user and --etcd-password-file go together",
-            ))
-        }
-    }
-    if access.ca.is_some() || access.cert.is_some() {
-        let mut tls = EtcdTls::default();
-        if let Some(ca) = &access.ca {
-            tls = EtcdTls::with_ca(read("--etcd-ca", ca)?);
-        }
-        match (&access.cert, &access.key) {
-            (Some(cert), Some(key)) => {
-                tls = tls.with_identity(read("--etcd-cert", cert)?, read("--etcd-key", key)?);
-            }
-            (None, None) => {}
-            _ => {
-                return Err(ConfigError::field(
-                    "--etcd-cert",
-                    "--etcd-cert and --etcd-key go together",
-                ))
-            }
-        }
-        o = o.with_tls(tls);
-    }
-    Ok(o)
+    });
+    // The flags' names: `tls.ca` is `--etcd-ca`, `password_file` is
+    // `--etcd-password-file`.
+    let flag = |setting: &str| {
+        let bare = setting.strip_prefix("tls.").unwrap_or(setting);
+        format!("--etcd-{}", bare.replace('_', "-"))
+    };
+    let (user, password) = (access.user.as_deref(), access.password_file.as_deref());
+    etcd_access(o, user, password, tls.as_ref(), &flag)
 }
 
 #[cfg(test)]

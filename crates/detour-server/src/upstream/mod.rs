@@ -23,6 +23,8 @@ mod group;
 pub(crate) use body::UpFrame;
 pub use body::UpstreamBody;
 
+#[cfg(feature = "etcd")]
+pub use group::etcd_access;
 pub use group::{
     build_all, first_rounds, DiscoveryConfig, EtcdSourceConfig, EtcdTlsConfig, EventHook,
     KubernetesSourceConfig, PortRef, RequestMetrics, Services, Upstream, UpstreamConfig,

@@ -75,35 +75,74 @@ fn no_etcd(at: &str) -> ConfigError {
 #[cfg(feature = "etcd")]
 pub(super) fn options(config: &EtcdSourceConfig, at: &str) -> Result<EtcdOptions, ConfigError> {
     check_etcd(config, at)?;
-    let read = |field: &str, path: &std::path::Path| {
+    let o = EtcdOptions::new(config.endpoints.iter().cloned(), config.prefix.clone())
+        .with_timeout(config.timeout)
+        .with_progress_interval(config.progress_interval);
+    let user = config.user.as_deref();
+    let password = config.password_file.as_deref();
+    etcd_access(o, user, password, config.tls.as_ref(), &|f| {
+        format!("{at}.{f}")
+    })
+}
+
+/// `o` with etcd's credentials and TLS material read from their files: the
+/// user with the password in `password_file` (its trailing newline
+/// dropped), and, with `tls`, its CA, client certificate and key, and the
+/// name checked. `name` spells each setting for errors (`"user"`,
+/// `"password_file"`, `"tls.ca"`, `"tls.cert"`, `"tls.key"`): a
+/// configuration's field path, or a command-line flag.
+///
+/// # Errors
+/// A user without a password file or a certificate without a key (or the
+/// other way round), a file that cannot be read, a password that is not
+/// UTF-8; each naming its setting.
+#[cfg(feature = "etcd")]
+pub fn etcd_access(
+    mut o: EtcdOptions,
+    user: Option<&str>,
+    password_file: Option<&std::path::Path>,
+    tls: Option<&EtcdTlsConfig>,
+    name: &dyn Fn(&str) -> String,
+) -> Result<EtcdOptions, ConfigError> {
+    let together = |a: &str, b: &str| {
+        let why = format!("{} and {} go together", name(a), name(b));
+        Err(ConfigError::field(name(a), why))
+    };
+    let read = |setting: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| {
             ConfigError::field(
-                format!("{at}.{field}"),
+                name(setting),
                 format!("cannot read {}: {e}", path.display()),
             )
         })
     };
-    let mut o = EtcdOptions::new(config.endpoints.iter().cloned(), config.prefix.clone())
-        .with_timeout(config.timeout)
-        .with_progress_interval(config.progress_interval);
-    if let (Some(user), Some(file)) = (&config.user, &config.password_file) {
-        let password = String::from_utf8(read("password_file", file)?).map_err(|_| {
-            ConfigError::field(format!("{at}.password_file"), "the password is not UTF-8")
-        })?;
-        o = o.with_user(user.clone(), password.trim_end_matches(['\r', '\n']));
-    }
-    if let Some(t) = &config.tls {
-        let mut tls = EtcdTls::default();
-        if let Some(ca) = &t.ca {
-            tls = EtcdTls::with_ca(read("tls.ca", ca)?);
+    match (user, password_file) {
+        (Some(user), Some(file)) => {
+            let password = String::from_utf8(read("password_file", file)?).map_err(|_| {
+                ConfigError::field(name("password_file"), "the password is not UTF-8")
+            })?;
+            o = o.with_user(user, password.trim_end_matches(['\r', '\n']));
         }
-        if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
-            tls = tls.with_identity(read("tls.cert", cert)?, read("tls.key", key)?);
+        (None, None) => {}
+        _ => return together("user", "password_file"),
+    }
+    if let Some(t) = tls {
+        let mut material = EtcdTls::default();
+        if let Some(ca) = &t.ca {
+            material = EtcdTls::with_ca(read("tls.ca", ca)?);
+        }
+        match (&t.cert, &t.key) {
+            (Some(cert), Some(key)) => {
+                let (cert, key) = (read("tls.cert", cert)?, read("tls.key", key)?);
+                material = material.with_identity(cert, key);
+            }
+            (None, None) => {}
+            _ => return together("tls.cert", "tls.key"),
         }
         if let Some(d) = &t.domain {
-            tls = tls.with_domain(d.clone());
+            material = material.with_domain(d.clone());
         }
-        o = o.with_tls(tls);
+        o = o.with_tls(material);
     }
     Ok(o)
 }

@@ -75,6 +75,8 @@ mod services;
 mod telemetry;
 
 pub use config::{DiscoveryConfig, UpstreamConfig};
+#[cfg(feature = "etcd")]
+pub use etcd::etcd_access;
 pub use etcd::{EtcdSourceConfig, EtcdTlsConfig};
 pub use kubernetes::{KubernetesSourceConfig, PortRef};
 pub use services::{first_rounds, Services};
