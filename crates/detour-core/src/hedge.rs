@@ -270,7 +270,7 @@ impl LatencyTracker {
     fn record(&self, latency: Duration) {
         self.buckets[Self::bucket(latency)].fetch_add(1, Ordering::Relaxed);
         let n = self.samples.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % Self::HALF_LIFE == 0 {
+        if n.is_multiple_of(Self::HALF_LIFE) {
             for b in &self.buckets {
                 // A racing increment may be halved or not: either is fine
                 // for a decaying estimate.

@@ -350,7 +350,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             // `Option` of this future) for the connection's whole life, so
             // an unboxed request future would cost every idle connection
             // its full size; boxed, only a request in flight pays for it.
-            Box::pin(async move {
+            // The box is made first and the future written into it: with
+            // `Box::pin` the future (5 KB) was built on the stack and copied
+            // whole into the box for every request.
+            Box::into_pin(Box::write(Box::new_uninit(), async move {
                 let mut resp = proxy.handle_from(req, client, tls).await;
                 if upgrade
                     && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
@@ -363,7 +366,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     );
                 }
                 Ok::<_, Infallible>(resp.map(|b| Answered::new(b, watch)))
-            })
+            }))
         });
         let conn = std::pin::pin!(self
             .http1_builder()
