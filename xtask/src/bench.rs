@@ -255,13 +255,14 @@ fn cpu_ns(pids: &[u32]) -> u64 {
     total
 }
 
-/// One `/proc/PID/status` figure (`"RssAnon:"`) of `pids` added up, in kB.
-fn status_kb(pids: &[u32], field: &str) -> u64 {
+/// Anonymous resident memory (`RssAnon`) of `pids` added up, in kB: the
+/// heap and stacks, not the binary's own code pages.
+fn anon_kb(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .filter_map(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix(field))
+                .find_map(|l| l.strip_prefix("RssAnon:"))
                 .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         })
         .sum()
@@ -826,10 +827,10 @@ fn measured(t: &Target, mut cmd: Command, what: &str) -> Result<(String, u64, u6
         thread::spawn(move || {
             let mut peak = 0;
             while !stop.load(Ordering::Relaxed) {
-                peak = peak.max(idle::anon_kb(&pids));
+                peak = peak.max(anon_kb(&pids));
                 thread::sleep(Duration::from_millis(100));
             }
-            peak.max(idle::anon_kb(&pids))
+            peak.max(anon_kb(&pids))
         })
     };
     let cpu_before = cpu_ns(&pids);

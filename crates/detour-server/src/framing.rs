@@ -67,8 +67,9 @@ pub(crate) enum Wait {
     Idle,
     /// The rest of a head begun at this instant.
     Head(Instant),
-    /// Something else (a request in flight, a body, a tunnel): not the
-    /// guard's to time.
+    /// A request in flight: not the guard's to time until it is answered.
+    Answering,
+    /// Something else (a body, a tunnel): not the guard's to time.
     Busy,
 }
 
@@ -155,7 +156,7 @@ impl ConnWatch {
     /// What a quiet connection waits for now.
     fn waiting(&self) -> Wait {
         if self.in_flight() {
-            return Wait::Busy;
+            return Wait::Answering;
         }
         self.scanner().waiting()
     }
@@ -424,9 +425,7 @@ impl Scanner {
         let mut head = std::mem::take(&mut self.head);
         self.finish_head(&head[..end]);
         head.clear();
-        if !matches!(self.phase, Phase::Off) {
-            self.head = head;
-        }
+        self.head = head;
         Some(&bytes[rest_at.min(bytes.len())..])
     }
 
@@ -575,11 +574,13 @@ impl<I> FramingGuard<I> {
     fn poll_quiet(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let wait = self.watch.waiting();
         let due = match wait {
+            Wait::Answering => {
+                self.idle_due = None;
+                self.watch.wake_when_answered(cx.waker());
+                return Poll::Pending;
+            }
             Wait::Busy => {
                 self.idle_due = None;
-                if self.watch.in_flight() {
-                    self.watch.wake_when_answered(cx.waker());
-                }
                 return Poll::Pending;
             }
             // An idle period counts from its first quiet read.

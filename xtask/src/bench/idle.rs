@@ -19,7 +19,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{family, wrk, Target};
+use super::{anon_kb, family, wrk, Target};
 
 /// Busy connections beside the idle ones.
 const BUSY: usize = 64;
@@ -147,11 +147,6 @@ pub(super) fn table(t: &mut String, rows: &[IdleRow]) {
             r.errors,
         );
     }
-}
-
-/// Anonymous resident memory of `pids` added up, in kB.
-pub(super) fn anon_kb(pids: &[u32]) -> u64 {
-    super::status_kb(pids, "RssAnon:")
 }
 
 /// The open-files limit this process (and so every proxy it starts) has:
