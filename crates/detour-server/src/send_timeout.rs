@@ -232,34 +232,52 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        let timeout = self.send_timeout;
         self.live.fetch_add(1, Ordering::Relaxed);
-        let live = LiveStream(Arc::clone(&self.live));
-        tokio::spawn(async move {
-            let _live = live;
-            let mut fut = std::pin::pin!(fut);
-            let mut timer = StallTimer::new(timeout);
-            std::future::poll_fn(|cx| {
-                BODY_EVENT.with(|e| e.set(BodyEvent::Untouched));
-                if fut.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(());
-                }
-                match BODY_EVENT.with(Cell::get) {
-                    // New bytes were taken: a new wait for room starts.
-                    BodyEvent::GaveFrame => timer.restart(),
-                    BodyEvent::Idle => timer.disarm(),
-                    BodyEvent::Untouched => {}
-                }
-                if timer.expired(cx) {
-                    tracing::debug!(
-                        "HTTP/2 client took no bytes of a stream within send_timeout; resetting it"
-                    );
-                    return Poll::Ready(());
-                }
-                Poll::Pending
-            })
-            .await;
+        tokio::spawn(Watched {
+            fut,
+            timer: StallTimer::new(self.send_timeout),
+            _live: LiveStream(Arc::clone(&self.live)),
         });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream's task: its future, reset (dropped) when the stream's client
+    /// took none of its bytes for the send timeout.
+    ///
+    /// A struct rather than an `async` block: a block that pins the future it
+    /// captured keeps it twice in its state, and this task lives once per
+    /// stream in flight (each holds a request's whole future).
+    struct Watched<F> {
+        #[pin]
+        fut: F,
+        timer: StallTimer,
+        _live: LiveStream,
+    }
+}
+
+impl<F: Future> Future for Watched<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        BODY_EVENT.with(|e| e.set(BodyEvent::Untouched));
+        if this.fut.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        match BODY_EVENT.with(Cell::get) {
+            // New bytes were taken: a new wait for room starts.
+            BodyEvent::GaveFrame => this.timer.restart(),
+            BodyEvent::Idle => this.timer.disarm(),
+            BodyEvent::Untouched => {}
+        }
+        if this.timer.expired(cx) {
+            tracing::debug!(
+                "HTTP/2 client took no bytes of a stream within send_timeout; resetting it"
+            );
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 
@@ -267,6 +285,25 @@ where
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn a_stream_task_holds_its_future_once() {
+        // A future with 4 KB of state, as a request's future has 5 KB.
+        let big = async {
+            let state = [7u8; 4096];
+            tokio::task::yield_now().await;
+            state.len()
+        };
+        let inner = std::mem::size_of_val(&big);
+        let watched = Watched {
+            fut: big,
+            timer: StallTimer::new(Duration::from_secs(1)),
+            _live: LiveStream(Arc::new(AtomicUsize::new(1))),
+        };
+        let size = std::mem::size_of_val(&watched);
+        assert!(inner >= 4096, "the test future is {inner} B");
+        assert!(size < inner + 256, "{size} B to hold a {inner} B future");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_that_cannot_go_out_fails_after_the_timeout() {

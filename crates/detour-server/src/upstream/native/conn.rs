@@ -32,7 +32,7 @@ pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// Read at least this much at a time.
-const READ_CHUNK: usize = 8 * 1024;
+pub(crate) const READ_CHUNK: usize = 8 * 1024;
 
 /// An idle HTTP/1.1 connection, ready for a request.
 pub(crate) struct H1Conn {
@@ -77,7 +77,7 @@ impl H1Conn {
         // Outside tokio's cooperative budget: with the budget spent, a read
         // says "pending" without looking, and a dead connection would pass.
         let mut probe = std::pin::pin!(tokio::task::unconstrained(poll_fn(|cx| {
-            self.poll_fill(cx)
+            self.poll_fill_lean(cx)
         })));
         // Ready means a close, stray bytes (an answer to nothing), or an error.
         probe.as_mut().poll(&mut cx).is_pending()
@@ -89,6 +89,37 @@ impl H1Conn {
             self.rbuf.reserve(READ_CHUNK);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+    }
+
+    /// [`poll_fill`](Self::poll_fill) for a connection that holds no buffer
+    /// (idle, or waiting for its answer's head): read into the stack, and
+    /// keep only the bytes that came. A connection waiting on a backend then
+    /// holds no read buffer, only one the size of what it got; with many
+    /// requests in flight (HTTP/2 clients) that is most of their memory.
+    /// Bodies read with `poll_fill`, into a buffer of their own, no copy.
+    fn poll_fill_lean(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() != 0 {
+            return self.poll_fill(cx);
+        }
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut read = tokio::io::ReadBuf::uninit(&mut stack);
+        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        self.rbuf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    }
+
+    /// Room in the read buffer, read or not.
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.rbuf.capacity()
+    }
+
+    /// Let go of the read buffer once nothing is in it (an idle connection
+    /// in the pool holds none; see [`poll_fill_lean`](Self::poll_fill_lean)).
+    fn release_buffer(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() != 0 {
+            self.rbuf = BytesMut::new();
+        }
     }
 }
 
@@ -464,7 +495,7 @@ impl Exchange {
                     }))
                 }
             }
-            match std::task::ready!(conn.poll_fill(cx)) {
+            match std::task::ready!(conn.poll_fill_lean(cx)) {
                 Ok(0) => return Poll::Ready(Err(self.closed(conn))),
                 Ok(_) => {}
                 Err(e) => {
@@ -522,7 +553,9 @@ impl H1Body {
                 .as_ref()
                 .is_some_and(|c| c.rbuf.is_empty() && c.out.is_idle());
         if reusable {
-            self.conn.take()
+            let mut conn = self.conn.take()?;
+            conn.release_buffer();
+            Some(conn)
         } else {
             None
         }

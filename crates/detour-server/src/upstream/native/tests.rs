@@ -338,3 +338,60 @@ async fn only_declared_trailers_allowed_in_a_trailer_are_sent() {
         .expect("the last chunk was sent");
     assert_eq!(trailer_part, "x-sum: 9\r\n\r\n", "{wire:?}");
 }
+
+/// A keep-alive backend that answers its first request with a head and a
+/// body each larger than a read (`big`), and its second with a small one.
+async fn big_then_small(mut io: DuplexStream, big: usize) {
+    let filler = "x".repeat(big);
+    let body = "b".repeat(big);
+    let answers = [
+        format!(
+            "HTTP/1.1 200 OK\r\nx-filler: {filler}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nsmall".to_string(),
+    ];
+    let mut buf = Vec::new();
+    for answer in answers {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 512];
+            match io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        buf.clear();
+        if io.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pooled_connection_holds_no_read_buffer_and_heads_span_reads() {
+    let big = 3 * super::conn::READ_CHUNK;
+    let (near, far) = tokio::io::duplex(4 * 1024);
+    tokio::spawn(big_then_small(far, big));
+    let get = || {
+        let mut req = Request::new(UpstreamBody::empty());
+        req.headers_mut()
+            .insert(http::header::HOST, http::HeaderValue::from_static("b"));
+        req
+    };
+    let mut conn = H1Conn::new(near, true);
+    for expected in [big, 5] {
+        let resp = send(conn, get()).await.unwrap();
+        let head_filler = resp.headers().get("x-filler").map(|v| v.len());
+        assert_eq!(head_filler, (expected == big).then_some(big));
+        let mut body = resp.into_body();
+        let mut got = 0;
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            got += frame.unwrap().into_data().unwrap().len();
+        }
+        assert_eq!(got, expected);
+        conn = body.take_reusable().expect("the connection is reusable");
+        // Idle in the pool, it keeps no buffer: a connection waiting on a
+        // backend costs no read buffer either (it reads into the stack).
+        assert_eq!(conn.buffer_capacity(), 0);
+    }
+}
