@@ -156,8 +156,9 @@ pub(crate) struct AttemptOk {
     /// The response head came before the whole request body went up: the
     /// channel that still needs the rest of it.
     upload: Option<tokio::sync::mpsc::Sender<UpFrame>>,
-    /// A gRPC answer whose outcome waits for its trailers.
-    grpc: Option<grpc::Pending>,
+    /// A gRPC answer whose outcome waits for its trailers (boxed: rare,
+    /// and this travels with every answer).
+    grpc: Option<Box<grpc::Pending>>,
 }
 
 /// An attempt failed, having got as far as `commit`.
@@ -218,7 +219,7 @@ struct Held<P: ProxyHttp> {
 struct Answer<P: ProxyHttp> {
     head: response::Parts,
     body: UpBody,
-    grpc: Option<grpc::Pending>,
+    grpc: Option<Box<grpc::Pending>>,
     peer: HttpPeer,
     rest: Option<Box<dyn Upload<P>>>,
 }
@@ -670,11 +671,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             (_, None) => {}
             // Reported when the trailers arrive (see grpc.rs).
             (Ok(ok), Some(_)) if grpc_call && grpc::outcome_in_trailers(&ok.head) => {
-                ok.grpc = Some(grpc::Pending {
+                ok.grpc = Some(Box::new(grpc::Pending {
                     observers: self.shared.observers.clone(),
                     latency,
                     attempt: id.number(),
-                });
+                }));
             }
             (_, Some(class)) => {
                 let status = match report.outcome {

@@ -407,7 +407,7 @@ pub(crate) async fn send(
         decoder: Decoder::new(head.framing),
         keep_alive: keep_alive && head.keep_alive && exchange.write_err.is_none(),
         upload: ((!upload.done || !conn.out.is_idle()) && exchange.write_err.is_none())
-            .then_some(upload),
+            .then(|| Box::new(upload)),
         conn: Some(conn),
     };
     Ok(resp.map(|()| body))
@@ -527,7 +527,8 @@ pub(crate) struct H1Body {
     conn: Option<Box<H1Conn>>,
     decoder: Decoder,
     /// The request body still going up (the answer came first).
-    upload: Option<Upload>,
+    /// Boxed: it is rare, and this body lives in every response's state.
+    upload: Option<Box<Upload>>,
     /// Both messages allow the connection to be kept.
     keep_alive: bool,
 }
