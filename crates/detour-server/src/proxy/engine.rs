@@ -1155,9 +1155,15 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         if session.req().version == http::Version::HTTP_11 {
             head.version = http::Version::HTTP_11;
         }
-        let keep_for = keep_alive_limit(peer.options.idle_timeout, &head.headers);
-        let upstream_closes = forward::connection_has(&head.headers, "close");
-        strip_hop_by_hop(&mut head.headers, switching);
+        // One pass finds the hop-by-hop fields; lookups only for those there.
+        let hop = forward::HopByHop::scan(&head.headers);
+        let idle_timeout = peer.options.idle_timeout;
+        let keep_for = match hop.keep_alive() {
+            true => keep_alive_limit(idle_timeout, &head.headers),
+            false => idle_timeout,
+        };
+        let upstream_closes = hop.connection() && forward::connection_has(&head.headers, "close");
+        forward::strip_seen_hop_by_hop(&mut head.headers, hop, switching);
         if sh.forwarding.config.via {
             head.headers.append(header::VIA, sh.forwarding.via.clone());
         }

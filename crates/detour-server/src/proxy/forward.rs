@@ -173,22 +173,50 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     list_elements(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Which hop-by-hop headers a message carries (see [`HopByHop::scan`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HopByHop {
+    /// Bit `i`: `HOP_BY_HOP[i]` is present; the bit after them: `Upgrade`.
+    seen: u16,
+}
+
+impl HopByHop {
+    /// One pass over the names (comparisons, no hashing).
+    pub(crate) fn scan(headers: &HeaderMap) -> Self {
+        let mut seen = 0u16;
+        for name in headers.keys() {
+            if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+                seen |= 1 << i;
+            } else if name == header::UPGRADE {
+                seen |= 1 << HOP_BY_HOP.len();
+            }
+        }
+        HopByHop { seen }
+    }
+
+    /// A `Connection` field is present.
+    pub(crate) fn connection(self) -> bool {
+        self.seen & 1 != 0
+    }
+
+    /// A `Keep-Alive` field is present.
+    pub(crate) fn keep_alive(self) -> bool {
+        self.seen & 2 != 0
+    }
+}
+
 /// Remove hop-by-hop headers and those the `Connection` header names. When
 /// `upgrade` is set, `Upgrade` and `Connection: upgrade` are kept so the next hop
 /// sees the upgrade request (or response).
-///
-/// One pass over the names (comparisons, no hashing) finds which of these
-/// headers are present; only those are then removed. Most messages carry none
-/// or only `Connection: keep-alive`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let mut seen = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            seen |= 1 << i;
-        } else if name == header::UPGRADE {
-            seen |= 1 << HOP_BY_HOP.len();
-        }
-    }
+    strip_seen_hop_by_hop(headers, HopByHop::scan(headers), upgrade);
+}
+
+/// [`strip_hop_by_hop`] for a message already scanned: only the headers
+/// `seen` names are removed. Most messages carry none or only
+/// `Connection: keep-alive`.
+pub(crate) fn strip_seen_hop_by_hop(headers: &mut HeaderMap, seen: HopByHop, upgrade: bool) {
+    let seen = seen.seen;
     if seen & 1 != 0 && !only_usual_connection(headers) {
         // `Connection` may name further headers; the usual tokens (keep-alive,
         // close, upgrade) are handled without building names.

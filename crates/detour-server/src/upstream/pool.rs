@@ -119,8 +119,9 @@ impl PoolConn {
 /// the backend's advertised `Keep-Alive: timeout=N` so we never reuse a
 /// connection the backend is about to close.
 pub(crate) fn keep_alive_limit(ours: Duration, headers: &http::HeaderMap) -> Duration {
+    const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
     let advertised = headers
-        .get("keep-alive")
+        .get(KEEP_ALIVE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.split(',')

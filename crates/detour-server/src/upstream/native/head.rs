@@ -148,8 +148,8 @@ pub(crate) fn parse_response(
             }
             continue;
         }
-        let headers = header_map(&raw, spans)?;
-        return finish(status, version, headers, method).map(Some);
+        let (headers, facts) = header_map(&raw, spans)?;
+        return finish(status, version, headers, facts, method).map(Some);
     }
 }
 
@@ -160,9 +160,43 @@ pub(crate) struct Span {
     value: (usize, usize),
 }
 
-/// The header lines of a parsed head as a map, values sharing `raw`.
-fn header_map(raw: &Bytes, spans: &[Span]) -> Result<HeaderMap, HeadError> {
+/// What a response head's framing and connection fate depend on, gathered
+/// while its lines go into the map (no lookups afterwards).
+#[derive(Debug, Default)]
+struct Facts {
+    /// A `Connection` line lists `close`.
+    close: bool,
+    /// A `Connection` line lists `keep-alive`.
+    keep_alive: bool,
+    /// The last `Transfer-Encoding` line, if any.
+    transfer_encoding: Option<HeaderValue>,
+    /// `Content-Length` lines were seen.
+    has_length: bool,
+    /// The length they all state so far.
+    length: Option<u64>,
+    /// One was not a plain decimal number, or two disagree.
+    bad_length: bool,
+}
+
+impl Facts {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if *name == header::CONNECTION {
+            self.close |= has_token(value, "close");
+            self.keep_alive |= has_token(value, "keep-alive");
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = Some(value.clone());
+        } else if *name == header::CONTENT_LENGTH {
+            self.has_length = true;
+            self.bad_length |= add_length(&mut self.length, value).is_none();
+        }
+    }
+}
+
+/// The header lines of a parsed head as a map, values sharing `raw`, and
+/// the facts its framing needs.
+fn header_map(raw: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Facts), HeadError> {
     let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut facts = Facts::default();
     for &Span {
         name: (ns, ne),
         value: (vs, ve),
@@ -175,34 +209,42 @@ fn header_map(raw: &Bytes, spans: &[Span]) -> Result<HeaderMap, HeadError> {
             .map_err(|_| HeadError::Syntax(httparse::Error::HeaderName))?;
         let value = HeaderValue::from_maybe_shared(raw.slice(vs..ve))
             .map_err(|_| HeadError::Syntax(httparse::Error::HeaderValue))?;
+        facts.note(&name, &value);
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, facts))
 }
 
 /// The framing and connection fate of a final head.
+///
+/// HTTP/1.1 keeps alive unless a `Connection` line says `close`; HTTP/1.0
+/// only when one says `keep-alive` (and none says `close`).
 fn finish(
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    facts: Facts,
     method: &Method,
 ) -> Result<ResponseHead, HeadError> {
-    let keep_alive = keeps_alive(version, &headers);
+    let keep_alive = !facts.close && (version == Version::HTTP_11 || facts.keep_alive);
     let code = status.as_u16();
     let upgrade = code == 101 || (*method == Method::CONNECT && status.is_success());
     let framing = if upgrade || code == 204 || code == 304 || *method == Method::HEAD {
         Framing::Length(0)
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if let Some(te) = &facts.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(HeadError::TransferEncodingOn10);
         }
-        if last_coding_is_chunked(&headers) {
+        if last_is_chunked(te) {
             Framing::Chunked
         } else {
             Framing::Close
         }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        Framing::Length(content_length(&headers).ok_or(HeadError::BadContentLength)?)
+    } else if facts.has_length {
+        match facts.length {
+            Some(len) if !facts.bad_length => Framing::Length(len),
+            _ => return Err(HeadError::BadContentLength),
+        }
     } else {
         Framing::Close
     };
@@ -213,21 +255,6 @@ fn finish(
         framing,
         keep_alive: keep_alive && !upgrade && framing != Framing::Close,
     })
-}
-
-/// HTTP/1.1 keeps alive unless a `Connection` line says `close`; HTTP/1.0
-/// only when one says `keep-alive` (and none says `close`).
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut keep = version == Version::HTTP_11;
-    for value in headers.get_all(header::CONNECTION) {
-        if has_token(value, "close") {
-            return false;
-        }
-        if !keep {
-            keep = has_token(value, "keep-alive");
-        }
-    }
-    keep
 }
 
 /// Whether a comma-separated header value lists `token`.
@@ -248,7 +275,14 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .next_back()
-        .and_then(|v| v.to_str().ok())
+        .is_some_and(last_is_chunked)
+}
+
+/// Whether a `Transfer-Encoding` line's last coding is `chunked`.
+fn last_is_chunked(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .ok()
         .and_then(|s| s.rsplit(',').next())
         .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
 }
@@ -259,25 +293,33 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut len = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        let bytes = value.as_bytes();
-        if !bytes.contains(&b',') {
-            // One number, the usual case.
-            let n = decimal(bytes.trim_ascii())?;
-            if len.is_some_and(|l| l != n) {
-                return None;
-            }
-            len = Some(n);
-            continue;
-        }
-        for part in value.to_str().ok()?.split(',') {
-            let n = decimal(part.trim().as_bytes())?;
-            if len.is_some_and(|l| l != n) {
-                return None;
-            }
-            len = Some(n);
-        }
+        add_length(&mut len, value)?;
     }
     len
+}
+
+/// Fold one `Content-Length` line into the length the lines before it
+/// stated (`len`). `None` if it is not a plain decimal number (or list of
+/// them) or disagrees.
+fn add_length(len: &mut Option<u64>, value: &HeaderValue) -> Option<()> {
+    let bytes = value.as_bytes();
+    if !bytes.contains(&b',') {
+        // One number, the usual case.
+        let n = decimal(bytes.trim_ascii())?;
+        if len.is_some_and(|l| l != n) {
+            return None;
+        }
+        *len = Some(n);
+        return Some(());
+    }
+    for part in value.to_str().ok()?.split(',') {
+        let n = decimal(part.trim().as_bytes())?;
+        if len.is_some_and(|l| l != n) {
+            return None;
+        }
+        *len = Some(n);
+    }
+    Some(())
 }
 
 /// Digits only: no sign, no spaces, and at most `u64::MAX - 2` (hyper
