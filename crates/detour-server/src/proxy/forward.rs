@@ -653,30 +653,62 @@ pub(crate) fn host_from_authority(parts: &mut request::Parts) {
 
 /// Generates request ids: a random per-process prefix and a counter, as 32 hex
 /// digits, written without any formatting machinery.
+///
+/// Ids are written [`BATCH`] at a time into one buffer that each id's value
+/// shares: a request's id then costs no allocation of its own, and the
+/// copies of it (the upstream head's) none either.
 pub(crate) struct RequestIds {
     prefix: u64,
     counter: AtomicU64,
+    /// The current batch and how many of its ids are handed out. Held only
+    /// to take one id (never across an await).
+    batch: std::sync::Mutex<(bytes::Bytes, usize)>,
 }
+
+/// Ids written at a time.
+const BATCH: usize = 64;
+/// Hex digits in an id.
+const ID_LEN: usize = 32;
 
 impl RequestIds {
     pub(crate) fn new() -> Self {
         RequestIds {
             prefix: fastrand::u64(..),
             counter: AtomicU64::new(fastrand::u64(..)),
+            batch: std::sync::Mutex::new((bytes::Bytes::new(), BATCH)),
         }
     }
 
     pub(crate) fn next(&self) -> HeaderValue {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut buf = [0u8; 32];
+        // A poisoned lock held only a batch and a count, both whole.
+        let mut guard = self
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (ids, taken) = &mut *guard;
+        if *taken == BATCH {
+            *ids = self.write_batch();
+            *taken = 0;
+        }
+        let at = *taken * ID_LEN;
+        *taken += 1;
+        let id = ids.slice(at..at + ID_LEN);
+        drop(guard);
+        // Invariant: 32 ASCII hex digits are always a valid header value.
+        HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+
+    /// The next [`BATCH`] ids, one after another.
+    fn write_batch(&self) -> bytes::Bytes {
+        let first = self.counter.fetch_add(BATCH as u64, Ordering::Relaxed);
         let hex = b"0123456789abcdef";
-        for (i, word) in [self.prefix, n].into_iter().enumerate() {
-            for j in 0..16 {
-                buf[i * 16 + j] = hex[((word >> (60 - 4 * j)) & 0xf) as usize];
+        let mut buf = Vec::with_capacity(BATCH * ID_LEN);
+        for k in 0..BATCH as u64 {
+            for word in [self.prefix, first.wrapping_add(k)] {
+                buf.extend((0..16).map(|j| hex[((word >> (60 - 4 * j)) & 0xf) as usize]));
             }
         }
-        // Invariant: 32 ASCII hex digits are always a valid header value.
-        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        buf.into()
     }
 }
 
@@ -1365,10 +1397,22 @@ mod tests {
     #[test]
     fn request_ids_are_unique_hex() {
         let ids = RequestIds::new();
-        let a = ids.next();
-        let b = ids.next();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 32);
-        assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+        // Across several batches, and from several threads at once.
+        let all: Vec<HeaderValue> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..3)
+                .map(|_| s.spawn(|| (0..3 * BATCH).map(|_| ids.next()).collect::<Vec<_>>()))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        let distinct: std::collections::HashSet<&[u8]> =
+            all.iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(distinct.len(), 9 * BATCH);
+        for id in &all {
+            assert_eq!(id.len(), ID_LEN);
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        }
     }
 }
