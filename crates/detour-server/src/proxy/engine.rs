@@ -1216,7 +1216,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// body to stream (the connection pooled at its end), or none (pooled
     /// now). Not async, so nothing here is copied into a future; inlined,
     /// so the answer is not copied into its arguments either.
-    #[inline]
+    #[inline(always)]
     fn deliver(
         &self,
         mut ex: Exchange<P>,
