@@ -181,8 +181,9 @@ struct Facts {
 impl Facts {
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         if *name == header::CONNECTION {
-            self.close |= has_token(value, "close");
-            self.keep_alive |= has_token(value, "keep-alive");
+            let (close, keep_alive) = connection_tokens(value);
+            self.close |= close;
+            self.keep_alive |= keep_alive;
         } else if *name == header::TRANSFER_ENCODING {
             self.transfer_encoding = Some(value.clone());
         } else if *name == header::CONTENT_LENGTH {
@@ -255,6 +256,20 @@ fn finish(
         framing,
         keep_alive: keep_alive && !upgrade && framing != Framing::Close,
     })
+}
+
+/// Whether a `Connection` value lists `close`, and whether it lists
+/// `keep-alive`.
+fn connection_tokens(value: &HeaderValue) -> (bool, bool) {
+    let bytes = value.as_bytes();
+    // The usual values, whole: nothing to split or trim.
+    if bytes.eq_ignore_ascii_case(b"keep-alive") {
+        return (false, true);
+    }
+    if bytes.eq_ignore_ascii_case(b"close") {
+        return (true, false);
+    }
+    (has_token(value, "close"), has_token(value, "keep-alive"))
 }
 
 /// Whether a comma-separated header value lists `token`.
@@ -388,6 +403,7 @@ pub(crate) fn encode_request(
 ) -> Result<(Framing, bool), RequestHeadError> {
     let framing = request_framing(&mut head.headers, body)?;
     dst.reserve(64 + head.headers.len() * 32);
+    let begin = dst.len();
     dst.extend_from_slice(head.method.as_str().as_bytes());
     dst.push(b' ');
     let start = dst.len();
@@ -398,26 +414,62 @@ pub(crate) fn encode_request(
     if dst[start..].is_empty() {
         dst.push(b'/');
     }
-    if breaks_line(&dst[start..]) {
-        return Err(RequestHeadError::LineBreak);
-    }
     dst.extend_from_slice(b" HTTP/1.1\r\n");
     let mut keep_alive = true;
     for (name, value) in &head.headers {
-        let v = value.as_bytes();
-        if breaks_line(v) {
-            return Err(RequestHeadError::LineBreak);
-        }
         if *name == header::CONNECTION && has_token(value, "close") {
             keep_alive = false;
         }
         dst.extend_from_slice(name.as_str().as_bytes());
         dst.extend_from_slice(b": ");
-        dst.extend_from_slice(v);
+        dst.extend_from_slice(value.as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
     dst.extend_from_slice(b"\r\n");
+    // One pass over the whole head instead of one per value: the only CR,
+    // LF and NUL bytes in it must be the line ends written here (the request
+    // line's, each field's, the blank line's). A target or a value holding
+    // one (see `breaks_line`) adds to the count.
+    if !only_line_ends(&dst[begin..], head.headers.len() + 2) {
+        dst.truncate(begin);
+        return Err(RequestHeadError::LineBreak);
+    }
     Ok((framing, keep_alive))
+}
+
+/// Whether the CR, LF and NUL bytes in a written `head` of `lines` lines
+/// (the blank one included) are exactly its line ends: one CR and one LF
+/// each, so a count is enough. Counted eight bytes at a time: a search
+/// would start afresh after every line end, and a head has one per field.
+fn only_line_ends(head: &[u8], lines: usize) -> bool {
+    let mut chunks = head.chunks_exact(8);
+    let mut special = 0;
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        special += special_bytes(u64::from_le_bytes(word));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        // Padded with a byte that is none of the three.
+        let mut word = [b' '; 8];
+        word[..rest.len()].copy_from_slice(rest);
+        special += special_bytes(u64::from_le_bytes(word));
+    }
+    special == 2 * lines
+}
+
+/// How many of the eight bytes of `word` are CR, LF or NUL.
+fn special_bytes(word: u64) -> usize {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const EACH: u64 = 0x0101_0101_0101_0101;
+    // The high bit of each byte of the result is set exactly where `x` has
+    // a zero byte (no carries between bytes, so no false matches).
+    let zeros = |x: u64| !(((x & LOW7) + LOW7) | x | LOW7);
+    let found = zeros(word)
+        | zeros(word ^ (EACH * u64::from(b'\r')))
+        | zeros(word ^ (EACH * u64::from(b'\n')));
+    found.count_ones() as usize
 }
 
 /// CR, LF or NUL: `http` refuses them in a header value it parses or
@@ -473,5 +525,68 @@ fn request_framing(headers: &mut HeaderMap, body: BodySize) -> Result<Framing, R
             );
             Ok(Framing::Chunked)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_break_or_nul_anywhere_in_a_written_head_is_caught() {
+        let head = b"GET /a HTTP/1.1\r\nhost: b\r\nx: 1\r\n\r\n";
+        assert!(only_line_ends(head, 4));
+        for smuggled in [
+            &b"GET /a HTTP/1.1\r\nhost: b\r\nx: 1\r\nevil: 1\r\n\r\n"[..],
+            b"GET /a HTTP/1.1\r\nhost: b\r\nx: 1\rX\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: b\r\nx: 1\nX\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: b\0\r\nx: 1\r\n\r\n",
+            b"GET /a\r\n HTTP/1.1\r\nhost: b\r\nx: 1\r\n\r\n",
+        ] {
+            assert!(
+                !only_line_ends(smuggled, 4),
+                "{:?}",
+                String::from_utf8_lossy(smuggled)
+            );
+        }
+    }
+
+    #[test]
+    fn each_byte_is_counted_wherever_it_lies() {
+        let head = b"GET /abc HTTP/1.1\r\nhost: backend\r\nx-id: 0123456789\r\n\r\n";
+        assert!(only_line_ends(head, 4));
+        for at in 0..=head.len() {
+            for byte in [b'\r', b'\n', 0] {
+                let mut bad = head.to_vec();
+                bad.insert(at, byte);
+                assert!(!only_line_ends(&bad, 4), "{byte} at {at}");
+            }
+            for byte in [b'\t', b' ', 0x7f, 0x80, 0xff, 0x8d, 0x8a, 0x0b, 0x0c] {
+                let mut fine = head.to_vec();
+                fine.insert(at, byte);
+                assert!(only_line_ends(&fine, 4), "{byte} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn encoded_heads_pass_their_own_check() {
+        let mut parts = http::Request::get("/p?q=1")
+            .header("host", "b")
+            .header("x-many", "1")
+            .header("x-many", "2")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut dst = Vec::new();
+        let (framing, keep_alive) =
+            encode_request(&mut parts, BodySize::Empty, &mut dst).expect("written");
+        assert_eq!(framing, Framing::Length(0));
+        assert!(keep_alive);
+        assert_eq!(
+            dst,
+            b"GET /p?q=1 HTTP/1.1\r\nhost: b\r\nx-many: 1\r\nx-many: 2\r\n\r\n"
+        );
     }
 }
