@@ -232,12 +232,20 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
+        tokio::spawn(self.task(fut));
+    }
+}
+
+impl StreamExec {
+    /// The task [`execute`](hyper::rt::Executor::execute) spawns for a
+    /// stream's future, counted live from now.
+    fn task<F: Future>(&self, fut: F) -> Watched<F> {
         self.live.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(Watched {
+        Watched {
             fut,
             timer: StallTimer::new(self.send_timeout),
             _live: LiveStream(Arc::clone(&self.live)),
-        });
+        }
     }
 }
 
@@ -295,12 +303,12 @@ mod tests {
             state.len()
         };
         let inner = std::mem::size_of_val(&big);
-        let watched = Watched {
-            fut: big,
-            timer: StallTimer::new(Duration::from_secs(1)),
-            _live: LiveStream(Arc::new(AtomicUsize::new(1))),
-        };
-        let size = std::mem::size_of_val(&watched);
+        let exec = StreamExec::new(Duration::from_secs(1));
+        let task = exec.task(big);
+        let size = std::mem::size_of_val(&task);
+        assert_eq!(exec.live_streams(), 1);
+        drop(task);
+        assert_eq!(exec.live_streams(), 0);
         assert!(inner >= 4096, "the test future is {inner} B");
         assert!(size < inner + 256, "{size} B to hold a {inner} B future");
     }

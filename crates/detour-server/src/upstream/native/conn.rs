@@ -116,8 +116,11 @@ impl H1Conn {
 
     /// Let go of the read buffer once nothing is in it (an idle connection
     /// in the pool holds none; see [`poll_fill_lean`](Self::poll_fill_lean)).
+    /// An empty buffer may still share its allocation with the bytes split
+    /// off it (a response's head and body): it is dropped too, or it would
+    /// keep that allocation alive while the connection idles.
     fn release_buffer(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() != 0 {
+        if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
     }

@@ -474,7 +474,8 @@ fn special_bytes(word: u64) -> usize {
 
 /// CR, LF or NUL: `http` refuses them in a header value it parses or
 /// checks, so this only catches a value made without the checks (with
-/// `unsafe`, in a hook). Vectorised: it runs over every header written.
+/// `unsafe`, in a hook). For trailer values; a request head is checked
+/// whole by `only_line_ends`.
 pub(crate) fn breaks_line(bytes: &[u8]) -> bool {
     memchr::memchr3(b'\r', b'\n', 0, bytes).is_some()
 }

@@ -385,13 +385,21 @@ async fn a_pooled_connection_holds_no_read_buffer_and_heads_span_reads() {
         assert_eq!(head_filler, (expected == big).then_some(big));
         let mut body = resp.into_body();
         let mut got = 0;
+        let mut last = Bytes::new();
         while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            got += frame.unwrap().into_data().unwrap().len();
+            last = frame.unwrap().into_data().unwrap();
+            got += last.len();
         }
         assert_eq!(got, expected);
         conn = body.take_reusable().expect("the connection is reusable");
-        // Idle in the pool, it keeps no buffer: a connection waiting on a
-        // backend costs no read buffer either (it reads into the stack).
+        drop(body);
+        // Idle in the pool, it keeps no buffer, not even a share of the one
+        // its last bytes came in: a connection waiting on a backend costs no
+        // read buffer either (it reads into the stack).
         assert_eq!(conn.buffer_capacity(), 0);
+        assert!(
+            last.is_unique(),
+            "the pooled connection still shares the read buffer"
+        );
     }
 }
