@@ -12,7 +12,7 @@ use crate::config::{ForwardingConfig, LimitsConfig};
 /// plus the old `Proxy-Connection`.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
+    crate::upstream::pool::KEEP_ALIVE,
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -194,12 +194,12 @@ impl HopByHop {
         HopByHop { seen }
     }
 
-    /// A `Connection` field is present.
+    /// A `Connection` field is present (`HOP_BY_HOP[0]`).
     pub(crate) fn connection(self) -> bool {
         self.seen & 1 != 0
     }
 
-    /// A `Keep-Alive` field is present.
+    /// A `Keep-Alive` field is present (`HOP_BY_HOP[1]`).
     pub(crate) fn keep_alive(self) -> bool {
         self.seen & 2 != 0
     }
@@ -216,8 +216,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// `seen` names are removed. Most messages carry none or only
 /// `Connection: keep-alive`.
 pub(crate) fn strip_seen_hop_by_hop(headers: &mut HeaderMap, seen: HopByHop, upgrade: bool) {
-    let seen = seen.seen;
-    if seen & 1 != 0 && !only_usual_connection(headers) {
+    if seen.connection() && !only_usual_connection(headers) {
         // `Connection` may name further headers; the usual tokens (keep-alive,
         // close, upgrade) are handled without building names.
         let named: Vec<HeaderName> = headers
@@ -241,13 +240,13 @@ pub(crate) fn strip_seen_hop_by_hop(headers: &mut HeaderMap, seen: HopByHop, upg
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if seen & (1 << i) != 0 {
+        if seen.seen & (1 << i) != 0 {
             headers.remove(name);
         }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if seen & (1 << HOP_BY_HOP.len()) != 0 {
+    } else if seen.seen & (1 << HOP_BY_HOP.len()) != 0 {
         headers.remove(header::UPGRADE);
     }
 }

@@ -115,11 +115,14 @@ impl PoolConn {
     }
 }
 
+/// `Keep-Alive` (no constant in `http`): a constant, since `from_static`
+/// outside one parses the name at every call.
+pub(crate) const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+
 /// How long an upstream connection may stay idle: our own limit, capped below
 /// the backend's advertised `Keep-Alive: timeout=N` so we never reuse a
 /// connection the backend is about to close.
 pub(crate) fn keep_alive_limit(ours: Duration, headers: &http::HeaderMap) -> Duration {
-    const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
     let advertised = headers
         .get(KEEP_ALIVE)
         .and_then(|v| v.to_str().ok())

@@ -153,11 +153,31 @@ impl UpstreamConfig {
         o
     }
 
-    /// Check every value, naming the field (`upstreams.NAME.…`) at fault.
+    /// Check every value, naming the field (`upstreams.NAME.…`) at fault,
+    /// and read the files discovery names (etcd's credentials and TLS
+    /// material, a kubeconfig), so that one that cannot be read is refused
+    /// now.
     ///
     /// # Errors
     /// The first invalid value.
     pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        self.check(name)?;
+        let at = |field: &str| format!("upstreams.{name}.{field}");
+        if let Some(d) = &self.discovery {
+            if let Some(e) = &d.etcd {
+                super::etcd::options(e, &at("discovery.etcd"))?;
+            }
+            if let Some(k) = &d.kubernetes {
+                super::kubernetes::options(k, &at("discovery.kubernetes"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Self::validate) without reading discovery's files: for
+    /// building an upstream, whose discovery sources read them anyway (with
+    /// the same errors), so that they are not read twice.
+    pub(super) fn check(&self, name: &str) -> Result<(), ConfigError> {
         let at = |field: &str| format!("upstreams.{name}.{field}");
         if detour_lb::Selection::hashes_key(&self.lb) && self.hash_key.is_none() {
             return Err(ConfigError::field(
@@ -184,12 +204,6 @@ impl UpstreamConfig {
         let bad = |e: InvalidConfig| ConfigError::field(at(e.field), e.reason);
         if let Some(d) = &self.discovery {
             check_duration("discovery.interval", d.interval, Zero::Refused).map_err(bad)?;
-            if let Some(e) = &d.etcd {
-                super::etcd::options(e, &at("discovery.etcd"))?;
-            }
-            if let Some(k) = &d.kubernetes {
-                super::kubernetes::options(k, &at("discovery.kubernetes"))?;
-            }
         }
         self.timeouts
             .validate()

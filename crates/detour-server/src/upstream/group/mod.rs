@@ -157,7 +157,10 @@ impl Upstream {
         config: &UpstreamConfig,
         events: Option<EventHook>,
     ) -> Result<Self, ConfigError> {
-        config.validate(name)?;
+        // Discovery's files are read once, by its sources (`admission`),
+        // before anything else is made: a file refused leaves nothing behind.
+        config.check(name)?;
+        let (budget, limit, discovery) = admission(name, config)?;
         let bad = |field: &str, e: &dyn std::fmt::Display| {
             ConfigError::field(format!("upstreams.{name}.{field}"), e.to_string())
         };
@@ -195,7 +198,6 @@ impl Upstream {
         if !config.backends.is_empty() {
             lb.update(config.backends.iter().map(|s| s.to_backend()));
         }
-        let (budget, limit, discovery) = admission(name, config)?;
         let hedging = hedging(name, config)?;
         let services_started = Arc::new(AtomicBool::new(false));
         lb.on_panic(telemetry::panic_events(name, Arc::clone(&services_started)));

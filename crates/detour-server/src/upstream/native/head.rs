@@ -170,9 +170,8 @@ struct Facts {
     keep_alive: bool,
     /// The last `Transfer-Encoding` line, if any.
     transfer_encoding: Option<HeaderValue>,
-    /// `Content-Length` lines were seen.
-    has_length: bool,
-    /// The length they all state so far.
+    /// The length the `Content-Length` lines state so far (`None`: no
+    /// valid one yet).
     length: Option<u64>,
     /// One was not a plain decimal number, or two disagree.
     bad_length: bool,
@@ -187,7 +186,6 @@ impl Facts {
         } else if *name == header::TRANSFER_ENCODING {
             self.transfer_encoding = Some(value.clone());
         } else if *name == header::CONTENT_LENGTH {
-            self.has_length = true;
             self.bad_length |= add_length(&mut self.length, value).is_none();
         }
     }
@@ -241,11 +239,10 @@ fn finish(
         } else {
             Framing::Close
         }
-    } else if facts.has_length {
-        match facts.length {
-            Some(len) if !facts.bad_length => Framing::Length(len),
-            _ => return Err(HeadError::BadContentLength),
-        }
+    } else if facts.bad_length {
+        return Err(HeadError::BadContentLength);
+    } else if let Some(len) = facts.length {
+        Framing::Length(len)
     } else {
         Framing::Close
     };
