@@ -74,20 +74,45 @@ async fn load(proxy: std::net::SocketAddr, each: usize) -> usize {
 struct Measured {
     served: f64,
     attempts_per_request: f64,
+    /// Every failure-spread verdict the upstream gave while under load
+    /// (read every 5 ms), warm-up included.
+    spreads: Vec<Spread>,
 }
 
 /// Warm up with 8 × `warm` requests, then measure 8 × `each`.
 async fn run(up: &Arc<Upstream>, backends: &[Backend], warm: usize, each: usize) -> Measured {
     let h = serve(up);
+    // The verdict is read while the load runs: once the failing backends
+    // are out, their failures age out of the histories, and a verdict read
+    // only after the load depends on how long the machine took over it.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sampler = tokio::spawn({
+        let (up, seen) = (Arc::clone(up), Arc::clone(&seen));
+        async move {
+            loop {
+                let spread = up.failure_spread().spread;
+                {
+                    let mut seen = seen.lock().unwrap();
+                    if !seen.contains(&spread) {
+                        seen.push(spread);
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    });
     load(h.addr(), warm).await;
     let before = attempts(backends);
     let ok = load(h.addr(), each).await;
     let made = attempts(backends) - before;
+    sampler.abort();
     shut(h).await;
     let n = (CLIENTS * each) as f64;
+    let spreads = seen.lock().unwrap().clone();
     Measured {
         served: ok as f64 / n,
         attempts_per_request: made as f64 / n,
+        spreads,
     }
 }
 
@@ -122,7 +147,18 @@ async fn concentrated(failing: usize, healthy: usize) {
         m.attempts_per_request
     );
     assert!(m.served >= 0.95, "served {:.3}", m.served);
-    assert_eq!(up.failure_spread().spread, Spread::Concentrated);
+    // Past the ejection ceiling (half the backends) only a concentrated
+    // verdict lets the failing ones all go. Below it, outlier detection may
+    // take the failing one out before a classification sees its failures
+    // (only backends in rotation are classified): the verdict may then stay
+    // normal, and nothing needs it.
+    if 2 * failing > failing + healthy {
+        assert!(
+            m.spreads.contains(&Spread::Concentrated),
+            "verdicts under load: {:?}",
+            m.spreads
+        );
+    }
     let all = up.backends();
     for b in all.iter().filter(|b| addrs[failing..].contains(&b.addr())) {
         assert!(
