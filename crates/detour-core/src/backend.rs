@@ -407,6 +407,28 @@ impl Backend {
         })
     }
 
+    /// Admission past a half-open gate's probe limit: the backend passes its
+    /// health check, is not ejected or draining, and its gate is half-open
+    /// (not open). For when every backend the health view counts as available
+    /// has all its probes in flight, which would otherwise refuse the request
+    /// though the checks say those backends are up. The permit is not the
+    /// gate's: its outcome still decides the half-open gate as a probe's
+    /// would, but it holds no probe slot.
+    pub fn try_admit_beyond_probes(self: &Arc<Self>, now: Instant) -> Option<Permit> {
+        let half_open = self
+            .state
+            .gate()
+            .is_some_and(|g| g.state() == GateState::HalfOpen);
+        if self.weight == 0 || !half_open || !self.state.is_available(now) {
+            return None;
+        }
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Permit {
+            backend: Arc::clone(self),
+            gated: false,
+        })
+    }
+
     fn admit_gated(self: &Arc<Self>) -> Option<Permit> {
         let gated = match self.state.gate.get() {
             Some(g) if !g.try_admit() => return None,

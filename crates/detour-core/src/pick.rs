@@ -39,6 +39,10 @@ pub struct Pick {
     /// Panic mode: too few backends available, so health, ejections and
     /// breakers were ignored.
     pub panic: bool,
+    /// Every backend the health view counted as available was a half-open
+    /// breaker with all its probes in flight, so one of them was taken past
+    /// its probe limit rather than refusing the request.
+    pub beyond_probes: bool,
     /// No backend this request had not tried admitted it: one it tried was
     /// taken again.
     pub again: bool,
@@ -53,6 +57,7 @@ impl Pick {
             && !self.hashed
             && self.passed == 0
             && !self.panic
+            && !self.beyond_probes
             && !self.again
     }
 }
@@ -85,6 +90,9 @@ impl fmt::Display for Pick {
         if self.panic {
             parts.push("panic".into());
         }
+        if self.beyond_probes {
+            parts.push("beyond-probes".into());
+        }
         if self.again {
             parts.push("again".into());
         }
@@ -108,6 +116,7 @@ mod tests {
             passed: 2,
             excluded: 1,
             panic: false,
+            beyond_probes: false,
             again: false,
         };
         assert_eq!(p.to_string(), "tier=1,spilled,rehash=2,excluded=1");
@@ -124,5 +133,12 @@ mod tests {
             ..Pick::default()
         };
         assert_eq!(panic.to_string(), "locality=0,passed=3,panic,again");
+        let beyond = Pick {
+            passed: 2,
+            beyond_probes: true,
+            ..Pick::default()
+        };
+        assert!(!beyond.is_plain());
+        assert_eq!(beyond.to_string(), "passed=2,beyond-probes");
     }
 }

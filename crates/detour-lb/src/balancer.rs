@@ -442,7 +442,12 @@ impl<S: Selection> LoadBalancer<S> {
     ///    then the other groups in order.
     /// 3. None untried: a tried backend that admits, rather than nothing.
     /// 4. Still none: the health view is rescanned; if that shows panic
-    ///    mode, step 1; else `None` (the engine answers 503).
+    ///    mode, step 1.
+    /// 5. Still none and no panic: a backend whose checks pass and whose
+    ///    breaker is half-open with all its probes in flight is taken past
+    ///    its probe limit ([`Backend::try_admit_beyond_probes`]), untried
+    ///    first; several breakers recovering at once must not refuse
+    ///    requests. Else `None` (the engine answers 503).
     ///
     /// The permit is held for the attempt (e.g. in
     /// [`HttpPeer::admitted`](detour_core::HttpPeer::admitted)).
@@ -495,7 +500,10 @@ impl<S: Selection> LoadBalancer<S> {
                 }
                 // Nothing admitted: the view may be stale. Look again.
                 self.rescan(&set, now, true);
-                if !set.health.panic() || avoid.is_some() {
+                if !set.health.panic() {
+                    return self.select_beyond_probes(&set, key, avoid, &mut tally, now, rng);
+                }
+                if avoid.is_some() {
                     return None;
                 }
             } else if avoid.is_some() {
@@ -517,6 +525,7 @@ impl<S: Selection> LoadBalancer<S> {
             passed: tally.offered.saturating_sub(1),
             excluded: tally.excluded,
             panic: chosen.panic,
+            beyond_probes: chosen.beyond_probes,
             again: chosen.again,
         };
         Some((chosen.permit, pick))
@@ -608,6 +617,50 @@ impl<S: Selection> LoadBalancer<S> {
         found.or_else(|| passed_over.and_then(|b| b.try_admit(now)))
     }
 
+    /// Step 5: the view is not in panic mode, yet nothing admitted. When the
+    /// backends it counts as available are half-open breakers with all their
+    /// probes in flight (several recovering at once), take one past its probe
+    /// limit, untried first, rather than refuse a request the checks say
+    /// those backends can serve. Open breakers, failed checks, ejections and
+    /// draining still refuse.
+    fn select_beyond_probes(
+        &self,
+        set: &BackendSet<S::Table>,
+        key: u64,
+        avoid: Option<usize>,
+        tally: &mut Tally<'_>,
+        now: Instant,
+        rng: &mut Rng,
+    ) -> Option<Chosen> {
+        let groups = || (0..set.groups.len()).filter(|&g| Some(g) != avoid);
+        for again in [false, true] {
+            for g in groups() {
+                let group = &set.groups[g];
+                let found = self
+                    .selection
+                    .walk(&group.table, &group.members, key, rng, |b| {
+                        if again {
+                            tally.offered = tally.offered.saturating_add(1);
+                        } else if tally.offer(b) {
+                            return None;
+                        }
+                        b.try_admit_beyond_probes(now)
+                    });
+                if let Some(permit) = found {
+                    return Some(Chosen {
+                        permit,
+                        group: g,
+                        spilled: false,
+                        panic: false,
+                        beyond_probes: true,
+                        again,
+                    });
+                }
+            }
+        }
+        None
+    }
+
     fn select_panic(
         &self,
         set: &BackendSet<S::Table>,
@@ -674,6 +727,7 @@ struct Chosen {
     group: usize,
     spilled: bool,
     panic: bool,
+    beyond_probes: bool,
     again: bool,
 }
 
@@ -684,6 +738,7 @@ impl Chosen {
             group,
             spilled: group != first,
             panic: false,
+            beyond_probes: false,
             again,
         }
     }
@@ -694,6 +749,7 @@ impl Chosen {
             group: 0,
             spilled: false,
             panic: true,
+            beyond_probes: false,
             again,
         }
     }
@@ -1056,6 +1112,86 @@ mod tests {
         fn state(&self) -> GateState {
             GateState::Open
         }
+    }
+
+    /// A half-open breaker admitting one probe at a time.
+    #[derive(Default)]
+    struct OneProbe(std::sync::atomic::AtomicU32);
+    impl AdmissionGate for OneProbe {
+        fn try_admit(&self) -> bool {
+            self.0
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        }
+        fn release(&self) {
+            self.0.store(0, Ordering::SeqCst);
+        }
+        fn state(&self) -> GateState {
+            GateState::HalfOpen
+        }
+    }
+
+    /// Two of three backends just came back together (checks passing, their
+    /// breakers half-open with one probe each), the third still down: the
+    /// view counts two of three available, so no panic mode. With both
+    /// probes in flight a third request is still served, by a half-open
+    /// backend past its limit, untried first; an open breaker, a failed
+    /// check or an ejection still refuses.
+    #[tokio::test(start_paused = true)]
+    async fn half_open_backends_with_their_probes_taken_still_serve() {
+        let lb = lb(
+            RoundRobin,
+            LbOptions::default(),
+            (0..3).map(|i| Backend::new(addr(i))).collect(),
+        );
+        let backends = lb.backends();
+        for b in &backends[..2] {
+            b.state()
+                .set_gate(Arc::new(OneProbe::default()))
+                .ok()
+                .unwrap();
+        }
+        backends[2].state().set_check_failed(true);
+        let now = Instant::now();
+        let (first, pick) = lb.select_explained(0, &[], now).unwrap();
+        assert!(!pick.beyond_probes && !pick.panic);
+        let (second, _) = lb.select_explained(0, &[], now).unwrap();
+        assert_ne!(first.backend().addr(), second.backend().addr());
+
+        let (third, pick) = lb.select_explained(0, &[], now).expect("served");
+        assert!(pick.beyond_probes && !pick.panic, "{pick}");
+        assert!(pick.to_string().contains("beyond-probes"), "{pick}");
+        assert!(third.backend().addr() != backends[2].addr());
+        // A retry goes to the half-open backend it has not tried.
+        let tried = [first.backend().addr()];
+        let (retry, pick) = lb.select_explained(0, &tried, now).unwrap();
+        assert_eq!(retry.backend().addr(), second.backend().addr());
+        assert!(pick.beyond_probes && !pick.again, "{pick}");
+        // Both tried: one of them again rather than nothing.
+        let both = [first.backend().addr(), second.backend().addr()];
+        let (_, pick) = lb.select_explained(0, &both, now).unwrap();
+        assert!(pick.beyond_probes && pick.again, "{pick}");
+
+        // Neither a failed check, an ejection nor an open breaker is passed
+        // over this way (panic mode off, so nothing else admits).
+        let refusing = super::tests::lb(
+            RoundRobin,
+            LbOptions::default().with_panic_threshold(0),
+            (0..3).map(|i| Backend::new(addr(i))).collect(),
+        );
+        let backends = refusing.backends();
+        for b in &backends[..2] {
+            b.state()
+                .set_gate(Arc::new(OneProbe::default()))
+                .ok()
+                .unwrap();
+        }
+        backends[0].state().set_check_failed(true);
+        backends[1]
+            .state()
+            .eject_until(now + Duration::from_secs(5));
+        backends[2].state().set_gate(Arc::new(Open)).ok().unwrap();
+        assert!(refusing.select_explained(0, &[], now).is_none());
     }
 
     #[tokio::test(start_paused = true)]

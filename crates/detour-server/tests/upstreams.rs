@@ -264,3 +264,64 @@ async fn every_breaker_open_answers_503_with_retry_after() {
     assert_eq!(now, before, "Detour answered itself");
     shut(h).await;
 }
+
+/// Both backends' breakers go half-open at the same moment (one probe each),
+/// as after a whole-upstream outage. Four requests at once: two are the
+/// probes, and the other two are served past the probe limit instead of
+/// being refused with a 503 while both backends are up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakers_recovering_together_refuse_no_request() {
+    let bs = [
+        Backend::start(Behavior::status(503)).await.unwrap(),
+        Backend::start(Behavior::status(503)).await.unwrap(),
+    ];
+    let addrs: Vec<_> = bs.iter().map(Backend::addr).collect();
+    // Panic mode off, so it does not hide the half-open state.
+    let up = upstream(
+        "app",
+        &addrs,
+        "panic_threshold = 0\n[retry]\nmax_retries = 0\n[outlier]\nmax_ejection_percent = 100\nconsecutive_5xx = 1000\nconsecutive_gateway_failure = 1000\n[breaker]\nconsecutive_failures = 2\nopen_for = \"100ms\"\njitter = 0.0\nhalf_open_probes = 1\nhalf_open_successes = 3",
+    );
+    let attempts = Arc::new(Attempts::default());
+    let h = serve(&up, &attempts);
+    let reg = Arc::clone(up.breakers().unwrap());
+    let states = || {
+        addrs
+            .iter()
+            .map(|&a| reg.breaker(a).unwrap().state())
+            .collect::<Vec<_>>()
+    };
+    let mut c = RawConnection::connect(h.addr()).await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(get(&mut c, "x").await.status, 503);
+    }
+    assert_eq!(states(), [detour_core::GateState::Open; 2]);
+    // Back, slow enough that the probes are still in flight when the
+    // other requests arrive.
+    for b in &bs {
+        b.set_behavior(Behavior::slow(Duration::from_millis(300)));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(states(), [detour_core::GateState::HalfOpen; 2]);
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(RawConnection::connect(h.addr()).await.unwrap());
+    }
+    let answers = all_at_once(conns).await;
+    assert_eq!(answers, [200; 4], "every request served");
+    assert_eq!(bs.iter().map(Backend::requests).sum::<usize>(), 4 + 4);
+    shut(h).await;
+}
+
+/// One GET on each connection, all at once; their statuses.
+async fn all_at_once(conns: Vec<RawConnection>) -> Vec<u16> {
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { get(&mut c, "x").await.status }))
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
