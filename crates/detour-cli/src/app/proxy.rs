@@ -88,7 +88,7 @@ impl ProxyHttp for DetourProxy {
             normalized: session.uri().path(),
             raw: session.raw_uri().path(),
         };
-        match routes::find(&ctx.state.routes, session.host(), path) {
+        match routes::find(&ctx.state.routes, || session.host(), path) {
             Some(r) => {
                 ctx.route = Some(Arc::clone(r));
                 Ok(None)
@@ -168,11 +168,13 @@ impl ProxyHttp for DetourProxy {
             None => &self.unrouted,
         }
         .record(status, session.elapsed());
-        let request_id = header_str(session, &self.request_id);
+        // Looked up only when something records it: most requests are
+        // neither kept nor logged.
+        let request_id = || header_str(session, &self.request_id);
         if explain::worth_keeping(session, err, status) {
             self.app.recent().keep(&explain::Kept {
                 session,
-                request_id,
+                request_id: request_id(),
                 status,
                 upstream,
                 error: err,
@@ -181,7 +183,7 @@ impl ProxyHttp for DetourProxy {
         if self.access_log {
             let line = AccessLine {
                 session,
-                request_id,
+                request_id: request_id(),
                 status,
                 bytes_in: ctx.bytes_in,
                 bytes_out: session.body_bytes_sent(),

@@ -115,12 +115,23 @@ pub struct RequestPath<'a> {
 impl Route {
     /// Whether this route takes a request for `host` and `path`.
     pub fn matches(&self, host: Option<&str>, path: RequestPath<'_>) -> bool {
+        self.matches_lazily(|| host, path)
+    }
+
+    /// [`matches`](Self::matches), asking for the host only when the
+    /// pattern looks at it.
+    fn matches_lazily<'h>(
+        &self,
+        host: impl FnOnce() -> Option<&'h str>,
+        path: RequestPath<'_>,
+    ) -> bool {
         let path = if self.raw_path {
             path.raw
         } else {
             path.normalized
         };
-        self.host.matches(host) && path_has_prefix(path, &self.path_prefix)
+        path_has_prefix(path, &self.path_prefix)
+            && (self.host == HostPattern::Any || self.host.matches(host()))
     }
 }
 
@@ -137,12 +148,19 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 }
 
 /// The first route that takes the request.
-pub fn find<'a>(
+///
+/// `host` is called at most once, and only when a route before the match
+/// has a host pattern: finding the `Host` header costs a lookup that a
+/// configuration of path routes alone does not need.
+pub fn find<'a, 'h>(
     routes: &'a [Arc<Route>],
-    host: Option<&str>,
+    host: impl FnOnce() -> Option<&'h str>,
     path: RequestPath<'_>,
 ) -> Option<&'a Arc<Route>> {
-    routes.iter().find(|r| r.matches(host, path))
+    let found = std::cell::OnceCell::new();
+    let mut host = Some(host);
+    let mut lazy = || *found.get_or_init(|| host.take().and_then(|h| h()));
+    routes.iter().find(|r| r.matches_lazily(&mut lazy, path))
 }
 
 #[cfg(test)]
@@ -173,6 +191,50 @@ mod tests {
         assert!(HostPattern::parse("[::1]")
             .unwrap()
             .matches(Some("[::1]:80")));
+    }
+
+    /// The `Host` header is looked for once at most, and not at all while
+    /// only routes without a host pattern are tried.
+    #[tokio::test]
+    async fn the_host_is_read_only_for_a_host_pattern_and_once() {
+        let toml = r#"
+            [upstreams.app]
+            backends = [{ addr = "127.0.0.1:1" }]
+            [[routes]]
+            path_prefix = "/static"
+            upstream = "app"
+            [[routes]]
+            host = "api.example.com"
+            path_prefix = "/api"
+            upstream = "app"
+            [[routes]]
+            host = "*.example.com"
+            upstream = "app"
+        "#;
+        let config = crate::app::Config::from_toml(toml, None).unwrap();
+        let state = crate::app::build_state(&config, 1, None).unwrap();
+        let routes = &state.routes;
+        let find = |host: &'static str, path: &'static str| {
+            let asked = std::cell::Cell::new(0);
+            let path = RequestPath {
+                normalized: path,
+                raw: path,
+            };
+            let found = find(
+                routes,
+                || {
+                    asked.set(asked.get() + 1);
+                    Some(host)
+                },
+                path,
+            );
+            (found.map(|r| r.index), asked.get())
+        };
+        assert_eq!(find("x.example.com", "/static/a.css"), (Some(0), 0));
+        assert_eq!(find("api.example.com", "/api/v1"), (Some(1), 1));
+        // Two host patterns tried, one lookup.
+        assert_eq!(find("x.example.com", "/api/v1"), (Some(2), 1));
+        assert_eq!(find("other.org", "/"), (None, 1));
     }
 
     #[test]

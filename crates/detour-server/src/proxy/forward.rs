@@ -48,20 +48,28 @@ struct Present {
 impl Present {
     fn scan(headers: &HeaderMap) -> Present {
         let mut p = Present::default();
+        // Standard names compare as one tag each; only the rest are read
+        // as text (a string match costs a length switch and a memcmp per
+        // name, and most names are standard).
         for (name, value) in headers {
-            match name.as_str() {
-                "content-length" => {
-                    p.content_length += 1;
-                    p.length_list |= value.as_bytes().contains(&b',');
+            if name == header::CONTENT_LENGTH {
+                p.content_length += 1;
+                p.length_list |= value.as_bytes().contains(&b',');
+            } else if name == header::HOST {
+                p.host += 1;
+            } else if name == header::TRANSFER_ENCODING {
+                p.transfer_encoding += 1;
+            } else if name == header::UPGRADE {
+                p.upgrade += 1;
+            } else if name == header::EXPECT {
+                p.expect = true;
+            } else if name.as_str().starts_with("x-forwarded-") {
+                match &name.as_str()["x-forwarded-".len()..] {
+                    "for" => p.xff = true,
+                    "proto" => p.xfp = true,
+                    "host" => p.xfh = true,
+                    _ => {}
                 }
-                "transfer-encoding" => p.transfer_encoding += 1,
-                "host" => p.host += 1,
-                "upgrade" => p.upgrade += 1,
-                "expect" => p.expect = true,
-                "x-forwarded-for" => p.xff = true,
-                "x-forwarded-proto" => p.xfp = true,
-                "x-forwarded-host" => p.xfh = true,
-                _ => {}
             }
         }
         p
@@ -819,23 +827,31 @@ impl Forwarding {
             None => Some(client_ip_value(ip)),
         };
         if let Some(v) = value {
-            headers.insert(xff, v);
+            set(headers, xff, v, present.xff);
         }
         if !(trusted && present.xfp) {
             let scheme = if tls { "https" } else { "http" };
-            headers.insert(xfp, HeaderValue::from_static(scheme));
+            set(headers, xfp, HeaderValue::from_static(scheme), present.xfp);
         }
         if !(trusted && present.xfh) {
             match down.headers.get(header::HOST) {
-                Some(h) => {
-                    headers.insert(xfh, h.clone());
-                }
+                Some(h) => set(headers, xfh, h.clone(), present.xfh),
                 None if present.xfh => {
                     headers.remove(xfh);
                 }
                 None => {}
             }
         }
+    }
+}
+
+/// Set `name` to `value` alone. A name known to be absent is appended: an
+/// insert would also look for values to replace.
+fn set(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue, present: bool) {
+    if present {
+        headers.insert(name, value);
+    } else {
+        headers.append(name, value);
     }
 }
 
