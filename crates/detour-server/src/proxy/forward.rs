@@ -708,15 +708,25 @@ impl RequestIds {
     /// The next [`BATCH`] ids, one after another.
     fn write_batch(&self) -> bytes::Bytes {
         let first = self.counter.fetch_add(BATCH as u64, Ordering::Relaxed);
-        let hex = b"0123456789abcdef";
+        // The prefix is the same in every id of the batch: written once.
+        let prefix = hex16(self.prefix);
         let mut buf = Vec::with_capacity(BATCH * ID_LEN);
         for k in 0..BATCH as u64 {
-            for word in [self.prefix, first.wrapping_add(k)] {
-                buf.extend((0..16).map(|j| hex[((word >> (60 - 4 * j)) & 0xf) as usize]));
-            }
+            buf.extend_from_slice(&prefix);
+            buf.extend_from_slice(&hex16(first.wrapping_add(k)));
         }
         buf.into()
     }
+}
+
+/// `word` as 16 lower-case hex digits, most significant first.
+fn hex16(word: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0; 16];
+    for (j, digit) in out.iter_mut().enumerate() {
+        *digit = HEX[((word >> (60 - 4 * j)) & 0xf) as usize];
+    }
+    out
 }
 
 /// Everything needed to write forwarding headers, prepared once.
@@ -1428,6 +1438,9 @@ mod tests {
         for id in &all {
             assert_eq!(id.len(), ID_LEN);
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+            assert_eq!(id.as_bytes()[..16], hex16(ids.prefix));
         }
+        assert_eq!(&hex16(0x0123_4567_89ab_cdef), b"0123456789abcdef");
+        assert_eq!(&hex16(u64::MAX), b"ffffffffffffffff");
     }
 }

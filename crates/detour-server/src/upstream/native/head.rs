@@ -466,7 +466,10 @@ fn special_bytes(word: u64) -> usize {
     let found = zeros(word)
         | zeros(word ^ (EACH * u64::from(b'\r')))
         | zeros(word ^ (EACH * u64::from(b'\n')));
-    found.count_ones() as usize
+    // Each byte is now 1 or 0; the multiplication sums them into the top
+    // byte (at most 8: no carry out). Baseline x86-64 has no popcount
+    // instruction, and `count_ones` costs a dozen.
+    ((found >> 7).wrapping_mul(EACH) >> 56) as usize
 }
 
 /// CR, LF or NUL: `http` refuses them in a header value it parses or
@@ -576,6 +579,30 @@ mod tests {
                 fine.insert(at, byte);
                 assert!(only_line_ends(&fine, 4), "{byte} at {at}");
             }
+        }
+    }
+
+    #[test]
+    fn a_word_counts_every_special_byte() {
+        let naive = |w: [u8; 8]| w.iter().filter(|b| matches!(b, b'\r' | b'\n' | 0)).count();
+        for byte in 0..=255u8 {
+            for at in 0..8 {
+                let mut w = *b"abcdefgh";
+                w[at] = byte;
+                assert_eq!(
+                    special_bytes(u64::from_le_bytes(w)),
+                    naive(w),
+                    "{byte} at {at}"
+                );
+            }
+        }
+        for w in [
+            *b"\r\n\0\r\n\0\r\n",
+            *b"\r\r\r\r\r\r\r\r",
+            [0; 8],
+            *b"a\rb\nc\0d\n",
+        ] {
+            assert_eq!(special_bytes(u64::from_le_bytes(w)), naive(w), "{w:?}");
         }
     }
 
