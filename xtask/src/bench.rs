@@ -517,12 +517,14 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     ensure_program("openssl", "openssl")?;
     make_certificate(&dir)?;
     // Every process ends with the run, or at the latest when this limit
-    // passes should the harness itself be killed.
-    let limit = Duration::from_secs(
-        (opts.rounds * (opts.connections.len() * 4 + 6) + 12) as u64
-            * (opts.duration.as_secs() + 1)
-            + 300,
-    );
+    // passes should the harness itself be killed. Generous on purpose: it
+    // only matters then, and a limit that ran out mid-run killed the
+    // backend under the idle rows (`--rounds 5 --secs 15` took 29 minutes
+    // against a limit of 27). Each round runs every target at each
+    // connection count and on both HTTP/2 loads; the idle rows run each
+    // proxy twice more, with warm-ups and settling between.
+    let runs = opts.rounds * (opts.connections.len() * 6 + 10) + 5 * 4 + 12;
+    let limit = Duration::from_secs(runs as u64 * (opts.duration.as_secs() + 2) + 600);
     let setup = Setup {
         dir,
         limit,
