@@ -38,6 +38,14 @@ pub trait AdmissionGate: Send + Sync + 'static {
     /// from open to half-open at once, so recovery is bounded by the checks
     /// (DESIGN.md: "Recovery is bounded by the checks").
     fn on_backend_recovered(&self) {}
+    /// Whether the gate is half-open because an active health check saw the
+    /// backend come back ([`on_backend_recovered`](Self::on_backend_recovered)),
+    /// not merely because its open period ran out. Only then may selection
+    /// take the backend past its probe limit
+    /// ([`Backend::try_admit_beyond_probes`]).
+    fn half_open_by_check(&self) -> bool {
+        false
+    }
 }
 
 /// A gate's state, for status pages and metrics.
@@ -407,19 +415,26 @@ impl Backend {
         })
     }
 
-    /// Admission past a half-open gate's probe limit: the backend passes its
-    /// health check, is not ejected or draining, and its gate is half-open
-    /// (not open). For when every backend the health view counts as available
-    /// has all its probes in flight, which would otherwise refuse the request
-    /// though the checks say those backends are up. The permit is not the
-    /// gate's: its outcome still decides the half-open gate as a probe's
-    /// would, but it holds no probe slot.
+    /// Admission past a half-open gate's probe limit, when an active health
+    /// check moved the gate to half-open by seeing the backend come back
+    /// ([`AdmissionGate::half_open_by_check`]) and the backend is not
+    /// ejected or draining. For when the backends the health view counts as
+    /// available have all their probes in flight (several recovering at
+    /// once), which would otherwise refuse requests the checks say those
+    /// backends can serve. A gate half-open only because its open period ran
+    /// out keeps its limit. The permit is not the gate's: its outcome still
+    /// decides the half-open gate as a probe's would, but it holds no slot.
     pub fn try_admit_beyond_probes(self: &Arc<Self>, now: Instant) -> Option<Permit> {
-        let half_open = self
+        // Availability first: reading the gate's state may move it (an open
+        // period that ran out turns half-open when asked).
+        if self.weight == 0 || !self.state.is_available(now) {
+            return None;
+        }
+        let vouched = self
             .state
             .gate()
-            .is_some_and(|g| g.state() == GateState::HalfOpen);
-        if self.weight == 0 || !half_open || !self.state.is_available(now) {
+            .is_some_and(|g| g.state() == GateState::HalfOpen && g.half_open_by_check());
+        if !vouched {
             return None;
         }
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -39,9 +39,10 @@ pub struct Pick {
     /// Panic mode: too few backends available, so health, ejections and
     /// breakers were ignored.
     pub panic: bool,
-    /// Every backend the health view counted as available was a half-open
-    /// breaker with all its probes in flight, so one of them was taken past
-    /// its probe limit rather than refusing the request.
+    /// No backend admitted the request, and this one's breaker, half-opened
+    /// by an active check that saw it come back, had all its probes in
+    /// flight: it was taken past its probe limit rather than refusing the
+    /// request (several backends recovering at once).
     pub beyond_probes: bool,
     /// No backend this request had not tried admitted it: one it tried was
     /// taken again.

@@ -443,11 +443,12 @@ impl<S: Selection> LoadBalancer<S> {
     /// 3. None untried: a tried backend that admits, rather than nothing.
     /// 4. Still none: the health view is rescanned; if that shows panic
     ///    mode, step 1.
-    /// 5. Still none and no panic: a backend whose checks pass and whose
-    ///    breaker is half-open with all its probes in flight is taken past
-    ///    its probe limit ([`Backend::try_admit_beyond_probes`]), untried
-    ///    first; several breakers recovering at once must not refuse
-    ///    requests. Else `None` (the engine answers 503).
+    /// 5. Still none and no panic: a backend whose breaker an active check
+    ///    half-opened (it saw the backend come back), with all its probes in
+    ///    flight, is taken past its probe limit
+    ///    ([`Backend::try_admit_beyond_probes`]), untried first; several
+    ///    backends recovering at once must not refuse requests. Else `None`
+    ///    (the engine answers 503).
     ///
     /// The permit is held for the attempt (e.g. in
     /// [`HttpPeer::admitted`](detour_core::HttpPeer::admitted)).
@@ -495,13 +496,17 @@ impl<S: Selection> LoadBalancer<S> {
         let avoid = avoid.map(usize::from);
         let chosen = self.rng.with(|rng| {
             if !set.health.panic() {
-                if let Some(c) = self.select_normal(&set, key, avoid, &mut tally, now, rng) {
+                let first = self.first_group(&set, key, rng);
+                let order = Order { first, avoid };
+                if let Some(c) = self.select_normal(&set, key, order, &mut tally, now, rng) {
                     return Some(c);
                 }
-                // Nothing admitted: the view may be stale. Look again.
+                // Nothing admitted: the view may be stale. Look again. The
+                // walks below count their own candidates.
                 self.rescan(&set, now, true);
+                tally = Tally::new(tried);
                 if !set.health.panic() {
-                    return self.select_beyond_probes(&set, key, avoid, &mut tally, now, rng);
+                    return self.select_beyond_probes(&set, key, order, &mut tally, now, rng);
                 }
                 if avoid.is_some() {
                     return None;
@@ -531,29 +536,32 @@ impl<S: Selection> LoadBalancer<S> {
         Some((chosen.permit, pick))
     }
 
+    /// The group a request is dealt to by the groups' load shares (by its
+    /// key with consistent hashing).
+    fn first_group(&self, set: &BackendSet<S::Table>, key: u64, rng: &mut Rng) -> usize {
+        let n = set.groups.len();
+        if n == 1 {
+            return 0;
+        }
+        let pick = if self.selection.hashes_key() {
+            (mix64(key ^ TIER_SALT) % u64::from(FULL)) as u32
+        } else {
+            rng.below(FULL as usize) as u32
+        };
+        set.health.group_for(pick).min(n - 1)
+    }
+
     fn select_normal(
         &self,
         set: &BackendSet<S::Table>,
         key: u64,
-        avoid: Option<usize>,
+        order: Order,
         tally: &mut Tally<'_>,
         now: Instant,
         rng: &mut Rng,
     ) -> Option<Chosen> {
-        let n = set.groups.len();
-        let first = if n == 1 {
-            0
-        } else {
-            let pick = if self.selection.hashes_key() {
-                (mix64(key ^ TIER_SALT) % u64::from(FULL)) as u32
-            } else {
-                rng.below(FULL as usize) as u32
-            };
-            set.health.group_for(pick).min(n - 1)
-        };
-        let order = iter::once(first)
-            .chain((0..n).filter(move |&g| g != first))
-            .filter(move |&g| Some(g) != avoid);
+        let first = order.first;
+        let order = order.groups(set.groups.len());
         for g in order.clone() {
             if let Some(p) = self.admit_untried(&set.groups[g], key, tally, now, rng) {
                 return Some(Chosen::normal(p, g, first, false));
@@ -619,23 +627,28 @@ impl<S: Selection> LoadBalancer<S> {
 
     /// Step 5: the view is not in panic mode, yet nothing admitted. When the
     /// backends it counts as available are half-open breakers with all their
-    /// probes in flight (several recovering at once), take one past its probe
-    /// limit, untried first, rather than refuse a request the checks say
-    /// those backends can serve. Open breakers, failed checks, ejections and
-    /// draining still refuse.
+    /// probes in flight, and a check saw them come back (several recovering
+    /// at once), take one past its probe limit rather than refuse a request
+    /// those backends can serve: untried first, in the groups' usual order.
+    /// A probe slot freed since is taken as a plain admission. Open
+    /// breakers, breakers half-open by the clock alone, failed checks,
+    /// ejections and draining still refuse.
     fn select_beyond_probes(
         &self,
         set: &BackendSet<S::Table>,
         key: u64,
-        avoid: Option<usize>,
+        order: Order,
         tally: &mut Tally<'_>,
         now: Instant,
         rng: &mut Rng,
     ) -> Option<Chosen> {
-        let groups = || (0..set.groups.len()).filter(|&g| Some(g) != avoid);
         for again in [false, true] {
-            for g in groups() {
+            if again && tally.tried.is_empty() {
+                break;
+            }
+            for g in order.groups(set.groups.len()) {
                 let group = &set.groups[g];
+                let mut beyond = false;
                 let found = self
                     .selection
                     .walk(&group.table, &group.members, key, rng, |b| {
@@ -644,16 +657,16 @@ impl<S: Selection> LoadBalancer<S> {
                         } else if tally.offer(b) {
                             return None;
                         }
-                        b.try_admit_beyond_probes(now)
+                        // The walk stops at the first admission, so the
+                        // flag speaks for the one taken.
+                        let normal = b.try_admit(now);
+                        beyond = normal.is_none();
+                        normal.or_else(|| b.try_admit_beyond_probes(now))
                     });
                 if let Some(permit) = found {
                     return Some(Chosen {
-                        permit,
-                        group: g,
-                        spilled: false,
-                        panic: false,
-                        beyond_probes: true,
-                        again,
+                        beyond_probes: beyond,
+                        ..Chosen::normal(permit, g, order.first, again)
                     });
                 }
             }
@@ -690,6 +703,23 @@ impl<S: Selection> LoadBalancer<S> {
                 b.try_admit_ignoring_health()
             })
             .map(|p| Chosen::panic(p, true))
+    }
+}
+
+/// The order a request walks the failover groups in: the group it was
+/// dealt to, then the others by rank, leaving out `avoid`.
+#[derive(Clone, Copy)]
+struct Order {
+    first: usize,
+    avoid: Option<usize>,
+}
+
+impl Order {
+    fn groups(self, n: usize) -> impl Iterator<Item = usize> + Clone {
+        let Order { first, avoid } = self;
+        iter::once(first)
+            .chain((0..n).filter(move |&g| g != first))
+            .filter(move |&g| Some(g) != avoid)
     }
 }
 
@@ -1114,29 +1144,44 @@ mod tests {
         }
     }
 
-    /// A half-open breaker admitting one probe at a time.
+    /// A half-open breaker admitting one probe at a time; `by_check`: an
+    /// active check began its half-open period.
     #[derive(Default)]
-    struct OneProbe(std::sync::atomic::AtomicU32);
+    struct OneProbe {
+        taken: std::sync::atomic::AtomicU32,
+        by_check: bool,
+    }
+    impl OneProbe {
+        fn by_check() -> Arc<Self> {
+            Arc::new(OneProbe {
+                by_check: true,
+                ..OneProbe::default()
+            })
+        }
+    }
     impl AdmissionGate for OneProbe {
         fn try_admit(&self) -> bool {
-            self.0
+            self.taken
                 .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
         }
         fn release(&self) {
-            self.0.store(0, Ordering::SeqCst);
+            self.taken.store(0, Ordering::SeqCst);
         }
         fn state(&self) -> GateState {
             GateState::HalfOpen
         }
+        fn half_open_by_check(&self) -> bool {
+            self.by_check
+        }
     }
 
-    /// Two of three backends just came back together (checks passing, their
-    /// breakers half-open with one probe each), the third still down: the
-    /// view counts two of three available, so no panic mode. With both
-    /// probes in flight a third request is still served, by a half-open
-    /// backend past its limit, untried first; an open breaker, a failed
-    /// check or an ejection still refuses.
+    /// Two of three backends just came back together (a check saw each, so
+    /// their breakers are half-open with one probe each), the third still
+    /// down: the view counts two of three available, so no panic mode. With
+    /// both probes in flight a third request is still served, by a
+    /// half-open backend past its limit, untried first; a freed probe slot
+    /// is taken as a plain probe again.
     #[tokio::test(start_paused = true)]
     async fn half_open_backends_with_their_probes_taken_still_serve() {
         let lb = lb(
@@ -1146,10 +1191,7 @@ mod tests {
         );
         let backends = lb.backends();
         for b in &backends[..2] {
-            b.state()
-                .set_gate(Arc::new(OneProbe::default()))
-                .ok()
-                .unwrap();
+            b.state().set_gate(OneProbe::by_check()).ok().unwrap();
         }
         backends[2].state().set_check_failed(true);
         let now = Instant::now();
@@ -1159,39 +1201,102 @@ mod tests {
         assert_ne!(first.backend().addr(), second.backend().addr());
 
         let (third, pick) = lb.select_explained(0, &[], now).expect("served");
-        assert!(pick.beyond_probes && !pick.panic, "{pick}");
+        assert!(pick.beyond_probes && !pick.panic && !pick.again, "{pick}");
         assert!(pick.to_string().contains("beyond-probes"), "{pick}");
-        assert!(third.backend().addr() != backends[2].addr());
+        // Counted by its own walk: at most the two others passed over.
+        assert!(pick.passed <= 2 && pick.excluded == 0, "{pick}");
+        assert_ne!(third.backend().addr(), backends[2].addr());
+        // Its permit holds no probe slot: dropping it frees none.
+        drop(third);
+        let (_, pick) = lb.select_explained(0, &[], now).unwrap();
+        assert!(pick.beyond_probes, "{pick}");
+
         // A retry goes to the half-open backend it has not tried.
         let tried = [first.backend().addr()];
         let (retry, pick) = lb.select_explained(0, &tried, now).unwrap();
         assert_eq!(retry.backend().addr(), second.backend().addr());
         assert!(pick.beyond_probes && !pick.again, "{pick}");
+        assert!(pick.excluded <= 1, "{pick}");
         // Both tried: one of them again rather than nothing.
         let both = [first.backend().addr(), second.backend().addr()];
         let (_, pick) = lb.select_explained(0, &both, now).unwrap();
         assert!(pick.beyond_probes && pick.again, "{pick}");
+        assert!(pick.excluded <= 2, "{pick}");
 
-        // Neither a failed check, an ejection nor an open breaker is passed
-        // over this way (panic mode off, so nothing else admits).
-        let refusing = super::tests::lb(
+        // A probe slot freed meanwhile is a plain probe, not beyond.
+        drop(first);
+        let (_, pick) = lb.select_explained(0, &[], now).unwrap();
+        assert!(!pick.beyond_probes, "{pick}");
+    }
+
+    /// The probe limit holds for a breaker half-open by the clock alone, and
+    /// nothing else is passed over: a failed check, an ejection, draining,
+    /// an open breaker (panic mode off, so nothing else admits).
+    #[tokio::test(start_paused = true)]
+    async fn only_backends_a_check_saw_come_back_go_past_their_probes() {
+        let now = Instant::now();
+        let refusing = |prepare: &dyn Fn(&[Arc<Backend>])| {
+            let lb = lb(
+                RoundRobin,
+                LbOptions::default().with_panic_threshold(0),
+                (0..2).map(|i| Backend::new(addr(i))).collect(),
+            );
+            let backends = lb.backends();
+            prepare(&backends);
+            // Both probes taken, then a third request.
+            let held: Vec<_> = (0..2).filter_map(|_| lb.select(0, &[], now)).collect();
+            let third = lb.select_explained(0, &[], now);
+            (held.len(), third.map(|(_, p)| p))
+        };
+        let timed = |b: &[Arc<Backend>]| {
+            for b in b {
+                b.state()
+                    .set_gate(Arc::new(OneProbe::default()))
+                    .ok()
+                    .unwrap();
+            }
+        };
+        assert_eq!(refusing(&timed), (2, None));
+        // Sanity: vouched for by a check, the third is served.
+        let checked = |b: &[Arc<Backend>]| {
+            for b in b {
+                b.state().set_gate(OneProbe::by_check()).ok().unwrap();
+            }
+        };
+        let (held, third) = refusing(&checked);
+        assert_eq!(held, 2);
+        assert!(third.is_some_and(|p| p.beyond_probes));
+        // A failed check, an ejection or draining on both: refused.
+        for spoil in [
+            (|b: &Backend, _| b.state().set_check_failed(true)) as fn(&Backend, Instant),
+            |b, now| b.state().eject_until(now + Duration::from_secs(5)),
+            |b, _| b.state().set_draining(true),
+        ] {
+            let lb = lb(
+                RoundRobin,
+                LbOptions::default().with_panic_threshold(0),
+                (0..2).map(|i| Backend::new(addr(i))).collect(),
+            );
+            let backends = lb.backends();
+            for b in backends.iter() {
+                b.state().set_gate(OneProbe::by_check()).ok().unwrap();
+            }
+            let _held: Vec<_> = (0..2).filter_map(|_| lb.select(0, &[], now)).collect();
+            for b in backends.iter() {
+                spoil(b, now);
+            }
+            assert!(lb.select_explained(0, &[], now).is_none());
+        }
+        // Open breakers: refused.
+        let lb = lb(
             RoundRobin,
             LbOptions::default().with_panic_threshold(0),
-            (0..3).map(|i| Backend::new(addr(i))).collect(),
+            (0..2).map(|i| Backend::new(addr(i))).collect(),
         );
-        let backends = refusing.backends();
-        for b in &backends[..2] {
-            b.state()
-                .set_gate(Arc::new(OneProbe::default()))
-                .ok()
-                .unwrap();
+        for b in lb.backends().iter() {
+            b.state().set_gate(Arc::new(Open)).ok().unwrap();
         }
-        backends[0].state().set_check_failed(true);
-        backends[1]
-            .state()
-            .eject_until(now + Duration::from_secs(5));
-        backends[2].state().set_gate(Arc::new(Open)).ok().unwrap();
-        assert!(refusing.select_explained(0, &[], now).is_none());
+        assert!(lb.select_explained(0, &[], now).is_none());
     }
 
     #[tokio::test(start_paused = true)]

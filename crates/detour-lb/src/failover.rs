@@ -35,7 +35,9 @@
 //! request already tried while any other remains. A few healthy backends then
 //! do not collapse under the whole load, and detection that was wrong (a
 //! broken health check) does not turn into a total outage. `0` turns this off:
-//! the selection then returns `None` (the engine answers 503).
+//! the selection then returns `None` (the engine answers 503), unless a
+//! backend whose breaker a check half-opened is only at its probe limit
+//! ([`LoadBalancer::select`](crate::LoadBalancer::select), step 5).
 //!
 //! # Slow start
 //!

@@ -265,56 +265,116 @@ async fn every_breaker_open_answers_503_with_retry_after() {
     shut(h).await;
 }
 
-/// Both backends' breakers go half-open at the same moment (one probe each),
-/// as after a whole-upstream outage. Four requests at once: two are the
-/// probes, and the other two are served past the probe limit instead of
-/// being refused with a 503 while both backends are up.
+/// The breaker states of `addrs`, in order.
+fn states(up: &Upstream, addrs: &[SocketAddr]) -> Vec<detour_core::GateState> {
+    let reg = up.breakers().unwrap();
+    addrs
+        .iter()
+        .map(|&a| reg.breaker(a).unwrap().state())
+        .collect()
+}
+
+/// Poll `cond` every 10 ms for up to 5 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < end, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Both backends fail: their breakers open and their checks mark them down.
+/// Then both come back, and the checks move both breakers to half-open (one
+/// probe each) together, as after a whole-upstream outage. Four requests at
+/// once: two are the probes, and the other two are served past the probe
+/// limit instead of being refused with a 503 while both backends are up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breakers_recovering_together_refuse_no_request() {
+async fn breakers_a_check_half_opens_together_refuse_no_request() {
+    let bs = [
+        Backend::start(Behavior::ok()).await.unwrap(),
+        Backend::start(Behavior::ok()).await.unwrap(),
+    ];
+    let addrs: Vec<_> = bs.iter().map(Backend::addr).collect();
+    // Panic mode off, so it does not hide the half-open state; a long open
+    // period, so only the checks half-open the breakers.
+    let up = upstream(
+        "app",
+        &addrs,
+        "panic_threshold = 0\n[retry]\nmax_retries = 0\n[outlier]\nmax_ejection_percent = 100\nconsecutive_5xx = 1000\nconsecutive_gateway_failure = 1000\n[breaker]\nconsecutive_failures = 2\nopen_for = \"60s\"\njitter = 0.0\nhalf_open_probes = 1\nhalf_open_successes = 3\n[health]\nkind = \"http\"\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\nfall = 1\nrise = 1",
+    );
+    let attempts = Arc::new(Attempts::default());
+    let h = serve(&up, &attempts);
+    let mut c = RawConnection::connect(h.addr()).await.unwrap();
+    // Failing, first while the checks still pass (so the requests reach
+    // both backends and trip both breakers), then the checks too.
+    for b in &bs {
+        b.set_behavior(Behavior::status(503).healthy_on("/healthz"));
+    }
+    for _ in 0..4 {
+        assert_eq!(get(&mut c, "x").await.status, 503);
+    }
+    assert_eq!(states(&up, &addrs), [detour_core::GateState::Open; 2]);
+    for b in &bs {
+        b.set_behavior(Behavior::status(503));
+    }
+    let down = |up: &Upstream| up.backends().iter().all(|b| b.state().check_failed());
+    eventually("both checked down", || down(&up)).await;
+    // Back, slow enough that the probes are still in flight when the other
+    // requests arrive; the checks pass at once.
+    for b in &bs {
+        b.set_behavior(Behavior::slow(Duration::from_millis(300)).healthy_on("/healthz"));
+    }
+    eventually("both checked up and half-open", || {
+        !up.backends().iter().any(|b| b.state().check_failed())
+            && states(&up, &addrs) == [detour_core::GateState::HalfOpen; 2]
+    })
+    .await;
+    let answers = all_at_once(h.addr(), 4).await;
+    assert_eq!(answers, [200; 4], "every request served");
+    // The four that tripped the breakers and these four (not the checks).
+    let proxied = |b: &Backend| b.received().iter().filter(|r| r.path == "/u").count();
+    assert_eq!(bs.iter().map(proxied).sum::<usize>(), 4 + 4);
+    shut(h).await;
+}
+
+/// A breaker half-open only because its open period ran out keeps its
+/// probe limit: with both probes in flight, two more requests are refused
+/// (panic mode off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakers_half_open_by_the_clock_keep_their_probe_limit() {
     let bs = [
         Backend::start(Behavior::status(503)).await.unwrap(),
         Backend::start(Behavior::status(503)).await.unwrap(),
     ];
     let addrs: Vec<_> = bs.iter().map(Backend::addr).collect();
-    // Panic mode off, so it does not hide the half-open state.
     let up = upstream(
         "app",
         &addrs,
-        "panic_threshold = 0\n[retry]\nmax_retries = 0\n[outlier]\nmax_ejection_percent = 100\nconsecutive_5xx = 1000\nconsecutive_gateway_failure = 1000\n[breaker]\nconsecutive_failures = 2\nopen_for = \"100ms\"\njitter = 0.0\nhalf_open_probes = 1\nhalf_open_successes = 3",
+        "panic_threshold = 0\n[retry]\nmax_retries = 0\n[outlier]\nmax_ejection_percent = 100\nconsecutive_5xx = 1000\nconsecutive_gateway_failure = 1000\n[breaker]\nconsecutive_failures = 2\nopen_for = \"100ms\"\njitter = 0.0\nhalf_open_probes = 1",
     );
     let attempts = Arc::new(Attempts::default());
     let h = serve(&up, &attempts);
-    let reg = Arc::clone(up.breakers().unwrap());
-    let states = || {
-        addrs
-            .iter()
-            .map(|&a| reg.breaker(a).unwrap().state())
-            .collect::<Vec<_>>()
-    };
     let mut c = RawConnection::connect(h.addr()).await.unwrap();
     for _ in 0..4 {
         assert_eq!(get(&mut c, "x").await.status, 503);
     }
-    assert_eq!(states(), [detour_core::GateState::Open; 2]);
-    // Back, slow enough that the probes are still in flight when the
-    // other requests arrive.
+    assert_eq!(states(&up, &addrs), [detour_core::GateState::Open; 2]);
     for b in &bs {
-        b.set_behavior(Behavior::slow(Duration::from_millis(300)));
+        b.set_behavior(Behavior::slow(Duration::from_secs(1)));
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(states(), [detour_core::GateState::HalfOpen; 2]);
-    let mut conns = Vec::new();
-    for _ in 0..4 {
-        conns.push(RawConnection::connect(h.addr()).await.unwrap());
-    }
-    let answers = all_at_once(conns).await;
-    assert_eq!(answers, [200; 4], "every request served");
-    assert_eq!(bs.iter().map(Backend::requests).sum::<usize>(), 4 + 4);
+    let mut answers = all_at_once(h.addr(), 4).await;
+    answers.sort_unstable();
+    assert_eq!(answers, [200, 200, 503, 503]);
     shut(h).await;
 }
 
-/// One GET on each connection, all at once; their statuses.
-async fn all_at_once(conns: Vec<RawConnection>) -> Vec<u16> {
+/// `n` GETs on `n` connections to `addr`, sent at once; their statuses.
+async fn all_at_once(addr: SocketAddr, n: usize) -> Vec<u16> {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        conns.push(RawConnection::connect(addr).await.unwrap());
+    }
     let tasks: Vec<_> = conns
         .into_iter()
         .map(|mut c| tokio::spawn(async move { get(&mut c, "x").await.status }))

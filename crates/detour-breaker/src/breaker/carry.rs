@@ -29,6 +29,8 @@ pub struct BreakerMemory {
     pub trips: u64,
     /// Repeated trips so far (the exponent of the open period's growth).
     level: u32,
+    /// Half-open because an active check saw the backend come back.
+    by_check: bool,
 }
 
 impl CircuitBreaker {
@@ -41,6 +43,7 @@ impl CircuitBreaker {
             open_left: self.retry_after(),
             trips: self.trips(),
             level: self.lock().level,
+            by_check: self.half_open_by_check(),
         }
     }
 
@@ -77,6 +80,9 @@ impl CircuitBreaker {
         // state change could; it happens under the lock held here.
         if self.cas(cur, next).is_ok() {
             metrics::gauge!(OPEN_GAUGE).increment(1.0);
+            if memory.by_check && next.mode() == Mode::HalfOpen {
+                self.vouch(next.era());
+            }
         }
     }
 }
@@ -144,7 +150,14 @@ mod tests {
         let fresh = CircuitBreaker::new(config()).unwrap();
         fresh.resume(&memory);
         assert_eq!(fresh.state(), GateState::HalfOpen);
+        assert!(!fresh.half_open_by_check(), "half-open by the clock");
         assert!(fresh.try_acquire().is_some(), "a probe slot is free");
+        // Half-opened by a check: still vouched for after the reload.
+        let (_r, checked) = tripped(&config());
+        detour_core::AdmissionGate::on_backend_recovered(&*checked);
+        let vouched = CircuitBreaker::new(config()).unwrap();
+        vouched.resume(&checked.memory());
+        assert!(vouched.half_open_by_check());
 
         let closed = CircuitBreaker::new(config()).unwrap().memory();
         let other = CircuitBreaker::new(config()).unwrap();

@@ -154,6 +154,9 @@ pub struct CircuitBreaker {
     slow_window: Option<RateWindow>,
     /// When the current half-open period began (ns since the epoch).
     half_open_since: AtomicU64,
+    /// The era of the half-open period an active check began (era + 1; 0:
+    /// none), see [`half_open_by_check`](Self::half_open_by_check).
+    checked_era: AtomicU32,
     trips: AtomicU64,
     /// A trip was refused by the removal cap and has not been logged since.
     refused: AtomicBool,
@@ -242,6 +245,7 @@ impl CircuitBreaker {
             failure_window,
             slow_window,
             half_open_since: AtomicU64::new(0),
+            checked_era: AtomicU32::new(0),
             trips: AtomicU64::new(0),
             refused: AtomicBool::new(false),
             epoch: Epoch::now(),
@@ -304,6 +308,16 @@ impl CircuitBreaker {
             return self.load().gate_state();
         }
         w.gate_state()
+    }
+
+    /// Whether it is half-open because an active check saw its backend come
+    /// back (`on_backend_recovered`), rather than because its open period
+    /// ran out. Such a breaker's probe limit may give way when every backend
+    /// available is at its limit (see `Backend::try_admit_beyond_probes`).
+    pub fn half_open_by_check(&self) -> bool {
+        let w = self.load();
+        w.mode() == Mode::HalfOpen
+            && self.checked_era.load(Ordering::Acquire) == u32::from(w.era()) + 1
     }
 
     /// While open: the time until it lets probes through (zero when that time
@@ -463,6 +477,10 @@ impl CircuitBreaker {
         self.cas(from, next).ok()?;
         self.half_open_since
             .store(self.epoch.elapsed_nanos(), Ordering::Release);
+        match reason {
+            TransitionReason::BackendRecovered => self.vouch(next.era()),
+            _ => self.checked_era.store(0, Ordering::Release),
+        }
         self.emit(Transition {
             addr: self.addr,
             upstream: self.upstream.clone(),
@@ -757,9 +775,23 @@ impl CircuitBreaker {
         }
     }
 
+    /// Mark half-open period `era` as begun, or confirmed, by an active
+    /// check. Stored after the state word moved: a reader in between sees
+    /// an older era and answers no, erring toward the probe limit.
+    pub(crate) fn vouch(&self, era: u16) {
+        self.checked_era
+            .store(u32::from(era) + 1, Ordering::Release);
+    }
+
     /// An active check saw the backend come back: open → half-open at once.
+    /// A breaker already half-open (its open period ran out first, read by
+    /// a status page or an admission) is vouched for from now on.
     fn backend_recovered(&self) {
         let mut w = self.load();
+        if w.mode() == Mode::HalfOpen {
+            self.vouch(w.era());
+            return;
+        }
         while w.mode() == Mode::Open {
             if self
                 .leave_open(w, TransitionReason::BackendRecovered, false)
@@ -880,6 +912,10 @@ impl AdmissionGate for CircuitBreaker {
 
     fn on_backend_recovered(&self) {
         self.backend_recovered();
+    }
+
+    fn half_open_by_check(&self) -> bool {
+        CircuitBreaker::half_open_by_check(self)
     }
 }
 

@@ -399,6 +399,42 @@ async fn a_recovered_backend_half_opens_at_once() {
     assert_eq!(closed.state(), GateState::Closed);
 }
 
+/// Only a half-open period that a check began is vouched for: not one the
+/// open period's end began, not the next after a failed probe, not a
+/// closed breaker.
+#[tokio::test(start_paused = true)]
+async fn only_a_check_vouches_for_a_half_open_breaker() {
+    let b = breaker(cfg());
+    assert!(!b.half_open_by_check());
+    fail(&b, 5);
+    assert!(!b.half_open_by_check(), "open");
+    AdmissionGate::on_backend_recovered(&b);
+    assert!(b.half_open_by_check());
+    assert!(AdmissionGate::half_open_by_check(&b));
+    // A failed probe opens it again; its open period then runs out.
+    b.try_acquire().unwrap().failure();
+    assert_eq!(b.state(), GateState::Open);
+    assert!(!b.half_open_by_check());
+    advance(b.config().max_open_for).await;
+    assert_eq!(b.state(), GateState::HalfOpen);
+    assert!(!b.half_open_by_check(), "half-open by the clock");
+    // Probes close it.
+    for _ in 0..b.config().half_open_successes {
+        b.try_acquire().unwrap().success();
+    }
+    assert_eq!(b.state(), GateState::Closed);
+    assert!(!b.half_open_by_check());
+
+    let timed = breaker(cfg());
+    to_half_open(&timed).await;
+    assert!(!timed.half_open_by_check());
+    // Its backend then seen back by a check (a status page read the state
+    // first, which half-opened it): vouched for from then on.
+    AdmissionGate::on_backend_recovered(&timed);
+    assert_eq!(timed.state(), GateState::HalfOpen);
+    assert!(timed.half_open_by_check());
+}
+
 #[tokio::test(start_paused = true)]
 async fn calls_from_before_the_trip_do_not_decide_half_open() {
     let b = breaker(cfg());

@@ -170,11 +170,16 @@ impl ProxyHttp for DetourProxy {
         .record(status, session.elapsed());
         // Looked up only when something records it: most requests are
         // neither kept nor logged.
-        let request_id = || header_str(session, &self.request_id);
-        if explain::worth_keeping(session, err, status) {
+        let keep = explain::worth_keeping(session, err, status);
+        let request_id = if keep || self.access_log {
+            header_str(session, &self.request_id)
+        } else {
+            None
+        };
+        if keep {
             self.app.recent().keep(&explain::Kept {
                 session,
-                request_id: request_id(),
+                request_id,
                 status,
                 upstream,
                 error: err,
@@ -183,7 +188,7 @@ impl ProxyHttp for DetourProxy {
         if self.access_log {
             let line = AccessLine {
                 session,
-                request_id: request_id(),
+                request_id,
                 status,
                 bytes_in: ctx.bytes_in,
                 bytes_out: session.body_bytes_sent(),

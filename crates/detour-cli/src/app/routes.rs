@@ -149,9 +149,9 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 
 /// The first route that takes the request.
 ///
-/// `host` is called at most once, and only when a route before the match
-/// has a host pattern: finding the `Host` header costs a lookup that a
-/// configuration of path routes alone does not need.
+/// `host` is called at most once, and only when a route whose path prefix
+/// matches has a host pattern (up to and including the match): finding
+/// the `Host` header costs a lookup that path routes alone do not need.
 pub fn find<'a, 'h>(
     routes: &'a [Arc<Route>],
     host: impl FnOnce() -> Option<&'h str>,
