@@ -36,6 +36,16 @@ pub const MIN_ATTEMPTS: u32 = 20;
 /// A backend failing at most this share of its recent attempts is clearly
 /// healthy.
 pub const HEALTHY_AT_MOST: f64 = 0.10;
+/// ...and failing at most [`LATEST_HEALTHY_FAILURES`] of its last
+/// [`LATEST`] attempts: a history still full of the successes from before
+/// an outage must not vouch for a backend that fails now. Otherwise, at the
+/// start of an outage of every backend, the first one removed makes the
+/// failure look concentrated, retries go past the budget, their backoff
+/// slows the traffic, and the stale histories then turn over too slowly to
+/// end it (seen for about a second in the chaos `chained` scenario).
+pub const LATEST: u32 = 8;
+/// See [`LATEST`].
+pub const LATEST_HEALTHY_FAILURES: u32 = 1;
 /// A backend failing at least this share of its recent attempts is failing.
 pub const FAILING_AT_LEAST: f64 = 0.50;
 /// In a correlated failure every backend fails at least this share...
@@ -114,6 +124,14 @@ impl History {
             });
     }
 
+    /// Failures among the last [`LATEST`] attempts (fewer when fewer were
+    /// made).
+    pub fn latest_failures(&self) -> u32 {
+        let v = self.0.load(Ordering::Relaxed);
+        let count = (v >> HISTORY).min(u64::from(LATEST));
+        (v & ((1u64 << count) - 1)).count_ones()
+    }
+
     /// Attempts and failures remembered now.
     pub fn recent(&self) -> (u32, u32) {
         let v = self.0.load(Ordering::Relaxed);
@@ -148,6 +166,8 @@ pub struct Member {
     pub attempts: u32,
     /// Of which failed.
     pub failures: u32,
+    /// Failures among its last [`LATEST`] attempts.
+    pub latest_failures: u32,
     /// Passively removed now (ejected, or its breaker open): it left for
     /// failing, so it counts as failing whatever its history says.
     pub removed: bool,
@@ -164,9 +184,12 @@ impl Member {
         }
     }
 
-    /// In service, enough attempts, and failing at most [`HEALTHY_AT_MOST`].
+    /// In service, enough attempts, failing at most [`HEALTHY_AT_MOST`], and
+    /// at most [`LATEST_HEALTHY_FAILURES`] of its last [`LATEST`].
     pub fn is_healthy(self) -> bool {
-        !self.removed && self.rate().is_some_and(|r| r <= HEALTHY_AT_MOST)
+        !self.removed
+            && self.latest_failures <= LATEST_HEALTHY_FAILURES
+            && self.rate().is_some_and(|r| r <= HEALTHY_AT_MOST)
     }
 }
 
@@ -377,6 +400,7 @@ impl FailureSpread {
                 Member {
                     attempts,
                     failures,
+                    latest_failures: b.history().latest_failures(),
                     removed: b.is_passively_removed(),
                 }
             })
@@ -412,10 +436,13 @@ impl FailureSpread {
 mod tests {
     use super::*;
 
+    /// A member whose failures are the oldest of its attempts (none among
+    /// its latest unless every attempt failed).
     fn m(attempts: u32, failures: u32) -> Member {
         Member {
             attempts,
             failures,
+            latest_failures: failures.saturating_sub(attempts.saturating_sub(LATEST)),
             removed: false,
         }
     }
@@ -423,6 +450,7 @@ mod tests {
     const OUT: Member = Member {
         attempts: 0,
         failures: 0,
+        latest_failures: 0,
         removed: true,
     };
 
@@ -450,6 +478,42 @@ mod tests {
         let v = classify(&[m(56, 56), m(56, 50), OUT, OUT, m(56, 0)]);
         assert_eq!(v.spread, Spread::Concentrated);
         assert_eq!((v.healthy, v.failing), (1, 4));
+    }
+
+    /// An outage of every backend has just begun: one is removed already,
+    /// the others' histories are still mostly the successes from before,
+    /// but their latest attempts fail. Nobody is clearly healthy, so the
+    /// failure is not concentrated (retries stay within the budget).
+    #[test]
+    fn a_history_of_old_successes_does_not_vouch_for_a_failing_backend() {
+        let failing_now = |failures| Member {
+            attempts: HISTORY,
+            failures,
+            latest_failures: failures,
+            removed: false,
+        };
+        let v = classify(&[OUT, failing_now(2), failing_now(3)]);
+        assert_eq!((v.spread, v.healthy), (Spread::Normal, 0));
+        // One failure lately is still healthy (a 2 % failure rate shows one
+        // in its last eight about one time in seven).
+        let v = classify(&[OUT, failing_now(1), failing_now(3)]);
+        assert_eq!((v.spread, v.healthy), (Spread::Concentrated, 1));
+        // The history counts them in order.
+        let h = History::default();
+        for _ in 0..HISTORY {
+            h.record(false);
+        }
+        assert_eq!(h.latest_failures(), 0);
+        h.record(true);
+        h.record(true);
+        assert_eq!((h.recent(), h.latest_failures()), ((HISTORY, 2), 2));
+        for _ in 0..LATEST - 1 {
+            h.record(false);
+        }
+        assert_eq!(h.latest_failures(), 1, "one fell out of the latest");
+        let young = History::default();
+        young.record(true);
+        assert_eq!(young.latest_failures(), 1);
     }
 
     #[test]
