@@ -408,11 +408,7 @@ impl Backend {
         if self.weight == 0 || self.state.is_draining() {
             return None;
         }
-        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Permit {
-            backend: Arc::clone(self),
-            gated: false,
-        })
+        Some(self.permit(false))
     }
 
     /// Admission past a half-open gate's probe limit, when an active health
@@ -434,14 +430,17 @@ impl Backend {
             .state
             .gate()
             .is_some_and(|g| g.state() == GateState::HalfOpen && g.half_open_by_check());
-        if !vouched {
-            return None;
-        }
+        vouched.then(|| self.permit(false))
+    }
+
+    /// A permit for one attempt, counted in flight; `gated`: the gate
+    /// admitted it and hears its release.
+    fn permit(self: &Arc<Self>, gated: bool) -> Permit {
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Permit {
+        Permit {
             backend: Arc::clone(self),
-            gated: false,
-        })
+            gated,
+        }
     }
 
     fn admit_gated(self: &Arc<Self>) -> Option<Permit> {
@@ -450,11 +449,7 @@ impl Backend {
             Some(_) => true,
             None => false,
         };
-        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Permit {
-            backend: Arc::clone(self),
-            gated,
-        })
+        Some(self.permit(gated))
     }
 }
 

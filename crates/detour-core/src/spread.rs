@@ -112,6 +112,18 @@ pub struct History(AtomicU64);
 /// The history's bits; the count sits above them.
 const BITS: u64 = (1 << HISTORY) - 1;
 
+/// Of history word `v`, the last `last` attempts (fewer when fewer were
+/// made) and how many of them failed.
+fn failures_among(v: u64, last: u32) -> (u32, u32) {
+    let count = (v >> HISTORY).min(u64::from(last)) as u32;
+    let window = if count >= HISTORY {
+        BITS
+    } else {
+        (1u64 << count) - 1
+    };
+    (count, (v & window).count_ones())
+}
+
 impl History {
     /// Remember one attempt, forgetting the oldest when full.
     pub fn record(&self, failed: bool) {
@@ -127,21 +139,24 @@ impl History {
     /// Failures among the last [`LATEST`] attempts (fewer when fewer were
     /// made).
     pub fn latest_failures(&self) -> u32 {
-        let v = self.0.load(Ordering::Relaxed);
-        let count = (v >> HISTORY).min(u64::from(LATEST));
-        (v & ((1u64 << count) - 1)).count_ones()
+        failures_among(self.0.load(Ordering::Relaxed), LATEST).1
     }
 
     /// Attempts and failures remembered now.
     pub fn recent(&self) -> (u32, u32) {
+        failures_among(self.0.load(Ordering::Relaxed), HISTORY)
+    }
+
+    /// The history as one backend's [`Member`], read at once.
+    fn member(&self, removed: bool) -> Member {
         let v = self.0.load(Ordering::Relaxed);
-        let count = (v >> HISTORY).min(u64::from(HISTORY)) as u32;
-        let window = if count >= HISTORY {
-            BITS
-        } else {
-            (1u64 << count) - 1
-        };
-        (count, (v & window).count_ones())
+        let (attempts, failures) = failures_among(v, HISTORY);
+        Member {
+            attempts,
+            failures,
+            latest_failures: failures_among(v, LATEST).1,
+            removed,
+        }
     }
 
     /// Take over `other`'s attempts (a reload hands a backend's history to
@@ -396,13 +411,7 @@ impl FailureSpread {
                 if forget {
                     b.history().clear();
                 }
-                let (attempts, failures) = b.history().recent();
-                Member {
-                    attempts,
-                    failures,
-                    latest_failures: b.history().latest_failures(),
-                    removed: b.is_passively_removed(),
-                }
+                b.history().member(b.is_passively_removed())
             })
             .collect()
     }

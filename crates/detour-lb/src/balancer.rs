@@ -570,19 +570,29 @@ impl<S: Selection> LoadBalancer<S> {
         if tally.tried.is_empty() {
             return None;
         }
-        for g in order {
+        let (p, g) = self.first_admitted(set, key, order, rng, |b| {
+            tally.offered = tally.offered.saturating_add(1);
+            b.try_admit(now)
+        })?;
+        Some(Chosen::normal(p, g, first, true))
+    }
+
+    /// The first backend `admit` takes, walking the groups in `order`; with
+    /// the group it is in.
+    fn first_admitted(
+        &self,
+        set: &BackendSet<S::Table>,
+        key: u64,
+        order: impl Iterator<Item = usize>,
+        rng: &mut Rng,
+        mut admit: impl FnMut(&Arc<Backend>) -> Option<Permit>,
+    ) -> Option<(Permit, usize)> {
+        order.into_iter().find_map(|g| {
             let group = &set.groups[g];
-            let found = self
-                .selection
-                .walk(&group.table, &group.members, key, rng, |b| {
-                    tally.offered = tally.offered.saturating_add(1);
-                    b.try_admit(now)
-                });
-            if let Some(p) = found {
-                return Some(Chosen::normal(p, g, first, true));
-            }
-        }
-        None
+            self.selection
+                .walk(&group.table, &group.members, key, rng, &mut admit)
+                .map(|p| (p, g))
+        })
     }
 
     /// One group's walk for an untried backend that admits, with slow start.
@@ -646,29 +656,25 @@ impl<S: Selection> LoadBalancer<S> {
             if again && tally.tried.is_empty() {
                 break;
             }
-            for g in order.groups(set.groups.len()) {
-                let group = &set.groups[g];
-                let mut beyond = false;
-                let found = self
-                    .selection
-                    .walk(&group.table, &group.members, key, rng, |b| {
-                        if again {
-                            tally.offered = tally.offered.saturating_add(1);
-                        } else if tally.offer(b) {
-                            return None;
-                        }
-                        // The walk stops at the first admission, so the
-                        // flag speaks for the one taken.
-                        let normal = b.try_admit(now);
-                        beyond = normal.is_none();
-                        normal.or_else(|| b.try_admit_beyond_probes(now))
-                    });
-                if let Some(permit) = found {
-                    return Some(Chosen {
-                        beyond_probes: beyond,
-                        ..Chosen::normal(permit, g, order.first, again)
-                    });
+            let mut beyond = false;
+            let groups = order.groups(set.groups.len());
+            let found = self.first_admitted(set, key, groups, rng, |b| {
+                if again {
+                    tally.offered = tally.offered.saturating_add(1);
+                } else if tally.offer(b) {
+                    return None;
                 }
+                // The walks stop at the first admission, so the flag speaks
+                // for the one taken.
+                let normal = b.try_admit(now);
+                beyond = normal.is_none();
+                normal.or_else(|| b.try_admit_beyond_probes(now))
+            });
+            if let Some((permit, g)) = found {
+                return Some(Chosen {
+                    beyond_probes: beyond,
+                    ..Chosen::normal(permit, g, order.first, again)
+                });
             }
         }
         None
