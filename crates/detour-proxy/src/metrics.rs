@@ -25,23 +25,15 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, Share
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::sync::watch;
 
-use crate::server::telemetry::BackendSeries;
+use crate::server::telemetry::{BackendSeries, Histograms};
 
-/// Bucket bounds, in seconds, of the latency histograms.
-pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// How often the upkeep thread folds recorded histogram samples into their
-/// buckets. The recorder holds each sample (16 bytes) until then: at 40,000
-/// requests/s and two histograms a request, a quarter of a second is about
-/// 0.3 MB of samples, where two seconds was 2.6 MB of resident memory.
-const UPKEEP: std::time::Duration = std::time::Duration::from_millis(250);
+pub use crate::server::telemetry::LATENCY_BUCKETS;
 
 /// The installed recorder's page: the Prometheus exporter's series, and the
-/// per-backend ones Detour keeps itself
+/// ones Detour keeps itself: per backend
 /// ([`BackendSeries`](crate::server::telemetry::BackendSeries)), so that a
-/// backend that leaves takes its series with it after a while.
+/// backend that leaves takes its series with it after a while, and the
+/// histograms ([`Histograms`](crate::server::telemetry::Histograms)).
 #[derive(Debug, Clone)]
 pub struct MetricsHandle {
     prom: PrometheusHandle,
@@ -51,13 +43,9 @@ impl MetricsHandle {
     /// The page `/metrics` serves, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut page = self.prom.render();
+        page.push_str(&Histograms::global().render());
         page.push_str(&BackendSeries::global().render(tokio::time::Instant::now()));
         page
-    }
-
-    /// Fold recorded histogram samples into their buckets now.
-    pub fn run_upkeep(&self) {
-        self.prom.run_upkeep();
     }
 }
 
@@ -74,10 +62,12 @@ impl std::fmt::Display for InstallError {
 impl std::error::Error for InstallError {}
 
 /// The recorder installed: series with a `backend` label go to
-/// [`BackendSeries`], everything else to the Prometheus exporter.
+/// [`BackendSeries`], histograms to [`Histograms`], everything else to the
+/// Prometheus exporter.
 struct Layer {
     prom: PrometheusRecorder,
     backends: &'static BackendSeries,
+    histograms: &'static Histograms,
 }
 
 impl Recorder for Layer {
@@ -89,8 +79,8 @@ impl Recorder for Layer {
         self.prom.describe_gauge(key, unit, text);
     }
 
-    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, text: SharedString) {
-        self.prom.describe_histogram(key, unit, text);
+    fn describe_histogram(&self, key: KeyName, _unit: Option<Unit>, text: SharedString) {
+        self.histograms.describe(key.as_str(), &text);
     }
 
     fn register_counter(&self, key: &Key, meta: &Metadata<'_>) -> Counter {
@@ -109,47 +99,32 @@ impl Recorder for Layer {
         }
     }
 
-    fn register_histogram(&self, key: &Key, meta: &Metadata<'_>) -> Histogram {
-        self.prom.register_histogram(key, meta)
+    fn register_histogram(&self, key: &Key, _meta: &Metadata<'_>) -> Histogram {
+        self.histograms.histogram(key)
     }
 }
 
 /// Install the Prometheus recorder as the process's metrics recorder.
-/// Histograms are exported with [`LATENCY_BUCKETS`], and a background thread
-/// folds recorded samples into them every quarter second: the recorder keeps
-/// every sample until that happens, so without it memory would grow with
-/// every request between two scrapes. `handle.render()` is the text to serve.
+/// Histograms are kept in the fixed buckets of [`LATENCY_BUCKETS`] (a sample
+/// is counted as it is recorded: nothing is held until a scrape).
+/// `handle.render()` is the text to serve.
 ///
 /// # Errors
-/// A recorder is installed already, or the buckets are refused.
+/// A recorder is installed already.
 pub fn install() -> Result<MetricsHandle, InstallError> {
-    let prom = PrometheusBuilder::new()
-        .set_buckets(LATENCY_BUCKETS)
-        .map_err(|e| InstallError(e.to_string()))?
-        .build_recorder();
+    let prom = PrometheusBuilder::new().build_recorder();
     let handle = MetricsHandle {
         prom: prom.handle(),
     };
     let layer = Layer {
         prom,
         backends: BackendSeries::global(),
+        histograms: Histograms::global(),
     };
     metrics::set_global_recorder(layer)
         .map_err(|_| InstallError("a metrics recorder is installed already".into()))?;
     // `# HELP` for every family the crates emit.
     crate::server::telemetry::describe();
-    let upkeep = handle.clone();
-    // A plain OS thread outside any runtime: blocking sleep is right here.
-    #[allow(clippy::disallowed_methods)]
-    let spawned = std::thread::Builder::new()
-        .name("detour-metrics".into())
-        .spawn(move || loop {
-            std::thread::sleep(UPKEEP);
-            upkeep.run_upkeep();
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "metrics: no upkeep thread; histograms fold in at scrape only");
-    }
     Ok(handle)
 }
 

@@ -6,7 +6,8 @@
 //! as they appear. The `detour` binary does this at start.
 //!
 //! [`BackendSeries`] keeps the series labelled with a backend apart, so that a
-//! backend that leaves takes them with it.
+//! backend that leaves takes them with it; [`Histograms`] keeps the latency
+//! histograms in fixed buckets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -16,6 +17,10 @@ use std::time::Duration;
 
 use metrics::Key;
 use tokio::time::Instant;
+
+mod histograms;
+
+pub use histograms::{BucketHistogram, Histograms, LATENCY_BUCKETS};
 
 /// What a family measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
