@@ -149,6 +149,8 @@ impl<F: Future> Future for Within<'_, F> {
 /// A response head arrived.
 pub(crate) struct AttemptOk {
     head: response::Parts,
+    /// The head's hop-by-hop fields, found when its framing was checked.
+    hop: forward::HopByHop,
     /// The body, carrying its HTTP/1.1 connection to pool once it is read
     /// (an HTTP/2 connection stays in its own pool all along).
     body: UpBody,
@@ -218,6 +220,7 @@ struct Held<P: ProxyHttp> {
 /// [`Held`].
 struct Answer<P: ProxyHttp> {
     head: response::Parts,
+    hop: forward::HopByHop,
     body: UpBody,
     grpc: Option<Box<grpc::Pending>>,
     peer: HttpPeer,
@@ -229,6 +232,7 @@ impl<P: ProxyHttp> From<Held<P>> for Answer<P> {
         let Held { ok, peer, rest } = held;
         Answer {
             head: ok.head,
+            hop: ok.hop,
             body: ok.body,
             grpc: ok.grpc,
             peer,
@@ -449,7 +453,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             let mut answer = Answer::from(held);
             // Each step below borrows the answer or is a plain function, so
             // the request's state is not copied into another future.
-            let shaped = self.shape_answer(&ex.session, &mut answer.head, &answer.peer, retriable);
+            let shaped = self.shape_answer(&ex.session, &mut answer, retriable);
             if let Err(e) = self
                 .response_hooks(&mut ex, &mut answer.head, shaped.switching)
                 .await
@@ -850,11 +854,12 @@ fn answered(
 ) -> Result<AttemptOk, AttemptErr> {
     progress.commit = CommitPoint::ResponseStarted;
     let (mut head, mut body) = resp.into_parts();
-    forward::check_response_framing(head.status, &mut head.headers)
+    let hop = forward::check_response_framing(head.status, &mut head.headers)
         .map_err(|e| AttemptErr::new(e, CommitPoint::ResponseStarted, reused))?;
     sender.attach(&mut body);
     Ok(AttemptOk {
         head,
+        hop,
         body,
         reused,
         upload,
@@ -1143,11 +1148,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     fn shape_answer(
         &self,
         session: &Session,
-        head: &mut response::Parts,
-        peer: &HttpPeer,
+        answer: &mut Answer<P>,
         retriable_status: bool,
     ) -> Shaped {
         let sh = &*self.shared;
+        let (head, peer, hop) = (&mut answer.head, &answer.peer, answer.hop);
         let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
         // Detour speaks its own version to its client (RFC 9110 §6.2): an
         // HTTP/1.0 backend must not turn a keep-alive client into one
@@ -1155,14 +1160,14 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         if session.req().version == http::Version::HTTP_11 {
             head.version = http::Version::HTTP_11;
         }
-        // One pass finds the hop-by-hop fields; lookups only for those there.
-        let hop = forward::HopByHop::scan(&head.headers);
+        // The hop-by-hop fields were found when the framing was checked:
+        // lookups only for those there.
         let idle_timeout = peer.options.idle_timeout;
         let keep_for = match hop.keep_alive() {
             true => keep_alive_limit(idle_timeout, &head.headers),
             false => idle_timeout,
         };
-        let upstream_closes = hop.connection() && forward::connection_has(&head.headers, "close");
+        let upstream_closes = hop.closes();
         forward::strip_seen_hop_by_hop(&mut head.headers, hop, switching);
         if sh.forwarding.config.via {
             head.headers.append(header::VIA, sh.forwarding.via.clone());
@@ -1229,6 +1234,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             grpc: grpc_pending,
             peer,
             rest,
+            ..
         } = answer;
         let pool = (!shaped.upstream_closes).then(|| (Arc::clone(&self.pool), shaped.keep_for));
         if body.is_end_stream() {

@@ -181,35 +181,106 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     list_elements(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Which hop-by-hop headers a message carries (see [`HopByHop::scan`]).
+/// Which hop-by-hop headers a message carries, and what its `Connection`
+/// elements say (see [`HopByHop::scan`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct HopByHop {
     /// Bit `i`: `HOP_BY_HOP[i]` is present; the bit after them: `Upgrade`.
     seen: u16,
+    /// A `Connection` element is `close`.
+    close: bool,
+    /// A `Connection` element may name another field to remove: one that
+    /// is none of the usual tokens and no field that is never removed.
+    names_others: bool,
 }
 
+/// Bit `n`: a name in [`HOP_BY_HOP`], or `Upgrade`, is `n` bytes long (a
+/// test checks the names here are those).
+const HOP_BY_HOP_LENGTHS: u32 = {
+    let names = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    let mut bits = 0;
+    let mut i = 0;
+    while i < names.len() {
+        bits |= 1 << names[i].len();
+        i += 1;
+    }
+    bits
+};
+
+/// `Connection` elements that name no field to remove: the usual tokens,
+/// and the message's own routing and framing, which are never a client's
+/// to remove (`Connection: host` or `content-length` is ignored).
+const NEVER_NAMED: [&str; 5] = ["keep-alive", "close", "upgrade", "host", "content-length"];
+
 impl HopByHop {
-    /// One pass over the names (comparisons, no hashing).
+    /// One pass over the fields (names compared, no hashing; only a
+    /// `Connection` value is read).
     pub(crate) fn scan(headers: &HeaderMap) -> Self {
-        let mut seen = 0u16;
-        for name in headers.keys() {
-            if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-                seen |= 1 << i;
-            } else if name == header::UPGRADE {
-                seen |= 1 << HOP_BY_HOP.len();
-            }
+        let mut hop = HopByHop::default();
+        for (name, value) in headers {
+            hop.note(name, value);
         }
-        HopByHop { seen }
+        hop
     }
 
-    /// A `Connection` field is present (`HOP_BY_HOP[0]`).
-    pub(crate) fn connection(self) -> bool {
-        self.seen & 1 != 0
+    /// Take one field into account.
+    #[inline]
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        // Most fields are not hop-by-hop, and most of those have a length
+        // no hop-by-hop name has: one table lookup turns them away.
+        let len = name.as_str().len();
+        if len >= 32 || HOP_BY_HOP_LENGTHS & (1 << len) == 0 {
+            return;
+        }
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            self.seen |= 1 << i;
+            if i == 0 {
+                self.connection_elements(value);
+            }
+        } else if name == header::UPGRADE {
+            self.seen |= 1 << HOP_BY_HOP.len();
+        }
+    }
+
+    /// The elements of one `Connection` field.
+    fn connection_elements(&mut self, value: &HeaderValue) {
+        let elements = value.as_bytes().split(|b| *b == b',');
+        for t in elements.map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
+            if t.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if !NEVER_NAMED
+                .iter()
+                .any(|k| t.eq_ignore_ascii_case(k.as_bytes()))
+            {
+                self.names_others = true;
+            }
+        }
     }
 
     /// A `Keep-Alive` field is present (`HOP_BY_HOP[1]`).
     pub(crate) fn keep_alive(self) -> bool {
         self.seen & 2 != 0
+    }
+
+    /// A `Transfer-Encoding` field is present (`HOP_BY_HOP[7]`).
+    fn transfer_encoding(self) -> bool {
+        self.seen & (1 << 7) != 0
+    }
+
+    /// The `Connection` field lists `close`: the sender closes after this
+    /// message.
+    pub(crate) fn closes(self) -> bool {
+        self.close
     }
 }
 
@@ -224,23 +295,14 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// `seen` names are removed. Most messages carry none or only
 /// `Connection: keep-alive`.
 pub(crate) fn strip_seen_hop_by_hop(headers: &mut HeaderMap, seen: HopByHop, upgrade: bool) {
-    if seen.connection() && !only_usual_connection(headers) {
-        // `Connection` may name further headers; the usual tokens (keep-alive,
-        // close, upgrade) are handled without building names.
+    if seen.names_others {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|t| {
-                // The message's own routing and framing are never a client's to
-                // remove: `Connection: host` or `content-length` is ignored.
-                !t.is_empty()
-                    && !["keep-alive", "close", "upgrade", "host", "content-length"]
-                        .iter()
-                        .any(|k| t.eq_ignore_ascii_case(k))
-            })
+            .filter(|t| !t.is_empty() && !NEVER_NAMED.iter().any(|k| t.eq_ignore_ascii_case(k)))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
@@ -257,20 +319,6 @@ pub(crate) fn strip_seen_hop_by_hop(headers: &mut HeaderMap, seen: HopByHop, upg
     } else if seen.seen & (1 << HOP_BY_HOP.len()) != 0 {
         headers.remove(header::UPGRADE);
     }
-}
-
-/// Whether the only `Connection` field is one of the usual tokens
-/// (`keep-alive`, `close`, `upgrade`), which name no other header: most
-/// messages that carry the field at all.
-fn only_usual_connection(headers: &HeaderMap) -> bool {
-    let mut values = headers.get_all(header::CONNECTION).iter();
-    let (Some(one), None) = (values.next(), values.next()) else {
-        return false;
-    };
-    let token = one.as_bytes().trim_ascii();
-    ["keep-alive", "close", "upgrade"]
-        .iter()
-        .any(|k| token.eq_ignore_ascii_case(k.as_bytes()))
 }
 
 /// The transfer codings a message's `Transfer-Encoding` fields list, as
@@ -327,6 +375,8 @@ impl Codings {
 ///   which hyper accepts) becomes one field: HTTP/2 clients reset a stream
 ///   with a list there, and hyper will not write one.
 ///
+/// Returns the head's hop-by-hop fields, found in the same pass.
+///
 /// # Errors
 /// `InvalidResponse` with `Proxy-Status: …; error=http_response_transfer_coding`
 /// for any coding but one `chunked`; with `error=http_protocol_error` for
@@ -334,27 +384,38 @@ impl Codings {
 pub(crate) fn check_response_framing(
     status: StatusCode,
     headers: &mut HeaderMap,
-) -> Result<(), detour_core::Error> {
-    if status.is_informational() || status == StatusCode::NO_CONTENT {
-        headers.remove(header::CONTENT_LENGTH);
-        return Ok(());
+) -> Result<HopByHop, detour_core::Error> {
+    // One pass: the lengths here, the hop-by-hop fields for the caller.
+    let (mut hop, mut lengths, mut length_list) = (HopByHop::default(), 0u32, false);
+    for (name, value) in headers.iter() {
+        if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            length_list |= value.as_bytes().contains(&b',');
+        } else {
+            hop.note(name, value);
+        }
     }
-    let present = Present::scan(headers);
-    let codings = match present.transfer_encoding {
-        0 => None,
-        _ => Codings::of(headers),
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        if lengths > 0 {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        return Ok(hop);
+    }
+    let codings = match hop.transfer_encoding() {
+        false => None,
+        true => Codings::of(headers),
     };
     let Some(codings) = codings else {
-        // The usual case, one length that hyper has parsed already, needs
-        // no lookup at all.
-        if present.content_length <= 1 && !present.length_list {
-            return Ok(());
+        // The usual case, one length that the client has parsed already,
+        // needs no lookup at all.
+        if lengths <= 1 && !length_list {
+            return Ok(hop);
         }
-        return one_content_length(headers);
+        return one_content_length(headers).map(|()| hop);
     };
     headers.remove(header::CONTENT_LENGTH);
     if codings.only_chunked() {
-        Ok(())
+        Ok(hop)
     } else {
         Err(
             detour_core::Error::upstream(detour_core::ErrorKind::InvalidResponse)
@@ -1032,6 +1093,55 @@ mod tests {
         assert!(
             !p.headers.contains_key("x-request-id"),
             "the client's own id may go"
+        );
+    }
+
+    #[test]
+    fn the_length_table_knows_every_hop_by_hop_name() {
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            let len = name.as_str().len();
+            assert!(HOP_BY_HOP_LENGTHS & (1 << len) != 0, "{name}");
+        }
+        // And it turns the usual end-to-end fields away.
+        for name in ["host", "date", "server", "content-type", "content-length"] {
+            assert_eq!(HOP_BY_HOP_LENGTHS & (1 << name.len()), 0, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_response_scan_reads_every_connection_field() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" Close ,upgrade"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        let hop = check_response_framing(StatusCode::OK, &mut h).unwrap();
+        assert!(hop.closes() && !hop.names_others && !hop.keep_alive());
+        // A second field naming another header takes the slow path, which
+        // removes it with the rest.
+        h.append(header::CONNECTION, HeaderValue::from_static("x-trace"));
+        h.insert("x-trace", HeaderValue::from_static("1"));
+        h.insert(
+            crate::upstream::pool::KEEP_ALIVE,
+            HeaderValue::from_static("timeout=5"),
+        );
+        let hop = check_response_framing(StatusCode::OK, &mut h).unwrap();
+        assert!(hop.names_others && hop.keep_alive());
+        strip_seen_hop_by_hop(&mut h, hop, false);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-length"]);
+        // Only the usual tokens: nothing else is looked for or removed.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let hop = check_response_framing(StatusCode::NO_CONTENT, &mut h).unwrap();
+        assert!(!hop.closes() && !hop.names_others);
+        strip_seen_hop_by_hop(&mut h, hop, false);
+        assert_eq!(
+            h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["x-kept"]
         );
     }
 
