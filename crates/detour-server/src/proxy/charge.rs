@@ -14,6 +14,8 @@ pub(crate) struct Charge {
     pub(crate) commit: CommitPoint,
     /// The attempt's number (1 for the first).
     pub(crate) attempt: u32,
+    /// When it ended (the engine read the clock for its latency already).
+    pub(crate) at: Instant,
 }
 
 /// Report `c` for an attempt to `peer`: to its backend's state, its
@@ -25,8 +27,7 @@ pub(crate) struct Charge {
 pub(crate) fn charge(observers: &[Arc<dyn Observer>], peer: &HttpPeer, c: Charge) {
     let backend = peer.backend().filter(|b| b.addr() == peer.addr);
     if let Some(b) = backend {
-        b.state()
-            .record_attempt(c.class, c.status, c.latency, Instant::now());
+        b.state().record_attempt(c.class, c.status, c.latency, c.at);
     }
     if observers.is_empty() && peer.observer().is_none() {
         return;

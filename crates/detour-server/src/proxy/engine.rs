@@ -693,6 +693,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                     latency,
                     commit,
                     attempt: id.number(),
+                    at: ended,
                 };
                 charge(&self.shared.observers, &peer, c);
             }

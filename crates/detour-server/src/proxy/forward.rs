@@ -634,8 +634,30 @@ fn host_and_port(value: &[u8]) -> Option<HostPort<'_>> {
     }
 }
 
+/// Bytes a reg-name holds as they are: unreserved and sub-delims (RFC 3986
+/// §3.2.2). `%` starts an escape and is not among them.
+const REG_NAME_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~')
+            || matches!(
+                c,
+                b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+            );
+        b += 1;
+    }
+    t
+};
+
 /// A non-empty RFC 3986 reg-name (an IPv4 address is one too).
 fn is_reg_name(host: &[u8]) -> bool {
+    // The usual host has no escape: one table lookup a byte.
+    if !host.is_empty() && host.iter().all(|b| REG_NAME_BYTES[usize::from(*b)]) {
+        return true;
+    }
     let mut i = 0;
     while i < host.len() {
         match host[i] {
@@ -1094,6 +1116,17 @@ mod tests {
             !p.headers.contains_key("x-request-id"),
             "the client's own id may go"
         );
+    }
+
+    #[test]
+    fn the_reg_name_table_holds_unreserved_and_sub_delims_only() {
+        let listed =
+            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=";
+        for b in 0..=255u8 {
+            assert_eq!(REG_NAME_BYTES[usize::from(b)], listed.contains(&b), "{b}");
+        }
+        assert!(is_reg_name(b"example.com") && is_reg_name(b"a%41b"));
+        assert!(!is_reg_name(b"") && !is_reg_name(b"a%4") && !is_reg_name(b"a b"));
     }
 
     #[test]

@@ -158,6 +158,7 @@ impl Pending {
             latency: self.latency,
             commit: CommitPoint::ResponseForwarded,
             attempt: self.attempt,
+            at: tokio::time::Instant::now(),
         };
         super::charge::charge(&self.observers, peer, charge);
     }
