@@ -209,36 +209,13 @@ struct Progress<'c> {
 
 /// An upstream response with its peer and any unfinished upload: kept back
 /// while a retry is considered (if none happens, the client gets it as it is),
-/// or on its way to the client.
+/// or on its way to the client. It stays in one place, a slot of the
+/// request's future that `drive` fills, from its attempt to the answer:
+/// each move of it whole was a copy of some 400 bytes.
 struct Held<P: ProxyHttp> {
     ok: AttemptOk,
     peer: HttpPeer,
     rest: Option<Box<dyn Upload<P>>>,
-}
-
-/// An upstream answer on its way to the client, taken apart from its
-/// [`Held`].
-struct Answer<P: ProxyHttp> {
-    head: response::Parts,
-    hop: forward::HopByHop,
-    body: UpBody,
-    grpc: Option<Box<grpc::Pending>>,
-    peer: HttpPeer,
-    rest: Option<Box<dyn Upload<P>>>,
-}
-
-impl<P: ProxyHttp> From<Held<P>> for Answer<P> {
-    fn from(held: Held<P>) -> Self {
-        let Held { ok, peer, rest } = held;
-        Answer {
-            head: ok.head,
-            hop: ok.hop,
-            body: ok.body,
-            grpc: ok.grpc,
-            peer,
-            rest,
-        }
-    }
 }
 
 /// What [`HttpProxy::shape_answer`] learned from an upstream head before
@@ -254,8 +231,8 @@ struct Shaped {
 
 /// A settled attempt: what it left, the wait its `Retry-After` asks for,
 /// and its upstream's limits as they stand after its report.
-struct Settled<P: ProxyHttp> {
-    left: Left<P>,
+struct Settled {
+    left: Left,
     retry_after: Option<Duration>,
     spread: Spread,
     members: Option<u32>,
@@ -264,34 +241,28 @@ struct Settled<P: ProxyHttp> {
 }
 
 /// How the attempts ended.
-// Unboxed on purpose: one per request, and a box would be an allocation on
-// every request's path for a value moved once.
-#[allow(clippy::large_enum_variant)]
-enum Ended<P: ProxyHttp> {
-    /// Pass this upstream response on; `retriable`: a retriable status that
-    /// was not retried (it carries `Proxy-Status`).
-    Answer(Held<P>, bool),
+enum Ended {
+    /// Pass the held upstream response on; `retriable`: a retriable status
+    /// that was not retried (it carries `Proxy-Status`).
+    Answer(bool),
     /// Answer with this error, from the upstream named.
     Error(Error, Option<Arc<str>>),
 }
 
 /// What one settled attempt left behind while the next is considered.
-// Unboxed on purpose: one per request, and a box would be an allocation on
-// every request's path for a value moved once.
-#[allow(clippy::large_enum_variant)]
-enum Left<P: ProxyHttp> {
-    /// A response head (a retriable status, unless delivered).
-    Answer(Held<P>),
+enum Left {
+    /// A response head, held (a retriable status, unless delivered).
+    Answer,
     /// A failure, with its upstream's name.
     Failed(Error, Arc<str>),
 }
 
-impl<P: ProxyHttp> Left<P> {
+impl Left {
     /// The attempts end here: the held answer goes on as it is, or the
     /// failure becomes the error answered (a spent budget says so).
-    fn end(self, why: Option<NoRetry>) -> Ended<P> {
+    fn end(self, why: Option<NoRetry>) -> Ended {
         match self {
-            Left::Answer(held) => Ended::Answer(held, why.is_some()),
+            Left::Answer => Ended::Answer(why.is_some()),
             Left::Failed(err, upstream) => {
                 tracing::debug!(error = %err.chain(), why = why.map(NoRetry::as_str), "not retrying");
                 let err = match why {
@@ -442,27 +413,37 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 Ok(None) => {}
                 Err(e) => return Box::pin(self.answer_error(ex, e, None, None)).await,
             }
-            let (held, retriable) = match self.drive(&mut ex, body, content_length).await {
-                Ended::Answer(held, retriable) => (held, retriable),
-                Ended::Error(err, upstream) => {
+            let mut held = None;
+            let ended = self.drive(&mut ex, body, content_length, &mut held).await;
+            let (retriable, answer) = match (ended, held.as_mut()) {
+                (Ended::Answer(retriable), Some(answer)) => (retriable, answer),
+                (Ended::Error(err, upstream), _) => {
                     return Box::pin(self.answer_error(ex, err, upstream.as_deref(), None)).await;
                 }
+                // `drive` ends with an answer only when it holds one.
+                (Ended::Answer(_), None) => {
+                    let err = Error::internal(ErrorKind::Custom).context("no answer held");
+                    return Box::pin(self.answer_error(ex, err, None, None)).await;
+                }
             };
-            // Bound only after `drive` is done: borrowed across an await, its
-            // space in the future is not shared with `drive`'s otherwise.
-            let mut answer = Answer::from(held);
             // Each step below borrows the answer or is a plain function, so
             // the request's state is not copied into another future.
-            let shaped = self.shape_answer(&ex.session, &mut answer, retriable);
+            let shaped = self.shape_answer(&ex.session, answer, retriable);
             if let Err(e) = self
-                .response_hooks(&mut ex, &mut answer.head, shaped.switching)
+                .response_hooks(&mut ex, &mut answer.ok.head, shaped.switching)
                 .await
             {
                 let upstream = Arc::clone(&answer.peer.upstream);
                 return Box::pin(self.answer_error(ex, e, Some(&upstream), None)).await;
             }
+            let Some(answer) = held.take() else {
+                // Held since the match above: not reached.
+                let err = Error::internal(ErrorKind::Custom).context("no answer held");
+                return Box::pin(self.answer_error(ex, err, None, None)).await;
+            };
             if shaped.switching {
-                return Box::pin(self.switch(ex, answer.head, answer.peer, down_upgrade)).await;
+                let Held { ok, peer, .. } = answer;
+                return Box::pin(self.switch(ex, ok.head, peer, down_upgrade)).await;
             }
             self.deliver(ex, answer, shaped)
         }
@@ -513,8 +494,14 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
 
     /// Drive the planner: choose the first peer and arm the planner, then
     /// attempt, settle, ask for the next, choose a peer, wait, and again,
-    /// until an answer or an error is left.
-    async fn drive<B>(&self, ex: &mut Exchange<P>, body: B, content_length: Option<u64>) -> Ended<P>
+    /// until an answer (in `held`) or an error is left.
+    async fn drive<B>(
+        &self,
+        ex: &mut Exchange<P>,
+        body: B,
+        content_length: Option<u64>,
+        held: &mut Option<Held<P>>,
+    ) -> Ended
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -584,7 +571,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 spread,
                 members,
                 ended,
-            } = self.settle(ex, id, peer, result, &mut body, begun);
+            } = self.settle(ex, id, peer, result, &mut body, begun, held);
             let limits = Limits {
                 spread,
                 members,
@@ -614,7 +601,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             if scheduled.counted {
                 count_retry(&peer.upstream, ex.session.last_error(), scheduled.choice);
             }
+            // What the attempt left (a held answer, its connection) goes now.
             drop(left);
+            *held = None;
             if !scheduled.wait.is_zero() {
                 tokio::time::sleep(scheduled.wait).await;
             }
@@ -623,7 +612,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
 
     /// Settle attempt `id` to `peer` that began at `begun`: run the hook
     /// that may change its error or decline its answer, tell the planner,
-    /// and charge the outcome the planner names.
+    /// and charge the outcome the planner names. An answer goes into `held`.
+    #[allow(clippy::too_many_arguments)]
     fn settle<B>(
         &self,
         ex: &mut Exchange<P>,
@@ -632,7 +622,8 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         result: Result<AttemptOk, AttemptErr>,
         body: &mut Option<RequestBody<B>>,
         begun: Instant,
-    ) -> Settled<P>
+        held: &mut Option<Held<P>>,
+    ) -> Settled
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -701,7 +692,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         // Read after the report, so that it counts.
         let (spread, members) = (spread_of(&peer), members_of(&peer));
         let left = match got {
-            Ok(ok) => Left::Answer(Held { ok, peer, rest }),
+            Ok(ok) => {
+                *held = Some(Held { ok, peer, rest });
+                Left::Answer
+            }
             // The peer (and its admission permit) goes before the next is chosen.
             Err(err) => Left::Failed(err, Arc::clone(&peer.upstream)),
         };
@@ -1149,11 +1143,11 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     fn shape_answer(
         &self,
         session: &Session,
-        answer: &mut Answer<P>,
+        answer: &mut Held<P>,
         retriable_status: bool,
     ) -> Shaped {
         let sh = &*self.shared;
-        let (head, peer, hop) = (&mut answer.head, &answer.peer, answer.hop);
+        let (head, peer, hop) = (&mut answer.ok.head, &answer.peer, answer.ok.hop);
         let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
         // Detour speaks its own version to its client (RFC 9110 §6.2): an
         // HTTP/1.0 backend must not turn a keep-alive client into one
@@ -1226,17 +1220,16 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     fn deliver(
         &self,
         mut ex: Exchange<P>,
-        answer: Answer<P>,
+        answer: Held<P>,
         shaped: Shaped,
     ) -> Response<ProxyBody<P>> {
-        let Answer {
+        let Held { ok, peer, rest } = answer;
+        let AttemptOk {
             head,
             mut body,
             grpc: grpc_pending,
-            peer,
-            rest,
             ..
-        } = answer;
+        } = ok;
         let pool = (!shaped.upstream_closes).then(|| (Arc::clone(&self.pool), shaped.keep_for));
         if body.is_end_stream() {
             // Nothing to stream: the connection is free now.

@@ -294,7 +294,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         B::Error: Into<BoxError>,
     {
         // What it left (a held answer, its connection) is dropped: closed.
-        drop(self.settle(ex, id, peer, result, body, begun));
+        let mut held = None;
+        drop(self.settle(ex, id, peer, result, body, begun, &mut held));
+        drop(held);
         ex.session.plan_mut(ex.key).supersede(id);
     }
 }
