@@ -21,8 +21,12 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    formatting, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use tokio::sync::watch;
 
 use crate::server::telemetry::{BackendSeries, Histograms};
@@ -80,7 +84,9 @@ impl Recorder for Layer {
     }
 
     fn describe_histogram(&self, key: KeyName, _unit: Option<Unit>, text: SharedString) {
-        self.histograms.describe(key.as_str(), &text);
+        let name = formatting::sanitize_metric_name(key.as_str());
+        self.histograms
+            .describe(&name, &formatting::sanitize_description(&text));
     }
 
     fn register_counter(&self, key: &Key, meta: &Metadata<'_>) -> Counter {
@@ -100,8 +106,24 @@ impl Recorder for Layer {
     }
 
     fn register_histogram(&self, key: &Key, _meta: &Metadata<'_>) -> Histogram {
-        self.histograms.histogram(key)
+        self.histograms.histogram(&sanitized(key))
     }
+}
+
+/// `key` with its name and label keys as the text format allows them (as
+/// the exporter writes its own series: `my.latency` becomes `my_latency`);
+/// label values are escaped when the page is written.
+fn sanitized(key: &Key) -> Key {
+    let labels: Vec<Label> = key
+        .labels()
+        .map(|l| {
+            Label::new(
+                formatting::sanitize_label_key(l.key()),
+                l.value().to_string(),
+            )
+        })
+        .collect();
+    Key::from_parts(formatting::sanitize_metric_name(key.name()), labels)
 }
 
 /// Install the Prometheus recorder as the process's metrics recorder.

@@ -65,10 +65,21 @@ async fn a_recorder_installed_after_the_upstreams_sees_every_series() {
     for i in 0..3 {
         assert_eq!(get(h.addr(), &format!("/{i}")).await.status, 200);
     }
+    // A histogram of the library user's own, with a name and help the text
+    // format does not allow as they are.
+    metrics::describe_histogram!("my.wait", "Waits.\nMine.");
+    metrics::histogram!("my.wait", "in.queue" => "a\"b").record(0.003);
     let page = get(metrics.addr(), "/metrics").await;
     assert_eq!(page.status, 200);
     let text = String::from_utf8_lossy(&page.body);
     for series in [
+        "detour_request_duration_seconds_count{upstream=\"app\"} 3",
+        "detour_upstream_latency_seconds_count{upstream=\"app\"} 3",
+        "# TYPE detour_upstream_latency_seconds histogram",
+        "# HELP my_wait Waits.\\nMine.\n# TYPE my_wait histogram\n",
+        "my_wait_bucket{in_queue=\"a\\\"b\",le=\"0.0025\"} 0\n",
+        "my_wait_bucket{in_queue=\"a\\\"b\",le=\"0.005\"} 1\n",
+        "my_wait_count{in_queue=\"a\\\"b\"} 1\n",
         "detour_upstream_attempts_total{upstream=\"app\",outcome=\"success\"} 3",
         "detour_requests_total{upstream=\"app\",status=\"2xx\"} 3",
         "detour_requests_total{upstream=\"app\",status=\"5xx\"} 0",

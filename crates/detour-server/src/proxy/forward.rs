@@ -48,31 +48,36 @@ struct Present {
 impl Present {
     fn scan(headers: &HeaderMap) -> Present {
         let mut p = Present::default();
-        // Standard names compare as one tag each; only the rest are read
-        // as text (a string match costs a length switch and a memcmp per
-        // name, and most names are standard).
         for (name, value) in headers {
-            if name == header::CONTENT_LENGTH {
-                p.content_length += 1;
-                p.length_list |= value.as_bytes().contains(&b',');
-            } else if name == header::HOST {
-                p.host += 1;
-            } else if name == header::TRANSFER_ENCODING {
-                p.transfer_encoding += 1;
-            } else if name == header::UPGRADE {
-                p.upgrade += 1;
-            } else if name == header::EXPECT {
-                p.expect = true;
-            } else if name.as_str().starts_with("x-forwarded-") {
-                match &name.as_str()["x-forwarded-".len()..] {
-                    "for" => p.xff = true,
-                    "proto" => p.xfp = true,
-                    "host" => p.xfh = true,
-                    _ => {}
-                }
-            }
+            p.note(name, value);
         }
         p
+    }
+
+    /// Take one field into account. Standard names compare as one tag
+    /// each; only the rest are read as text (a string match costs a length
+    /// switch and a memcmp per name, and most names are standard).
+    #[inline]
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if name == header::CONTENT_LENGTH {
+            self.content_length += 1;
+            self.length_list |= value.as_bytes().contains(&b',');
+        } else if name == header::HOST {
+            self.host += 1;
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding += 1;
+        } else if name == header::UPGRADE {
+            self.upgrade += 1;
+        } else if name == header::EXPECT {
+            self.expect = true;
+        } else if name.as_str().starts_with("x-forwarded-") {
+            match &name.as_str()["x-forwarded-".len()..] {
+                "for" => self.xff = true,
+                "proto" => self.xfp = true,
+                "host" => self.xfh = true,
+                _ => {}
+            }
+        }
     }
 }
 
@@ -857,13 +862,20 @@ impl Forwarding {
         // upgrade) may grow it.
         let added = 3 * usize::from(self.config.x_forwarded) + usize::from(self.config.via);
         let mut headers = HeaderMap::with_capacity(down.headers.len() + added);
+        // The copy notes what is there as it goes (joining cookies below
+        // changes nothing it notes), and keeps the `Host` for
+        // X-Forwarded-Host.
+        let (mut present, mut host) = (Present::default(), None);
         for (name, value) in &down.headers {
+            present.note(name, value);
+            if name == header::HOST {
+                host = Some(value);
+            }
             headers.append(name.clone(), value.clone());
         }
         if down.version == Version::HTTP_2 {
             join_cookies(&mut headers);
         }
-        let present = Present::scan(&headers);
         // We answer `Expect: 100-continue` ourselves: the client's body is read
         // only once an upstream is connected.
         if present.expect {
@@ -877,7 +889,7 @@ impl Forwarding {
             }
         }
         if self.config.x_forwarded {
-            self.add_x_forwarded(&mut headers, down, client, tls, present);
+            self.add_x_forwarded(&mut headers, host, client, tls, present);
         }
         if self.config.via {
             headers.append(header::VIA, self.via.clone());
@@ -898,10 +910,12 @@ impl Forwarding {
         head
     }
 
+    /// X-Forwarded-For, -Proto and -Host (from `host`, the request's
+    /// `Host`), replacing any a client that is not trusted sent.
     fn add_x_forwarded(
         &self,
         headers: &mut HeaderMap,
-        down: &request::Parts,
+        host: Option<&HeaderValue>,
         client: Option<SocketAddr>,
         tls: bool,
         present: Present,
@@ -927,7 +941,7 @@ impl Forwarding {
             set(headers, xfp, HeaderValue::from_static(scheme), present.xfp);
         }
         if !(trusted && present.xfh) {
-            match down.headers.get(header::HOST) {
+            match host {
                 Some(h) => set(headers, xfh, h.clone(), present.xfh),
                 None if present.xfh => {
                     headers.remove(xfh);
