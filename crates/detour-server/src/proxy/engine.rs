@@ -383,8 +383,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// argument, and the binding its body moves it into), and this future
     /// lives in every connection's in-flight slot. Locals that are borrowed
     /// keep their space across every later await even once moved, so the
-    /// peer, the policy and the request body live in `drive`, and what
-    /// `drive` returns is taken apart at once.
+    /// peer, the policy and the request body live in `drive`; the answer
+    /// it settles on goes into one slot here (`held`), which the steps
+    /// after it borrow.
     // Deliberately not `async fn`: see the note above.
     #[allow(clippy::manual_async_fn)]
     fn run<B>(
