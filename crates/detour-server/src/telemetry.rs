@@ -237,11 +237,22 @@ impl BackendSeries {
     }
 }
 
+/// The help text of the family `name` in [`FAMILIES`].
+fn help_of(name: &str) -> Option<&'static str> {
+    FAMILIES.iter().find(|f| f.name == name).map(|f| f.help)
+}
+
+/// `key`'s labels as the text format writes them, `name="value"` each.
+fn label_pairs(key: &Key) -> impl Iterator<Item = String> + '_ {
+    key.labels()
+        .map(|l| format!("{}=\"{}\"", l.key(), escape(l.value())))
+}
+
 /// One family in the Prometheus text format.
 fn write_family(out: &mut String, name: &str, kind: Kind, series: &[(&Key, &Series)]) {
     use std::fmt::Write as _;
-    if let Some(f) = FAMILIES.iter().find(|f| f.name == name) {
-        let _ = writeln!(out, "# HELP {name} {}", f.help);
+    if let Some(help) = help_of(name) {
+        let _ = writeln!(out, "# HELP {name} {help}");
     }
     let word = if kind == Kind::Gauge {
         "gauge"
@@ -250,10 +261,7 @@ fn write_family(out: &mut String, name: &str, kind: Kind, series: &[(&Key, &Seri
     };
     let _ = writeln!(out, "# TYPE {name} {word}");
     for (key, s) in series {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}=\"{}\"", l.key(), escape(l.value())))
-            .collect();
+        let labels: Vec<String> = label_pairs(key).collect();
         let bits = s.value.load(Ordering::Relaxed);
         let value = match s.kind {
             Kind::Gauge => f64::from_bits(bits).to_string(),

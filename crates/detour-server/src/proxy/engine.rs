@@ -423,8 +423,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 }
                 // `drive` ends with an answer only when it holds one.
                 (Ended::Answer(_), None) => {
-                    let err = Error::internal(ErrorKind::Custom).context("no answer held");
-                    return Box::pin(self.answer_error(ex, err, None, None)).await;
+                    return Box::pin(self.answer_error(ex, no_answer_held(), None, None)).await;
                 }
             };
             // Each step below borrows the answer or is a plain function, so
@@ -439,8 +438,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             }
             let Some(answer) = held.take() else {
                 // Held since the match above: not reached.
-                let err = Error::internal(ErrorKind::Custom).context("no answer held");
-                return Box::pin(self.answer_error(ex, err, None, None)).await;
+                return Box::pin(self.answer_error(ex, no_answer_held(), None, None)).await;
             };
             if shaped.switching {
                 let Held { ok, peer, .. } = answer;
@@ -778,6 +776,12 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         };
         (report, err)
     }
+}
+
+/// The error for attempts that ended with an answer but left none held:
+/// `run` checks, though `drive` never does it.
+fn no_answer_held() -> Error {
+    Error::internal(ErrorKind::Custom).context("no answer held")
 }
 
 /// Count a retry in `detour_retries_total`, by the error that caused it and

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use metrics::{HistogramFn, Key};
 
-use super::{escape, FAMILIES};
+use super::{help_of, label_pairs};
 
 /// Bucket bounds, in seconds, of the latency histograms (every histogram the
 /// crates record is a latency).
@@ -131,11 +131,7 @@ impl Histograms {
         let mut out = String::new();
         for (name, mut series) in by_family {
             series.sort_by(|a, b| a.0.cmp(b.0));
-            let help = FAMILIES
-                .iter()
-                .find(|f| f.name == name)
-                .map(|f| f.help)
-                .or_else(|| inner.help.get(name).map(String::as_str));
+            let help = help_of(name).or_else(|| inner.help.get(name).map(String::as_str));
             if let Some(help) = help {
                 let _ = writeln!(out, "# HELP {name} {help}");
             }
@@ -151,10 +147,7 @@ impl Histograms {
 
 /// One series' lines.
 fn write_series(out: &mut String, name: &str, key: &Key, h: &BucketHistogram) {
-    let labels: String = key
-        .labels()
-        .map(|l| format!("{}=\"{}\",", l.key(), escape(l.value())))
-        .collect();
+    let labels: String = label_pairs(key).map(|l| l + ",").collect();
     let counts = h.cumulative();
     let les = h.bounds.iter().map(f64::to_string);
     for (le, count) in les.chain(["+Inf".to_string()]).zip(&counts) {
