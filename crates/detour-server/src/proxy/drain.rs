@@ -6,6 +6,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -96,6 +99,8 @@ where
     // When a lingering drain shuts the connection down.
     let mut shutdown_at: Option<Instant> = None;
     let mut clock = idle.map(IdleClock::new);
+    let flag = Arc::new(WakeFlag::default());
+    let flag_waker = Waker::from(Arc::clone(&flag));
     loop {
         if !draining && *drain.borrow_and_update() {
             draining = true;
@@ -113,9 +118,12 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // A new watch future is polled once, to register.
+        flag.woken.store(true, Ordering::Release);
         tokio::select! {
+            biased;
             r = conn.as_mut() => return Some(r),
-            changed = drain.changed(), if !draining => {
+            changed = WhenWoken::new(drain.changed(), &flag, &flag_waker), if !draining => {
                 if changed.is_err() {
                     // The server is gone: treat it as a drain.
                     draining = true;
@@ -145,6 +153,77 @@ where
                 }
             }
         }
+    }
+}
+
+/// Set when a [`WhenWoken`] future's own waker fires, and wakes the task.
+#[derive(Default)]
+struct WakeFlag {
+    woken: AtomicBool,
+    /// The task to wake, as last polled.
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `fut`, polled only when it woke the task (or is new), with a waker of
+    /// its own that says so. Every connection waits on the one drain watch,
+    /// and a poll of the watch's `changed()` takes the watch's lock (shared by
+    /// all the server's connections); the connection task is woken for every
+    /// read and write of every request, and would poll it each time.
+    struct WhenWoken<'w, F> {
+        #[pin]
+        fut: F,
+        flag: &'w WakeFlag,
+        waker: &'w Waker,
+    }
+}
+
+impl<'w, F> WhenWoken<'w, F> {
+    fn new(fut: F, flag: &'w WakeFlag, waker: &'w Waker) -> Self {
+        WhenWoken { fut, flag, waker }
+    }
+}
+
+impl<F: Future> Future for WhenWoken<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        {
+            let mut task = this
+                .flag
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match task.as_ref() {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *task = Some(cx.waker().clone()),
+            }
+        }
+        // Looked at after the task is stored: a wake between the two finds
+        // the task there and wakes it.
+        if !this.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        this.fut.poll(&mut Context::from_waker(this.waker))
     }
 }
 
@@ -197,5 +276,79 @@ impl IdleClock {
             return IdleVerdict::Close;
         }
         IdleVerdict::Open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Counts the wakes of the task polling a future.
+    #[derive(Default)]
+    struct TaskWakes(AtomicUsize);
+
+    impl Wake for TaskWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    pin_project_lite::pin_project! {
+        /// `fut`, counting its polls.
+        struct Counted<'c, F> {
+            #[pin]
+            fut: F,
+            polls: &'c AtomicUsize,
+        }
+    }
+
+    impl<F: Future> Future for Counted<'_, F> {
+        type Output = F::Output;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            let this = self.project();
+            this.polls.fetch_add(1, Ordering::SeqCst);
+            this.fut.poll(cx)
+        }
+    }
+
+    #[test]
+    fn the_drain_watch_is_polled_only_when_it_woke_the_task() {
+        let (tx, mut rx) = watch::channel(false);
+        let flag = Arc::new(WakeFlag::default());
+        let flag_waker = Waker::from(Arc::clone(&flag));
+        let task = Arc::new(TaskWakes::default());
+        let task_waker = Waker::from(Arc::clone(&task));
+        let mut cx = Context::from_waker(&task_waker);
+        let polls = AtomicUsize::new(0);
+
+        flag.woken.store(true, Ordering::Release);
+        let counted = Counted {
+            fut: rx.changed(),
+            polls: &polls,
+        };
+        let mut fut = std::pin::pin!(WhenWoken::new(counted, &flag, &flag_waker));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "a new future is polled once"
+        );
+        // The task woken for something else (a read, a write).
+        for _ in 0..3 {
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "not polled on others' wakes"
+        );
+
+        tx.send_replace(true);
+        assert_eq!(task.0.load(Ordering::SeqCst), 1, "the drain wakes the task");
+        assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
 }
