@@ -482,12 +482,18 @@ impl Exchange {
             }
         }
         loop {
-            let parsed = head::parse_response(
-                &mut conn.rbuf,
-                &self.method,
-                &mut self.informational,
-                &mut conn.spans,
-            );
+            // Nothing read yet (a pooled connection holds no stray bytes):
+            // nothing to parse.
+            let parsed = if conn.rbuf.is_empty() {
+                Ok(None)
+            } else {
+                head::parse_response(
+                    &mut conn.rbuf,
+                    &self.method,
+                    &mut self.informational,
+                    &mut conn.spans,
+                )
+            };
             match parsed {
                 Ok(Some(head)) => return Poll::Ready(Ok(head)),
                 Ok(None) => {}
