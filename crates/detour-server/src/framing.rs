@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
-use crate::lazy_timer::LazyTimer;
+use crate::lazy_timer::{LazyTimer, SpareTimer};
 
 /// What the guard found and the service did, shared by both on one
 /// connection.
@@ -58,6 +58,8 @@ pub(crate) struct ConnWatch {
     /// when the answer is over, so the idle clock starts then (hyper does not
     /// read again by itself once a read found nothing).
     reader: Mutex<Option<Waker>>,
+    /// The attempt timer the connection's requests take turns with.
+    pub(crate) spare_timer: SpareTimer,
     keepalive: Duration,
     head_timeout: Duration,
 }
@@ -84,6 +86,7 @@ impl ConnWatch {
             answered: AtomicU64::new(0),
             head_timed_out: AtomicBool::new(false),
             reader: Mutex::new(None),
+            spare_timer: SpareTimer::default(),
             keepalive: limits.keepalive_timeout,
             head_timeout: limits.header_read_timeout,
         })

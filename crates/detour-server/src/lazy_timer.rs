@@ -3,9 +3,13 @@
 //! timeouts, the upstream body's read timeout). Most connections and bodies
 //! never wait long enough to need one, so it is boxed on first use only and
 //! reset after that.
+//!
+//! [`SpareTimer`]: a downstream HTTP/1.1 connection's attempt timer, which
+//! its requests' attempts take turns with.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::Context;
 
 use tokio::time::{Instant, Sleep};
@@ -29,5 +33,119 @@ impl LazyTimer {
         self.0
             .as_mut()
             .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+}
+
+/// A downstream connection's attempt timer, lent to one attempt at a time
+/// and kept between them. Set again for the next attempt, a timer still in
+/// tokio's timer wheel only moves its deadline when the new one is later
+/// (no insert into the wheel, nor a removal when the attempt ends: a new
+/// timer per attempt cost both, about 500 instructions a request). A timer
+/// kept past its deadline fires once, a spurious wake of its connection.
+#[derive(Debug, Default)]
+pub(crate) struct SpareTimer(Mutex<Option<Pin<Box<Sleep>>>>);
+
+impl SpareTimer {
+    /// The spare timer set for `due` (one is made when none is spare: the
+    /// first attempt, or one made while another is out).
+    pub(crate) fn lend(&self, due: Instant) -> Lent<'_> {
+        let spare = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let timer = match spare {
+            Some(mut t) => {
+                t.as_mut().reset(due);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(due)),
+        };
+        Lent {
+            timer: Some(timer),
+            home: self,
+        }
+    }
+}
+
+/// A timer lent by a [`SpareTimer`], given back when dropped (kept if
+/// another was given back first).
+#[derive(Debug)]
+pub(crate) struct Lent<'a> {
+    /// Only taken by `drop`.
+    timer: Option<Pin<Box<Sleep>>>,
+    home: &'a SpareTimer,
+}
+
+impl Lent<'_> {
+    /// The timer itself.
+    pub(crate) fn sleep(&mut self) -> Pin<&mut Sleep> {
+        // Invariant: `timer` is set when lent and taken only by drop.
+        self.timer
+            .as_mut()
+            .expect("a lent timer is held until it is given back")
+            .as_mut()
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let mut spare = self.home.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if spare.is_none() {
+            *spare = self.timer.take();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Whether `lent`'s timer has fired (polled once, with a no-op waker).
+    fn fired(lent: &mut Lent<'_>) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        lent.sleep().poll(&mut cx).is_ready()
+    }
+
+    fn box_of(lent: &mut Lent<'_>) -> *const Sleep {
+        &*lent.sleep()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spare_timer_is_lent_again_and_fires_at_its_new_deadline() {
+        let spare = SpareTimer::default();
+        let start = Instant::now();
+        let mut first = spare.lend(start + Duration::from_secs(10));
+        let first_box = box_of(&mut first);
+        assert!(!fired(&mut first));
+        drop(first);
+
+        // Lent again for a later deadline: the same timer, moved on.
+        let mut again = spare.lend(start + Duration::from_secs(20));
+        assert_eq!(box_of(&mut again), first_box, "the spare timer is reused");
+        tokio::time::sleep_until(start + Duration::from_secs(15)).await;
+        assert!(!fired(&mut again), "the old deadline no longer counts");
+        tokio::time::sleep_until(start + Duration::from_secs(20)).await;
+        assert!(fired(&mut again));
+        drop(again);
+
+        // Fired, then lent for an earlier deadline than any before: set anew.
+        let mut third = spare.lend(start + Duration::from_secs(25));
+        assert!(!fired(&mut third));
+        tokio::time::sleep_until(start + Duration::from_secs(25)).await;
+        assert!(fired(&mut third));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_attempts_at_once_get_two_timers_and_one_is_kept() {
+        let spare = SpareTimer::default();
+        let due = Instant::now() + Duration::from_secs(1);
+        let mut a = spare.lend(due);
+        let mut b = spare.lend(due + Duration::from_secs(1));
+        let (box_a, box_b) = (box_of(&mut a), box_of(&mut b));
+        assert_ne!(box_a, box_b);
+        drop(b);
+        drop(a);
+        let mut c = spare.lend(due);
+        assert_eq!(box_of(&mut c), box_b, "the first given back is kept");
+        assert!(spare.0.lock().unwrap().is_none());
     }
 }

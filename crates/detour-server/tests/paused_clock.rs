@@ -206,3 +206,87 @@ async fn jittered_backoff_stays_within_its_bounds() {
     assert!((50..=100).contains(&at[1]), "{at:?}");
     assert!((100..=200).contains(&(at[2] - at[1])), "{at:?}");
 }
+
+/// `/slow…` to the second backend, anything else to the first; the
+/// digits after the letters are the read timeout in seconds.
+struct ByPath;
+
+impl ProxyHttp for ByPath {
+    type CTX = ();
+    fn new_ctx(&self) {}
+    async fn upstream_peer(&self, s: &mut Session, _: &mut ()) -> Result<HttpPeer> {
+        let path = s.req().uri.path();
+        let n = if path.starts_with("/slow") { 2 } else { 1 };
+        let secs: u64 = path
+            .trim_start_matches(|c: char| c.is_alphabetic() || c == '/')
+            .parse()
+            .unwrap();
+        let mut peer = HttpPeer::new(addr(n), "app");
+        peer.options.read_timeout = Duration::from_secs(secs);
+        Ok(peer)
+    }
+}
+
+/// One client connection's requests take turns with one attempt timer
+/// (moved on for each, not made anew): each attempt that hangs is still cut
+/// at exactly its own read timeout, whether the timer was last set for a
+/// later deadline, an earlier one that has not come, or one that has passed.
+#[tokio::test(start_paused = true)]
+async fn requests_on_one_client_connection_are_each_timed_from_their_own_start() {
+    let net = MemoryNet::new();
+    net.set(addr(1), MemBehavior::status(200));
+    net.set(addr(2), MemBehavior::Hang);
+    let mut config = support::base_config();
+    let mut policy = no_jitter();
+    policy.max_retries = 0;
+    config.retry = policy.validate().unwrap();
+    let p = HttpProxy::builder(ByPath)
+        .config(config)
+        .connector(net.connector())
+        .build();
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let (_drain_tx, drain) = tokio::sync::watch::channel(false);
+    let client = Some(SocketAddr::from(([192, 0, 2, 1], 5000)));
+    tokio::spawn(async move { p.serve_connection(server_io, client, drain).await });
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client_io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+
+    // Each step: the path, the wait before it, its status and how long it took.
+    let steps = [
+        ("/fast10", 0, 200, 0),
+        // The timer was set for 10 s after the last request: an earlier
+        // deadline.
+        ("/slow1", 0, 504, 1000),
+        ("/fast10", 0, 200, 0),
+        ("/slow3", 0, 504, 3000),
+        // Set for 1 s after this request's start, but a later deadline.
+        ("/fast1", 0, 200, 0),
+        ("/slow2", 300, 504, 2000),
+        // Well past the last deadline: the timer fired, and is set again.
+        ("/slow1", 5000, 504, 1000),
+        ("/fast10", 0, 200, 0),
+    ];
+    for (path, wait, want, took_ms) in steps {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let req = http::Request::get(path)
+            .header("host", "example")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let t0 = Instant::now();
+        let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+            .await
+            .expect("answered before the test's own limit")
+            .unwrap();
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!((path, status), (path, want));
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(took_ms),
+            "{path} after {wait} ms"
+        );
+    }
+}

@@ -132,7 +132,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         let proxy = self.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle_from(req, client, tls).await) }
+            async move { Ok::<_, Infallible>(proxy.handle_from(req, client, tls, None).await) }
         });
         let exec = self.stream_exec();
         let mut builder = http2::Builder::new(exec.clone());

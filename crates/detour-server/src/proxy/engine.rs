@@ -39,6 +39,7 @@ use super::exchange::Exchange;
 use super::forward::{self, strip_hop_by_hop};
 use super::{grpc, path, tunnel, HttpProxy};
 use crate::config::Http1Client;
+use crate::lazy_timer::{Lent, SpareTimer};
 use crate::upstream::dial::{self, Conn};
 use crate::upstream::native::SendFailed;
 use crate::upstream::pool::{keep_alive_limit, PoolConn};
@@ -108,17 +109,30 @@ pin_project_lite::pin_project! {
     struct Within<'c, F> {
         #[pin]
         fut: F,
+        // The timer, unless the connection lent its spare one: made but
+        // never set then (a timer is only registered when first polled).
         #[pin]
-        timer: tokio::time::Sleep,
+        own: tokio::time::Sleep,
+        lent: Option<Lent<'c>>,
         limit: Instant,
         clock: &'c ClientClock,
     }
 }
 
-fn within<F: Future>(fut: F, limit: Instant, clock: &ClientClock) -> Within<'_, F> {
+/// `fut` within `limit` (see [`Within`]), timed by `lent` when the
+/// connection lent its spare timer (set for `limit`: see
+/// [`SpareTimer::lend`], called before `fut` is made, which keeps `fut`
+/// from being copied into place).
+fn within<'c, F: Future>(
+    fut: F,
+    limit: Instant,
+    clock: &'c ClientClock,
+    lent: Option<Lent<'c>>,
+) -> Within<'c, F> {
     Within {
         fut,
-        timer: tokio::time::sleep_until(limit),
+        own: tokio::time::sleep_until(limit),
+        lent,
         limit,
         clock,
     }
@@ -128,19 +142,23 @@ impl<F: Future> Future for Within<'_, F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(v) = this.fut.poll(cx) {
             return Poll::Ready(Some(v));
         }
         // While the client is being waited for, the limit keeps moving: each
         // time the timer fires, it is set again to where the limit now is.
-        while this.timer.as_mut().poll(cx).is_ready() {
+        let mut timer = match this.lent {
+            Some(lent) => lent.sleep(),
+            None => this.own,
+        };
+        while timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             let due = *this.limit + this.clock.client_time(now);
             if due <= now {
                 return Poll::Ready(None);
             }
-            this.timer.as_mut().reset(due);
+            timer.as_mut().reset(due);
         }
         Poll::Pending
     }
@@ -295,21 +313,24 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        self.handle_from(req, client, false)
+        self.handle_from(req, client, false, None)
     }
 
-    /// [`handle`](Self::handle) for a client that came over TLS when `tls`.
-    pub(crate) fn handle_from<B>(
-        &self,
+    /// [`handle`](Self::handle) for a client that came over TLS when `tls`;
+    /// the attempts use `spare`, the connection's spare timer, when given
+    /// (a connection that serves one request at a time).
+    pub(crate) fn handle_from<'s, B>(
+        &'s self,
         req: Request<B>,
         client: Option<SocketAddr>,
         tls: bool,
-    ) -> impl Future<Output = Response<ProxyBody<P>>> + Send + '_
+        spare: Option<&'s SpareTimer>,
+    ) -> impl Future<Output = Response<ProxyBody<P>>> + Send + 's
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        self.run(req, client, tls)
+        self.run(req, client, tls, spare)
     }
 
     /// The head checked and normalized, and the request's exchange made: a
@@ -388,12 +409,13 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
     /// after it borrow.
     // Deliberately not `async fn`: see the note above.
     #[allow(clippy::manual_async_fn)]
-    fn run<B>(
-        &self,
+    fn run<'s, B>(
+        &'s self,
         req: Request<B>,
         client: Option<SocketAddr>,
         tls: bool,
-    ) -> impl Future<Output = Response<ProxyBody<P>>> + Send + '_
+        spare: Option<&'s SpareTimer>,
+    ) -> impl Future<Output = Response<ProxyBody<P>>> + Send + 's
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -415,7 +437,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 Err(e) => return Box::pin(self.answer_error(ex, e, None, None)).await,
             }
             let mut held = None;
-            let ended = self.drive(&mut ex, body, content_length, &mut held).await;
+            let ended = self
+                .drive(&mut ex, body, content_length, &mut held, spare)
+                .await;
             let (retriable, answer) = match (ended, held.as_mut()) {
                 (Ended::Answer(retriable), Some(answer)) => (retriable, answer),
                 (Ended::Error(err, upstream), _) => {
@@ -500,6 +524,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         body: B,
         content_length: Option<u64>,
         held: &mut Option<Held<P>>,
+        spare: Option<&SpareTimer>,
     ) -> Ended
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -555,7 +580,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 h1,
             };
             let result = match hedging.take() {
-                None => self.attempt(ex, &peer, body.as_mut(), mode, begun).await,
+                None => {
+                    self.attempt(ex, &peer, body.as_mut(), mode, begun, spare)
+                        .await
+                }
                 // Boxed: only hedged requests pay for the hedging state.
                 Some(h) => {
                     let first = (id, peer, begun);
@@ -909,6 +937,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
         body: Option<&mut RequestBody<B>>,
         mode: Mode,
         start: Instant,
+        spare: Option<&SpareTimer>,
     ) -> Result<AttemptOk, AttemptErr>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -921,6 +950,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             reused: false,
             clock: &clock,
         };
+        let lent = spare.map(|s| s.lend(limit));
         // Built in place: a local holding the inner future would take its
         // size a second time in this future's state.
         let timed = within(
@@ -934,6 +964,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             ),
             limit,
             &clock,
+            lent,
         )
         .await;
         let client_time = clock.client_time(Instant::now());

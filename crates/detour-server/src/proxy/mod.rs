@@ -354,7 +354,9 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             // `Box::pin` the future (5 KB) was built on the stack and copied
             // whole into the box for every request.
             Box::into_pin(Box::write(Box::new_uninit(), async move {
-                let mut resp = proxy.handle_from(req, client, tls).await;
+                let mut resp = proxy
+                    .handle_from(req, client, tls, Some(&watch.spare_timer))
+                    .await;
                 if upgrade
                     && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
                     && !watch.not_upgraded(index)

@@ -244,7 +244,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
             mode,
             &mut progress,
         );
-        let opened = match within(opening, limit, &clock).await {
+        let opened = match within(opening, limit, &clock, None).await {
             Some(Ok(o)) => o,
             failed => {
                 let err = match failed {
@@ -267,7 +267,7 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 reused,
                 clock: &clock,
             };
-            let flown = within(self.flight(opened, &mut progress), limit, &clock).await;
+            let flown = within(self.flight(opened, &mut progress), limit, &clock, None).await;
             flown.unwrap_or_else(|| Err(timed_out(binds, &progress)))
         });
         Ok(Flying {
