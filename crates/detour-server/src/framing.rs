@@ -20,8 +20,8 @@
 //! it cannot follow (a length it cannot read, a coding other than chunked,
 //! which hyper refuses anyway) it stops watching. It reads a head's framing
 //! fields without validating the head ([`HeadFacts`]): a head hyper's parser
-//! refuses gets a 400 and the connection closes, so nothing after it is
-//! served.
+//! refuses gets a 400 (a 431 for too many fields) and the connection
+//! closes, so nothing after it is served.
 //!
 //! The guard also keeps the connection's clocks while no request is in
 //! flight: a connection idle between requests for `keepalive_timeout` reads as
@@ -518,7 +518,8 @@ impl Scanner {
 /// hyper's default settings) accepts, each line is `name:value` with a
 /// token for a name, so this reads what httparse's fields would (a test
 /// compares the two on generated heads). A head httparse refuses, hyper
-/// answers 400 and closes the connection: what follows is never served,
+/// answers 400 (431 past its 100 fields) and closes the connection: what
+/// follows is never served,
 /// so what this makes of it does not matter. A full parse cost about as
 /// much as hyper's own (some 540 instructions for a two-line head).
 #[derive(Debug, Default, PartialEq, Eq)]

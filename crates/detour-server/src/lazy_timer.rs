@@ -127,11 +127,29 @@ mod tests {
         assert!(fired(&mut again));
         drop(again);
 
-        // Fired, then lent for an earlier deadline than any before: set anew.
+        // Fired, then lent again: registered anew.
         let mut third = spare.lend(start + Duration::from_secs(25));
         assert!(!fired(&mut third));
         tokio::time::sleep_until(start + Duration::from_secs(25)).await;
         assert!(fired(&mut third));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spare_timer_lent_for_an_earlier_deadline_fires_then() {
+        let spare = SpareTimer::default();
+        let start = Instant::now();
+        let mut first = spare.lend(start + Duration::from_secs(30));
+        assert!(!fired(&mut first), "registered, not fired");
+        drop(first);
+        // Still waiting for 30 s when lent for 2 s.
+        let mut sooner = spare.lend(start + Duration::from_secs(2));
+        tokio::time::sleep_until(start + Duration::from_millis(1999)).await;
+        assert!(!fired(&mut sooner));
+        tokio::time::sleep_until(start + Duration::from_secs(2)).await;
+        assert!(
+            fired(&mut sooner),
+            "fires at the earlier deadline, not at 30 s"
+        );
     }
 
     #[tokio::test(start_paused = true)]

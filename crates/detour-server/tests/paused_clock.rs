@@ -257,13 +257,15 @@ async fn requests_on_one_client_connection_are_each_timed_from_their_own_start()
     // Each step: the path, the wait before it, its status and how long it took.
     let steps = [
         ("/fast10", 0, 200, 0),
-        // The timer was set for 10 s after the last request: an earlier
-        // deadline.
+        // The timer still waits for 10 s after the last request: moved to
+        // an earlier deadline.
         ("/slow1", 0, 504, 1000),
+        // Fired: registered again, for 10 s; then moved earlier, to 3 s.
         ("/fast10", 0, 200, 0),
         ("/slow3", 0, 504, 3000),
-        // Set for 1 s after this request's start, but a later deadline.
+        // Fired: registered again, for 1 s after this request...
         ("/fast1", 0, 200, 0),
+        // ...and moved later by this one, 300 ms on, to 2 s after it.
         ("/slow2", 300, 504, 2000),
         // Well past the last deadline: the timer fired, and is set again.
         ("/slow1", 5000, 504, 1000),
