@@ -111,11 +111,12 @@ impl ProxyHttp for DetourProxy {
             .route
             .as_ref()
             .ok_or_else(|| Error::internal(ErrorKind::NoPeer).context("no route"))?;
-        let peer = route.upstream.select(session).await?;
-        Ok(match &route.timeouts {
-            Some(t) => peer.with_options(t.clone()),
-            None => peer,
-        })
+        let mut peer = route.upstream.select(session).await?;
+        // Set in place: a builder call would move the peer twice more.
+        if let Some(t) = &route.timeouts {
+            peer.options = t.clone();
+        }
+        Ok(peer)
     }
 
     async fn upstream_request_filter(

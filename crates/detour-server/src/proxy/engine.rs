@@ -384,9 +384,10 @@ impl<P: ProxyHttp, C: Connect> HttpProxy<P, C> {
                 .headers
                 .insert(header::TE, HeaderValue::from_static("trailers"));
         }
+        // One hash and probe: a lookup and then an insert took two.
         let id = &self.shared.forwarding.request_id;
-        if !parts.headers.contains_key(id) {
-            parts.headers.insert(id.clone(), self.shared.ids.next());
+        if let http::header::Entry::Vacant(slot) = parts.headers.entry(id.clone()) {
+            slot.insert(self.shared.ids.next());
         }
     }
 
