@@ -41,6 +41,7 @@ use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
 use crate::lazy_timer::{LazyTimer, SpareTimer};
+use crate::waker_slot::WakerSlot;
 
 /// What the guard found and the service did, shared by both on one
 /// connection.
@@ -57,7 +58,7 @@ pub(crate) struct ConnWatch {
     /// The connection's reader, when it last found a request in flight: woken
     /// when the answer is over, so the idle clock starts then (hyper does not
     /// read again by itself once a read found nothing).
-    reader: Mutex<Option<Waker>>,
+    reader: WakerSlot,
     /// The attempt timer the connection's requests take turns with.
     pub(crate) spare_timer: SpareTimer,
     keepalive: Duration,
@@ -85,7 +86,7 @@ impl ConnWatch {
             started: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             head_timed_out: AtomicBool::new(false),
-            reader: Mutex::new(None),
+            reader: WakerSlot::default(),
             spare_timer: SpareTimer::default(),
             keepalive: limits.keepalive_timeout,
             head_timeout: limits.header_read_timeout,
@@ -120,20 +121,12 @@ impl ConnWatch {
     /// A response is over (see [`Answered`]).
     fn answered(&self) {
         self.answered.fetch_add(1, Ordering::Relaxed);
-        let reader = self.reader.lock().ok().and_then(|mut r| r.take());
-        if let Some(w) = reader {
-            w.wake();
-        }
+        self.reader.wake();
     }
 
     /// Wake `waker` when the request in flight is answered.
     fn wake_when_answered(&self, waker: &Waker) {
-        if let Ok(mut r) = self.reader.lock() {
-            match r.as_mut() {
-                Some(w) if w.will_wake(waker) => {}
-                _ => *r = Some(waker.clone()),
-            }
-        }
+        self.reader.register(waker);
     }
 
     fn in_flight(&self) -> bool {
@@ -519,9 +512,9 @@ impl Scanner {
 /// token for a name, so this reads what httparse's fields would (a test
 /// compares the two on generated heads). A head httparse refuses, hyper
 /// answers 400 (431 past its 100 fields) and closes the connection: what
-/// follows is never served,
-/// so what this makes of it does not matter. A full parse cost about as
-/// much as hyper's own (some 540 instructions for a two-line head).
+/// follows is never served, so what this makes of it does not matter. A
+/// full parse cost about as much as hyper's own (some 540 instructions for
+/// a two-line head).
 #[derive(Debug, Default, PartialEq, Eq)]
 struct HeadFacts {
     /// The method is `CONNECT` (in any case).
@@ -549,27 +542,29 @@ impl HeadFacts {
             if rest.starts_with(b"\n") || rest.starts_with(b"\r\n") {
                 break;
             }
-            // A field named `name` has its colon right after the name.
-            let named = |name: &[u8]| {
-                rest.get(name.len()) == Some(&b':') && rest[..name.len()].eq_ignore_ascii_case(name)
-            };
-            let value = |name: &[u8]| {
+            // The value of this line when it is field `name` (whose colon
+            // comes right after the name).
+            let field = |name: &[u8]| {
+                if rest.get(name.len()) != Some(&b':')
+                    || !rest[..name.len()].eq_ignore_ascii_case(name)
+                {
+                    return None;
+                }
                 let line = &rest[name.len() + 1..];
-                let end = memchr::memchr(b'\n', line).unwrap_or(line.len());
-                &line[..end]
+                Some(&line[..memchr::memchr(b'\n', line).unwrap_or(line.len())])
             };
-            if named(b"content-length") {
+            if let Some(value) = field(b"content-length") {
                 facts.lengths += 1;
-                facts.length = std::str::from_utf8(value(b"content-length"))
+                facts.length = std::str::from_utf8(value)
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok());
-            } else if named(b"transfer-encoding") {
+            } else if let Some(value) = field(b"transfer-encoding") {
                 facts.encodings += 1;
-                facts.chunked = value(b"transfer-encoding")
+                facts.chunked = value
                     .rsplit(|b| *b == b',')
                     .next()
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if named(b"upgrade") {
+            } else if field(b"upgrade").is_some() {
                 facts.upgrade = true;
             }
         }

@@ -43,24 +43,16 @@ impl LazyTimer {
 /// timer per attempt cost both, about 500 instructions a request). A timer
 /// kept past its deadline fires once, a spurious wake of its connection.
 #[derive(Debug, Default)]
-pub(crate) struct SpareTimer(Mutex<Option<Pin<Box<Sleep>>>>);
+pub(crate) struct SpareTimer(Mutex<LazyTimer>);
 
 impl SpareTimer {
     /// The spare timer set for `due` (one is made when none is spare: the
     /// first attempt, or one made while another is out).
     pub(crate) fn lend(&self, due: Instant) -> Lent<'_> {
-        let spare = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let timer = match spare {
-            Some(mut t) => {
-                t.as_mut().reset(due);
-                t
-            }
-            None => Box::pin(tokio::time::sleep_until(due)),
-        };
-        Lent {
-            timer: Some(timer),
-            home: self,
-        }
+        let spare = &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut timer = std::mem::take(spare);
+        timer.set(due);
+        Lent { timer, home: self }
     }
 }
 
@@ -68,18 +60,19 @@ impl SpareTimer {
 /// another was given back first).
 #[derive(Debug)]
 pub(crate) struct Lent<'a> {
-    /// Only taken by `drop`.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Set when lent.
+    timer: LazyTimer,
     home: &'a SpareTimer,
 }
 
 impl Lent<'_> {
     /// The timer itself.
     pub(crate) fn sleep(&mut self) -> Pin<&mut Sleep> {
-        // Invariant: `timer` is set when lent and taken only by drop.
+        // Invariant: `lend` sets the timer, and only drop takes it.
         self.timer
+            .0
             .as_mut()
-            .expect("a lent timer is held until it is given back")
+            .expect("a lent timer is set when lent")
             .as_mut()
     }
 }
@@ -87,8 +80,8 @@ impl Lent<'_> {
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
         let mut spare = self.home.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if spare.is_none() {
-            *spare = self.timer.take();
+        if spare.0.is_none() {
+            *spare = std::mem::take(&mut self.timer);
         }
     }
 }
@@ -164,6 +157,6 @@ mod tests {
         drop(a);
         let mut c = spare.lend(due);
         assert_eq!(box_of(&mut c), box_b, "the first given back is kept");
-        assert!(spare.0.lock().unwrap().is_none());
+        assert!(spare.0.lock().unwrap().0.is_none());
     }
 }

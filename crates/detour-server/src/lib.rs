@@ -65,6 +65,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+mod waker_slot;
 
 pub use config::{AppProtocol, ConfigError, Http2Config, ListenerConfig, ServerConfig};
 pub use proxy::{HttpProxy, HttpProxyBuilder, ProxyBody};

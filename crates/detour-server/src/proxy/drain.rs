@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::send_timeout::StreamExec;
+use crate::waker_slot::WakerSlot;
 
 /// A connection future that can be asked to shut down gracefully: HTTP/1.1
 /// finishes the request in flight and closes, HTTP/2 sends GOAWAY and lets
@@ -161,7 +162,7 @@ where
 struct WakeFlag {
     woken: AtomicBool,
     /// The task to wake, as last polled.
-    task: Mutex<Option<Waker>>,
+    task: WakerSlot,
 }
 
 impl Wake for WakeFlag {
@@ -171,14 +172,7 @@ impl Wake for WakeFlag {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            task.wake();
-        }
+        self.task.wake();
     }
 }
 
@@ -207,17 +201,7 @@ impl<F: Future> Future for WhenWoken<'_, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        {
-            let mut task = this
-                .flag
-                .task
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match task.as_ref() {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => *task = Some(cx.waker().clone()),
-            }
-        }
+        this.flag.task.register(cx.waker());
         // Looked at after the task is stored: a wake between the two finds
         // the task there and wakes it.
         if !this.flag.woken.swap(false, Ordering::AcqRel) {
